@@ -1,1 +1,47 @@
-//! placeholder
+//! agent-core: everything Flyte agents share.
+//!
+//! An agent crate implements [`AsyncAgent`] (create / get / delete) or [`SyncAgent`]
+//! (execute) in flytekit's vocabulary, registers it in a [`Registry`], and calls
+//! [`server::run`] from `main`. This crate owns the protocol ([`pb`], generated from
+//! `proto/`), the gRPC front end, health and reflection, configuration, secrets,
+//! telemetry, literal helpers, and a Propeller-like [`executor`] for local runs and tests.
+//!
+//! Agent crates never touch tonic: only this crate speaks gRPC.
+
+#![warn(missing_docs)]
+
+pub mod agent;
+pub mod config;
+mod erased;
+pub mod error;
+pub mod executor;
+mod grpc;
+pub mod json;
+pub mod literals;
+pub mod pb;
+pub mod registry;
+pub mod resource;
+pub mod secrets;
+pub mod server;
+pub mod service;
+pub mod telemetry;
+#[cfg(feature = "test-util")]
+pub mod testing;
+
+pub use agent::{AsyncAgent, Context, LogLine, Logs, LogsQuery, MetricsQuery, ResourceMeta, SyncAgent, TaskCategory, TaskRequest};
+pub use error::AgentError;
+pub use grpc::client::GrpcBackend;
+pub use registry::Registry;
+pub use resource::{FailureDetail, FailureOrigin, LogLink, Phase, Resource};
+pub use secrets::Secret;
+pub use service::AgentService;
+
+/// What an agent crate needs, in one import.
+pub mod prelude {
+    pub use crate::agent::{AsyncAgent, Context, LogsQuery, MetricsQuery, SyncAgent, TaskCategory, TaskRequest};
+    pub use crate::error::AgentError;
+    pub use crate::literals::Value;
+    pub use crate::registry::Registry;
+    pub use crate::resource::{FailureDetail, FailureOrigin, LogLink, Phase, Resource};
+    pub use crate::secrets::Secret;
+}

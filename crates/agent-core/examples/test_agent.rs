@@ -1,0 +1,17 @@
+//! An agent binary hosting the test agents (`test_async`, `test_sync`), for the
+//! end-to-end tests, the demo and the benchmark. Not shipped.
+
+#[path = "../tests/support/test_agent.rs"]
+#[allow(dead_code)]
+mod test_agent;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let info = agent_core::server::BinaryInfo {
+        name: "test-agent",
+        about: "Flyte agent server hosting the test agents (test_async, test_sync)",
+        version: env!("CARGO_PKG_VERSION"),
+    };
+    agent_core::server::run(info, |_settings| Ok(test_agent::registry()))
+}

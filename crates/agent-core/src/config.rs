@@ -1,0 +1,306 @@
+//! Settings, layered with the `config` crate: built-in defaults < an optional YAML or
+//! TOML file < `AGENT_*` environment variables < command-line flags.
+//!
+//! Server settings are top-level keys (`port`, `metrics_port`, …); each agent reads its
+//! own section (`bigquery`, `databricks`, …) with [`Settings::section`]. Nested keys come
+//! from the environment with a double underscore: `AGENT_BIGQUERY__PROJECT`.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Readable lines for a terminal.
+    Human,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+/// Settings every agent binary shares.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on. `0.0.0.0` (all interfaces) by default; `127.0.0.1` keeps the
+    /// agent reachable from this machine only.
+    pub listen_address: IpAddr,
+    /// gRPC port (Propeller's default endpoints use 8000).
+    pub port: u16,
+    /// Prometheus `/metrics` port; 0 turns the endpoint off.
+    pub metrics_port: u16,
+    /// Largest gRPC message accepted or sent, in bytes. Propeller sends inputs inline.
+    pub max_message_size: usize,
+    /// How long in-flight calls may run after SIGTERM before the process exits anyway.
+    #[serde(with = "humantime_serde")]
+    pub grace_period: Duration,
+    /// How long to keep serving (with health NOT_SERVING) after SIGTERM before refusing
+    /// new calls, so load balancers can stop routing here first.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_delay: Duration,
+    /// `human` or `json`.
+    pub log_format: LogFormat,
+    /// Log filter, e.g. `info` or `info,agent_core=debug`; `RUST_LOG` overrides it.
+    pub log_level: String,
+}
+
+/// The built-in defaults, as a YAML document (also shown by `--help`).
+pub const DEFAULTS: &str = "\
+listen_address: 0.0.0.0
+port: 8000
+metrics_port: 9090
+max_message_size: 67108864
+grace_period: 25s
+shutdown_delay: 0s
+log_format: human
+log_level: info
+";
+
+/// Keys of [`ServerConfig`]; anything else at the top level must be an agent section.
+const SERVER_KEYS: &[&str] =
+    &["listen_address", "port", "metrics_port", "max_message_size", "grace_period", "shutdown_delay", "log_format", "log_level"];
+
+/// Command-line flags common to every agent binary.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct CliArgs {
+    /// Configuration file (YAML or TOML, by extension). Also `AGENT_CONFIG`.
+    #[arg(long, env = "AGENT_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// gRPC port [default: 8000].
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Prometheus metrics port, 0 to disable [default: 9090].
+    #[arg(long)]
+    pub metrics_port: Option<u16>,
+    /// Address to listen on [default: 0.0.0.0].
+    #[arg(long, value_name = "IP")]
+    pub listen_address: Option<IpAddr>,
+    /// Largest gRPC message in bytes [default: 67108864].
+    #[arg(long, value_name = "BYTES")]
+    pub max_message_size: Option<usize>,
+    /// Time allowed for in-flight calls after SIGTERM, e.g. 25s [default: 25s].
+    #[arg(long, value_name = "DURATION")]
+    pub grace_period: Option<String>,
+    /// Log format [default: human].
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Log filter, e.g. info or debug [default: info].
+    #[arg(long, value_name = "FILTER")]
+    pub log_level: Option<String>,
+    /// Any setting as KEY=VALUE (repeatable), e.g. --set bigquery.project=my-project.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+}
+
+/// A configuration error, naming the setting.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(String);
+
+/// Loaded settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Server settings.
+    pub server: ServerConfig,
+    raw: config::Config,
+}
+
+impl Settings {
+    /// Loads the layers, reading the environment from `env` (the process environment, or a
+    /// map in tests).
+    pub fn load(cli: &CliArgs, env: Option<HashMap<String, String>>) -> Result<Self, ConfigError> {
+        let err = |e: config::ConfigError| ConfigError(e.to_string());
+        let mut b = config::Config::builder().add_source(config::File::from_str(DEFAULTS, config::FileFormat::Yaml));
+        if let Some(path) = &cli.config {
+            if !path.is_file() {
+                return Err(ConfigError(format!("config file {} does not exist", path.display())));
+            }
+            b = b.add_source(config::File::from(path.as_path()).required(true));
+        }
+        let mut environment = config::Environment::with_prefix("AGENT")
+            .prefix_separator("_")
+            .separator("__")
+            .try_parsing(true);
+        if let Some(map) = env {
+            environment = environment.source(Some(map.into_iter().collect()));
+        }
+        b = b.add_source(environment);
+        b = b
+            .set_override_option("port", cli.port.map(i64::from))
+            .map_err(err)?
+            .set_override_option("metrics_port", cli.metrics_port.map(i64::from))
+            .map_err(err)?
+            .set_override_option("listen_address", cli.listen_address.map(|a| a.to_string()))
+            .map_err(err)?
+            .set_override_option("max_message_size", cli.max_message_size.map(|v| v.to_string()))
+            .map_err(err)?
+            .set_override_option("grace_period", cli.grace_period.clone())
+            .map_err(err)?
+            .set_override_option("log_format", cli.log_format.map(|f| format!("{f:?}").to_lowercase()))
+            .map_err(err)?
+            .set_override_option("log_level", cli.log_level.clone())
+            .map_err(err)?;
+        for kv in &cli.overrides {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| ConfigError(format!("--set {kv}: expected KEY=VALUE")))?;
+            b = b.set_override(k.trim(), v.trim()).map_err(err)?;
+        }
+        let raw = b.build().map_err(err)?;
+        let server = server_config(&raw)?;
+        Ok(Self { server, raw })
+    }
+
+    /// An agent's section, e.g. `bigquery`; a missing section deserializes from nothing,
+    /// so types with defaults work without any configuration.
+    pub fn section<T: DeserializeOwned>(&self, key: &str) -> Result<T, ConfigError> {
+        match self.raw.get::<T>(key) {
+            Ok(v) => Ok(v),
+            Err(config::ConfigError::NotFound(_)) => serde_json::from_value(serde_json::json!({}))
+                .map_err(|e| ConfigError(format!("{key}: {e}"))),
+            Err(e) => Err(ConfigError(format!("{key}: {e}"))),
+        }
+    }
+}
+
+fn server_config(raw: &config::Config) -> Result<ServerConfig, ConfigError> {
+    let table = raw.clone().try_deserialize::<HashMap<String, config::Value>>().map_err(|e| ConfigError(e.to_string()))?;
+    let pick = |t: &HashMap<String, config::Value>| -> serde_json::Map<String, serde_json::Value> {
+        SERVER_KEYS.iter().filter_map(|k| t.get(*k).map(|v| ((*k).to_owned(), value_to_json(v)))).collect()
+    };
+    let given = pick(&table);
+    let parse = |m: serde_json::Map<String, serde_json::Value>| serde_json::from_value::<ServerConfig>(m.into());
+    let parsed = parse(given.clone()).map_err(|e| {
+        // serde reports the problem but not always the key; find the key whose value
+        // alone breaks the defaults, and name it with every way to set it.
+        let defaults = pick(&defaults_table());
+        let key = SERVER_KEYS
+            .iter()
+            .find(|k| {
+                let mut probe = defaults.clone();
+                if let Some(v) = given.get(**k) {
+                    probe.insert((**k).to_owned(), v.clone());
+                }
+                parse(probe).is_err()
+            })
+            .copied()
+            .unwrap_or("server settings");
+        ConfigError(format!(
+            "{key}: {e} (set in the config file, as AGENT_{} or with --{})",
+            key.to_uppercase(),
+            key.replace('_', "-")
+        ))
+    })?;
+    if parsed.max_message_size < 4 * 1024 {
+        return Err(ConfigError("max_message_size: must be at least 4096 bytes".into()));
+    }
+    Ok(parsed)
+}
+
+fn defaults_table() -> HashMap<String, config::Value> {
+    config::Config::builder()
+        .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Yaml))
+        .build()
+        .and_then(|c| c.try_deserialize::<HashMap<String, config::Value>>())
+        .unwrap_or_default()
+}
+
+fn value_to_json(v: &config::Value) -> serde_json::Value {
+    use config::ValueKind as K;
+    match &v.kind {
+        K::Nil => serde_json::Value::Null,
+        K::Boolean(b) => (*b).into(),
+        K::I64(i) => (*i).into(),
+        K::I128(i) => serde_json::Value::String(i.to_string()),
+        K::U64(u) => (*u).into(),
+        K::U128(u) => serde_json::Value::String(u.to_string()),
+        K::Float(f) => serde_json::Number::from_f64(*f).map_or(serde_json::Value::Null, serde_json::Value::Number),
+        K::String(s) => parse_scalar(s),
+        K::Table(t) => serde_json::Value::Object(t.iter().map(|(k, v)| (k.clone(), value_to_json(v))).collect()),
+        K::Array(a) => serde_json::Value::Array(a.iter().map(value_to_json).collect()),
+    }
+}
+
+/// Strings from flags and `--set` are untyped; numbers in them become numbers.
+fn parse_scalar(s: &str) -> serde_json::Value {
+    if let Ok(i) = s.parse::<i64>() {
+        return i.into();
+    }
+    serde_json::Value::String(s.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
+        Some(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+    }
+
+    #[test]
+    fn defaults_match_the_python_server() {
+        let s = Settings::load(&CliArgs::default(), env(&[])).unwrap();
+        assert_eq!(s.server.port, 8000);
+        assert_eq!(s.server.metrics_port, 9090);
+        assert_eq!(s.server.listen_address.to_string(), "0.0.0.0");
+        assert_eq!(s.server.grace_period, Duration::from_secs(25));
+        assert_eq!(s.server.log_format, LogFormat::Human);
+    }
+
+    #[test]
+    fn layers_apply_in_order_file_env_flags() {
+        let dir = std::env::temp_dir().join(format!("cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("agent.yaml");
+        std::fs::write(&file, "port: 7000\nmetrics_port: 7001\nlog_level: debug\nbigquery:\n  project: from-file\n").unwrap();
+        let cli = CliArgs { config: Some(file.clone()), port: Some(6000), ..Default::default() };
+        let s = Settings::load(&cli, env(&[("AGENT_METRICS_PORT", "5001"), ("AGENT_BIGQUERY__LOCATION", "EU")])).unwrap();
+        assert_eq!(s.server.port, 6000, "flag beats file");
+        assert_eq!(s.server.metrics_port, 5001, "env beats file");
+        assert_eq!(s.server.log_level, "debug", "file beats default");
+
+        #[derive(Deserialize, Debug, Default)]
+        #[serde(default)]
+        struct Bq {
+            project: String,
+            location: String,
+        }
+        let bq: Bq = s.section("bigquery").unwrap();
+        assert_eq!((bq.project.as_str(), bq.location.as_str()), ("from-file", "EU"));
+        let none: Bq = s.section("snowflake").unwrap();
+        assert_eq!(none.project, "");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn set_flag_overrides_any_key() {
+        let cli = CliArgs { overrides: vec!["grace_period=3s".into(), "x.y=1".into()], ..Default::default() };
+        let s = Settings::load(&cli, env(&[])).unwrap();
+        assert_eq!(s.server.grace_period, Duration::from_secs(3));
+        assert_eq!(s.section::<i64>("x.y").unwrap(), 1);
+        let bad = CliArgs { overrides: vec!["novalue".into()], ..Default::default() };
+        assert!(Settings::load(&bad, env(&[])).unwrap_err().to_string().contains("KEY=VALUE"));
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        for (k, v, name) in [
+            ("AGENT_PORT", "eighty", "port"),
+            ("AGENT_PORT", "70000", "port"),
+            ("AGENT_LISTEN_ADDRESS", "localhost:1", "listen_address"),
+            ("AGENT_GRACE_PERIOD", "soon", "grace_period"),
+            ("AGENT_LOG_FORMAT", "xml", "log_format"),
+            ("AGENT_MAX_MESSAGE_SIZE", "12", "max_message_size"),
+        ] {
+            let err = Settings::load(&CliArgs::default(), env(&[(k, v)])).unwrap_err().to_string();
+            assert!(err.contains(name), "{k}={v}: {err}");
+        }
+        let missing = CliArgs { config: Some("/nonexistent/agent.yaml".into()), ..Default::default() };
+        assert!(Settings::load(&missing, env(&[])).unwrap_err().to_string().contains("/nonexistent/agent.yaml"));
+    }
+}

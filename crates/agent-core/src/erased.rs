@@ -1,0 +1,157 @@
+//! Object-safe versions of the agent traits, so the registry can hold agents of
+//! different types. Resource meta is encoded and decoded here, once for all agents.
+
+use std::panic::AssertUnwindSafe;
+
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+
+use crate::agent::{AsyncAgent, Context, Logs, LogsQuery, MetricsQuery, ResourceMeta, SyncAgent, TaskRequest};
+use crate::error::AgentError;
+use crate::pb::core;
+use crate::resource::Resource;
+
+pub(crate) trait DynAsyncAgent: Send + Sync {
+    fn create<'a>(&'a self, ctx: &'a Context, task: TaskRequest) -> BoxFuture<'a, Result<Vec<u8>, AgentError>>;
+    fn get<'a>(&'a self, ctx: &'a Context, meta: &'a [u8]) -> BoxFuture<'a, Result<Resource, AgentError>>;
+    fn delete<'a>(&'a self, ctx: &'a Context, meta: &'a [u8]) -> BoxFuture<'a, Result<(), AgentError>>;
+    fn get_metrics<'a>(
+        &'a self,
+        ctx: &'a Context,
+        meta: &'a [u8],
+        query: MetricsQuery,
+    ) -> BoxFuture<'a, Result<Vec<core::ExecutionMetricResult>, AgentError>>;
+    fn get_logs<'a>(&'a self, ctx: &'a Context, meta: &'a [u8], query: LogsQuery) -> BoxFuture<'a, Result<Logs, AgentError>>;
+}
+
+pub(crate) trait DynSyncAgent: Send + Sync {
+    fn execute<'a>(&'a self, ctx: &'a Context, task: TaskRequest) -> BoxFuture<'a, Result<Resource, AgentError>>;
+}
+
+/// Runs an agent future, turning a panic into `INTERNAL` instead of a dropped connection.
+async fn guarded<T>(what: &str, fut: impl std::future::Future<Output = Result<T, AgentError>>) -> Result<T, AgentError> {
+    match AssertUnwindSafe(fut).catch_unwind().await {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::error!(message = "Agent panicked.", operation = what);
+            Err(AgentError::internal(format!("the agent failed unexpectedly during {what}; see the agent's logs")))
+        }
+    }
+}
+
+impl<A: AsyncAgent> DynAsyncAgent for A {
+    fn create<'a>(&'a self, ctx: &'a Context, task: TaskRequest) -> BoxFuture<'a, Result<Vec<u8>, AgentError>> {
+        Box::pin(async move {
+            let meta = guarded("create", AsyncAgent::create(self, ctx, task)).await?;
+            encode_meta(&meta)
+        })
+    }
+
+    fn get<'a>(&'a self, ctx: &'a Context, meta: &'a [u8]) -> BoxFuture<'a, Result<Resource, AgentError>> {
+        Box::pin(async move {
+            let meta = decode_meta::<A::Meta>(meta, self.name())?;
+            guarded("get", AsyncAgent::get(self, ctx, meta)).await
+        })
+    }
+
+    fn delete<'a>(&'a self, ctx: &'a Context, meta: &'a [u8]) -> BoxFuture<'a, Result<(), AgentError>> {
+        Box::pin(async move {
+            let meta = decode_meta::<A::Meta>(meta, self.name())?;
+            guarded("delete", AsyncAgent::delete(self, ctx, meta)).await
+        })
+    }
+
+    fn get_metrics<'a>(
+        &'a self,
+        ctx: &'a Context,
+        meta: &'a [u8],
+        query: MetricsQuery,
+    ) -> BoxFuture<'a, Result<Vec<core::ExecutionMetricResult>, AgentError>> {
+        Box::pin(async move {
+            let meta = decode_meta::<A::Meta>(meta, self.name())?;
+            guarded("get_metrics", AsyncAgent::get_metrics(self, ctx, meta, query)).await
+        })
+    }
+
+    fn get_logs<'a>(&'a self, ctx: &'a Context, meta: &'a [u8], query: LogsQuery) -> BoxFuture<'a, Result<Logs, AgentError>> {
+        Box::pin(async move {
+            let meta = decode_meta::<A::Meta>(meta, self.name())?;
+            guarded("get_logs", AsyncAgent::get_logs(self, ctx, meta, query)).await
+        })
+    }
+}
+
+impl<S: SyncAgent> DynSyncAgent for S {
+    fn execute<'a>(&'a self, ctx: &'a Context, task: TaskRequest) -> BoxFuture<'a, Result<Resource, AgentError>> {
+        Box::pin(guarded("execute", SyncAgent::execute(self, ctx, task)))
+    }
+}
+
+/// Largest resource meta accepted. Propeller stores it in the workflow's CRD status,
+/// so anything near this size is a bug, and a cap keeps a hostile request cheap.
+pub(crate) const MAX_META_BYTES: usize = 256 * 1024;
+
+pub(crate) fn encode_meta<M: ResourceMeta>(meta: &M) -> Result<Vec<u8>, AgentError> {
+    serde_json::to_vec(meta).map_err(|e| AgentError::internal(format!("could not encode the resource meta: {e}")))
+}
+
+/// Decodes JSON meta. The message never quotes the bytes: flytekit's Databricks meta,
+/// for one, carries a token.
+pub(crate) fn decode_meta<M: ResourceMeta>(bytes: &[u8], agent: &str) -> Result<M, AgentError> {
+    if bytes.is_empty() {
+        return Err(AgentError::invalid_argument("resource_meta is empty; send the bytes CreateTask returned"));
+    }
+    if bytes.len() > MAX_META_BYTES {
+        return Err(AgentError::invalid_argument(format!(
+            "resource_meta is {} bytes, more than the {MAX_META_BYTES} bytes any agent writes",
+            bytes.len()
+        )));
+    }
+    serde_json::from_slice(bytes).map_err(|e| {
+        let hint = if std::str::from_utf8(bytes).is_err() || bytes.first() == Some(&0x80) {
+            " (it is not JSON; metas pickled by a Python agent cannot be read: let those tasks finish before switching)"
+        } else {
+            ""
+        };
+        AgentError::invalid_argument(format!("resource_meta is not a valid job handle for agent '{agent}': {e}{hint}"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Meta {
+        job_id: String,
+        #[serde(default)]
+        location: Option<String>,
+        #[serde(default)]
+        attempts: u32,
+    }
+
+    #[test]
+    fn decodes_what_python_json_dumps_writes() {
+        // json.dumps(dataclasses.asdict(meta)): ", " and ": " separators, None as null,
+        // a field with a default left out by an older version of the dataclass.
+        let py = br#"{"job_id": "dummy_id", "location": null}"#;
+        let m: Meta = decode_meta(py, "x").unwrap();
+        assert_eq!(m, Meta { job_id: "dummy_id".into(), location: None, attempts: 0 });
+        let ours = encode_meta(&m).unwrap();
+        assert_eq!(decode_meta::<Meta>(&ours, "x").unwrap(), m);
+    }
+
+    #[test]
+    fn bad_meta_is_invalid_argument_without_echoing_the_bytes() {
+        let err = decode_meta::<Meta>(br#"{"token": "dapi-secret-value"}"#, "x").unwrap_err();
+        assert!(matches!(&err, AgentError::InvalidArgument(m) if m.contains("missing field `job_id`")), "{err}");
+        assert!(!err.message().contains("dapi-secret-value"));
+        assert!(decode_meta::<Meta>(b"", "x").unwrap_err().message().contains("empty"));
+        let pickled = [0x80, 0x05, 0x95, 0xff];
+        assert!(decode_meta::<Meta>(&pickled, "x").unwrap_err().message().contains("pickled"));
+        let huge = vec![b' '; MAX_META_BYTES + 1];
+        assert!(decode_meta::<Meta>(&huge, "x").unwrap_err().message().contains("more than"));
+    }
+}

@@ -1,0 +1,150 @@
+//! A gRPC client for the Flyte 1.x agent services, used by the local executor to drive a
+//! running agent the way Propeller does.
+
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+
+use crate::agent::{TaskCategory, TaskRequest};
+use crate::error::AgentError;
+use crate::executor::Backend;
+use crate::pb::admin::{self, execute_task_sync_request as sync_req, execute_task_sync_response as sync_resp};
+use crate::pb::service::agent_metadata_service_client::AgentMetadataServiceClient;
+use crate::pb::service::async_agent_service_client::AsyncAgentServiceClient;
+use crate::pb::service::sync_agent_service_client::SyncAgentServiceClient;
+use crate::resource::Resource;
+
+/// An agent reached over gRPC.
+#[derive(Debug, Clone)]
+pub struct GrpcBackend {
+    channel: Channel,
+    timeout: Duration,
+}
+
+impl GrpcBackend {
+    /// Connects to `endpoint` (e.g. `http://127.0.0.1:8000`); every call gets `timeout`, as
+    /// Propeller gives every call its configured deadline.
+    pub async fn connect(endpoint: &str, timeout: Duration) -> Result<Self, AgentError> {
+        let channel = Endpoint::from_shared(endpoint.to_owned())
+            .map_err(|e| AgentError::invalid_argument(format!("endpoint '{endpoint}': {e}")))?
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .map_err(|e| AgentError::unavailable(format!("cannot connect to {endpoint}: {e}")))?;
+        Ok(Self { channel, timeout })
+    }
+
+    /// The channel, for other clients.
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    fn request<T>(&self, msg: T) -> Request<T> {
+        let mut r = Request::new(msg);
+        r.set_timeout(self.timeout);
+        r
+    }
+}
+
+/// A status from an agent, back in the error type.
+pub(crate) fn from_status(s: &Status) -> AgentError {
+    let m = s.message().to_owned();
+    match s.code() {
+        Code::NotFound => AgentError::NotFound(m),
+        Code::InvalidArgument | Code::OutOfRange => AgentError::InvalidArgument(m),
+        Code::FailedPrecondition => AgentError::FailedPrecondition(m),
+        Code::PermissionDenied | Code::Unauthenticated => AgentError::PermissionDenied(m),
+        Code::Unavailable | Code::ResourceExhausted | Code::Aborted | Code::Cancelled => AgentError::Unavailable(m),
+        Code::DeadlineExceeded => AgentError::DeadlineExceeded(m),
+        Code::Unimplemented => AgentError::Unimplemented(m),
+        _ => AgentError::Internal(format!("{:?}: {m}", s.code())),
+    }
+}
+
+impl Backend for GrpcBackend {
+    /// Asks `ListAgents`, like Propeller's discovery; categories it does not list are async.
+    fn is_sync<'a>(&'a self, category: &'a TaskCategory) -> BoxFuture<'a, Result<bool, AgentError>> {
+        Box::pin(async move {
+            let mut client = AgentMetadataServiceClient::new(self.channel.clone());
+            match client.list_agents(self.request(admin::ListAgentsRequest {})).await {
+                Ok(r) => Ok(r.into_inner().agents.iter().any(|a| {
+                    a.is_sync && a.supported_task_categories.iter().any(|c| c.name == category.name && c.version == category.version)
+                })),
+                Err(s) if s.code() == Code::Unimplemented => Ok(false),
+                Err(s) => Err(from_status(&s)),
+            }
+        })
+    }
+
+    fn create(&self, task: TaskRequest) -> BoxFuture<'_, Result<Vec<u8>, AgentError>> {
+        Box::pin(async move {
+            let mut client = AsyncAgentServiceClient::new(self.channel.clone());
+            let req = admin::CreateTaskRequest {
+                inputs: Some(task.inputs),
+                template: Some(task.template),
+                output_prefix: task.output_prefix,
+                task_execution_metadata: task.metadata,
+            };
+            let r = client.create_task(self.request(req)).await.map_err(|s| from_status(&s))?;
+            Ok(r.into_inner().resource_meta)
+        })
+    }
+
+    #[allow(deprecated)]
+    fn get<'a>(&'a self, category: &'a TaskCategory, meta: &'a [u8], output_prefix: &'a str) -> BoxFuture<'a, Result<Resource, AgentError>> {
+        Box::pin(async move {
+            let mut client = AsyncAgentServiceClient::new(self.channel.clone());
+            let req = admin::GetTaskRequest {
+                task_type: category.name.clone(),
+                resource_meta: meta.to_vec(),
+                task_category: Some(category.to_proto()),
+                output_prefix: output_prefix.to_owned(),
+            };
+            let r = client.get_task(self.request(req)).await.map_err(|s| from_status(&s))?;
+            let resource = r.into_inner().resource.unwrap_or_default();
+            Ok(Resource::from_proto(&resource))
+        })
+    }
+
+    #[allow(deprecated)]
+    fn delete<'a>(&'a self, category: &'a TaskCategory, meta: &'a [u8]) -> BoxFuture<'a, Result<(), AgentError>> {
+        Box::pin(async move {
+            let mut client = AsyncAgentServiceClient::new(self.channel.clone());
+            let req = admin::DeleteTaskRequest {
+                task_type: category.name.clone(),
+                resource_meta: meta.to_vec(),
+                task_category: Some(category.to_proto()),
+            };
+            client.delete_task(self.request(req)).await.map_err(|s| from_status(&s))?;
+            Ok(())
+        })
+    }
+
+    /// Propeller's sequence: header, inputs, half-close, then exactly one response.
+    fn execute(&self, task: TaskRequest) -> BoxFuture<'_, Result<Resource, AgentError>> {
+        Box::pin(async move {
+            let mut client = SyncAgentServiceClient::new(self.channel.clone());
+            let header = admin::ExecuteTaskSyncRequest {
+                part: Some(sync_req::Part::Header(admin::CreateRequestHeader {
+                    template: Some(task.template),
+                    output_prefix: task.output_prefix,
+                    task_execution_metadata: task.metadata,
+                    max_dataset_size_bytes: 0,
+                })),
+            };
+            let inputs = admin::ExecuteTaskSyncRequest { part: Some(sync_req::Part::Inputs(task.inputs)) };
+            let outbound = tokio_stream::iter([header, inputs]);
+            let mut responses =
+                client.execute_task_sync(self.request(outbound)).await.map_err(|s| from_status(&s))?.into_inner();
+            match responses.message().await.map_err(|s| from_status(&s))? {
+                Some(admin::ExecuteTaskSyncResponse { res: Some(sync_resp::Res::Header(h)) }) => {
+                    Ok(Resource::from_proto(&h.resource.unwrap_or_default()))
+                }
+                Some(_) => Err(AgentError::internal("expected a header in the ExecuteTaskSync response")),
+                None => Err(AgentError::internal("the agent closed ExecuteTaskSync without a response")),
+            }
+        })
+    }
+}

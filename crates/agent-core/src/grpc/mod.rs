@@ -1,0 +1,119 @@
+//! gRPC server assembly: the protocol front ends, `grpc.health.v1` and server
+//! reflection on one port. This module and its children are the only code that
+//! speaks tonic.
+
+pub(crate) mod client;
+mod status;
+mod v1;
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::pb;
+use crate::pb::service::{agent_metadata_service_server, async_agent_service_server, sync_agent_service_server};
+use crate::service::AgentService;
+
+/// Fully qualified names of the services whose health is reported.
+pub(crate) const SERVICE_NAMES: &[&str] = &[
+    "flyteidl.service.AsyncAgentService",
+    "flyteidl.service.SyncAgentService",
+    "flyteidl.service.AgentMetadataService",
+];
+
+/// Sets every service's health (and the server's, service `""`).
+async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
+    reporter.set_service_status("", status).await;
+    for name in SERVICE_NAMES {
+        reporter.set_service_status(*name, status).await;
+    }
+}
+
+/// How the server runs.
+#[derive(Debug, Clone)]
+pub(crate) struct ServeOptions {
+    pub(crate) max_message_size: usize,
+    pub(crate) grace_period: Duration,
+    pub(crate) shutdown_delay: Duration,
+}
+
+/// Serves on `listener` until `shutdown` resolves, then drains: health goes NOT_SERVING,
+/// new calls are still accepted for `shutdown_delay`, then refused, and in-flight calls
+/// get `grace_period` to finish.
+pub(crate) async fn serve(
+    svc: AgentService,
+    listener: TcpListener,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    set_health(&reporter, ServingStatus::Serving).await;
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("the committed descriptor set is valid (tested in pb.rs)");
+    // grpcurl and many tools still speak the v1alpha reflection protocol.
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .expect("the committed descriptor set is valid (tested in pb.rs)");
+
+    let front = v1::V1::new(svc);
+    let size = options.max_message_size;
+    let router = Server::builder()
+        .trace_fn(crate::telemetry::grpc_span)
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(
+            async_agent_service_server::AsyncAgentServiceServer::new(front.clone())
+                .max_decoding_message_size(size)
+                .max_encoding_message_size(size),
+        )
+        .add_service(
+            sync_agent_service_server::SyncAgentServiceServer::new(front.clone())
+                .max_decoding_message_size(size)
+                .max_encoding_message_size(size),
+        )
+        .add_service(
+            agent_metadata_service_server::AgentMetadataServiceServer::new(front)
+                .max_decoding_message_size(size)
+                .max_encoding_message_size(size),
+        );
+
+    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
+    let drain_reporter = reporter.clone();
+    let delay = options.shutdown_delay;
+    let signal = async move {
+        shutdown.await;
+        tracing::info!(message = "Shutting down: health is NOT_SERVING.");
+        set_health(&drain_reporter, ServingStatus::NotServing).await;
+        tokio::time::sleep(delay).await;
+        tracing::info!(message = "No longer accepting calls; waiting for in-flight calls.");
+        let _ = drained_tx.send(());
+    };
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let serving = router.serve_with_incoming_shutdown(incoming, signal);
+    tokio::pin!(serving);
+    let grace = options.grace_period;
+    tokio::select! {
+        result = &mut serving => result,
+        () = async move {
+            if drained_rx.await.is_err() {
+                // The server ended on its own; let the other branch report it.
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!(message = "Grace period over; dropping the calls still in flight.", grace_period = ?grace);
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! Process start-up for agent binaries: flags, settings, telemetry, the gRPC server and
+//! graceful shutdown on SIGTERM/SIGINT. An agent's `main` is a call to [`run`].
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, FromArgMatches};
+use tokio::net::TcpListener;
+
+use crate::config::{CliArgs, ServerConfig, Settings};
+use crate::grpc::{self, ServeOptions};
+use crate::registry::Registry;
+use crate::secrets::SecretStore;
+use crate::service::AgentService;
+
+/// Names the binary in `--help`, logs and traces.
+#[derive(Debug, Clone, Copy)]
+pub struct BinaryInfo {
+    /// Binary name, e.g. `agent-bigquery`.
+    pub name: &'static str,
+    /// One line for `--help`.
+    pub about: &'static str,
+    /// Version shown by `--version`.
+    pub version: &'static str,
+}
+
+#[derive(clap::Parser, Debug)]
+struct Cli {
+    #[command(flatten)]
+    args: CliArgs,
+}
+
+/// Runs an agent binary: parses flags, loads settings, calls `build` to register the
+/// agents (it may read its own config section), serves until SIGTERM or SIGINT, drains,
+/// and exits 0. Bad flags or settings exit 2 with a message naming the setting.
+pub fn run(info: BinaryInfo, build: impl FnOnce(&Settings) -> Result<Registry, String>) -> ExitCode {
+    let help = format!("{}\n\nSettings (defaults shown) can come from --config FILE, AGENT_<KEY> \
+        environment variables or the flags below:\n\n{}", info.about, crate::config::DEFAULTS);
+    let command = Cli::command().name(info.name).about(info.about).version(info.version).after_help(help);
+    let cli = match Cli::from_arg_matches(&command.get_matches()) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    let settings = match Settings::load(&cli.args, None) {
+        Ok(s) => s,
+        Err(e) => return fail(info, &e.to_string()),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => return fail(info, &format!("cannot start the async runtime: {e}")),
+    };
+    runtime.block_on(async move {
+        let telemetry = match crate::telemetry::init(&settings.server, info.name) {
+            Ok(t) => t,
+            Err(e) => return fail(info, &e),
+        };
+        let registry = match build(&settings) {
+            Ok(r) => r,
+            Err(e) => return fail(info, &e),
+        };
+        let server = AgentServer::new(AgentService::new(registry, SecretStore::from_process_env()), settings.server.clone());
+        let code = match server.serve_until(shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(info, &e),
+        };
+        telemetry.shutdown();
+        code
+    })
+}
+
+fn fail(info: BinaryInfo, message: &str) -> ExitCode {
+    // Logging may not be set up yet, and this must reach the operator either way.
+    #[allow(clippy::print_stderr)]
+    {
+        eprintln!("{}: {message}", info.name);
+    }
+    ExitCode::from(2)
+}
+
+/// Resolves on the first SIGTERM (what Kubernetes sends) or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// A configured server for a set of agents.
+#[derive(Debug)]
+pub struct AgentServer {
+    service: AgentService,
+    config: ServerConfig,
+}
+
+impl AgentServer {
+    /// A server for `service` with the given settings.
+    pub fn new(service: AgentService, config: ServerConfig) -> Self {
+        Self { service, config }
+    }
+
+    /// Binds the gRPC and metrics ports and serves until `shutdown` resolves, then drains.
+    pub async fn serve_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), String> {
+        let grpc_addr = SocketAddr::new(self.config.listen_address, self.config.port);
+        let listener = TcpListener::bind(grpc_addr).await.map_err(|e| format!("port: cannot listen on {grpc_addr}: {e}"))?;
+        if self.config.metrics_port != 0 {
+            crate::telemetry::serve_metrics(SocketAddr::new(self.config.listen_address, self.config.metrics_port))?;
+        }
+        self.serve_on(listener, shutdown).await
+    }
+
+    /// Serves on an already bound listener (tests bind port 0) until `shutdown` resolves.
+    pub async fn serve_on(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), String> {
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        for a in self.service.list_agents() {
+            let categories: Vec<String> = a.categories.iter().map(ToString::to_string).collect();
+            tracing::info!(message = "Serving agent.", name = %a.name, categories = %categories.join(","), is_sync = a.is_sync);
+        }
+        tracing::info!(message = "Listening.", address = %addr, metrics_port = self.config.metrics_port);
+        let options = ServeOptions {
+            max_message_size: self.config.max_message_size,
+            grace_period: self.config.grace_period,
+            shutdown_delay: self.config.shutdown_delay,
+        };
+        grpc::serve(self.service, listener, options, shutdown).await.map_err(|e| format!("gRPC server failed: {e}"))?;
+        tracing::info!(message = "Stopped.");
+        Ok(())
+    }
+}

@@ -1,0 +1,181 @@
+//! The protocol-independent core of the server: routes calls to agents, decodes and
+//! encodes resource meta (through the registry's erased agents), enforces the protocol's
+//! rules and records flytekit's Prometheus metrics. The gRPC front ends translate
+//! protocol messages to and from these calls and nothing more, so another protocol
+//! generation can serve the same agents.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::agent::{Context, Logs, LogsQuery, MetricsQuery, TaskCategory, TaskRequest};
+use crate::error::AgentError;
+use crate::pb::core;
+use crate::registry::{AgentInfo, Entry, Registry};
+use crate::resource::{Phase, Resource};
+use crate::secrets::SecretStore;
+use crate::telemetry::metrics as m;
+
+/// The agents of a binary plus what every call needs.
+#[derive(Clone, Debug)]
+pub struct AgentService {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    registry: Registry,
+    secrets: SecretStore,
+}
+
+/// Per-call information a front end passes in.
+#[derive(Debug, Clone, Default)]
+pub struct CallInfo {
+    /// The caller's deadline.
+    pub deadline: Option<Instant>,
+    /// The output prefix, when the request carries one.
+    pub output_prefix: Option<String>,
+}
+
+impl AgentService {
+    /// A service over `registry`, resolving secrets from `secrets`.
+    pub fn new(registry: Registry, secrets: SecretStore) -> Self {
+        Self { inner: Arc::new(Inner { registry, secrets }) }
+    }
+
+    /// The registry.
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    fn context(&self, category: &TaskCategory, call: &CallInfo) -> Context {
+        Context::new(category.clone(), self.inner.secrets.clone())
+            .with_deadline(call.deadline)
+            .with_output_prefix(call.output_prefix.clone())
+    }
+
+    fn async_agent(&self, category: &TaskCategory, op: &str) -> Result<Arc<dyn crate::erased::DynAsyncAgent>, AgentError> {
+        match self.inner.registry.lookup(category)? {
+            Entry::Async(a) => Ok(a.clone()),
+            Entry::Sync(_) => Err(AgentError::failed_precondition(format!(
+                "task category {category} is served by a sync agent, which has no {op}; Propeller calls \
+                 ExecuteTaskSync for it when ListAgents reports is_sync (static agentForTaskTypes routing treats \
+                 every type as async)"
+            ))),
+        }
+    }
+
+    /// Starts a job: `CreateTask`. Returns the encoded resource meta.
+    pub async fn create(&self, task: TaskRequest, call: CallInfo) -> Result<Vec<u8>, AgentError> {
+        let category = task.category();
+        let start = Instant::now();
+        m::observe_input_bytes(&category.name, prost::Message::encoded_len(&task.inputs));
+        let result = async {
+            if category.name.is_empty() {
+                return Err(AgentError::invalid_argument("template.type is empty; the template names no task type"));
+            }
+            let agent = self.async_agent(&category, "CreateTask")?;
+            let ctx = self.context(&category, &call);
+            agent.create(&ctx, task).await
+        }
+        .await;
+        m::record(&category.name, "create", start, result.as_ref().err());
+        result
+    }
+
+    /// Reports a job: `GetTask`.
+    pub async fn get(&self, category: TaskCategory, meta: &[u8], call: CallInfo) -> Result<Resource, AgentError> {
+        let start = Instant::now();
+        let result = async {
+            let agent = self.async_agent(&category, "GetTask")?;
+            let ctx = self.context(&category, &call);
+            agent.get(&ctx, meta).await
+        }
+        .await;
+        m::record(&category.name, "get", start, result.as_ref().err());
+        result
+    }
+
+    /// Cancels a job: `DeleteTask`.
+    pub async fn delete(&self, category: TaskCategory, meta: &[u8], call: CallInfo) -> Result<(), AgentError> {
+        let start = Instant::now();
+        let result = async {
+            let agent = self.async_agent(&category, "DeleteTask")?;
+            let ctx = self.context(&category, &call);
+            agent.delete(&ctx, meta).await
+        }
+        .await;
+        m::record(&category.name, "delete", start, result.as_ref().err());
+        result
+    }
+
+    /// Runs a sync task: `ExecuteTaskSync`. The result is always terminal.
+    pub async fn execute(&self, task: TaskRequest, call: CallInfo) -> Result<Resource, AgentError> {
+        let category = task.category();
+        let start = Instant::now();
+        m::observe_input_bytes(&category.name, prost::Message::encoded_len(&task.inputs));
+        let result = async {
+            let agent = match self.inner.registry.lookup(&category)? {
+                Entry::Sync(s) => s.clone(),
+                Entry::Async(_) => {
+                    return Err(AgentError::failed_precondition(format!(
+                        "task category {category} is served by an async agent; call CreateTask, then GetTask"
+                    )));
+                }
+            };
+            let ctx = self.context(&category, &call);
+            let resource = agent.execute(&ctx, task).await?;
+            Ok(ensure_terminal(resource))
+        }
+        .await;
+        m::record(&category.name, "do", start, result.as_ref().err());
+        result
+    }
+
+    /// Execution metrics of a job: `GetTaskMetrics`.
+    pub async fn get_metrics(
+        &self,
+        category: TaskCategory,
+        meta: &[u8],
+        query: MetricsQuery,
+        call: CallInfo,
+    ) -> Result<Vec<core::ExecutionMetricResult>, AgentError> {
+        let agent = self.async_agent(&category, "GetTaskMetrics")?;
+        let ctx = self.context(&category, &call);
+        agent.get_metrics(&ctx, meta, query).await
+    }
+
+    /// Logs of a job: `GetTaskLogs`.
+    pub async fn get_logs(&self, category: TaskCategory, meta: &[u8], query: LogsQuery, call: CallInfo) -> Result<Logs, AgentError> {
+        let agent = self.async_agent(&category, "GetTaskLogs")?;
+        let ctx = self.context(&category, &call);
+        agent.get_logs(&ctx, meta, query).await
+    }
+
+    /// Every agent: `ListAgents`.
+    pub fn list_agents(&self) -> &[AgentInfo] {
+        self.inner.registry.agents()
+    }
+
+    /// One agent by display name: `GetAgent`.
+    pub fn get_agent(&self, name: &str) -> Result<&AgentInfo, AgentError> {
+        self.inner.registry.agents().iter().find(|a| a.name == name).ok_or_else(|| {
+            let names: Vec<&str> = self.inner.registry.agents().iter().map(|a| a.name.as_str()).collect();
+            AgentError::not_found(format!("no agent is named '{name}'; this deployment has: {}", names.join(", ")))
+        })
+    }
+}
+
+/// Propeller has no resource meta to poll for a sync task, so a non-terminal answer
+/// would leave the task hanging; it becomes a retryable failure that says why.
+fn ensure_terminal(resource: Resource) -> Resource {
+    if resource.phase.is_terminal() {
+        return resource;
+    }
+    let phase = resource.phase;
+    tracing::warn!(message = "Sync agent returned a non-terminal phase.", %phase);
+    Resource {
+        phase: Phase::RetryableFailed,
+        message: format!("the sync agent returned phase {phase}, but a sync task must finish within the call: {}", resource.message),
+        ..resource
+    }
+}

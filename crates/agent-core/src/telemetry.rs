@@ -1,0 +1,153 @@
+//! Logs (`tracing`, human or JSON), Prometheus metrics with flytekit's names, and
+//! OpenTelemetry traces exported over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+
+use std::net::SocketAddr;
+
+use opentelemetry::propagation::Extractor;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+use crate::config::{LogFormat, ServerConfig};
+
+/// Keeps the trace pipeline alive; [`Telemetry::shutdown`] flushes pending spans.
+#[derive(Debug, Default)]
+pub struct Telemetry {
+    tracer: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Flushes and stops the trace exporter.
+    pub fn shutdown(self) {
+        if let Some(p) = self.tracer {
+            if let Err(e) = p.shutdown() {
+                tracing::warn!(message = "Could not flush traces.", error = %e);
+            }
+        }
+    }
+}
+
+/// Installs the global subscriber: log format and level from `config` (`RUST_LOG`, when
+/// set, wins), plus an OpenTelemetry layer when an OTLP endpoint is configured.
+pub fn init(config: &ServerConfig, service_name: &str) -> Result<Telemetry, String> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(f) if !f.is_empty() => EnvFilter::try_new(&f).map_err(|e| format!("RUST_LOG: {e}"))?,
+        _ => EnvFilter::try_new(&config.log_level).map_err(|e| format!("log_level: {e}"))?,
+    };
+    let fmt = match config.log_format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Human => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed(),
+    };
+
+    let endpoint_set = ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
+        .iter()
+        .any(|v| std::env::var(v).is_ok_and(|s| !s.is_empty()));
+    let mut telemetry = Telemetry::default();
+    let otel = if endpoint_set {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build()
+            .map_err(|e| format!("OTEL_EXPORTER_OTLP_ENDPOINT: {e}"))?;
+        let resource = opentelemetry_sdk::Resource::builder().with_service_name(service_name.to_owned()).build();
+        let provider = SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build();
+        let tracer = provider.tracer("flyte-agent");
+        opentelemetry::global::set_tracer_provider(provider.clone());
+        telemetry.tracer = Some(provider);
+        Some(tracing_opentelemetry::layer().with_tracer(tracer))
+    } else {
+        None
+    };
+    // W3C trace context is what Propeller's and most clients' instrumentation sends.
+    opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
+
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(otel)
+        .try_init()
+        .map_err(|e| format!("could not install the log subscriber: {e}"))?;
+    Ok(telemetry)
+}
+
+struct HeaderExtractor<'a>(&'a tonic::codegen::http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+/// The span of one gRPC call, continuing the caller's trace when the request carries
+/// W3C trace context (`traceparent`).
+pub(crate) fn grpc_span<B>(req: &tonic::codegen::http::Request<B>) -> tracing::Span {
+    let path = req.uri().path();
+    let span = tracing::info_span!("grpc", otel.name = %path.trim_start_matches('/'), rpc.system = "grpc");
+    let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(req.headers())));
+    let _ = span.set_parent(parent);
+    span
+}
+
+/// Prometheus metrics, named and labelled as flytekit's connector server names them, so
+/// existing dashboards keep working.
+pub mod metrics {
+    use std::time::Instant;
+
+    use metrics::{counter, describe_counter, describe_histogram, histogram};
+
+    use crate::error::AgentError;
+
+    /// Successful calls, by `task_type` and `operation` (`create`, `get`, `delete`, `do`).
+    pub const SUCCESS: &str = "flyte_connector_requests_success_total";
+    /// Failed calls, by `task_type`, `operation` and HTTP-style `error_code`.
+    pub const FAILURE: &str = "flyte_connector_requests_failure_total";
+    /// Handler latency in seconds, by `task_type` and `operation`.
+    pub const LATENCY: &str = "flyte_connector_request_latency_seconds";
+    /// Size of the inputs literal map of create/execute calls, by `task_type`.
+    pub const INPUT_BYTES: &str = "flyte_connector_input_literal_bytes";
+
+    pub(crate) fn describe() {
+        describe_counter!(SUCCESS, "Requests the agent served successfully.");
+        describe_counter!(FAILURE, "Requests the agent failed, by error code.");
+        describe_histogram!(LATENCY, metrics::Unit::Seconds, "Time spent serving a request.");
+        describe_histogram!(INPUT_BYTES, metrics::Unit::Bytes, "Size of the inputs of create and execute requests.");
+    }
+
+    pub(crate) fn record(task_type: &str, operation: &'static str, start: Instant, error: Option<&AgentError>) {
+        let labels = [("task_type", task_type.to_owned()), ("operation", operation.to_owned())];
+        histogram!(LATENCY, &labels).record(start.elapsed().as_secs_f64());
+        match error {
+            None => counter!(SUCCESS, &labels).increment(1),
+            Some(e) => {
+                let [a, b] = labels;
+                counter!(FAILURE, &[a, b, ("error_code", e.http_code().to_owned())]).increment(1);
+            }
+        }
+    }
+
+    pub(crate) fn observe_input_bytes(task_type: &str, bytes: usize) {
+        #[allow(clippy::cast_precision_loss)]
+        histogram!(INPUT_BYTES, "task_type" => task_type.to_owned()).record(bytes as f64);
+    }
+}
+
+/// Serves `/metrics` on `addr`. Histograms render as Prometheus summaries (quantiles,
+/// `_sum`, `_count`), the type flytekit uses.
+pub fn serve_metrics(addr: SocketAddr) -> Result<(), String> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .install()
+        .map_err(|e| format!("metrics_port: cannot serve metrics on {addr}: {e}"))?;
+    metrics::describe();
+    Ok(())
+}

@@ -1,0 +1,256 @@
+//! Test support for agent crates (feature `test-util`): a real server on a loopback port,
+//! gRPC clients for it, and a conformance suite every agent must pass.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+use crate::config::{LogFormat, ServerConfig};
+use crate::executor::{ExecutorOptions, LocalExecutor};
+use crate::grpc::client::GrpcBackend;
+use crate::pb::service::agent_metadata_service_client::AgentMetadataServiceClient;
+use crate::pb::service::async_agent_service_client::AsyncAgentServiceClient;
+use crate::pb::service::sync_agent_service_client::SyncAgentServiceClient;
+use crate::registry::Registry;
+use crate::secrets::{EnvSource, SecretStore};
+use crate::server::AgentServer;
+use crate::service::AgentService;
+
+pub use tonic::{Code, Status};
+
+/// Settings for a test server: loopback, any free port, no metrics endpoint.
+pub fn test_config() -> ServerConfig {
+    ServerConfig {
+        listen_address: [127, 0, 0, 1].into(),
+        port: 0,
+        metrics_port: 0,
+        max_message_size: 64 * 1024 * 1024,
+        grace_period: Duration::from_secs(5),
+        shutdown_delay: Duration::ZERO,
+        log_format: LogFormat::Human,
+        log_level: "info".into(),
+    }
+}
+
+/// A secret store that sees only the given variables (and no files).
+pub fn secrets(vars: &[(&str, &str)]) -> SecretStore {
+    let mut map: HashMap<String, String> = vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    map.entry("FLYTE_SECRETS_DEFAULT_DIR".into()).or_insert_with(|| "/nonexistent-secrets-dir".into());
+    SecretStore::new(EnvSource::Map(Arc::new(map)))
+}
+
+/// An agent server running in this process on `127.0.0.1:<free port>`.
+#[derive(Debug)]
+pub struct TestServer {
+    addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), String>>,
+}
+
+impl TestServer {
+    /// Serves `registry` with no secrets.
+    pub async fn start(registry: Registry) -> Self {
+        Self::start_with(AgentService::new(registry, secrets(&[])), test_config()).await
+    }
+
+    /// Serves `service` with `config` (its port is ignored: a free one is used).
+    pub async fn start_with(service: AgentService, config: ServerConfig) -> Self {
+        let listener = TcpListener::bind((config.listen_address, 0)).await.expect("bind a loopback port");
+        let addr = listener.local_addr().expect("local address");
+        let (tx, rx) = oneshot::channel();
+        let server = AgentServer::new(service, config);
+        let task = tokio::spawn(server.serve_on(listener, async move {
+            let _ = rx.await;
+        }));
+        Self { addr, shutdown: Some(tx), task }
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A channel to the server.
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.endpoint()).expect("valid endpoint").connect().await.expect("connect to test server")
+    }
+
+    /// An `AsyncAgentService` client.
+    pub async fn async_client(&self) -> AsyncAgentServiceClient<Channel> {
+        AsyncAgentServiceClient::new(self.channel().await)
+    }
+
+    /// A `SyncAgentService` client.
+    pub async fn sync_client(&self) -> SyncAgentServiceClient<Channel> {
+        SyncAgentServiceClient::new(self.channel().await)
+    }
+
+    /// An `AgentMetadataService` client.
+    pub async fn metadata_client(&self) -> AgentMetadataServiceClient<Channel> {
+        AgentMetadataServiceClient::new(self.channel().await)
+    }
+
+    /// A Propeller-like executor over gRPC, polling every `poll_interval`.
+    pub async fn executor(&self, poll_interval: Duration) -> LocalExecutor<GrpcBackend> {
+        let backend = GrpcBackend::connect(&self.endpoint(), Duration::from_secs(10)).await.expect("connect");
+        LocalExecutor::new(backend, ExecutorOptions { poll_interval, ..Default::default() })
+    }
+
+    /// Starts the graceful shutdown without waiting for it.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Shuts down gracefully and waits for the server to stop.
+    pub async fn stop(mut self) -> Result<(), String> {
+        self.begin_shutdown();
+        (&mut self.task).await.map_err(|e| e.to_string())?
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.begin_shutdown();
+    }
+}
+
+/// Checks every agent must pass, run through real gRPC against a [`TestServer`].
+pub mod conformance {
+    use std::time::{Duration, Instant};
+
+    use tonic::Code;
+
+    use super::TestServer;
+    use crate::agent::TaskRequest;
+    use crate::pb::admin::{self, execute_task_sync_request as sync_req, execute_task_sync_response as sync_resp};
+    use crate::resource::{Phase, Resource};
+
+    /// Resource meta larger than this is flagged: Propeller keeps it in etcd.
+    pub const MAX_SENSIBLE_META: usize = 4096;
+
+    #[allow(deprecated)]
+    fn get_request(task: &TaskRequest, meta: Vec<u8>) -> admin::GetTaskRequest {
+        admin::GetTaskRequest {
+            task_type: task.template.r#type.clone(),
+            resource_meta: meta,
+            task_category: Some(task.category().to_proto()),
+            output_prefix: task.output_prefix.clone(),
+        }
+    }
+
+    /// For an async agent: it is listed; create returns a small JSON meta; get reaches a
+    /// terminal phase within `timeout` (the final resource is returned for agent-specific
+    /// checks); delete is idempotent; a malformed meta is `INVALID_ARGUMENT`, an unknown
+    /// category `NOT_FOUND` and a missing template `INVALID_ARGUMENT`.
+    #[allow(deprecated)]
+    pub async fn async_agent(server: &TestServer, task: TaskRequest, timeout: Duration) -> Resource {
+        let category = task.category();
+        let agents = server.metadata_client().await.list_agents(admin::ListAgentsRequest {}).await.unwrap().into_inner();
+        let listed = agents.agents.iter().find(|a| a.supported_task_categories.contains(&category.to_proto()));
+        let listed = listed.unwrap_or_else(|| panic!("ListAgents does not list {category}"));
+        assert!(!listed.is_sync, "{category} must be listed as async");
+        assert!(listed.supported_task_types.contains(&category.name), "deprecated supported_task_types lacks {category}");
+
+        let mut client = server.async_client().await;
+        let create = admin::CreateTaskRequest {
+            inputs: Some(task.inputs.clone()),
+            template: Some(task.template.clone()),
+            output_prefix: task.output_prefix.clone(),
+            task_execution_metadata: task.metadata.clone(),
+        };
+        let meta = client.create_task(create).await.unwrap().into_inner().resource_meta;
+        assert!(!meta.is_empty() && meta.len() <= MAX_SENSIBLE_META, "resource meta is {} bytes", meta.len());
+        assert!(serde_json::from_slice::<serde_json::Value>(&meta).is_ok(), "resource meta is not JSON");
+
+        let deadline = Instant::now() + timeout;
+        let resource = loop {
+            let r = client.get_task(get_request(&task, meta.clone())).await.unwrap().into_inner().resource.unwrap();
+            assert_ne!(r.phase, 0, "GetTask must always set a phase");
+            let resource = Resource::from_proto(&r);
+            if resource.phase.is_terminal() {
+                break resource;
+            }
+            assert!(Instant::now() < deadline, "{category} did not finish within {timeout:?} (last phase {})", resource.phase);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+
+        for _ in 0..2 {
+            let del = admin::DeleteTaskRequest {
+                task_type: category.name.clone(),
+                resource_meta: meta.clone(),
+                task_category: Some(category.to_proto()),
+            };
+            client.delete_task(del).await.expect("delete must be idempotent");
+        }
+
+        let bad = client.get_task(get_request(&task, b"{not json".to_vec())).await.unwrap_err();
+        assert_eq!(bad.code(), Code::InvalidArgument, "malformed meta: {bad:?}");
+        let mut unknown = get_request(&task, meta.clone());
+        unknown.task_category = Some(admin::TaskCategory { name: "no_such_task_type".into(), version: 0 });
+        assert_eq!(client.get_task(unknown).await.unwrap_err().code(), Code::NotFound);
+        let no_template = admin::CreateTaskRequest::default();
+        assert_eq!(client.create_task(no_template).await.unwrap_err().code(), Code::InvalidArgument);
+        resource
+    }
+
+    /// For a sync agent: it is listed as sync; Propeller's message sequence gets exactly
+    /// one header response with a terminal phase (returned); a stream that starts with
+    /// inputs is `INVALID_ARGUMENT`; an unknown category is `NOT_FOUND`.
+    pub async fn sync_agent(server: &TestServer, task: TaskRequest) -> Resource {
+        let category = task.category();
+        let agents = server.metadata_client().await.list_agents(admin::ListAgentsRequest {}).await.unwrap().into_inner();
+        let listed = agents.agents.iter().find(|a| a.supported_task_categories.contains(&category.to_proto()));
+        assert!(listed.unwrap_or_else(|| panic!("ListAgents does not list {category}")).is_sync);
+
+        let header = |t: &TaskRequest| admin::ExecuteTaskSyncRequest {
+            part: Some(sync_req::Part::Header(admin::CreateRequestHeader {
+                template: Some(t.template.clone()),
+                output_prefix: t.output_prefix.clone(),
+                task_execution_metadata: t.metadata.clone(),
+                max_dataset_size_bytes: 0,
+            })),
+        };
+        let inputs = admin::ExecuteTaskSyncRequest { part: Some(sync_req::Part::Inputs(task.inputs.clone())) };
+        let mut client = server.sync_client().await;
+        let mut responses =
+            client.execute_task_sync(tokio_stream::iter([header(&task), inputs.clone()])).await.unwrap().into_inner();
+        let first = responses.message().await.unwrap().expect("one response");
+        let resource = match first.res {
+            Some(sync_resp::Res::Header(h)) => Resource::from_proto(&h.resource.expect("resource")),
+            other => panic!("first response must be a header, got {other:?}"),
+        };
+        assert!(resource.phase.is_terminal(), "sync result must be terminal, got {}", resource.phase);
+        assert!(responses.message().await.unwrap().is_none(), "exactly one response");
+
+        let err = client.execute_task_sync(tokio_stream::iter([inputs.clone()])).await;
+        let code = match err {
+            Err(s) => s.code(),
+            Ok(r) => r.into_inner().message().await.unwrap_err().code(),
+        };
+        assert_eq!(code, Code::InvalidArgument);
+
+        let mut other = task.clone();
+        other.template.r#type = "no_such_task_type".into();
+        let err = client.execute_task_sync(tokio_stream::iter([header(&other), inputs])).await;
+        let code = match err {
+            Err(s) => s.code(),
+            Ok(r) => r.into_inner().message().await.unwrap_err().code(),
+        };
+        assert_eq!(code, Code::NotFound);
+        assert_ne!(resource.phase, Phase::RetryableFailed, "{}", resource.message);
+        resource
+    }
+}

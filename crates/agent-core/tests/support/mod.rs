@@ -1,0 +1,4 @@
+//! Shared test code.
+
+#[allow(dead_code)]
+pub(crate) mod test_agent;

@@ -1,0 +1,198 @@
+//! A small async agent and sync agent for tests, the end-to-end suite and the benchmark.
+//! They talk to no external service: a "job" is a deadline carried in the resource meta,
+//! so the agents are stateless, as real ones must be.
+//!
+//! Behaviour is steered by `template.custom`:
+//! - `duration_ms`: how long the job runs (async);
+//! - `outcome`: `succeed` (default), `fail`, `retryable`, or `pending` (sync only: a
+//!   non-terminal answer, which the server must turn into a retryable failure);
+//! - `error`: `unavailable`, `invalid`, `precondition`, `internal`, `panic` — fail the call;
+//! - `secret`: a secret key the task needs (checked, never stored);
+//! - `sleep_ms`: how long a sync call takes.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use agent_core::prelude::*;
+use agent_core::{LogLine, Logs};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+
+/// Task type of the async test agent.
+pub(crate) const ASYNC_TYPE: &str = "test_async";
+/// Task type of the sync test agent.
+pub(crate) const SYNC_TYPE: &str = "test_sync";
+
+/// The job handle. `outcome` and the defaults let metas written by flytekit's Python
+/// `ResourceMeta.encode()` (with `null`s and missing fields) decode.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct TestMeta {
+    pub(crate) job_id: String,
+    pub(crate) started_at_ms: u64,
+    #[serde(default)]
+    pub(crate) duration_ms: u64,
+    #[serde(default)]
+    pub(crate) outcome: Option<String>,
+    #[serde(default)]
+    pub(crate) x: i64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Settings {
+    duration_ms: u64,
+    outcome: Option<String>,
+    error: Option<String>,
+    secret: Option<String>,
+    sleep_ms: u64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn requested_error(kind: Option<&str>, secret: Option<&Secret>) -> Result<(), AgentError> {
+    match kind {
+        None => Ok(()),
+        Some("unavailable") => Err(AgentError::unavailable("the test service is unavailable (requested)")),
+        Some("invalid") => Err(AgentError::invalid_argument("template.custom.error: invalid (requested)")),
+        Some("precondition") => Err(AgentError::failed_precondition("a precondition failed (requested)")),
+        // A careless agent that puts a credential in its error: the server must scrub it.
+        Some("internal") => Err(AgentError::internal(format!(
+            "unexpected answer for credential {}",
+            secret.map(Secret::expose).unwrap_or("none")
+        ))),
+        Some("panic") => panic!("the test agent panics (requested)"),
+        Some(other) => Err(AgentError::invalid_argument(format!("template.custom.error: unknown error kind '{other}'"))),
+    }
+}
+
+fn x_input(task: &TaskRequest) -> Result<i64, AgentError> {
+    if task.inputs.literals.contains_key("x") { task.input::<i64>("x") } else { Ok(0) }
+}
+
+/// The async test agent.
+#[derive(Debug, Default)]
+pub(crate) struct TestAsyncAgent;
+
+impl AsyncAgent for TestAsyncAgent {
+    type Meta = TestMeta;
+
+    fn name(&self) -> &str {
+        "Test Async Agent"
+    }
+
+    fn task_categories(&self) -> Vec<TaskCategory> {
+        vec![TaskCategory::new(ASYNC_TYPE, 0)]
+    }
+
+    async fn create(&self, ctx: &Context, task: TaskRequest) -> Result<TestMeta, AgentError> {
+        let s: Settings = task.custom_as()?;
+        let secret = s.secret.as_deref().map(|k| ctx.secret(k)).transpose()?;
+        requested_error(s.error.as_deref(), secret.as_ref())?;
+        let x = x_input(&task)?;
+        // Deterministic per attempt, as real agents derive their job ids.
+        let job_id = task.attempt_key().unwrap_or_else(|| format!("job-{}", now_ms()));
+        Ok(TestMeta { job_id, started_at_ms: now_ms(), duration_ms: s.duration_ms, outcome: s.outcome, x })
+    }
+
+    async fn get(&self, _ctx: &Context, meta: TestMeta) -> Result<Resource, AgentError> {
+        let link = LogLink::new("Test Console", format!("https://console.example.com/jobs/{}", meta.job_id));
+        let elapsed = now_ms().saturating_sub(meta.started_at_ms);
+        if elapsed < meta.duration_ms {
+            return Ok(Resource::running().with_message(format!("{elapsed} of {} ms", meta.duration_ms)).with_log_link(link));
+        }
+        let info = serde_json::json!({"job_id": meta.job_id, "elapsed_ms": elapsed});
+        let resource = match meta.outcome.as_deref() {
+            Some("fail") => Resource::failed("the job failed (requested)"),
+            Some("retryable") => Resource::retryable_failure("the job hit a transient failure (requested)"),
+            _ => Resource::succeeded().with_message("done").with_output("y", meta.x * 2),
+        };
+        Ok(resource.with_log_link(link).with_custom_info(info.as_object().cloned().unwrap_or_default()))
+    }
+
+    async fn delete(&self, _ctx: &Context, _meta: TestMeta) -> Result<(), AgentError> {
+        Ok(())
+    }
+
+    async fn get_metrics(
+        &self,
+        _ctx: &Context,
+        meta: TestMeta,
+        query: MetricsQuery,
+    ) -> Result<Vec<agent_core::pb::core::ExecutionMetricResult>, AgentError> {
+        let names = if query.queries.is_empty() { vec!["EXECUTION_METRIC_USED_CPU_AVG".to_owned()] } else { query.queries };
+        let data = serde_json::json!({"job_id": meta.job_id, "values": [[meta.started_at_ms / 1000, 0.5]]});
+        Ok(names
+            .into_iter()
+            .map(|metric| agent_core::pb::core::ExecutionMetricResult {
+                metric,
+                data: Some(agent_core::json::json_to_struct(data.as_object().unwrap_or(&serde_json::Map::new()))),
+            })
+            .collect())
+    }
+
+    /// Pages of `lines` lines (default 5), three pages in all, streamed line by line.
+    async fn get_logs(&self, _ctx: &Context, meta: TestMeta, query: LogsQuery) -> Result<Logs, AgentError> {
+        let page: u64 = if query.token.is_empty() {
+            0
+        } else {
+            query.token.parse().map_err(|_| AgentError::invalid_argument(format!("token: '{}' is not a page token", query.token)))?
+        };
+        let per_page = if query.lines == 0 { 5 } else { query.lines.min(10_000) };
+        let next_token = if page < 2 { (page + 1).to_string() } else { String::new() };
+        let job = meta.job_id;
+        let lines = futures_util::stream::iter(0..per_page).then(move |i| {
+            let message = format!("{job} line {}\n", page * per_page + i);
+            async move {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                Ok(LogLine {
+                    timestamp: Some(SystemTime::now().into()),
+                    message,
+                    originator: agent_core::pb::admin::LogLineOriginator::User,
+                })
+            }
+        });
+        Ok(Logs { next_token, lines: Box::pin(lines) })
+    }
+}
+
+/// The sync test agent: echoes its inputs and greets `name`.
+#[derive(Debug, Default)]
+pub(crate) struct TestSyncAgent;
+
+impl SyncAgent for TestSyncAgent {
+    fn name(&self) -> &str {
+        "Test Sync Agent"
+    }
+
+    fn task_categories(&self) -> Vec<TaskCategory> {
+        vec![TaskCategory::new(SYNC_TYPE, 0)]
+    }
+
+    async fn execute(&self, ctx: &Context, task: TaskRequest) -> Result<Resource, AgentError> {
+        let s: Settings = task.custom_as()?;
+        let secret = s.secret.as_deref().map(|k| ctx.secret(k)).transpose()?;
+        requested_error(s.error.as_deref(), secret.as_ref())?;
+        if s.sleep_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(s.sleep_ms)).await;
+        }
+        if s.outcome.as_deref() == Some("pending") {
+            return Ok(Resource::running().with_message("still working"));
+        }
+        if s.outcome.as_deref() == Some("fail") {
+            return Ok(Resource::failed("the task failed (requested)"));
+        }
+        let name: String = if task.inputs.literals.contains_key("name") { task.input("name")? } else { "world".into() };
+        let mut resource = Resource::succeeded().with_outputs(task.inputs.clone());
+        resource = resource.with_output("greeting", format!("hello, {name}"));
+        Ok(resource)
+    }
+}
+
+/// Both test agents.
+pub(crate) fn registry() -> Registry {
+    Registry::builder()
+        .async_agent(TestAsyncAgent)
+        .and_then(|r| r.sync_agent(TestSyncAgent))
+        .expect("the test agents have distinct categories")
+}
