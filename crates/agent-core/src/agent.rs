@@ -84,7 +84,9 @@ impl TaskRequest {
             Some(core::task_template::Target::Sql(_)) => {
                 Err(AgentError::invalid_argument("template.sql.statement: the SQL statement is empty"))
             }
-            _ => Err(AgentError::invalid_argument("template.sql: this task type needs a SQL statement in the template")),
+            _ => {
+                Err(AgentError::invalid_argument("template.sql: this task type needs a SQL statement in the template"))
+            }
         }
     }
 
@@ -284,7 +286,12 @@ pub trait AsyncAgent: Send + Sync + 'static {
     }
 
     /// Logs of the job. Optional.
-    fn get_logs(&self, ctx: &Context, meta: Self::Meta, query: LogsQuery) -> impl Future<Output = Result<Logs, AgentError>> + Send {
+    fn get_logs(
+        &self,
+        ctx: &Context,
+        meta: Self::Meta,
+        query: LogsQuery,
+    ) -> impl Future<Output = Result<Logs, AgentError>> + Send {
         let _ = (ctx, meta, query);
         std::future::ready(Err(AgentError::unimplemented(format!("agent '{}' does not serve logs", self.name()))))
     }

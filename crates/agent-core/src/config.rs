@@ -62,8 +62,16 @@ log_level: info
 ";
 
 /// Keys of [`ServerConfig`]; anything else at the top level must be an agent section.
-const SERVER_KEYS: &[&str] =
-    &["listen_address", "port", "metrics_port", "max_message_size", "grace_period", "shutdown_delay", "log_format", "log_level"];
+const SERVER_KEYS: &[&str] = &[
+    "listen_address",
+    "port",
+    "metrics_port",
+    "max_message_size",
+    "grace_period",
+    "shutdown_delay",
+    "log_format",
+    "log_level",
+];
 
 /// Command-line flags common to every agent binary.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -122,10 +130,8 @@ impl Settings {
             }
             b = b.add_source(config::File::from(path.as_path()).required(true));
         }
-        let mut environment = config::Environment::with_prefix("AGENT")
-            .prefix_separator("_")
-            .separator("__")
-            .try_parsing(true);
+        let mut environment =
+            config::Environment::with_prefix("AGENT").prefix_separator("_").separator("__").try_parsing(true);
         if let Some(map) = env {
             environment = environment.source(Some(map.into_iter().collect()));
         }
@@ -146,9 +152,7 @@ impl Settings {
             .set_override_option("log_level", cli.log_level.clone())
             .map_err(err)?;
         for kv in &cli.overrides {
-            let (k, v) = kv
-                .split_once('=')
-                .ok_or_else(|| ConfigError(format!("--set {kv}: expected KEY=VALUE")))?;
+            let (k, v) = kv.split_once('=').ok_or_else(|| ConfigError(format!("--set {kv}: expected KEY=VALUE")))?;
             b = b.set_override(k.trim(), v.trim()).map_err(err)?;
         }
         let raw = b.build().map_err(err)?;
@@ -161,15 +165,17 @@ impl Settings {
     pub fn section<T: DeserializeOwned>(&self, key: &str) -> Result<T, ConfigError> {
         match self.raw.get::<T>(key) {
             Ok(v) => Ok(v),
-            Err(config::ConfigError::NotFound(_)) => serde_json::from_value(serde_json::json!({}))
-                .map_err(|e| ConfigError(format!("{key}: {e}"))),
+            Err(config::ConfigError::NotFound(_)) => {
+                serde_json::from_value(serde_json::json!({})).map_err(|e| ConfigError(format!("{key}: {e}")))
+            }
             Err(e) => Err(ConfigError(format!("{key}: {e}"))),
         }
     }
 }
 
 fn server_config(raw: &config::Config) -> Result<ServerConfig, ConfigError> {
-    let table = raw.clone().try_deserialize::<HashMap<String, config::Value>>().map_err(|e| ConfigError(e.to_string()))?;
+    let table =
+        raw.clone().try_deserialize::<HashMap<String, config::Value>>().map_err(|e| ConfigError(e.to_string()))?;
     let pick = |t: &HashMap<String, config::Value>| -> serde_json::Map<String, serde_json::Value> {
         SERVER_KEYS.iter().filter_map(|k| t.get(*k).map(|v| ((*k).to_owned(), value_to_json(v)))).collect()
     };
@@ -257,9 +263,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("agent.yaml");
-        std::fs::write(&file, "port: 7000\nmetrics_port: 7001\nlog_level: debug\nbigquery:\n  project: from-file\n").unwrap();
+        std::fs::write(&file, "port: 7000\nmetrics_port: 7001\nlog_level: debug\nbigquery:\n  project: from-file\n")
+            .unwrap();
         let cli = CliArgs { config: Some(file.clone()), port: Some(6000), ..Default::default() };
-        let s = Settings::load(&cli, env(&[("AGENT_METRICS_PORT", "5001"), ("AGENT_BIGQUERY__LOCATION", "EU")])).unwrap();
+        let s =
+            Settings::load(&cli, env(&[("AGENT_METRICS_PORT", "5001"), ("AGENT_BIGQUERY__LOCATION", "EU")])).unwrap();
         assert_eq!(s.server.port, 6000, "flag beats file");
         assert_eq!(s.server.metrics_port, 5001, "env beats file");
         assert_eq!(s.server.log_level, "debug", "file beats default");

@@ -21,7 +21,12 @@ pub(crate) trait DynAsyncAgent: Send + Sync {
         meta: &'a [u8],
         query: MetricsQuery,
     ) -> BoxFuture<'a, Result<Vec<core::ExecutionMetricResult>, AgentError>>;
-    fn get_logs<'a>(&'a self, ctx: &'a Context, meta: &'a [u8], query: LogsQuery) -> BoxFuture<'a, Result<Logs, AgentError>>;
+    fn get_logs<'a>(
+        &'a self,
+        ctx: &'a Context,
+        meta: &'a [u8],
+        query: LogsQuery,
+    ) -> BoxFuture<'a, Result<Logs, AgentError>>;
 }
 
 pub(crate) trait DynSyncAgent: Send + Sync {
@@ -29,7 +34,10 @@ pub(crate) trait DynSyncAgent: Send + Sync {
 }
 
 /// Runs an agent future, turning a panic into `INTERNAL` instead of a dropped connection.
-async fn guarded<T>(what: &str, fut: impl std::future::Future<Output = Result<T, AgentError>>) -> Result<T, AgentError> {
+async fn guarded<T>(
+    what: &str,
+    fut: impl std::future::Future<Output = Result<T, AgentError>>,
+) -> Result<T, AgentError> {
     match AssertUnwindSafe(fut).catch_unwind().await {
         Ok(r) => r,
         Err(_) => {
@@ -73,7 +81,12 @@ impl<A: AsyncAgent> DynAsyncAgent for A {
         })
     }
 
-    fn get_logs<'a>(&'a self, ctx: &'a Context, meta: &'a [u8], query: LogsQuery) -> BoxFuture<'a, Result<Logs, AgentError>> {
+    fn get_logs<'a>(
+        &'a self,
+        ctx: &'a Context,
+        meta: &'a [u8],
+        query: LogsQuery,
+    ) -> BoxFuture<'a, Result<Logs, AgentError>> {
         Box::pin(async move {
             let meta = decode_meta::<A::Meta>(meta, self.name())?;
             guarded("get_logs", AsyncAgent::get_logs(self, ctx, meta, query)).await

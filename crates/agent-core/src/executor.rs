@@ -20,7 +20,12 @@ pub trait Backend: Send + Sync {
     /// `CreateTask`.
     fn create(&self, task: TaskRequest) -> BoxFuture<'_, Result<Vec<u8>, AgentError>>;
     /// `GetTask`.
-    fn get<'a>(&'a self, category: &'a TaskCategory, meta: &'a [u8], output_prefix: &'a str) -> BoxFuture<'a, Result<Resource, AgentError>>;
+    fn get<'a>(
+        &'a self,
+        category: &'a TaskCategory,
+        meta: &'a [u8],
+        output_prefix: &'a str,
+    ) -> BoxFuture<'a, Result<Resource, AgentError>>;
     /// `DeleteTask`.
     fn delete<'a>(&'a self, category: &'a TaskCategory, meta: &'a [u8]) -> BoxFuture<'a, Result<(), AgentError>>;
     /// `ExecuteTaskSync`.
@@ -34,7 +39,12 @@ impl Backend for AgentService {
     fn create(&self, task: TaskRequest) -> BoxFuture<'_, Result<Vec<u8>, AgentError>> {
         Box::pin(AgentService::create(self, task, CallInfo::default()))
     }
-    fn get<'a>(&'a self, category: &'a TaskCategory, meta: &'a [u8], output_prefix: &'a str) -> BoxFuture<'a, Result<Resource, AgentError>> {
+    fn get<'a>(
+        &'a self,
+        category: &'a TaskCategory,
+        meta: &'a [u8],
+        output_prefix: &'a str,
+    ) -> BoxFuture<'a, Result<Resource, AgentError>> {
         let call = CallInfo { deadline: None, output_prefix: Some(output_prefix.to_owned()) };
         Box::pin(AgentService::get(self, category.clone(), meta, call))
     }

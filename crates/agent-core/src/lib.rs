@@ -28,7 +28,9 @@ pub mod telemetry;
 #[cfg(feature = "test-util")]
 pub mod testing;
 
-pub use agent::{AsyncAgent, Context, LogLine, Logs, LogsQuery, MetricsQuery, ResourceMeta, SyncAgent, TaskCategory, TaskRequest};
+pub use agent::{
+    AsyncAgent, Context, LogLine, Logs, LogsQuery, MetricsQuery, ResourceMeta, SyncAgent, TaskCategory, TaskRequest,
+};
 pub use error::AgentError;
 pub use grpc::client::GrpcBackend;
 pub use registry::Registry;

@@ -97,13 +97,12 @@ impl Value {
                 .map(|(i, l)| Self::from_literal(l, &format!("{path}[{i}]")))
                 .collect::<Result<_, _>>()
                 .map(Self::Collection),
-            Some(literal::Value::Map(m)) => {
-                m.literals
-                    .iter()
-                    .map(|(k, l)| Ok((k.clone(), Self::from_literal(l, &format!("{path}.{k}"))?)))
-                    .collect::<Result<_, AgentError>>()
-                    .map(Self::Map)
-            }
+            Some(literal::Value::Map(m)) => m
+                .literals
+                .iter()
+                .map(|(k, l)| Ok((k.clone(), Self::from_literal(l, &format!("{path}.{k}"))?)))
+                .collect::<Result<_, AgentError>>()
+                .map(Self::Map),
             Some(literal::Value::OffloadedMetadata(o)) => Err(invalid(&format!(
                 "the value is offloaded to {} ({} bytes); offloaded literals are not supported by agents",
                 o.uri, o.size_bytes
@@ -141,7 +140,8 @@ impl Value {
                 Self::Blob {
                     uri: b.uri.clone(),
                     format: ty.map(|t| t.format.clone()).unwrap_or_default(),
-                    multipart: ty.is_some_and(|t| t.dimensionality == core::blob_type::BlobDimensionality::Multipart as i32),
+                    multipart: ty
+                        .is_some_and(|t| t.dimensionality == core::blob_type::BlobDimensionality::Multipart as i32),
                 }
             }
             // A union literal carries the chosen variant's value.
@@ -149,11 +149,12 @@ impl Value {
                 Some(inner) => Self::from_literal(inner, path)?,
                 None => return Err(invalid("union has no value")),
             },
-            Some(scalar::Value::Schema(s)) => {
-                Self::StructuredDataset { uri: s.uri.clone(), format: String::new() }
-            }
+            Some(scalar::Value::Schema(s)) => Self::StructuredDataset { uri: s.uri.clone(), format: String::new() },
             Some(scalar::Value::Error(e)) => {
-                return Err(invalid(&format!("the value is an upstream error from node '{}': {}", e.failed_node_id, e.message)));
+                return Err(invalid(&format!(
+                    "the value is an upstream error from node '{}': {}",
+                    e.failed_node_id, e.message
+                )));
             }
         })
     }
@@ -173,12 +174,17 @@ impl Value {
             Self::Boolean(b) => prim(primitive::Value::Boolean(*b)),
             Self::Datetime(t) => prim(primitive::Value::Datetime(*t)),
             Self::Duration(d) => prim(primitive::Value::Duration(*d)),
-            Self::Binary { value, tag } => scalar(scalar::Value::Binary(Binary { value: value.clone(), tag: tag.clone() })),
+            Self::Binary { value, tag } => {
+                scalar(scalar::Value::Binary(Binary { value: value.clone(), tag: tag.clone() }))
+            }
             Self::Generic(m) => scalar(scalar::Value::Generic(json_to_struct(m))),
             Self::StructuredDataset { uri, format } => scalar(scalar::Value::StructuredDataset(StructuredDataset {
                 uri: uri.clone(),
                 metadata: Some(StructuredDatasetMetadata {
-                    structured_dataset_type: Some(StructuredDatasetType { format: format.clone(), ..Default::default() }),
+                    structured_dataset_type: Some(StructuredDatasetType {
+                        format: format.clone(),
+                        ..Default::default()
+                    }),
                 }),
             })),
             Self::Blob { uri, format, multipart } => scalar(scalar::Value::Blob(Blob {
@@ -325,10 +331,9 @@ pub fn values_to_literal_map<K: Into<String>, V: Into<Value>>(values: impl IntoI
 
 /// Reads one named input as `T`, with errors that name the input and both types.
 pub fn get_input<T: FromValue>(inputs: &LiteralMap, name: &str) -> Result<T, AgentError> {
-    let lit = inputs
-        .literals
-        .get(name)
-        .ok_or_else(|| AgentError::invalid_argument(format!("inputs.{name}: missing; the task needs an input named '{name}'")))?;
+    let lit = inputs.literals.get(name).ok_or_else(|| {
+        AgentError::invalid_argument(format!("inputs.{name}: missing; the task needs an input named '{name}'"))
+    })?;
     let value = Value::from_literal(lit, &format!("inputs.{name}"))?;
     T::from_value(&value).ok_or_else(|| {
         AgentError::invalid_argument(format!("inputs.{name}: expected {}, got {}", T::EXPECTED, value.kind()))

@@ -80,7 +80,13 @@ impl Registry {
         self.add(Entry::Sync(Arc::new(agent)), name, categories, true)
     }
 
-    fn add(mut self, entry: Entry, name: String, categories: Vec<TaskCategory>, is_sync: bool) -> Result<Self, RegistryError> {
+    fn add(
+        mut self,
+        entry: Entry,
+        name: String,
+        categories: Vec<TaskCategory>,
+        is_sync: bool,
+    ) -> Result<Self, RegistryError> {
         if categories.is_empty() {
             return Err(RegistryError::NoCategories(name));
         }

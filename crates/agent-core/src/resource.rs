@@ -33,6 +33,18 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// Every phase, for exhaustive tests.
+    pub const ALL: [Phase; 8] = [
+        Self::Queued,
+        Self::WaitingForResources,
+        Self::Initializing,
+        Self::Running,
+        Self::Succeeded,
+        Self::Aborted,
+        Self::Failed,
+        Self::RetryableFailed,
+    ];
+
     /// Whether the job will not change any more. Unlike flytekit's local executor,
     /// `RetryableFailed` is terminal: Propeller stops polling on it too.
     pub fn is_terminal(self) -> bool {
@@ -342,7 +354,7 @@ mod tests {
     #[test]
     fn every_phase_round_trips_and_none_is_undefined() {
         use Phase::*;
-        for p in [Queued, WaitingForResources, Initializing, Running, Succeeded, Aborted, Failed, RetryableFailed] {
+        for p in Phase::ALL {
             assert_eq!(Phase::from_proto(p.to_proto() as i32), Some(p));
             assert_ne!(p.to_proto() as i32, 0);
             let r = Resource::new(p).to_proto();
@@ -385,6 +397,6 @@ mod tests {
         let s = "é".repeat(5000);
         let t = truncate(&s, 100);
         assert!(t.len() <= 100 && t.ends_with("(truncated)"));
-        assert_eq!(Resource::failed(s).to_proto().message.len() <= MAX_RESOURCE_MESSAGE, true);
+        assert!(Resource::failed(s).to_proto().message.len() <= MAX_RESOURCE_MESSAGE);
     }
 }

@@ -35,8 +35,12 @@ struct Cli {
 /// agents (it may read its own config section), serves until SIGTERM or SIGINT, drains,
 /// and exits 0. Bad flags or settings exit 2 with a message naming the setting.
 pub fn run(info: BinaryInfo, build: impl FnOnce(&Settings) -> Result<Registry, String>) -> ExitCode {
-    let help = format!("{}\n\nSettings (defaults shown) can come from --config FILE, AGENT_<KEY> \
-        environment variables or the flags below:\n\n{}", info.about, crate::config::DEFAULTS);
+    let help = format!(
+        "{}\n\nSettings (defaults shown) can come from --config FILE, AGENT_<KEY> \
+        environment variables or the flags below:\n\n{}",
+        info.about,
+        crate::config::DEFAULTS
+    );
     let command = Cli::command().name(info.name).about(info.about).version(info.version).after_help(help);
     let cli = match Cli::from_arg_matches(&command.get_matches()) {
         Ok(c) => c,
@@ -59,7 +63,8 @@ pub fn run(info: BinaryInfo, build: impl FnOnce(&Settings) -> Result<Registry, S
             Ok(r) => r,
             Err(e) => return fail(info, &e),
         };
-        let server = AgentServer::new(AgentService::new(registry, SecretStore::from_process_env()), settings.server.clone());
+        let server =
+            AgentServer::new(AgentService::new(registry, SecretStore::from_process_env()), settings.server.clone());
         let code = match server.serve_until(shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(info, &e),
@@ -117,7 +122,8 @@ impl AgentServer {
     /// Binds the gRPC and metrics ports and serves until `shutdown` resolves, then drains.
     pub async fn serve_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), String> {
         let grpc_addr = SocketAddr::new(self.config.listen_address, self.config.port);
-        let listener = TcpListener::bind(grpc_addr).await.map_err(|e| format!("port: cannot listen on {grpc_addr}: {e}"))?;
+        let listener =
+            TcpListener::bind(grpc_addr).await.map_err(|e| format!("port: cannot listen on {grpc_addr}: {e}"))?;
         if self.config.metrics_port != 0 {
             crate::telemetry::serve_metrics(SocketAddr::new(self.config.listen_address, self.config.metrics_port))?;
         }
@@ -125,7 +131,11 @@ impl AgentServer {
     }
 
     /// Serves on an already bound listener (tests bind port 0) until `shutdown` resolves.
-    pub async fn serve_on(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), String> {
+    pub async fn serve_on(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), String> {
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         for a in self.service.list_agents() {
             let categories: Vec<String> = a.categories.iter().map(ToString::to_string).collect();

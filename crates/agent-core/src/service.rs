@@ -53,7 +53,11 @@ impl AgentService {
             .with_output_prefix(call.output_prefix.clone())
     }
 
-    fn async_agent(&self, category: &TaskCategory, op: &str) -> Result<Arc<dyn crate::erased::DynAsyncAgent>, AgentError> {
+    fn async_agent(
+        &self,
+        category: &TaskCategory,
+        op: &str,
+    ) -> Result<Arc<dyn crate::erased::DynAsyncAgent>, AgentError> {
         match self.inner.registry.lookup(category)? {
             Entry::Async(a) => Ok(a.clone()),
             Entry::Sync(_) => Err(AgentError::failed_precondition(format!(
@@ -67,53 +71,40 @@ impl AgentService {
     /// Starts a job: `CreateTask`. Returns the encoded resource meta.
     pub async fn create(&self, task: TaskRequest, call: CallInfo) -> Result<Vec<u8>, AgentError> {
         let category = task.category();
-        let start = Instant::now();
         m::observe_input_bytes(&category.name, prost::Message::encoded_len(&task.inputs));
-        let result = async {
+        measured(&category, "create", async {
             if category.name.is_empty() {
                 return Err(AgentError::invalid_argument("template.type is empty; the template names no task type"));
             }
             let agent = self.async_agent(&category, "CreateTask")?;
-            let ctx = self.context(&category, &call);
-            agent.create(&ctx, task).await
-        }
-        .await;
-        m::record(&category.name, "create", start, result.as_ref().err());
-        result
+            agent.create(&self.context(&category, &call), task).await
+        })
+        .await
     }
 
     /// Reports a job: `GetTask`.
     pub async fn get(&self, category: TaskCategory, meta: &[u8], call: CallInfo) -> Result<Resource, AgentError> {
-        let start = Instant::now();
-        let result = async {
+        measured(&category, "get", async {
             let agent = self.async_agent(&category, "GetTask")?;
-            let ctx = self.context(&category, &call);
-            agent.get(&ctx, meta).await
-        }
-        .await;
-        m::record(&category.name, "get", start, result.as_ref().err());
-        result
+            agent.get(&self.context(&category, &call), meta).await
+        })
+        .await
     }
 
     /// Cancels a job: `DeleteTask`.
     pub async fn delete(&self, category: TaskCategory, meta: &[u8], call: CallInfo) -> Result<(), AgentError> {
-        let start = Instant::now();
-        let result = async {
+        measured(&category, "delete", async {
             let agent = self.async_agent(&category, "DeleteTask")?;
-            let ctx = self.context(&category, &call);
-            agent.delete(&ctx, meta).await
-        }
-        .await;
-        m::record(&category.name, "delete", start, result.as_ref().err());
-        result
+            agent.delete(&self.context(&category, &call), meta).await
+        })
+        .await
     }
 
     /// Runs a sync task: `ExecuteTaskSync`. The result is always terminal.
     pub async fn execute(&self, task: TaskRequest, call: CallInfo) -> Result<Resource, AgentError> {
         let category = task.category();
-        let start = Instant::now();
         m::observe_input_bytes(&category.name, prost::Message::encoded_len(&task.inputs));
-        let result = async {
+        measured(&category, "do", async {
             let agent = match self.inner.registry.lookup(&category)? {
                 Entry::Sync(s) => s.clone(),
                 Entry::Async(_) => {
@@ -122,13 +113,10 @@ impl AgentService {
                     )));
                 }
             };
-            let ctx = self.context(&category, &call);
-            let resource = agent.execute(&ctx, task).await?;
+            let resource = agent.execute(&self.context(&category, &call), task).await?;
             Ok(ensure_terminal(resource))
-        }
-        .await;
-        m::record(&category.name, "do", start, result.as_ref().err());
-        result
+        })
+        .await
     }
 
     /// Execution metrics of a job: `GetTaskMetrics`.
@@ -145,7 +133,13 @@ impl AgentService {
     }
 
     /// Logs of a job: `GetTaskLogs`.
-    pub async fn get_logs(&self, category: TaskCategory, meta: &[u8], query: LogsQuery, call: CallInfo) -> Result<Logs, AgentError> {
+    pub async fn get_logs(
+        &self,
+        category: TaskCategory,
+        meta: &[u8],
+        query: LogsQuery,
+        call: CallInfo,
+    ) -> Result<Logs, AgentError> {
         let agent = self.async_agent(&category, "GetTaskLogs")?;
         let ctx = self.context(&category, &call);
         agent.get_logs(&ctx, meta, query).await
@@ -165,6 +159,18 @@ impl AgentService {
     }
 }
 
+/// Runs one operation, recording flytekit's success/failure counters and latency.
+async fn measured<T>(
+    category: &TaskCategory,
+    operation: &'static str,
+    fut: impl std::future::Future<Output = Result<T, AgentError>>,
+) -> Result<T, AgentError> {
+    let start = Instant::now();
+    let result = fut.await;
+    m::record(&category.name, operation, start, result.as_ref().err());
+    result
+}
+
 /// Propeller has no resource meta to poll for a sync task, so a non-terminal answer
 /// would leave the task hanging; it becomes a retryable failure that says why.
 fn ensure_terminal(resource: Resource) -> Resource {
@@ -175,7 +181,10 @@ fn ensure_terminal(resource: Resource) -> Resource {
     tracing::warn!(message = "Sync agent returned a non-terminal phase.", %phase);
     Resource {
         phase: Phase::RetryableFailed,
-        message: format!("the sync agent returned phase {phase}, but a sync task must finish within the call: {}", resource.message),
+        message: format!(
+            "the sync agent returned phase {phase}, but a sync task must finish within the call: {}",
+            resource.message
+        ),
         ..resource
     }
 }

@@ -22,10 +22,8 @@ pub struct Telemetry {
 impl Telemetry {
     /// Flushes and stops the trace exporter.
     pub fn shutdown(self) {
-        if let Some(p) = self.tracer {
-            if let Err(e) = p.shutdown() {
-                tracing::warn!(message = "Could not flush traces.", error = %e);
-            }
+        if let Some(Err(e)) = self.tracer.map(|p| p.shutdown()) {
+            tracing::warn!(message = "Could not flush traces.", error = %e);
         }
     }
 }

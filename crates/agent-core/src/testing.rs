@@ -134,9 +134,35 @@ pub mod conformance {
     use tonic::Code;
 
     use super::TestServer;
-    use crate::agent::TaskRequest;
+    use crate::agent::{TaskCategory, TaskRequest};
     use crate::pb::admin::{self, execute_task_sync_request as sync_req, execute_task_sync_response as sync_resp};
     use crate::resource::{Phase, Resource};
+
+    /// The `ListAgents` entry that lists `category`; panics when none does.
+    pub async fn listed_agent(server: &TestServer, category: &TaskCategory) -> admin::Agent {
+        let agents =
+            server.metadata_client().await.list_agents(admin::ListAgentsRequest {}).await.unwrap().into_inner();
+        agents
+            .agents
+            .into_iter()
+            .find(|a| a.supported_task_categories.contains(&category.to_proto()))
+            .unwrap_or_else(|| panic!("ListAgents does not list {category}"))
+    }
+
+    /// The code of a streaming call that must fail, whether it fails on open or on the
+    /// first message.
+    pub async fn stream_error_code<T>(result: Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>) -> Code {
+        match result {
+            Err(s) => s.code(),
+            Ok(r) => match r.into_inner().message().await {
+                Err(s) => s.code(),
+                Ok(m) => panic!(
+                    "expected the call to fail, got {}",
+                    if m.is_some() { "a message" } else { "an empty stream" }
+                ),
+            },
+        }
+    }
 
     /// Resource meta larger than this is flagged: Propeller keeps it in etcd.
     pub const MAX_SENSIBLE_META: usize = 4096;
@@ -158,11 +184,12 @@ pub mod conformance {
     #[allow(deprecated)]
     pub async fn async_agent(server: &TestServer, task: TaskRequest, timeout: Duration) -> Resource {
         let category = task.category();
-        let agents = server.metadata_client().await.list_agents(admin::ListAgentsRequest {}).await.unwrap().into_inner();
-        let listed = agents.agents.iter().find(|a| a.supported_task_categories.contains(&category.to_proto()));
-        let listed = listed.unwrap_or_else(|| panic!("ListAgents does not list {category}"));
+        let listed = listed_agent(server, &category).await;
         assert!(!listed.is_sync, "{category} must be listed as async");
-        assert!(listed.supported_task_types.contains(&category.name), "deprecated supported_task_types lacks {category}");
+        assert!(
+            listed.supported_task_types.contains(&category.name),
+            "deprecated supported_task_types lacks {category}"
+        );
 
         let mut client = server.async_client().await;
         let create = admin::CreateTaskRequest {
@@ -183,7 +210,11 @@ pub mod conformance {
             if resource.phase.is_terminal() {
                 break resource;
             }
-            assert!(Instant::now() < deadline, "{category} did not finish within {timeout:?} (last phase {})", resource.phase);
+            assert!(
+                Instant::now() < deadline,
+                "{category} did not finish within {timeout:?} (last phase {})",
+                resource.phase
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
 
@@ -211,9 +242,7 @@ pub mod conformance {
     /// inputs is `INVALID_ARGUMENT`; an unknown category is `NOT_FOUND`.
     pub async fn sync_agent(server: &TestServer, task: TaskRequest) -> Resource {
         let category = task.category();
-        let agents = server.metadata_client().await.list_agents(admin::ListAgentsRequest {}).await.unwrap().into_inner();
-        let listed = agents.agents.iter().find(|a| a.supported_task_categories.contains(&category.to_proto()));
-        assert!(listed.unwrap_or_else(|| panic!("ListAgents does not list {category}")).is_sync);
+        assert!(listed_agent(server, &category).await.is_sync, "{category} must be listed as sync");
 
         let header = |t: &TaskRequest| admin::ExecuteTaskSyncRequest {
             part: Some(sync_req::Part::Header(admin::CreateRequestHeader {

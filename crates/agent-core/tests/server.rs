@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use agent_core::AgentService;
 use agent_core::executor::{ExecutorOptions, LocalExecutor, Outcome, Progress};
 use agent_core::json::json_to_struct;
 use agent_core::literals::{Value, values_to_literal_map};
 use agent_core::pb::{admin, core};
 use agent_core::prelude::*;
 use agent_core::testing::{Code, TestServer, conformance, secrets, test_config};
-use agent_core::AgentService;
 use support::test_agent::{self, ASYNC_TYPE, SYNC_TYPE};
 use tokio_util::sync::CancellationToken;
 
@@ -76,7 +76,12 @@ async fn execute(server: &TestServer, t: &TaskRequest) -> Result<Resource, agent
 #[tokio::test]
 async fn test_agents_pass_the_conformance_suite() {
     let server = TestServer::start(test_agent::registry()).await;
-    let r = conformance::async_agent(&server, task(ASYNC_TYPE, serde_json::json!({"duration_ms": 100}), &[("x", Value::Integer(21))]), Duration::from_secs(10)).await;
+    let r = conformance::async_agent(
+        &server,
+        task(ASYNC_TYPE, serde_json::json!({"duration_ms": 100}), &[("x", Value::Integer(21))]),
+        Duration::from_secs(10),
+    )
+    .await;
     assert_eq!(r.phase, Phase::Succeeded);
     assert_eq!(r.output_values().unwrap()["y"], Value::Integer(42));
     assert_eq!(r.log_links[0].name, "Test Console");
@@ -95,7 +100,12 @@ async fn list_and_get_agent_fill_categories_types_and_is_sync() {
         .map(|a| {
             #[allow(deprecated)]
             let types = a.supported_task_types.clone();
-            (a.name.clone(), a.is_sync, types, a.supported_task_categories.iter().map(|c| (c.name.clone(), c.version)).collect::<Vec<_>>())
+            (
+                a.name.clone(),
+                a.is_sync,
+                types,
+                a.supported_task_categories.iter().map(|c| (c.name.clone(), c.version)).collect::<Vec<_>>(),
+            )
         })
         .collect();
     assert_eq!(
@@ -138,7 +148,12 @@ async fn errors_map_to_precise_codes_with_actionable_messages() {
         (serde_json::json!({"error": "precondition"}), vec![], Code::FailedPrecondition, "precondition"),
         (serde_json::json!({"error": "invalid"}), vec![], Code::InvalidArgument, "template.custom.error"),
         (serde_json::json!({"unknown_key": 1}), vec![], Code::InvalidArgument, "unknown field `unknown_key`"),
-        (serde_json::json!({}), vec![("x", Value::String("ten".into()))], Code::InvalidArgument, "inputs.x: expected integer, got string"),
+        (
+            serde_json::json!({}),
+            vec![("x", Value::String("ten".into()))],
+            Code::InvalidArgument,
+            "inputs.x: expected integer, got string",
+        ),
         (serde_json::json!({"secret": "flyte_test_token"}), vec![], Code::FailedPrecondition, "_FSEC_FLYTE_TEST_TOKEN"),
         (serde_json::json!({"error": "panic"}), vec![], Code::Internal, "failed unexpectedly"),
     ];
@@ -214,13 +229,19 @@ async fn sync_protocol_sequence_edge_cases() {
     // Half-close right after the header: no inputs.
     let t = task(SYNC_TYPE, serde_json::json!({}), &[]);
     let header_only = tokio_stream::iter([admin::ExecuteTaskSyncRequest {
-        part: Some(Part::Header(admin::CreateRequestHeader { template: Some(t.template.clone()), ..Default::default() })),
+        part: Some(Part::Header(admin::CreateRequestHeader {
+            template: Some(t.template.clone()),
+            ..Default::default()
+        })),
     }]);
     let mut s = server.sync_client().await.execute_task_sync(header_only).await.unwrap().into_inner();
     assert!(s.message().await.unwrap().is_some());
     // Two headers.
     let h = admin::ExecuteTaskSyncRequest {
-        part: Some(Part::Header(admin::CreateRequestHeader { template: Some(t.template.clone()), ..Default::default() })),
+        part: Some(Part::Header(admin::CreateRequestHeader {
+            template: Some(t.template.clone()),
+            ..Default::default()
+        })),
     };
     let res = server.sync_client().await.execute_task_sync(tokio_stream::iter([h.clone(), h])).await;
     let code = match res {
@@ -243,7 +264,12 @@ async fn metrics_and_logs_are_served_and_logs_stream() {
     use admin::get_task_logs_response::Part;
     let server = TestServer::start(test_agent::registry()).await;
     let mut client = server.async_client().await;
-    let meta = client.create_task(create_req(&task(ASYNC_TYPE, serde_json::json!({}), &[]))).await.unwrap().into_inner().resource_meta;
+    let meta = client
+        .create_task(create_req(&task(ASYNC_TYPE, serde_json::json!({}), &[])))
+        .await
+        .unwrap()
+        .into_inner()
+        .resource_meta;
     let category = Some(admin::TaskCategory { name: ASYNC_TYPE.into(), version: 0 });
 
     let metrics = client
@@ -262,7 +288,13 @@ async fn metrics_and_logs_are_served_and_logs_stream() {
     let mut pages = 0;
     let mut lines = Vec::new();
     loop {
-        let req = admin::GetTaskLogsRequest { resource_meta: meta.clone(), lines: 150, token: token.clone(), task_category: category.clone(), ..Default::default() };
+        let req = admin::GetTaskLogsRequest {
+            resource_meta: meta.clone(),
+            lines: 150,
+            token: token.clone(),
+            task_category: category.clone(),
+            ..Default::default()
+        };
         let mut stream = client.get_task_logs(req).await.unwrap().into_inner();
         let Some(Part::Header(h)) = stream.message().await.unwrap().unwrap().part else { panic!("header first") };
         let mut bodies = 0;
@@ -283,7 +315,12 @@ async fn metrics_and_logs_are_served_and_logs_stream() {
     assert_eq!(lines.len(), 450);
     assert!(lines[449].ends_with("line 449\n"));
 
-    let bad_token = admin::GetTaskLogsRequest { resource_meta: meta.clone(), token: "x".into(), task_category: category.clone(), ..Default::default() };
+    let bad_token = admin::GetTaskLogsRequest {
+        resource_meta: meta.clone(),
+        token: "x".into(),
+        task_category: category.clone(),
+        ..Default::default()
+    };
     assert_eq!(client.get_task_logs(bad_token).await.unwrap_err().code(), Code::InvalidArgument);
     let sync_cat = admin::GetTaskLogsRequest { resource_meta: meta, task_type: SYNC_TYPE.into(), ..Default::default() };
     assert_eq!(client.get_task_logs(sync_cat).await.unwrap_err().code(), Code::FailedPrecondition);
@@ -317,9 +354,14 @@ async fn optional_operations_are_unimplemented_by_default() {
     let server = TestServer::start(Registry::builder().async_agent(Counting(Arc::default())).unwrap()).await;
     let mut client = server.async_client().await;
     let category = Some(admin::TaskCategory { name: "counting".into(), version: 0 });
-    let m = admin::GetTaskMetricsRequest { resource_meta: b"\"job\"".to_vec(), task_category: category.clone(), ..Default::default() };
+    let m = admin::GetTaskMetricsRequest {
+        resource_meta: b"\"job\"".to_vec(),
+        task_category: category.clone(),
+        ..Default::default()
+    };
     assert_eq!(client.get_task_metrics(m).await.unwrap_err().code(), Code::Unimplemented);
-    let l = admin::GetTaskLogsRequest { resource_meta: b"\"job\"".to_vec(), task_category: category, ..Default::default() };
+    let l =
+        admin::GetTaskLogsRequest { resource_meta: b"\"job\"".to_vec(), task_category: category, ..Default::default() };
     assert_eq!(client.get_task_logs(l).await.unwrap_err().code(), Code::Unimplemented);
 }
 
@@ -334,7 +376,8 @@ async fn local_executor_runs_tasks_in_process_and_over_grpc() {
 
     let t = task(ASYNC_TYPE, serde_json::json!({"duration_ms": 60}), &[("x", Value::Integer(5))]);
     let mut polls = 0;
-    let a = in_process.run(t.clone(), &never, |p| polls += usize::from(matches!(p, Progress::Polled(_)))).await.unwrap();
+    let a =
+        in_process.run(t.clone(), &never, |p| polls += usize::from(matches!(p, Progress::Polled(_)))).await.unwrap();
     let b = remote.run(t, &never, |_| {}).await.unwrap();
     for outcome in [a, b] {
         let Outcome::Finished(r) = outcome else { panic!("not finished") };
@@ -372,14 +415,20 @@ async fn health_serves_and_turns_not_serving_while_draining_in_flight_calls() {
     config.shutdown_delay = Duration::from_millis(300);
     let mut server = TestServer::start_with(AgentService::new(test_agent::registry(), secrets(&[])), config).await;
     let mut health = HealthClient::new(server.channel().await);
-    for svc in ["", "flyteidl.service.AsyncAgentService", "flyteidl.service.SyncAgentService", "flyteidl.service.AgentMetadataService"] {
+    for svc in [
+        "",
+        "flyteidl.service.AsyncAgentService",
+        "flyteidl.service.SyncAgentService",
+        "flyteidl.service.AgentMetadataService",
+    ] {
         let r = health.check(HealthCheckRequest { service: svc.into() }).await.unwrap().into_inner();
         assert_eq!(r.status, ServingStatus::Serving as i32, "service '{svc}'");
     }
     // A slow sync call in flight when shutdown starts must complete.
     let slow = task(SYNC_TYPE, serde_json::json!({"sleep_ms": 600}), &[]);
     let mut sync = server.sync_client().await;
-    let in_flight = tokio::spawn(async move { sync.execute_task_sync(sync_stream(&slow)).await.map(|r| r.into_inner()) });
+    let in_flight =
+        tokio::spawn(async move { sync.execute_task_sync(sync_stream(&slow)).await.map(|r| r.into_inner()) });
     tokio::time::sleep(Duration::from_millis(100)).await;
     server.begin_shutdown();
     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -70,7 +70,10 @@ impl Backend for GrpcBackend {
             let mut client = AgentMetadataServiceClient::new(self.channel.clone());
             match client.list_agents(self.request(admin::ListAgentsRequest {})).await {
                 Ok(r) => Ok(r.into_inner().agents.iter().any(|a| {
-                    a.is_sync && a.supported_task_categories.iter().any(|c| c.name == category.name && c.version == category.version)
+                    a.is_sync
+                        && a.supported_task_categories
+                            .iter()
+                            .any(|c| c.name == category.name && c.version == category.version)
                 })),
                 Err(s) if s.code() == Code::Unimplemented => Ok(false),
                 Err(s) => Err(from_status(&s)),
@@ -93,7 +96,12 @@ impl Backend for GrpcBackend {
     }
 
     #[allow(deprecated)]
-    fn get<'a>(&'a self, category: &'a TaskCategory, meta: &'a [u8], output_prefix: &'a str) -> BoxFuture<'a, Result<Resource, AgentError>> {
+    fn get<'a>(
+        &'a self,
+        category: &'a TaskCategory,
+        meta: &'a [u8],
+        output_prefix: &'a str,
+    ) -> BoxFuture<'a, Result<Resource, AgentError>> {
         Box::pin(async move {
             let mut client = AsyncAgentServiceClient::new(self.channel.clone());
             let req = admin::GetTaskRequest {

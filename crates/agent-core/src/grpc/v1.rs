@@ -14,7 +14,7 @@ use super::status::to_status;
 use crate::agent::{LogsQuery, MetricsQuery, TaskRequest};
 use crate::error::AgentError;
 use crate::pb::admin::{self, execute_task_sync_request as sync_req, execute_task_sync_response as sync_resp};
-use crate::pb::service::{async_agent_service_server, agent_metadata_service_server, sync_agent_service_server};
+use crate::pb::service::{agent_metadata_service_server, async_agent_service_server, sync_agent_service_server};
 use crate::registry::{AgentInfo, resolve_category};
 use crate::service::{AgentService, CallInfo};
 
@@ -79,7 +79,10 @@ fn task_request(
 
 #[tonic::async_trait]
 impl async_agent_service_server::AsyncAgentService for V1 {
-    async fn create_task(&self, req: Request<admin::CreateTaskRequest>) -> Result<Response<admin::CreateTaskResponse>, Status> {
+    async fn create_task(
+        &self,
+        req: Request<admin::CreateTaskRequest>,
+    ) -> Result<Response<admin::CreateTaskResponse>, Status> {
         let call = CallInfo { deadline: deadline(&req), output_prefix: None };
         let r = req.into_inner();
         let task = task_request(r.template, r.inputs, r.output_prefix, r.task_execution_metadata)?;
@@ -98,7 +101,10 @@ impl async_agent_service_server::AsyncAgentService for V1 {
     }
 
     #[allow(deprecated)]
-    async fn delete_task(&self, req: Request<admin::DeleteTaskRequest>) -> Result<Response<admin::DeleteTaskResponse>, Status> {
+    async fn delete_task(
+        &self,
+        req: Request<admin::DeleteTaskRequest>,
+    ) -> Result<Response<admin::DeleteTaskResponse>, Status> {
         let call = CallInfo { deadline: deadline(&req), output_prefix: None };
         let r = req.into_inner();
         let category = category_of(r.task_category.as_ref(), &r.task_type)?;
@@ -122,7 +128,10 @@ impl async_agent_service_server::AsyncAgentService for V1 {
     type GetTaskLogsStream = Pin<Box<dyn Stream<Item = Result<admin::GetTaskLogsResponse, Status>> + Send>>;
 
     #[allow(deprecated)]
-    async fn get_task_logs(&self, req: Request<admin::GetTaskLogsRequest>) -> Result<Response<Self::GetTaskLogsStream>, Status> {
+    async fn get_task_logs(
+        &self,
+        req: Request<admin::GetTaskLogsRequest>,
+    ) -> Result<Response<Self::GetTaskLogsStream>, Status> {
         use admin::get_task_logs_response::Part;
         let call = CallInfo { deadline: deadline(&req), output_prefix: None };
         let r = req.into_inner();
@@ -192,19 +201,27 @@ impl sync_agent_service_server::SyncAgentService for V1 {
         let invalid = |m: &str| to_status(&AgentError::invalid_argument(m));
         let header = match stream.message().await? {
             Some(admin::ExecuteTaskSyncRequest { part: Some(sync_req::Part::Header(h)) }) => h,
-            Some(_) => return Err(invalid("the first ExecuteTaskSync message must be the header (template, output prefix)")),
-            None => return Err(invalid("the ExecuteTaskSync stream ended before the header was sent")),
+            Some(_) => {
+                return Err(invalid("the first ExecuteTaskSync message must be the header (template, output prefix)"));
+            }
+            None => {
+                return Err(invalid("the ExecuteTaskSync stream ended before the header was sent"));
+            }
         };
         let inputs = match stream.message().await? {
             Some(admin::ExecuteTaskSyncRequest { part: Some(sync_req::Part::Inputs(i)) }) => Some(i),
             // A task without inputs may half-close right after the header.
             None => None,
-            Some(_) => return Err(invalid("the second ExecuteTaskSync message must carry the inputs")),
+            Some(_) => {
+                return Err(invalid("the second ExecuteTaskSync message must carry the inputs"));
+            }
         };
         let task = task_request(header.template, inputs, header.output_prefix, header.task_execution_metadata)?;
         let resource = self.svc.execute(task, call).await.map_err(|e| to_status(&e))?;
         let response = admin::ExecuteTaskSyncResponse {
-            res: Some(sync_resp::Res::Header(admin::ExecuteTaskSyncResponseHeader { resource: Some(resource.to_proto()) })),
+            res: Some(sync_resp::Res::Header(admin::ExecuteTaskSyncResponseHeader {
+                resource: Some(resource.to_proto()),
+            })),
         };
         Ok(Response::new(Box::pin(tokio_stream::once(Ok(response)))))
     }
@@ -212,13 +229,21 @@ impl sync_agent_service_server::SyncAgentService for V1 {
 
 #[tonic::async_trait]
 impl agent_metadata_service_server::AgentMetadataService for V1 {
-    async fn get_agent(&self, req: Request<admin::GetAgentRequest>) -> Result<Response<admin::GetAgentResponse>, Status> {
+    async fn get_agent(
+        &self,
+        req: Request<admin::GetAgentRequest>,
+    ) -> Result<Response<admin::GetAgentResponse>, Status> {
         let agent = self.svc.get_agent(&req.get_ref().name).map_err(|e| to_status(&e))?;
         Ok(Response::new(admin::GetAgentResponse { agent: Some(agent_proto(agent)) }))
     }
 
-    async fn list_agents(&self, _req: Request<admin::ListAgentsRequest>) -> Result<Response<admin::ListAgentsResponse>, Status> {
-        Ok(Response::new(admin::ListAgentsResponse { agents: self.svc.list_agents().iter().map(agent_proto).collect() }))
+    async fn list_agents(
+        &self,
+        _req: Request<admin::ListAgentsRequest>,
+    ) -> Result<Response<admin::ListAgentsResponse>, Status> {
+        Ok(Response::new(admin::ListAgentsResponse {
+            agents: self.svc.list_agents().iter().map(agent_proto).collect(),
+        }))
     }
 }
 

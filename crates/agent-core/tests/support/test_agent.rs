@@ -62,7 +62,9 @@ fn requested_error(kind: Option<&str>, secret: Option<&Secret>) -> Result<(), Ag
             secret.map(Secret::expose).unwrap_or("none")
         ))),
         Some("panic") => panic!("the test agent panics (requested)"),
-        Some(other) => Err(AgentError::invalid_argument(format!("template.custom.error: unknown error kind '{other}'"))),
+        Some(other) => {
+            Err(AgentError::invalid_argument(format!("template.custom.error: unknown error kind '{other}'")))
+        }
     }
 }
 
@@ -99,7 +101,9 @@ impl AsyncAgent for TestAsyncAgent {
         let link = LogLink::new("Test Console", format!("https://console.example.com/jobs/{}", meta.job_id));
         let elapsed = now_ms().saturating_sub(meta.started_at_ms);
         if elapsed < meta.duration_ms {
-            return Ok(Resource::running().with_message(format!("{elapsed} of {} ms", meta.duration_ms)).with_log_link(link));
+            return Ok(Resource::running()
+                .with_message(format!("{elapsed} of {} ms", meta.duration_ms))
+                .with_log_link(link));
         }
         let info = serde_json::json!({"job_id": meta.job_id, "elapsed_ms": elapsed});
         let resource = match meta.outcome.as_deref() {
@@ -120,7 +124,8 @@ impl AsyncAgent for TestAsyncAgent {
         meta: TestMeta,
         query: MetricsQuery,
     ) -> Result<Vec<agent_core::pb::core::ExecutionMetricResult>, AgentError> {
-        let names = if query.queries.is_empty() { vec!["EXECUTION_METRIC_USED_CPU_AVG".to_owned()] } else { query.queries };
+        let names =
+            if query.queries.is_empty() { vec!["EXECUTION_METRIC_USED_CPU_AVG".to_owned()] } else { query.queries };
         let data = serde_json::json!({"job_id": meta.job_id, "values": [[meta.started_at_ms / 1000, 0.5]]});
         Ok(names
             .into_iter()
@@ -136,7 +141,10 @@ impl AsyncAgent for TestAsyncAgent {
         let page: u64 = if query.token.is_empty() {
             0
         } else {
-            query.token.parse().map_err(|_| AgentError::invalid_argument(format!("token: '{}' is not a page token", query.token)))?
+            query
+                .token
+                .parse()
+                .map_err(|_| AgentError::invalid_argument(format!("token: '{}' is not a page token", query.token)))?
         };
         let per_page = if query.lines == 0 { 5 } else { query.lines.min(10_000) };
         let next_token = if page < 2 { (page + 1).to_string() } else { String::new() };

@@ -1,0 +1,404 @@
+//! Benchmark of the agent server (not a timed test): start-to-SERVING time, idle and peak
+//! RSS, and GetTask / ExecuteTaskSync throughput with p50/p99 latency over loopback, for
+//! the test agent and, as the baseline, a bare tonic server answering the same RPCs with
+//! a constant. Run it with `cargo xtask bench`.
+//!
+//! Client and server share the machine's cores, for the agent and the baseline alike, so
+//! the ratio between the two is the figure to read.
+
+// A benchmark reports on stdout.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use agent_core::pb::admin::{self, execute_task_sync_request as sync_req, execute_task_sync_response as sync_resp};
+use agent_core::pb::core;
+use agent_core::pb::service::async_agent_service_client::AsyncAgentServiceClient;
+use agent_core::pb::service::sync_agent_service_client::SyncAgentServiceClient;
+use agent_core::pb::service::{async_agent_service_server, sync_agent_service_server};
+use futures_util::Stream;
+use hdrhistogram::Histogram;
+use tonic::transport::{Channel, Server};
+use tonic::{Request, Response, Status, Streaming};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+struct Options {
+    duration: Duration,
+    concurrency: usize,
+    connections: usize,
+    starts: usize,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("bare-server") {
+        let port: u16 = args.get(1).and_then(|p| p.parse().ok()).expect("bench bare-server PORT");
+        tokio::runtime::Runtime::new().expect("runtime").block_on(bare_server(port));
+        return;
+    }
+    let mut o = Options { duration: Duration::from_secs(5), concurrency: 32, connections: 4, starts: 10 };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || it.next().and_then(|v| v.parse::<u64>().ok()).unwrap_or_else(|| usage());
+        match a.as_str() {
+            "--seconds" => o.duration = Duration::from_secs(value()),
+            "--concurrency" => o.concurrency = value() as usize,
+            "--connections" => o.connections = value() as usize,
+            "--starts" => o.starts = value() as usize,
+            _ => usage(),
+        }
+    }
+    tokio::runtime::Runtime::new().expect("runtime").block_on(run(o));
+}
+
+fn usage() -> ! {
+    eprintln!("usage: bench [--seconds N] [--concurrency N] [--connections N] [--starts N] | bench bare-server PORT");
+    std::process::exit(2)
+}
+
+fn sibling(name: &str) -> PathBuf {
+    std::env::current_exe().expect("own path").with_file_name(name)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+struct Proc {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_agent() -> Proc {
+    let port = free_port();
+    let child = Command::new(sibling("test_agent"))
+        .args([
+            "--listen-address",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--metrics-port",
+            &free_port().to_string(),
+        ])
+        .args(["--log-level", "warn"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start test_agent (build it with `cargo build --release --examples`)");
+    Proc { child, port }
+}
+
+fn spawn_bare() -> Proc {
+    let port = free_port();
+    let child = Command::new(std::env::current_exe().expect("own path"))
+        .args(["bare-server", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the bare server");
+    Proc { child, port }
+}
+
+async fn wait_serving(port: u16, timeout: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        if let Ok(ch) = Channel::from_shared(format!("http://127.0.0.1:{port}")).unwrap().connect().await {
+            let mut h = HealthClient::new(ch);
+            let status = h.check(HealthCheckRequest { service: String::new() }).await.map(|r| r.into_inner().status);
+            if status.is_ok_and(|s| s == ServingStatus::Serving as i32) {
+                return start.elapsed();
+            }
+        }
+        assert!(start.elapsed() < timeout, "server on {port} not SERVING within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// VmRSS and VmHWM (peak) in KiB.
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn template(task_type: &str) -> core::TaskTemplate {
+    core::TaskTemplate { r#type: task_type.into(), ..Default::default() }
+}
+
+fn inputs() -> core::LiteralMap {
+    agent_core::literals::values_to_literal_map([("x", agent_core::literals::Value::Integer(7))])
+}
+
+#[derive(Clone, Copy)]
+enum Rpc {
+    GetTask,
+    ExecuteTaskSync,
+}
+
+struct LoadResult {
+    calls: u64,
+    errors: u64,
+    seconds: f64,
+    hist: Histogram<u64>,
+}
+
+async fn load(port: u16, rpc: Rpc, meta: Vec<u8>, o: &Options) -> LoadResult {
+    let mut channels = Vec::new();
+    for _ in 0..o.connections {
+        channels
+            .push(Channel::from_shared(format!("http://127.0.0.1:{port}")).unwrap().connect().await.expect("connect"));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let mut workers = Vec::new();
+    for i in 0..o.concurrency {
+        let ch = channels[i % channels.len()].clone();
+        let stop = stop.clone();
+        let meta = meta.clone();
+        workers.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+            let (mut calls, mut errors) = (0u64, 0u64);
+            let mut a = AsyncAgentServiceClient::new(ch.clone());
+            let mut s = SyncAgentServiceClient::new(ch);
+            #[allow(deprecated)]
+            let get = admin::GetTaskRequest {
+                task_type: "test_async".into(),
+                resource_meta: meta,
+                task_category: Some(admin::TaskCategory { name: "test_async".into(), version: 0 }),
+                output_prefix: "s3://bucket/out/0".into(),
+            };
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                let ok = match rpc {
+                    Rpc::GetTask => a.get_task(get.clone()).await.is_ok_and(|r| r.into_inner().resource.is_some()),
+                    Rpc::ExecuteTaskSync => {
+                        let msgs = [
+                            admin::ExecuteTaskSyncRequest {
+                                part: Some(sync_req::Part::Header(admin::CreateRequestHeader {
+                                    template: Some(template("test_sync")),
+                                    output_prefix: "s3://bucket/out/0".into(),
+                                    ..Default::default()
+                                })),
+                            },
+                            admin::ExecuteTaskSyncRequest { part: Some(sync_req::Part::Inputs(inputs())) },
+                        ];
+                        match s.execute_task_sync(tokio_stream::iter(msgs)).await {
+                            Ok(r) => matches!(
+                                r.into_inner().message().await,
+                                Ok(Some(admin::ExecuteTaskSyncResponse { res: Some(sync_resp::Res::Header(_)) }))
+                            ),
+                            Err(_) => false,
+                        }
+                    }
+                };
+                let us = u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX).max(1);
+                hist.saturating_record(us);
+                calls += 1;
+                errors += u64::from(!ok);
+            }
+            (hist, calls, errors)
+        }));
+    }
+    tokio::time::sleep(o.duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut total =
+        LoadResult { calls: 0, errors: 0, seconds: 0.0, hist: Histogram::new_with_bounds(1, 60_000_000, 3).unwrap() };
+    for w in workers {
+        let (h, c, e) = w.await.expect("worker");
+        total.hist.add(h).expect("same bounds");
+        total.calls += c;
+        total.errors += e;
+    }
+    total.seconds = start.elapsed().as_secs_f64();
+    total
+}
+
+fn row(name: &str, r: &LoadResult) -> String {
+    format!(
+        "| {name:<34} | {:>9.0} | {:>7.2} | {:>7.2} | {:>7.2} | {:>6} |",
+        r.calls as f64 / r.seconds,
+        r.hist.value_at_quantile(0.50) as f64 / 1000.0,
+        r.hist.value_at_quantile(0.99) as f64 / 1000.0,
+        r.hist.max() as f64 / 1000.0,
+        r.errors
+    )
+}
+
+async fn run(o: Options) {
+    println!(
+        "Benchmark: {} s per load, {} concurrent callers over {} connections, loopback, {} cores\n",
+        o.duration.as_secs(),
+        o.concurrency,
+        o.connections,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+
+    // Start-up: time from spawn to health SERVING, several cold starts.
+    let mut starts = Vec::new();
+    for _ in 0..o.starts {
+        let t = Instant::now();
+        let p = spawn_agent();
+        wait_serving(p.port, Duration::from_secs(10)).await;
+        starts.push(t.elapsed());
+    }
+    starts.sort();
+    let median = starts[starts.len() / 2];
+
+    let agent = spawn_agent();
+    wait_serving(agent.port, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (idle_rss, _) = rss_kib(agent.child.id());
+
+    let ch = Channel::from_shared(format!("http://127.0.0.1:{}", agent.port)).unwrap().connect().await.unwrap();
+    let create = admin::CreateTaskRequest {
+        template: Some(template("test_async")),
+        inputs: Some(inputs()),
+        ..Default::default()
+    };
+    let meta = AsyncAgentServiceClient::new(ch).create_task(create).await.expect("create").into_inner().resource_meta;
+
+    let agent_get = load(agent.port, Rpc::GetTask, meta.clone(), &o).await;
+    let agent_sync = load(agent.port, Rpc::ExecuteTaskSync, meta.clone(), &o).await;
+    let (rss_after, peak) = rss_kib(agent.child.id());
+    drop(agent);
+
+    let bare = spawn_bare();
+    wait_serving(bare.port, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (bare_idle, _) = rss_kib(bare.child.id());
+    let bare_get = load(bare.port, Rpc::GetTask, meta.clone(), &o).await;
+    let bare_sync = load(bare.port, Rpc::ExecuteTaskSync, meta, &o).await;
+    drop(bare);
+
+    println!("| server / RPC                       |     req/s | p50 ms  | p99 ms  | max ms  | errors |");
+    println!("|------------------------------------|-----------|---------|---------|---------|--------|");
+    println!("{}", row("agent GetTask", &agent_get));
+    println!("{}", row("bare tonic GetTask (constant)", &bare_get));
+    println!("{}", row("agent ExecuteTaskSync", &agent_sync));
+    println!("{}", row("bare tonic ExecuteTaskSync (const)", &bare_sync));
+    let ratio = |a: &LoadResult, b: &LoadResult| (a.calls as f64 / a.seconds) / (b.calls as f64 / b.seconds) * 100.0;
+    println!();
+    println!(
+        "agent throughput vs bare tonic: GetTask {:.0}%, ExecuteTaskSync {:.0}%",
+        ratio(&agent_get, &bare_get),
+        ratio(&agent_sync, &bare_sync)
+    );
+    println!(
+        "start to SERVING (spawn → health SERVING): median {:.1} ms, min {:.1} ms, max {:.1} ms over {} starts",
+        ms(median),
+        ms(starts[0]),
+        ms(starts[starts.len() - 1]),
+        starts.len()
+    );
+    println!(
+        "agent RSS: idle {:.1} MiB, after load {:.1} MiB, peak {:.1} MiB (bare tonic idle {:.1} MiB)",
+        mib(idle_rss),
+        mib(rss_after),
+        mib(peak),
+        mib(bare_idle)
+    );
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// The baseline: tonic with nothing but the two RPCs, answering with constants.
+#[derive(Clone)]
+struct Bare {
+    resource: admin::Resource,
+}
+
+#[tonic::async_trait]
+impl async_agent_service_server::AsyncAgentService for Bare {
+    async fn create_task(
+        &self,
+        _: Request<admin::CreateTaskRequest>,
+    ) -> Result<Response<admin::CreateTaskResponse>, Status> {
+        Err(Status::unimplemented("bare"))
+    }
+    async fn get_task(&self, _: Request<admin::GetTaskRequest>) -> Result<Response<admin::GetTaskResponse>, Status> {
+        Ok(Response::new(admin::GetTaskResponse { resource: Some(self.resource.clone()) }))
+    }
+    async fn delete_task(
+        &self,
+        _: Request<admin::DeleteTaskRequest>,
+    ) -> Result<Response<admin::DeleteTaskResponse>, Status> {
+        Err(Status::unimplemented("bare"))
+    }
+    async fn get_task_metrics(
+        &self,
+        _: Request<admin::GetTaskMetricsRequest>,
+    ) -> Result<Response<admin::GetTaskMetricsResponse>, Status> {
+        Err(Status::unimplemented("bare"))
+    }
+    type GetTaskLogsStream = Pin<Box<dyn Stream<Item = Result<admin::GetTaskLogsResponse, Status>> + Send>>;
+    async fn get_task_logs(
+        &self,
+        _: Request<admin::GetTaskLogsRequest>,
+    ) -> Result<Response<Self::GetTaskLogsStream>, Status> {
+        Err(Status::unimplemented("bare"))
+    }
+}
+
+#[tonic::async_trait]
+impl sync_agent_service_server::SyncAgentService for Bare {
+    type ExecuteTaskSyncStream = Pin<Box<dyn Stream<Item = Result<admin::ExecuteTaskSyncResponse, Status>> + Send>>;
+    async fn execute_task_sync(
+        &self,
+        req: Request<Streaming<admin::ExecuteTaskSyncRequest>>,
+    ) -> Result<Response<Self::ExecuteTaskSyncStream>, Status> {
+        let mut s = req.into_inner();
+        let _header = s.message().await?;
+        let _inputs = s.message().await?;
+        let resp = admin::ExecuteTaskSyncResponse {
+            res: Some(sync_resp::Res::Header(admin::ExecuteTaskSyncResponseHeader {
+                resource: Some(self.resource.clone()),
+            })),
+        };
+        Ok(Response::new(Box::pin(tokio_stream::once(Ok(resp)))))
+    }
+}
+
+async fn bare_server(port: u16) {
+    // The same answer the test agent gives: SUCCEEDED with one output and a log link.
+    let resource = agent_core::Resource::succeeded()
+        .with_message("done")
+        .with_output("y", 14_i64)
+        .with_log_link(agent_core::LogLink::new("Test Console", "https://console.example.com/jobs/x"))
+        .to_proto();
+    let bare = Bare { resource };
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    Server::builder()
+        .add_service(health)
+        .add_service(async_agent_service_server::AsyncAgentServiceServer::new(bare.clone()))
+        .add_service(sync_agent_service_server::SyncAgentServiceServer::new(bare))
+        .serve(([127, 0, 0, 1], port).into())
+        .await
+        .expect("bare server");
+}

@@ -1,0 +1,86 @@
+//! The test, lint and end-to-end tasks: what `.ci/run` and the workflows call.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+/// Runs a command, echoing it, and fails if it fails.
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}").replace('"', "");
+    println!("$ {shown}");
+    let status = cmd.status().with_context(|| format!("could not start {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed ({status})");
+    }
+    Ok(())
+}
+
+/// The cargo that runs us, so a toolchain override applies to the children too.
+pub(crate) fn cargo(root: &Path) -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(root);
+    c
+}
+
+/// `cargo fmt --check` and clippy with warnings denied.
+pub(crate) fn lint(root: &Path) -> Result<()> {
+    run(cargo(root).args(["fmt", "--all", "--check"]))?;
+    run(cargo(root).args(["clippy", "--workspace", "--all-targets", "--all-features", "--", "-D", "warnings"]))
+}
+
+/// Every test: lint, the Rust tests (which include the codegen freshness check), then the
+/// end-to-end suite against the official Python client.
+pub(crate) fn test(root: &Path) -> Result<()> {
+    lint(root)?;
+    run(cargo(root).args(["test", "--workspace", "--all-features"]))?;
+    e2e(root, &[])
+}
+
+/// Builds the agent binaries the suite starts, prepares the Python environment, runs pytest.
+pub(crate) fn e2e(root: &Path, pytest_args: &[String]) -> Result<()> {
+    run(cargo(root).args(["build", "-p", "agent-core", "--example", "test_agent"]))?;
+    let venv = ensure_venv(root)?;
+    let bin = venv.join("bin");
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    run(Command::new(bin.join("python"))
+        .current_dir(root)
+        .env("PATH", path)
+        .env("AGENT_TEST_BINARY", root.join("target/debug/examples/test_agent"))
+        .args(["-m", "pytest", "tests/e2e", "-q", "-p", "no:cacheprovider"])
+        .args(pytest_args))
+}
+
+/// `target/e2e-venv` with `tests/e2e/requirements.txt` installed; reinstalled only when the
+/// requirements change.
+pub(crate) fn ensure_venv(root: &Path) -> Result<PathBuf> {
+    let venv = root.join("target/e2e-venv");
+    let requirements = root.join("tests/e2e/requirements.txt");
+    let wanted = std::fs::read_to_string(&requirements)?;
+    let stamp = venv.join("requirements.installed");
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
+        return Ok(venv);
+    }
+    println!("Preparing the Python environment for the end-to-end tests in {} (about a minute, once)", venv.display());
+    if venv.exists() {
+        std::fs::remove_dir_all(&venv)?;
+    }
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    run(Command::new(&python).args(["-m", "venv"]).arg(&venv))?;
+    let pip = venv.join("bin/pip");
+    run(Command::new(&pip).args(["install", "-q", "--disable-pip-version-check", "-r"]).arg(&requirements))?;
+    std::fs::write(&stamp, wanted)?;
+    Ok(venv)
+}
+
+/// Builds the test agent and the benchmark in release mode and runs the benchmark.
+pub(crate) fn bench(root: &Path, args: &[String]) -> Result<()> {
+    run(cargo(root).args(["build", "--release", "-p", "agent-core", "--example", "test_agent", "--example", "bench"]))?;
+    run(Command::new(root.join("target/release/examples/bench")).args(args))
+}
+
+/// Builds the test agent and the demo driver and runs the demo.
+pub(crate) fn demo(root: &Path) -> Result<()> {
+    run(cargo(root).args(["build", "-q", "-p", "agent-core", "--example", "test_agent", "--example", "demo"]))?;
+    run(&mut Command::new(root.join("target/debug/examples/demo")))
+}
