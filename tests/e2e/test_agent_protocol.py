@@ -226,6 +226,7 @@ def test_prometheus_metrics_use_flytekits_names(agent):
     stub = agent_pb2_grpc.AsyncAgentServiceStub(agent.channel)
     stub.CreateTask(agent_pb2.CreateTaskRequest(template=template("test_async"), inputs=int_inputs(x=1)))
     rpc_error(stub.CreateTask, agent_pb2.CreateTaskRequest(template=template("nope_type")))
+    rpc_error(stub.CreateTask, agent_pb2.CreateTaskRequest(template=template("test_async", error="unavailable")))
     text = urllib.request.urlopen(f"http://127.0.0.1:{agent.metrics_port}/metrics", timeout=5).read().decode()
 
     def series(name: str, **labels) -> list[str]:
@@ -233,7 +234,10 @@ def test_prometheus_metrics_use_flytekits_names(agent):
                 and all(f'{k}="{v}"' in l for k, v in labels.items())]
 
     assert series("flyte_connector_requests_success_total", task_type="test_async", operation="create")
-    assert series("flyte_connector_requests_failure_total", task_type="nope_type", operation="create", error_code="404")
+    assert series("flyte_connector_requests_failure_total", task_type="test_async", operation="create", error_code="503")
+    # Types this agent does not serve share one label, so callers cannot grow the series.
+    assert series("flyte_connector_requests_failure_total", task_type="unknown", operation="create", error_code="404")
+    assert "nope_type" not in text
     assert series("flyte_connector_request_latency_seconds_count", task_type="test_async", operation="create")
     assert series("flyte_connector_request_latency_seconds_sum", task_type="test_async", operation="create")
     assert series("flyte_connector_input_literal_bytes_count", task_type="test_async")

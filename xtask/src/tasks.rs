@@ -25,6 +25,7 @@ pub(crate) fn cargo(root: &Path) -> Command {
 
 /// `cargo fmt --check` and clippy with warnings denied.
 pub(crate) fn lint(root: &Path) -> Result<()> {
+    ensure_components(root)?;
     run(cargo(root).args(["fmt", "--all", "--check"]))?;
     run(cargo(root).args(["clippy", "--workspace", "--all-targets", "--all-features", "--", "-D", "warnings"]))
 }
@@ -83,4 +84,13 @@ pub(crate) fn bench(root: &Path, args: &[String]) -> Result<()> {
 pub(crate) fn demo(root: &Path) -> Result<()> {
     run(cargo(root).args(["build", "-q", "-p", "agent-core", "--example", "test_agent", "--example", "demo"]))?;
     run(&mut Command::new(root.join("target/debug/examples/demo")))
+}
+
+/// A minimal rustup profile lacks rustfmt and clippy; add them rather than fail.
+fn ensure_components(root: &Path) -> Result<()> {
+    let have = |sub: &str| cargo(root).args([sub, "--version"]).output().is_ok_and(|o| o.status.success());
+    if have("fmt") && have("clippy") {
+        return Ok(());
+    }
+    run(Command::new("rustup").args(["component", "add", "rustfmt", "clippy"]))
 }

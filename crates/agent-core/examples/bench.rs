@@ -33,6 +33,11 @@ struct Options {
     concurrency: usize,
     connections: usize,
     starts: usize,
+    /// Run the agent without its Prometheus endpoint, to see what metrics cost.
+    no_metrics: bool,
+    /// Agent and baseline are measured alternately this many times; medians are reported,
+    /// which keeps a noisy neighbour from deciding the ratio.
+    rounds: usize,
 }
 
 fn main() {
@@ -42,7 +47,14 @@ fn main() {
         tokio::runtime::Runtime::new().expect("runtime").block_on(bare_server(port));
         return;
     }
-    let mut o = Options { duration: Duration::from_secs(5), concurrency: 32, connections: 4, starts: 10 };
+    let mut o = Options {
+        duration: Duration::from_secs(5),
+        concurrency: 32,
+        connections: 4,
+        starts: 20,
+        no_metrics: false,
+        rounds: 3,
+    };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = || it.next().and_then(|v| v.parse::<u64>().ok()).unwrap_or_else(|| usage());
@@ -51,6 +63,8 @@ fn main() {
             "--concurrency" => o.concurrency = value() as usize,
             "--connections" => o.connections = value() as usize,
             "--starts" => o.starts = value() as usize,
+            "--no-metrics" => o.no_metrics = true,
+            "--rounds" => o.rounds = value().max(1) as usize,
             _ => usage(),
         }
     }
@@ -58,7 +72,9 @@ fn main() {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: bench [--seconds N] [--concurrency N] [--connections N] [--starts N] | bench bare-server PORT");
+    eprintln!(
+        "usage: bench [--seconds N] [--concurrency N] [--connections N] [--starts N] [--rounds N] [--no-metrics] | bench bare-server PORT"
+    );
     std::process::exit(2)
 }
 
@@ -82,8 +98,9 @@ impl Drop for Proc {
     }
 }
 
-fn spawn_agent() -> Proc {
+fn spawn_agent(no_metrics: bool) -> Proc {
     let port = free_port();
+    let metrics_port = if no_metrics { 0 } else { free_port() };
     let child = Command::new(sibling("test_agent"))
         .args([
             "--listen-address",
@@ -91,7 +108,7 @@ fn spawn_agent() -> Proc {
             "--port",
             &port.to_string(),
             "--metrics-port",
-            &free_port().to_string(),
+            &metrics_port.to_string(),
         ])
         .args(["--log-level", "warn"])
         .stdout(Stdio::null())
@@ -159,6 +176,8 @@ struct LoadResult {
     calls: u64,
     errors: u64,
     seconds: f64,
+    /// Calls per second (for merged results, the median of the rounds).
+    rate: f64,
     hist: Histogram<u64>,
 }
 
@@ -221,8 +240,13 @@ async fn load(port: u16, rpc: Rpc, meta: Vec<u8>, o: &Options) -> LoadResult {
     }
     tokio::time::sleep(o.duration).await;
     stop.store(true, Ordering::Relaxed);
-    let mut total =
-        LoadResult { calls: 0, errors: 0, seconds: 0.0, hist: Histogram::new_with_bounds(1, 60_000_000, 3).unwrap() };
+    let mut total = LoadResult {
+        calls: 0,
+        errors: 0,
+        seconds: 0.0,
+        rate: 0.0,
+        hist: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram"),
+    };
     for w in workers {
         let (h, c, e) = w.await.expect("worker");
         total.hist.add(h).expect("same bounds");
@@ -230,13 +254,14 @@ async fn load(port: u16, rpc: Rpc, meta: Vec<u8>, o: &Options) -> LoadResult {
         total.errors += e;
     }
     total.seconds = start.elapsed().as_secs_f64();
+    total.rate = total.calls as f64 / total.seconds;
     total
 }
 
 fn row(name: &str, r: &LoadResult) -> String {
     format!(
         "| {name:<34} | {:>9.0} | {:>7.2} | {:>7.2} | {:>7.2} | {:>6} |",
-        r.calls as f64 / r.seconds,
+        r.rate,
         r.hist.value_at_quantile(0.50) as f64 / 1000.0,
         r.hist.value_at_quantile(0.99) as f64 / 1000.0,
         r.hist.max() as f64 / 1000.0,
@@ -253,70 +278,103 @@ async fn run(o: Options) {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
 
-    // Start-up: time from spawn to health SERVING, several cold starts.
+    // Start-up: time from spawn to health SERVING, several starts.
     let mut starts = Vec::new();
     for _ in 0..o.starts {
         let t = Instant::now();
-        let p = spawn_agent();
+        let p = spawn_agent(o.no_metrics);
         wait_serving(p.port, Duration::from_secs(10)).await;
         starts.push(t.elapsed());
     }
     starts.sort();
-    let median = starts[starts.len() / 2];
 
-    let agent = spawn_agent();
-    wait_serving(agent.port, Duration::from_secs(10)).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let (idle_rss, _) = rss_kib(agent.child.id());
+    let mut results: [Vec<LoadResult>; 4] = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+    let (mut idle_rss, mut peak_rss, mut bare_idle) = (0, 0, 0);
+    let mut meta = Vec::new();
+    for round in 0..o.rounds {
+        let agent = spawn_agent(o.no_metrics);
+        wait_serving(agent.port, Duration::from_secs(10)).await;
+        if round == 0 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            idle_rss = rss_kib(agent.child.id()).0;
+            let ch = Channel::from_shared(format!("http://127.0.0.1:{}", agent.port)).unwrap().connect().await.unwrap();
+            let create = admin::CreateTaskRequest {
+                template: Some(template("test_async")),
+                inputs: Some(inputs()),
+                ..Default::default()
+            };
+            meta =
+                AsyncAgentServiceClient::new(ch).create_task(create).await.expect("create").into_inner().resource_meta;
+        }
+        results[0].push(load(agent.port, Rpc::GetTask, meta.clone(), &o).await);
+        results[2].push(load(agent.port, Rpc::ExecuteTaskSync, meta.clone(), &o).await);
+        peak_rss = peak_rss.max(rss_kib(agent.child.id()).1);
+        drop(agent);
 
-    let ch = Channel::from_shared(format!("http://127.0.0.1:{}", agent.port)).unwrap().connect().await.unwrap();
-    let create = admin::CreateTaskRequest {
-        template: Some(template("test_async")),
-        inputs: Some(inputs()),
-        ..Default::default()
-    };
-    let meta = AsyncAgentServiceClient::new(ch).create_task(create).await.expect("create").into_inner().resource_meta;
+        let bare = spawn_bare();
+        wait_serving(bare.port, Duration::from_secs(10)).await;
+        if round == 0 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            bare_idle = rss_kib(bare.child.id()).0;
+        }
+        results[1].push(load(bare.port, Rpc::GetTask, meta.clone(), &o).await);
+        results[3].push(load(bare.port, Rpc::ExecuteTaskSync, meta.clone(), &o).await);
+        drop(bare);
+    }
+    let merged: Vec<LoadResult> = results.into_iter().map(merge).collect();
 
-    let agent_get = load(agent.port, Rpc::GetTask, meta.clone(), &o).await;
-    let agent_sync = load(agent.port, Rpc::ExecuteTaskSync, meta.clone(), &o).await;
-    let (rss_after, peak) = rss_kib(agent.child.id());
-    drop(agent);
-
-    let bare = spawn_bare();
-    wait_serving(bare.port, Duration::from_secs(10)).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let (bare_idle, _) = rss_kib(bare.child.id());
-    let bare_get = load(bare.port, Rpc::GetTask, meta.clone(), &o).await;
-    let bare_sync = load(bare.port, Rpc::ExecuteTaskSync, meta, &o).await;
-    drop(bare);
-
+    println!("Medians of {} rounds; latency percentiles over all calls of all rounds.\n", o.rounds);
     println!("| server / RPC                       |     req/s | p50 ms  | p99 ms  | max ms  | errors |");
     println!("|------------------------------------|-----------|---------|---------|---------|--------|");
-    println!("{}", row("agent GetTask", &agent_get));
-    println!("{}", row("bare tonic GetTask (constant)", &bare_get));
-    println!("{}", row("agent ExecuteTaskSync", &agent_sync));
-    println!("{}", row("bare tonic ExecuteTaskSync (const)", &bare_sync));
-    let ratio = |a: &LoadResult, b: &LoadResult| (a.calls as f64 / a.seconds) / (b.calls as f64 / b.seconds) * 100.0;
+    let names = [
+        "agent GetTask",
+        "bare tonic GetTask (constant)",
+        "agent ExecuteTaskSync",
+        "bare tonic ExecuteTaskSync (const)",
+    ];
+    for (name, r) in names.iter().zip(&merged) {
+        println!("{}", row(name, r));
+    }
     println!();
     println!(
         "agent throughput vs bare tonic: GetTask {:.0}%, ExecuteTaskSync {:.0}%",
-        ratio(&agent_get, &bare_get),
-        ratio(&agent_sync, &bare_sync)
+        merged[0].rate / merged[1].rate * 100.0,
+        merged[2].rate / merged[3].rate * 100.0
     );
+    let pct = |q: f64| ms(starts[((starts.len() - 1) as f64 * q).round() as usize]);
     println!(
-        "start to SERVING (spawn → health SERVING): median {:.1} ms, min {:.1} ms, max {:.1} ms over {} starts",
-        ms(median),
-        ms(starts[0]),
-        ms(starts[starts.len() - 1]),
+        "start to SERVING (spawn → health SERVING): median {:.1} ms, p90 {:.1} ms, min {:.1} ms over {} starts",
+        pct(0.5),
+        pct(0.9),
+        pct(0.0),
         starts.len()
     );
     println!(
-        "agent RSS: idle {:.1} MiB, after load {:.1} MiB, peak {:.1} MiB (bare tonic idle {:.1} MiB)",
+        "agent RSS: idle {:.1} MiB, peak under load {:.1} MiB (bare tonic idle {:.1} MiB)",
         mib(idle_rss),
-        mib(rss_after),
-        mib(peak),
+        mib(peak_rss),
         mib(bare_idle)
     );
+}
+
+/// One figure from several rounds: the median rate, all latencies, all errors.
+fn merge(rounds: Vec<LoadResult>) -> LoadResult {
+    let mut rates: Vec<f64> = rounds.iter().map(|r| r.calls as f64 / r.seconds).collect();
+    rates.sort_by(f64::total_cmp);
+    let mut out = LoadResult {
+        calls: 0,
+        errors: 0,
+        seconds: 0.0,
+        rate: rates[rates.len() / 2],
+        hist: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram"),
+    };
+    for r in rounds {
+        out.calls += r.calls;
+        out.errors += r.errors;
+        out.seconds += r.seconds;
+        out.hist.add(r.hist).expect("same bounds");
+    }
+    out
 }
 
 fn ms(d: Duration) -> f64 {

@@ -71,8 +71,8 @@ impl AgentService {
     /// Starts a job: `CreateTask`. Returns the encoded resource meta.
     pub async fn create(&self, task: TaskRequest, call: CallInfo) -> Result<Vec<u8>, AgentError> {
         let category = task.category();
-        m::observe_input_bytes(&category.name, prost::Message::encoded_len(&task.inputs));
-        measured(&category, "create", async {
+        m::observe_input_bytes(self.metric_label(&category), prost::Message::encoded_len(&task.inputs));
+        self.measured(&category, "create", async {
             if category.name.is_empty() {
                 return Err(AgentError::invalid_argument("template.type is empty; the template names no task type"));
             }
@@ -84,7 +84,7 @@ impl AgentService {
 
     /// Reports a job: `GetTask`.
     pub async fn get(&self, category: TaskCategory, meta: &[u8], call: CallInfo) -> Result<Resource, AgentError> {
-        measured(&category, "get", async {
+        self.measured(&category, "get", async {
             let agent = self.async_agent(&category, "GetTask")?;
             agent.get(&self.context(&category, &call), meta).await
         })
@@ -93,7 +93,7 @@ impl AgentService {
 
     /// Cancels a job: `DeleteTask`.
     pub async fn delete(&self, category: TaskCategory, meta: &[u8], call: CallInfo) -> Result<(), AgentError> {
-        measured(&category, "delete", async {
+        self.measured(&category, "delete", async {
             let agent = self.async_agent(&category, "DeleteTask")?;
             agent.delete(&self.context(&category, &call), meta).await
         })
@@ -103,8 +103,8 @@ impl AgentService {
     /// Runs a sync task: `ExecuteTaskSync`. The result is always terminal.
     pub async fn execute(&self, task: TaskRequest, call: CallInfo) -> Result<Resource, AgentError> {
         let category = task.category();
-        m::observe_input_bytes(&category.name, prost::Message::encoded_len(&task.inputs));
-        measured(&category, "do", async {
+        m::observe_input_bytes(self.metric_label(&category), prost::Message::encoded_len(&task.inputs));
+        self.measured(&category, "do", async {
             let agent = match self.inner.registry.lookup(&category)? {
                 Entry::Sync(s) => s.clone(),
                 Entry::Async(_) => {
@@ -145,6 +145,24 @@ impl AgentService {
         agent.get_logs(&ctx, meta, query).await
     }
 
+    /// The `task_type` metric label: the category's name when this binary serves it.
+    fn metric_label<'a>(&self, category: &'a TaskCategory) -> &'a str {
+        if self.inner.registry.is_sync(category).is_some() { &category.name } else { m::UNKNOWN_TASK_TYPE }
+    }
+
+    /// Runs one operation, recording flytekit's success/failure counters and latency.
+    async fn measured<T>(
+        &self,
+        category: &TaskCategory,
+        operation: &'static str,
+        fut: impl std::future::Future<Output = Result<T, AgentError>>,
+    ) -> Result<T, AgentError> {
+        let start = Instant::now();
+        let result = fut.await;
+        m::record(self.metric_label(category), operation, start, result.as_ref().err());
+        result
+    }
+
     /// Every agent: `ListAgents`.
     pub fn list_agents(&self) -> &[AgentInfo] {
         self.inner.registry.agents()
@@ -157,18 +175,6 @@ impl AgentService {
             AgentError::not_found(format!("no agent is named '{name}'; this deployment has: {}", names.join(", ")))
         })
     }
-}
-
-/// Runs one operation, recording flytekit's success/failure counters and latency.
-async fn measured<T>(
-    category: &TaskCategory,
-    operation: &'static str,
-    fut: impl std::future::Future<Output = Result<T, AgentError>>,
-) -> Result<T, AgentError> {
-    let start = Instant::now();
-    let result = fut.await;
-    m::record(&category.name, operation, start, result.as_ref().err());
-    result
 }
 
 /// Propeller has no resource meta to poll for a sync task, so a non-terminal answer

@@ -99,7 +99,11 @@ pub(crate) async fn serve(
         tracing::info!(message = "No longer accepting calls; waiting for in-flight calls.");
         let _ = drained_tx.send(());
     };
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Without TCP_NODELAY small responses wait for the peer's delayed ACK (~40 ms on
+    // Linux); keepalive probes find dead peers behind idle load balancers.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(60)));
     let serving = router.serve_with_incoming_shutdown(incoming, signal);
     tokio::pin!(serving);
     let grace = options.grace_period;
