@@ -40,7 +40,8 @@ pub(crate) fn test(root: &Path) -> Result<()> {
 
 /// Builds the agent binaries the suite starts, prepares the Python environment, runs pytest.
 pub(crate) fn e2e(root: &Path, pytest_args: &[String]) -> Result<()> {
-    run(cargo(root).args(["build", "-p", "agent-core", "--example", "test_agent"]))?;
+    // Same features as `cargo test --workspace --all-features`, so its build is reused.
+    run(cargo(root).args(["build", "-p", "agent-core", "--all-features", "--example", "test_agent"]))?;
     let venv = ensure_venv(root)?;
     let bin = venv.join("bin");
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
