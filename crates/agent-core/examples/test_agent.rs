@@ -13,5 +13,5 @@ fn main() -> ExitCode {
         about: "Flyte agent server hosting the test agents (test_async, test_sync)",
         version: env!("CARGO_PKG_VERSION"),
     };
-    agent_core::server::run(info, |_settings| Ok(test_agent::registry()))
+    agent_core::server::run(info, async |_settings| Ok(test_agent::registry()))
 }

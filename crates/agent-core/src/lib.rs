@@ -21,6 +21,7 @@ pub mod literals;
 pub mod pb;
 pub mod registry;
 pub mod resource;
+pub mod retry;
 pub mod secrets;
 pub mod server;
 pub mod service;
@@ -33,6 +34,8 @@ pub use agent::{
 };
 pub use error::AgentError;
 pub use grpc::client::GrpcBackend;
+/// Protobuf well-known types (`Timestamp`, `Duration`, `Struct`) used in the protocol messages.
+pub use prost_types;
 pub use registry::Registry;
 pub use resource::{FailureDetail, FailureOrigin, LogLink, Phase, Resource};
 pub use secrets::Secret;

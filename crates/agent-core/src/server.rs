@@ -34,7 +34,7 @@ struct Cli {
 /// Runs an agent binary: parses flags, loads settings, calls `build` to register the
 /// agents (it may read its own config section), serves until SIGTERM or SIGINT, drains,
 /// and exits 0. Bad flags or settings exit 2 with a message naming the setting.
-pub fn run(info: BinaryInfo, build: impl FnOnce(&Settings) -> Result<Registry, String>) -> ExitCode {
+pub fn run(info: BinaryInfo, build: impl AsyncFnOnce(&Settings) -> Result<Registry, String>) -> ExitCode {
     let help = format!(
         "{}\n\nSettings (defaults shown) can come from --config FILE, AGENT_<KEY> \
         environment variables or the flags below:\n\n{}",
@@ -59,7 +59,7 @@ pub fn run(info: BinaryInfo, build: impl FnOnce(&Settings) -> Result<Registry, S
             Ok(t) => t,
             Err(e) => return fail(info, &e),
         };
-        let registry = match build(&settings) {
+        let registry = match build(&settings).await {
             Ok(r) => r,
             Err(e) => return fail(info, &e),
         };

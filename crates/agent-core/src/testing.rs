@@ -22,7 +22,7 @@ use crate::secrets::{EnvSource, SecretStore};
 use crate::server::AgentServer;
 use crate::service::AgentService;
 
-pub use tonic::{Code, Status};
+pub use tonic::{Code, Request, Status};
 
 /// Settings for a test server: loopback, any free port, no metrics endpoint.
 pub fn test_config() -> ServerConfig {

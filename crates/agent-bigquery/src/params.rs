@@ -1,0 +1,243 @@
+//! Task inputs as BigQuery named query parameters (`@name` in the SQL), in the REST
+//! shape `{"name", "parameterType": {...}, "parameterValue": {...}}`.
+
+use base64::Engine;
+use serde_json::{Value as Json, json};
+
+use agent_core::literals::Value;
+use agent_core::pb::core::{LiteralType, SimpleType, literal_type};
+use agent_core::prelude::*;
+
+/// Every input as a named parameter, sorted by name. A value that cannot be a parameter is
+/// `INVALID_ARGUMENT` naming the input.
+pub(crate) fn query_parameters(task: &TaskRequest) -> Result<Vec<Json>, AgentError> {
+    let declared = task.template.interface.as_ref().and_then(|i| i.inputs.as_ref());
+    let mut out = Vec::new();
+    for (name, value) in task.input_values()? {
+        let ty = declared.and_then(|d| d.variables.get(&name)).and_then(|v| v.r#type.as_ref());
+        let (parameter_type, parameter_value) = parameter(&value, ty).map_err(|why| {
+            AgentError::invalid_argument(format!(
+                "inputs.{name}: {why}; BigQuery query parameters are scalars or arrays of scalars"
+            ))
+        })?;
+        out.push(json!({"name": name, "parameterType": parameter_type, "parameterValue": parameter_value}));
+    }
+    Ok(out)
+}
+
+/// `(parameterType, parameterValue)` for one value.
+fn parameter(value: &Value, declared: Option<&LiteralType>) -> Result<(Json, Json), String> {
+    match value {
+        Value::Collection(items) => {
+            let element = declared.and_then(|t| match &t.r#type {
+                Some(literal_type::Type::CollectionType(inner)) => Some(inner.as_ref()),
+                _ => None,
+            });
+            let element_type = match items.first() {
+                Some(first) => scalar(first).map(|(t, _)| t)?,
+                None => element.and_then(declared_scalar_type).ok_or("an empty list of unknown element type")?,
+            };
+            let mut values = Vec::with_capacity(items.len());
+            for item in items {
+                let (t, v) = scalar(item).map_err(|e| format!("list element: {e}"))?;
+                if t != element_type {
+                    return Err(format!("a list mixing {element_type} and {t}"));
+                }
+                values.push(json!({"value": v}));
+            }
+            Ok((json!({"type": "ARRAY", "arrayType": {"type": element_type}}), json!({"arrayValues": values})))
+        }
+        // NULL of the declared type: BigQuery needs a type even for NULL.
+        Value::None => {
+            let ty = declared.and_then(declared_scalar_type).ok_or("a None whose type the task does not declare")?;
+            Ok((json!({"type": ty}), json!({})))
+        }
+        other => {
+            let (t, v) = scalar(other)?;
+            Ok((json!({"type": t}), json!({"value": v})))
+        }
+    }
+}
+
+/// BigQuery type name and string value of a scalar.
+fn scalar(value: &Value) -> Result<(&'static str, String), String> {
+    Ok(match value {
+        Value::Integer(i) => ("INT64", i.to_string()),
+        Value::Float(f) => ("FLOAT64", float(*f)),
+        // Strings stay strings, even when they look like dates: the SQL decides.
+        Value::String(s) => ("STRING", s.clone()),
+        Value::Boolean(b) => ("BOOL", b.to_string()),
+        Value::Datetime(t) => ("TIMESTAMP", t.to_string()),
+        Value::Duration(d) => ("INTERVAL", interval(d.seconds, d.nanos)),
+        Value::Binary { value, .. } => ("BYTES", base64::engine::general_purpose::STANDARD.encode(value)),
+        Value::None => return Err("a list element is None; BigQuery arrays cannot hold NULL".into()),
+        Value::Collection(_) => return Err("a nested list; BigQuery has no arrays of arrays".into()),
+        other => return Err(format!("a {} value", other.kind())),
+    })
+}
+
+fn float(f: f64) -> String {
+    if f.is_nan() {
+        "NaN".into()
+    } else if f.is_infinite() {
+        if f > 0.0 { "Infinity".into() } else { "-Infinity".into() }
+    } else {
+        // Rust prints the shortest representation that round-trips.
+        format!("{f:?}")
+    }
+}
+
+/// BigQuery's canonical INTERVAL text, `Y-M D H:M:S[.F]`, with everything in the time part.
+fn interval(seconds: i64, nanos: i32) -> String {
+    let negative = seconds < 0 || (seconds == 0 && nanos < 0);
+    let total_nanos = (i128::from(seconds) * 1_000_000_000 + i128::from(nanos)).unsigned_abs();
+    let secs = total_nanos / 1_000_000_000;
+    let frac = total_nanos % 1_000_000_000;
+    let (h, m, s) = (secs / 3600, (secs / 60) % 60, secs % 60);
+    let sign = if negative { "-" } else { "" };
+    if frac == 0 {
+        format!("0-0 0 {sign}{h}:{m}:{s}")
+    } else {
+        let f = format!("{:09}", frac / 1000 * 1000);
+        format!("0-0 0 {sign}{h}:{m}:{s}.{}", f.trim_end_matches('0'))
+    }
+}
+
+/// The BigQuery scalar type of a declared Flyte type (looking through `Optional`).
+fn declared_scalar_type(t: &LiteralType) -> Option<&'static str> {
+    match t.r#type.as_ref()? {
+        literal_type::Type::Simple(s) => match SimpleType::try_from(*s).ok()? {
+            SimpleType::Integer => Some("INT64"),
+            SimpleType::Float => Some("FLOAT64"),
+            SimpleType::String => Some("STRING"),
+            SimpleType::Boolean => Some("BOOL"),
+            SimpleType::Datetime => Some("TIMESTAMP"),
+            SimpleType::Duration => Some("INTERVAL"),
+            SimpleType::Binary => Some("BYTES"),
+            SimpleType::None | SimpleType::Error | SimpleType::Struct => None,
+        },
+        // Optional[T] is a union of T and None.
+        literal_type::Type::UnionType(u) => u.variants.iter().find_map(declared_scalar_type),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use agent_core::literals::values_to_literal_map;
+    use agent_core::pb::core::{TaskTemplate, TypedInterface, UnionType, Variable, VariableMap};
+    use agent_core::prost_types::{Duration, Timestamp};
+
+    use super::*;
+
+    fn simple(t: SimpleType) -> LiteralType {
+        LiteralType { r#type: Some(literal_type::Type::Simple(t as i32)), ..Default::default() }
+    }
+
+    fn task(inputs: Vec<(&str, Value)>, declared: Vec<(&str, LiteralType)>) -> TaskRequest {
+        let variables = declared
+            .into_iter()
+            .map(|(k, t)| (k.to_owned(), Variable { r#type: Some(t), ..Default::default() }))
+            .collect();
+        TaskRequest {
+            template: TaskTemplate {
+                interface: Some(TypedInterface { inputs: Some(VariableMap { variables }), outputs: None }),
+                ..Default::default()
+            },
+            inputs: values_to_literal_map(inputs),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn every_scalar_type_maps_to_its_bigquery_type() {
+        let t = task(
+            vec![
+                ("b", Value::Boolean(true)),
+                ("bytes", Value::Binary { value: vec![0xff, 0], tag: String::new() }),
+                ("d", Value::Duration(Duration { seconds: 90_061, nanos: 500_000_000 })),
+                ("f", Value::Float(0.1)),
+                ("i", Value::Integer(-7)),
+                ("s", Value::String("2024-01-01".into())),
+                ("t", Value::Datetime(Timestamp { seconds: 1_700_000_000, nanos: 0 })),
+            ],
+            vec![],
+        );
+        let got: Vec<(String, String, String)> = query_parameters(&t)
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["name"].as_str().unwrap().to_owned(),
+                    p["parameterType"]["type"].as_str().unwrap().to_owned(),
+                    p["parameterValue"]["value"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        let want = [
+            ("b", "BOOL", "true"),
+            ("bytes", "BYTES", "/wA="),
+            ("d", "INTERVAL", "0-0 0 25:1:1.5"),
+            ("f", "FLOAT64", "0.1"),
+            ("i", "INT64", "-7"),
+            ("s", "STRING", "2024-01-01"),
+            ("t", "TIMESTAMP", "2023-11-14T22:13:20Z"),
+        ];
+        let want: Vec<_> = want.iter().map(|(a, b, c)| ((*a).to_owned(), (*b).to_owned(), (*c).to_owned())).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn lists_become_arrays_and_nulls_take_the_declared_type() {
+        let list = LiteralType {
+            r#type: Some(literal_type::Type::CollectionType(Box::new(simple(SimpleType::Integer)))),
+            ..Default::default()
+        };
+        let optional = LiteralType {
+            r#type: Some(literal_type::Type::UnionType(UnionType {
+                variants: vec![simple(SimpleType::None), simple(SimpleType::String)],
+            })),
+            ..Default::default()
+        };
+        let t = task(
+            vec![("ids", vec![1_i64, 2].into()), ("none", Value::None), ("empty", Value::Collection(vec![]))],
+            vec![("empty", list.clone()), ("none", optional)],
+        );
+        let ps = query_parameters(&t).unwrap();
+        let by_name = |n: &str| ps.iter().find(|p| p["name"] == n).unwrap().clone();
+        assert_eq!(
+            by_name("ids"),
+            json!({"name": "ids", "parameterType": {"type": "ARRAY", "arrayType": {"type": "INT64"}},
+                   "parameterValue": {"arrayValues": [{"value": "1"}, {"value": "2"}]}})
+        );
+        assert_eq!(by_name("empty")["parameterType"]["arrayType"]["type"], "INT64");
+        assert_eq!(by_name("none"), json!({"name": "none", "parameterType": {"type": "STRING"}, "parameterValue": {}}));
+    }
+
+    #[test]
+    fn values_that_cannot_be_parameters_name_the_input() {
+        for (v, why) in [
+            (Value::Map(Default::default()), "a map value"),
+            (Value::StructuredDataset { uri: "bq://p:d.t".into(), format: String::new() }, "structured dataset"),
+            (Value::Collection(vec![Value::Collection(vec![])]), "nested list"),
+            (Value::Collection(vec![Value::Integer(1), Value::String("a".into())]), "mixing INT64 and STRING"),
+            (Value::None, "None whose type the task does not declare"),
+        ] {
+            let err = query_parameters(&task(vec![("x", v)], vec![])).unwrap_err();
+            assert!(
+                matches!(&err, AgentError::InvalidArgument(m) if m.starts_with("inputs.x: ") && m.contains(why)),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn intervals_and_floats_are_canonical() {
+        assert_eq!(interval(0, 0), "0-0 0 0:0:0");
+        assert_eq!(interval(-90, 0), "0-0 0 -0:1:30");
+        assert_eq!(interval(0, 1_000), "0-0 0 0:0:0.000001");
+        assert_eq!(float(1.0), "1.0");
+        assert_eq!(float(f64::NAN), "NaN");
+        assert_eq!(float(f64::NEG_INFINITY), "-Infinity");
+    }
+}

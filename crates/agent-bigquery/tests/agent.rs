@@ -1,0 +1,418 @@
+//! The BigQuery agent through real gRPC against the BigQuery emulator: conformance,
+//! configuration honoured, parameters, idempotent create, state mapping, faults.
+
+use std::time::Duration;
+
+use agent_bigquery::{BigQueryAgent, Config, TASK_TYPE};
+use agent_core::executor::Outcome;
+use agent_core::json::json_to_struct;
+use agent_core::literals::{Value, values_to_literal_map};
+use agent_core::pb::{admin, core};
+use agent_core::prelude::*;
+use agent_core::testing::{Code, TestServer, conformance};
+use emulators::bigquery::{BigQuery, ForcedState, JobError, OutcomeRule, Timing};
+use emulators::{FaultAction, FaultRule, Running};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+struct Env {
+    bq: BigQuery,
+    _emulator: Running,
+    server: TestServer,
+}
+
+async fn env_with(timing: Timing, config: impl FnOnce(&mut Config)) -> Env {
+    let bq = BigQuery::new(timing);
+    let emulator = bq.start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let mut cfg =
+        Config { emulator_host: Some(emulator.host()), attempt_timeout: Duration::from_secs(2), ..Config::default() };
+    config(&mut cfg);
+    let agent = BigQueryAgent::new(&cfg).await.unwrap();
+    let server = TestServer::start(Registry::builder().async_agent(agent).unwrap()).await;
+    Env { bq, _emulator: emulator, server }
+}
+
+async fn env() -> Env {
+    env_with(Timing { pending: Duration::from_millis(30), running: Duration::from_millis(60) }, |_| {}).await
+}
+
+fn results_interface() -> core::TypedInterface {
+    let sd = core::LiteralType {
+        r#type: Some(core::literal_type::Type::StructuredDatasetType(core::StructuredDatasetType::default())),
+        ..Default::default()
+    };
+    core::TypedInterface {
+        inputs: None,
+        outputs: Some(core::VariableMap {
+            variables: [("results".to_owned(), core::Variable { r#type: Some(sd), ..Default::default() })].into(),
+        }),
+    }
+}
+
+fn task(sql: &str, custom: serde_json::Value, inputs: Vec<(&str, Value)>) -> TaskRequest {
+    TaskRequest {
+        template: core::TaskTemplate {
+            r#type: TASK_TYPE.into(),
+            custom: Some(json_to_struct(custom.as_object().unwrap())),
+            target: Some(core::task_template::Target::Sql(core::Sql { statement: sql.into(), dialect: 1 })),
+            interface: Some(results_interface()),
+            metadata: Some(core::TaskMetadata {
+                runtime: Some(core::RuntimeMetadata { version: "1.16.31".into(), r#type: 1, flavor: "python".into() }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        inputs: values_to_literal_map(inputs),
+        output_prefix: "gs://bucket/out/0".into(),
+        metadata: None,
+    }
+}
+
+fn attempt(mut t: TaskRequest, exec: &str, retry: u32) -> TaskRequest {
+    t.metadata = Some(admin::TaskExecutionMetadata {
+        task_execution_id: Some(core::TaskExecutionIdentifier {
+            task_id: Some(core::Identifier { name: "bq.task".into(), version: "v1".into(), ..Default::default() }),
+            node_execution_id: Some(core::NodeExecutionIdentifier {
+                node_id: "n0".into(),
+                execution_id: Some(core::WorkflowExecutionIdentifier {
+                    project: "proj".into(),
+                    domain: "dev".into(),
+                    name: exec.into(),
+                    org: String::new(),
+                }),
+            }),
+            retry_attempt: retry,
+        }),
+        ..Default::default()
+    });
+    t
+}
+
+fn custom() -> serde_json::Value {
+    json!({"ProjectID": "flyte-test", "Location": "US", "Domain": "dev"})
+}
+
+fn create_req(t: &TaskRequest) -> admin::CreateTaskRequest {
+    admin::CreateTaskRequest {
+        inputs: Some(t.inputs.clone()),
+        template: Some(t.template.clone()),
+        output_prefix: t.output_prefix.clone(),
+        task_execution_metadata: t.metadata.clone(),
+    }
+}
+
+#[allow(deprecated)]
+fn get_req(meta: &[u8]) -> admin::GetTaskRequest {
+    admin::GetTaskRequest {
+        task_type: TASK_TYPE.into(),
+        resource_meta: meta.to_vec(),
+        task_category: Some(admin::TaskCategory { name: TASK_TYPE.into(), version: 0 }),
+        output_prefix: String::new(),
+    }
+}
+
+async fn get(env: &Env, meta: &[u8]) -> Resource {
+    let r = env.server.async_client().await.get_task(get_req(meta)).await.unwrap().into_inner();
+    Resource::from_proto(&r.resource.unwrap())
+}
+
+async fn run(env: &Env, t: TaskRequest) -> Resource {
+    let exec = env.server.executor(Duration::from_millis(20)).await;
+    match exec.run(t, &CancellationToken::new(), |_| {}).await.unwrap() {
+        Outcome::Finished(r) => r,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn passes_the_conformance_suite_and_returns_the_results_table() {
+    let env = env().await;
+    let r = conformance::async_agent(&env.server, task("SELECT 1", custom(), vec![]), Duration::from_secs(10)).await;
+    assert_eq!(r.phase, Phase::Succeeded);
+    let Value::StructuredDataset { uri, .. } = &r.output_values().unwrap()["results"] else { panic!() };
+    assert!(uri.starts_with("bq://flyte-test:_"), "{uri}");
+    assert!(r.log_links[0].uri.contains("&j=bq:US:flyte_"), "{}", r.log_links[0].uri);
+}
+
+#[tokio::test]
+async fn query_job_config_keys_are_honoured() {
+    let env = env().await;
+    let mut c = custom();
+    c.as_object_mut().unwrap().extend(
+        json!({
+            "destinationTable": {"projectId": "p", "datasetId": "d", "tableId": "t"},
+            "writeDisposition": "WRITE_TRUNCATE", "createDisposition": "CREATE_IF_NEEDED",
+            "priority": "BATCH", "maximumBytesBilled": "1000000", "useLegacySql": false,
+            "defaultDataset": {"projectId": "p", "datasetId": "ds"}, "allowLargeResults": true,
+            "labels": {"team": "data"}, "jobTimeoutMs": "60000"
+        })
+        .as_object()
+        .unwrap()
+        .clone(),
+    );
+    let r = run(&env, task("SELECT * FROM t", c, vec![])).await;
+    assert_eq!(
+        r.output_values().unwrap()["results"],
+        Value::StructuredDataset { uri: "bq://p:d.t".into(), format: String::new() }
+    );
+    let jobs = env.bq.jobs();
+    let conf = &jobs[0].configuration;
+    let q = &conf["query"];
+    assert_eq!(q["writeDisposition"], "WRITE_TRUNCATE");
+    assert_eq!(q["createDisposition"], "CREATE_IF_NEEDED");
+    assert_eq!(q["priority"], "BATCH");
+    assert_eq!(q["maximumBytesBilled"], "1000000");
+    assert_eq!(q["defaultDataset"]["datasetId"], "ds");
+    assert_eq!(q["allowLargeResults"], true);
+    assert_eq!(conf["labels"]["team"], "data");
+    assert_eq!(conf["jobTimeoutMs"], "60000");
+    assert!(q.get("ProjectID").is_none() && q.get("Domain").is_none());
+    assert_eq!(jobs[0].location, "US");
+}
+
+#[tokio::test]
+async fn inputs_become_named_parameters_and_standard_sql_is_the_default() {
+    let env = env().await;
+    let t = task(
+        "SELECT @version, @name, @ids",
+        custom(),
+        vec![("version", Value::Integer(3)), ("name", "x".into()), ("ids", vec![1_i64, 2].into())],
+    );
+    assert_eq!(run(&env, t).await.phase, Phase::Succeeded);
+    let q = env.bq.jobs()[0].configuration["query"].clone();
+    assert_eq!(q["parameterMode"], "NAMED");
+    assert_eq!(q["useLegacySql"], false);
+    let params = q["queryParameters"].as_array().unwrap();
+    assert_eq!(params.len(), 3);
+    let ids = params.iter().find(|p| p["name"] == "ids").unwrap();
+    assert_eq!(ids["parameterType"], json!({"type": "ARRAY", "arrayType": {"type": "INT64"}}));
+    // A query that uses an undeclared parameter fails as a job, as in BigQuery.
+    let r = run(&env, task("SELECT @missing", custom(), vec![])).await;
+    assert_eq!(r.phase, Phase::Failed);
+    assert!(r.message.contains("Query parameter 'missing' not found"), "{}", r.message);
+}
+
+#[tokio::test]
+async fn repeated_creates_for_one_attempt_make_one_job() {
+    let env = env().await;
+    let mut client = env.server.async_client().await;
+    let t = attempt(task("SELECT 1", custom(), vec![]), "exec-1", 0);
+    let m1 = client.create_task(create_req(&t)).await.unwrap().into_inner().resource_meta;
+    let m2 = client.create_task(create_req(&t)).await.unwrap().into_inner().resource_meta;
+    assert_eq!(m1, m2);
+    assert_eq!(env.bq.jobs().len(), 1);
+    assert_eq!(env.bq.insert_requests(), 2);
+    // The next retry attempt is a new job.
+    let retry = attempt(task("SELECT 1", custom(), vec![]), "exec-1", 1);
+    let m3 = client.create_task(create_req(&retry)).await.unwrap().into_inner().resource_meta;
+    assert_ne!(m1, m3);
+    assert_eq!(env.bq.jobs().len(), 2);
+    // Metas have the Python agent's keys.
+    let meta: serde_json::Value = serde_json::from_slice(&m1).unwrap();
+    assert_eq!(meta.as_object().unwrap().keys().collect::<Vec<_>>(), ["job_id", "location", "project"]);
+}
+
+#[tokio::test]
+async fn a_lost_insert_response_does_not_create_a_second_job() {
+    let env = env().await;
+    env.bq.faults().push(FaultRule::new(FaultAction::DropResponse, 1).method("POST").path("/jobs"));
+    let t = attempt(task("SELECT 1", custom(), vec![]), "exec-lost", 0);
+    let meta = env.server.async_client().await.create_task(create_req(&t)).await.unwrap().into_inner().resource_meta;
+    assert_eq!(env.bq.jobs().len(), 1, "the retried insert adopted the job");
+    assert_eq!(env.bq.insert_requests(), 2);
+    assert!(!meta.is_empty());
+}
+
+#[tokio::test]
+async fn job_failures_map_to_failed_retryable_and_aborted() {
+    let env = env().await;
+    env.bq.add_rule(OutcomeRule {
+        query_contains: "SYNTAX".into(),
+        error: Some(JobError {
+            reason: "invalidQuery".into(),
+            message: "Syntax error: Unexpected end".into(),
+            location: "query".into(),
+        }),
+        pending_ms: None,
+        running_ms: None,
+    });
+    env.bq.add_rule(OutcomeRule {
+        query_contains: "FLAKY".into(),
+        error: Some(JobError {
+            reason: "backendError".into(),
+            message: "Backend error".into(),
+            location: String::new(),
+        }),
+        pending_ms: None,
+        running_ms: None,
+    });
+    let r = run(&env, task("SELECT SYNTAX", custom(), vec![])).await;
+    assert_eq!(
+        (r.phase, r.message.as_str()),
+        (Phase::Failed, "BigQuery job failed: invalidQuery: Syntax error: Unexpected end")
+    );
+    assert_eq!(run(&env, task("SELECT FLAKY", custom(), vec![])).await.phase, Phase::RetryableFailed);
+
+    // Cancel a long job: delete, then it reports ABORTED; deleting again is fine.
+    env.bq.add_rule(OutcomeRule {
+        query_contains: "LONG".into(),
+        error: None,
+        pending_ms: Some(0),
+        running_ms: Some(600_000),
+    });
+    let mut client = env.server.async_client().await;
+    let meta = client
+        .create_task(create_req(&task("SELECT LONG", custom(), vec![])))
+        .await
+        .unwrap()
+        .into_inner()
+        .resource_meta;
+    assert_eq!(get(&env, &meta).await.phase, Phase::Running);
+    let del = || admin::DeleteTaskRequest {
+        resource_meta: meta.clone(),
+        task_category: Some(admin::TaskCategory { name: TASK_TYPE.into(), version: 0 }),
+        ..Default::default()
+    };
+    client.delete_task(del()).await.unwrap();
+    client.delete_task(del()).await.unwrap();
+    assert_eq!(get(&env, &meta).await.phase, Phase::Aborted);
+    // Unknown jobs: deleting succeeds, getting fails the task (not the RPC).
+    let ghost = br#"{"job_id": "ghost", "project": "flyte-test", "location": "US"}"#;
+    let del_ghost = admin::DeleteTaskRequest {
+        resource_meta: ghost.to_vec(),
+        task_category: Some(admin::TaskCategory { name: TASK_TYPE.into(), version: 0 }),
+        ..Default::default()
+    };
+    client.delete_task(del_ghost).await.unwrap();
+    assert_eq!(get(&env, ghost).await.phase, Phase::Failed);
+}
+
+#[tokio::test]
+async fn unknown_states_are_waited_on_not_errors() {
+    let env = env_with(Timing { pending: Duration::ZERO, running: Duration::from_secs(600) }, |_| {}).await;
+    let meta = env
+        .server
+        .async_client()
+        .await
+        .create_task(create_req(&task("SELECT 1", custom(), vec![])))
+        .await
+        .unwrap()
+        .into_inner()
+        .resource_meta;
+    let job_id = serde_json::from_slice::<serde_json::Value>(&meta).unwrap()["job_id"].as_str().unwrap().to_owned();
+    assert!(env.bq.force("flyte-test", &job_id, ForcedState { state: "SUSPENDED".into(), error: None }));
+    let r = get(&env, &meta).await;
+    assert_eq!(r.phase, Phase::Running);
+    assert!(r.message.contains("SUSPENDED"));
+}
+
+#[tokio::test]
+async fn transient_api_errors_are_retried_and_never_fail_the_task() {
+    let env = env().await;
+    let t = task("SELECT 1", custom(), vec![]);
+    let meta = env.server.async_client().await.create_task(create_req(&t)).await.unwrap().into_inner().resource_meta;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    for action in [
+        FaultAction::Status { code: 503, retry_after_secs: None },
+        FaultAction::Status { code: 500, retry_after_secs: None },
+        FaultAction::Status { code: 429, retry_after_secs: Some(1) },
+        FaultAction::Drop,
+        FaultAction::Malformed,
+    ] {
+        let before = env.bq.faults().injected();
+        env.bq.faults().push(FaultRule::new(action.clone(), 2).method("GET"));
+        let r = get(&env, &meta).await;
+        assert_eq!(r.phase, Phase::Succeeded, "{action:?}: {}", r.message);
+        assert_eq!(env.bq.faults().injected(), before + 2, "{action:?} was injected twice and retried past");
+    }
+    // A BigQuery that stays down past the call's budget: still not a failure.
+    env.bq.faults().push(FaultRule {
+        times: None,
+        ..FaultRule::new(FaultAction::Status { code: 503, retry_after_secs: None }, 0)
+    });
+    let mut req = tonic_request(get_req(&meta));
+    req.set_timeout(Duration::from_millis(1500));
+    let r = env.server.async_client().await.get_task(req).await.unwrap().into_inner();
+    let r = Resource::from_proto(&r.resource.unwrap());
+    assert_eq!(r.phase, Phase::Running);
+    assert!(r.message.contains("HTTP 503"), "{}", r.message);
+    env.bq.faults().clear();
+}
+
+fn tonic_request<T>(msg: T) -> agent_core::testing::Request<T> {
+    agent_core::testing::Request::new(msg)
+}
+
+#[tokio::test]
+async fn many_tasks_under_faults_all_succeed_with_one_job_each() {
+    let env = env().await;
+    for action in [
+        FaultAction::Status { code: 503, retry_after_secs: None },
+        FaultAction::Status { code: 429, retry_after_secs: Some(0) },
+        FaultAction::Drop,
+        FaultAction::DropResponse,
+    ] {
+        env.bq.faults().push(FaultRule { probability: Some(0.08), times: None, ..FaultRule::new(action, 0) });
+    }
+    let mut handles = Vec::new();
+    for i in 0..20 {
+        let exec = env.server.executor(Duration::from_millis(25)).await;
+        let mut client = env.server.async_client().await;
+        handles.push(tokio::spawn(async move {
+            let t = attempt(task("SELECT 1", custom(), vec![]), &format!("exec-{i}"), 0);
+            // Propeller may create twice; the executor then runs the task to the end.
+            let _ = client.create_task(create_req(&t)).await;
+            exec.run(t, &CancellationToken::new(), |_| {}).await
+        }));
+    }
+    let mut failed = Vec::new();
+    for h in handles {
+        match h.await.unwrap() {
+            Ok(Outcome::Finished(r)) if r.phase == Phase::Succeeded => {}
+            other => failed.push(format!("{other:?}")),
+        }
+    }
+    assert!(failed.is_empty(), "wrongly failed tasks: {failed:#?}");
+    assert_eq!(env.bq.jobs().len(), 20, "one BigQuery job per task");
+    assert!(env.bq.faults().injected() > 0, "faults were injected");
+}
+
+#[tokio::test]
+async fn malformed_tasks_are_invalid_arguments_naming_the_problem() {
+    let env = env().await;
+    let mut client = env.server.async_client().await;
+    let no_project = task("SELECT 1", json!({"Location": "US"}), vec![]);
+    let mut no_sql = task("SELECT 1", custom(), vec![]);
+    no_sql.template.target = None;
+    let mut bad_key = custom();
+    bad_key["writeDisposition"] = json!(["not", "a", "string"]);
+    let map_input = task("SELECT @m", custom(), vec![("m", Value::Map(Default::default()))]);
+    for (t, needle) in [
+        (no_project, "ProjectID"),
+        (no_sql, "template.sql"),
+        (task("SELECT 1", bad_key, vec![]), "template.custom"),
+        (map_input, "inputs.m"),
+    ] {
+        let err = client.create_task(create_req(&t)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{needle}: {err:?}");
+        assert!(err.message().contains(needle), "{needle}: {}", err.message());
+    }
+    assert!(env.bq.jobs().is_empty());
+}
+
+#[tokio::test]
+async fn sends_flytekits_user_agent() {
+    let env = env().await;
+    let meta = env
+        .server
+        .async_client()
+        .await
+        .create_task(create_req(&task("SELECT 1", custom(), vec![])))
+        .await
+        .unwrap()
+        .into_inner()
+        .resource_meta;
+    let id = serde_json::from_slice::<serde_json::Value>(&meta).unwrap()["job_id"].as_str().unwrap().to_owned();
+    let ua = env.bq.user_agent("flyte-test", &id).unwrap();
+    assert!(ua.contains("Flytekit/1.16.31 (GPN:Union;dev)"), "{ua}");
+}

@@ -1,0 +1,505 @@
+//! A BigQuery jobs emulator: `jobs.insert`, `jobs.get` and `jobs.cancel` at the real REST
+//! paths (`/bigquery/v2/projects/{project}/jobs…`), with BigQuery's JSON shapes and error
+//! bodies. Jobs move PENDING → RUNNING → DONE over time, or on command.
+//!
+//! Control endpoints (not part of BigQuery):
+//! - `GET /_emulator/bigquery/jobs`: every job and the number of insert requests seen;
+//! - `POST /_emulator/bigquery/rules`: an [`OutcomeRule`] for queries containing a string;
+//! - `POST /_emulator/bigquery/jobs/{project}/{job_id}`: force a job's state (any string,
+//!   so clients can be tested against states BigQuery may add) and error;
+//! - `POST|DELETE /_emulator/faults`: fault injection (see [`crate::faults`]).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{Response, StatusCode};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value as Json, json};
+
+use crate::faults::Faults;
+use crate::http::{Running, json_response};
+
+/// How long jobs stay in each state unless a rule says otherwise.
+#[derive(Debug, Clone)]
+pub struct Timing {
+    /// Time in PENDING.
+    pub pending: Duration,
+    /// Time in RUNNING.
+    pub running: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self { pending: Duration::from_millis(100), running: Duration::from_millis(400) }
+    }
+}
+
+/// BigQuery's `ErrorProto`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobError {
+    /// Short reason, e.g. `invalidQuery`, `backendError`.
+    pub reason: String,
+    /// Human-readable message.
+    pub message: String,
+    /// Where, if known.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub location: String,
+}
+
+/// Steers jobs whose query contains `query_contains`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OutcomeRule {
+    /// Substring of the SQL that selects the jobs.
+    pub query_contains: String,
+    /// The job ends DONE with this `errorResult`.
+    #[serde(default)]
+    pub error: Option<JobError>,
+    /// Overrides the time in PENDING.
+    #[serde(default)]
+    pub pending_ms: Option<u64>,
+    /// Overrides the time in RUNNING.
+    #[serde(default)]
+    pub running_ms: Option<u64>,
+}
+
+/// A forced state (`POST /_emulator/bigquery/jobs/...`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ForcedState {
+    /// The `status.state` to report, verbatim.
+    pub state: String,
+    /// The `status.errorResult` to report.
+    #[serde(default)]
+    pub error: Option<JobError>,
+}
+
+/// What the emulator knows of a job, for tests.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobSummary {
+    /// Project.
+    pub project: String,
+    /// Job id.
+    pub job_id: String,
+    /// Location.
+    pub location: String,
+    /// Current `status.state`.
+    pub state: String,
+    /// The job's `configuration` as the client sent it (plus what BigQuery fills in).
+    pub configuration: Json,
+    /// Whether a cancel was requested.
+    pub cancel_requested: bool,
+}
+
+#[derive(Debug)]
+struct Job {
+    project: String,
+    job_id: String,
+    location: String,
+    created: Instant,
+    created_ms: u64,
+    configuration: Json,
+    timing: Timing,
+    error: Option<JobError>,
+    cancelled_at: Option<Instant>,
+    forced: Option<ForcedState>,
+    user_agent: String,
+}
+
+#[derive(Debug, Default)]
+struct St {
+    jobs: BTreeMap<(String, String), Job>,
+    insert_requests: u64,
+    rules: Vec<OutcomeRule>,
+}
+
+/// The emulator; clone handles share state.
+#[derive(Debug, Clone, Default)]
+pub struct BigQuery {
+    state: Arc<Mutex<St>>,
+    faults: Faults,
+    timing: Timing,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// BigQuery's error body: `{"error": {"code", "message", "errors": [{reason…}], "status"}}`.
+pub(crate) fn error_body(status: StatusCode, message: &str) -> Json {
+    let (reason, grpc_status) = match status.as_u16() {
+        400 => ("invalid", "INVALID_ARGUMENT"),
+        401 => ("unauthorized", "UNAUTHENTICATED"),
+        403 => ("accessDenied", "PERMISSION_DENIED"),
+        404 => ("notFound", "NOT_FOUND"),
+        409 => ("duplicate", "ALREADY_EXISTS"),
+        429 => ("rateLimitExceeded", "RESOURCE_EXHAUSTED"),
+        503 => ("backendError", "UNAVAILABLE"),
+        _ => ("backendError", "INTERNAL"),
+    };
+    json!({"error": {
+        "code": status.as_u16(),
+        "message": message,
+        "errors": [{"message": message, "domain": "global", "reason": reason}],
+        "status": grpc_status,
+    }})
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Body> {
+    json_response(status, &error_body(status, message))
+}
+
+impl BigQuery {
+    /// An emulator whose jobs follow `timing`.
+    pub fn new(timing: Timing) -> Self {
+        Self { timing, ..Self::default() }
+    }
+
+    /// Serves on `addr` (port 0 for any free port).
+    pub async fn start(&self, addr: SocketAddr) -> std::io::Result<Running> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        Ok(crate::http::serve(listener, self.router(), self.faults.clone(), error_body))
+    }
+
+    /// The fault rules.
+    pub fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
+    /// Adds an outcome rule.
+    pub fn add_rule(&self, rule: OutcomeRule) {
+        self.lock().rules.push(rule);
+    }
+
+    /// Forces a job's reported state; false when there is no such job.
+    pub fn force(&self, project: &str, job_id: &str, forced: ForcedState) -> bool {
+        match self.lock().jobs.get_mut(&(project.to_owned(), job_id.to_owned())) {
+            Some(job) => {
+                job.forced = Some(forced);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Every job.
+    pub fn jobs(&self) -> Vec<JobSummary> {
+        let st = self.lock();
+        let now = Instant::now();
+        st.jobs
+            .values()
+            .map(|j| JobSummary {
+                project: j.project.clone(),
+                job_id: j.job_id.clone(),
+                location: j.location.clone(),
+                state: status(j, now).0,
+                configuration: j.configuration.clone(),
+                cancel_requested: j.cancelled_at.is_some(),
+            })
+            .collect()
+    }
+
+    /// How many `jobs.insert` requests reached the emulator (duplicates included).
+    pub fn insert_requests(&self) -> u64 {
+        self.lock().insert_requests
+    }
+
+    /// The `User-Agent` of the request that created a job.
+    pub fn user_agent(&self, project: &str, job_id: &str) -> Option<String> {
+        self.lock().jobs.get(&(project.to_owned(), job_id.to_owned())).map(|j| j.user_agent.clone())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, St> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn router(&self) -> Router {
+        Router::new()
+            .route("/bigquery/v2/projects/{project}/jobs", post(insert_job))
+            .route("/bigquery/v2/projects/{project}/jobs/{job_id}", get(get_job))
+            .route("/bigquery/v2/projects/{project}/jobs/{job_id}/cancel", post(cancel_job))
+            .route("/_emulator/bigquery/jobs", get(list_jobs))
+            .route("/_emulator/bigquery/rules", post(add_rule))
+            .route("/_emulator/bigquery/jobs/{project}/{job_id}", post(force_state))
+            .route("/_emulator/faults", post(add_fault).delete(clear_faults))
+            .fallback(|| async { error(StatusCode::NOT_FOUND, "Not found: URL") })
+            .with_state(self.clone())
+    }
+}
+
+/// `(state, errorResult)` of a job now.
+fn status(job: &Job, now: Instant) -> (String, Option<JobError>) {
+    if let Some(f) = &job.forced {
+        return (f.state.clone(), f.error.clone());
+    }
+    if let Some(at) = job.cancelled_at {
+        // Cancellation takes effect at once here; BigQuery may take a moment.
+        let _ = at;
+        return (
+            "DONE".into(),
+            Some(JobError {
+                reason: "stopped".into(),
+                message: "Job execution was cancelled: User requested cancellation".into(),
+                location: String::new(),
+            }),
+        );
+    }
+    let elapsed = now.saturating_duration_since(job.created);
+    if elapsed < job.timing.pending {
+        ("PENDING".into(), None)
+    } else if elapsed < job.timing.pending + job.timing.running {
+        ("RUNNING".into(), None)
+    } else {
+        ("DONE".into(), job.error.clone())
+    }
+}
+
+fn job_json(job: &Job, now: Instant) -> Json {
+    let (state, err) = status(job, now);
+    let mut status = json!({"state": state});
+    if let Some(e) = err {
+        status["errorResult"] = serde_json::to_value(&e).unwrap_or(Json::Null);
+        status["errors"] = json!([e]);
+    }
+    let mut stats = json!({"creationTime": job.created_ms.to_string(), "query": {"statementType": "SELECT"}});
+    let elapsed = u64::try_from(now.saturating_duration_since(job.created).as_millis()).unwrap_or(u64::MAX);
+    if state != "PENDING" {
+        stats["startTime"] =
+            json!((job.created_ms + u64::try_from(job.timing.pending.as_millis()).unwrap_or(0)).to_string());
+    }
+    if state == "DONE" {
+        stats["endTime"] = json!((job.created_ms + elapsed).to_string());
+    }
+    json!({
+        "kind": "bigquery#job",
+        "etag": format!("\"{}\"", job.created_ms),
+        "id": format!("{}:{}.{}", job.project, job.location, job.job_id),
+        "selfLink": format!("/bigquery/v2/projects/{}/jobs/{}?location={}", job.project, job.job_id, job.location),
+        "user_email": "emulator@example.com",
+        "jobReference": {"projectId": job.project, "jobId": job.job_id, "location": job.location},
+        "configuration": job.configuration,
+        "statistics": stats,
+        "status": status,
+    })
+}
+
+fn valid_job_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 1024 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// Named parameters the query uses (`@name`), for BigQuery's "parameter not found" error.
+fn named_parameters(sql: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut chars = sql.char_indices().peekable();
+    let mut quote: Option<char> = None;
+    while let Some((_, c)) = chars.next() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"' | '`') => quote = Some(c),
+            (None, '@') => {
+                // `@@system_variable` is not a parameter.
+                if chars.peek().is_some_and(|(_, n)| *n == '@') {
+                    chars.next();
+                    while chars.peek().is_some_and(|(_, n)| n.is_ascii_alphanumeric() || *n == '_') {
+                        chars.next();
+                    }
+                    continue;
+                }
+                let mut name = String::new();
+                while let Some((_, n)) = chars.peek().filter(|(_, n)| n.is_ascii_alphanumeric() || *n == '_') {
+                    name.push(*n);
+                    chars.next();
+                }
+                if !name.is_empty() && !out.contains(&name) {
+                    out.push(name);
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+async fn insert_job(
+    State(bq): State<BigQuery>,
+    Path(project): Path<String>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response<Body> {
+    let Ok(body) = serde_json::from_slice::<Json>(&body) else {
+        return error(StatusCode::BAD_REQUEST, "Invalid JSON payload received.");
+    };
+    let mut configuration = body.get("configuration").cloned().unwrap_or(Json::Null);
+    let Some(query) = configuration.pointer("/query/query").and_then(Json::as_str).map(str::to_owned) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "Job configuration must contain exactly one job-specific configuration object (e.g., query, load, \
+             extract, spreadsheetExtract), but there were 0",
+        );
+    };
+    if query.trim().is_empty() {
+        return error(StatusCode::BAD_REQUEST, "Required parameter is missing: query");
+    }
+    let reference = body.get("jobReference").cloned().unwrap_or(Json::Null);
+    let job_id = match reference.get("jobId").and_then(Json::as_str) {
+        Some(id) if valid_job_id(id) => id.to_owned(),
+        Some(id) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "Invalid job ID \"{id}\". Job IDs must be alphanumeric (plus underscores and dashes) and must be at most 1024 characters long."
+                ),
+            );
+        }
+        None => format!("job_{}", uuid::Uuid::new_v4().simple()),
+    };
+    let location =
+        reference.get("location").and_then(Json::as_str).filter(|l| !l.is_empty()).unwrap_or("US").to_owned();
+    let user_agent = headers.get("user-agent").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+
+    let mut st = bq.lock();
+    st.insert_requests += 1;
+    let key = (project.clone(), job_id.clone());
+    if let Some(existing) = st.jobs.get(&key) {
+        let msg = format!("Already Exists: Job {}:{}.{}", project, existing.location, job_id);
+        return error(StatusCode::CONFLICT, &msg);
+    }
+    let rule = st.rules.iter().find(|r| query.contains(&r.query_contains)).cloned();
+    let mut timing = bq.timing.clone();
+    let mut job_error = None;
+    if let Some(r) = &rule {
+        timing.pending = r.pending_ms.map_or(timing.pending, Duration::from_millis);
+        timing.running = r.running_ms.map_or(timing.running, Duration::from_millis);
+        job_error = r.error.clone();
+    }
+    // Like BigQuery, fail the job (not the request) when a named parameter is missing.
+    let declared: Vec<String> = configuration
+        .pointer("/query/queryParameters")
+        .and_then(Json::as_array)
+        .map(|ps| ps.iter().filter_map(|p| p.get("name").and_then(Json::as_str).map(str::to_owned)).collect())
+        .unwrap_or_default();
+    if job_error.is_none()
+        && let Some(missing) = named_parameters(&query).into_iter().find(|n| !declared.contains(n))
+    {
+        job_error = Some(JobError {
+            reason: "invalidQuery".into(),
+            message: format!("Query parameter '{missing}' not found at [1:1]"),
+            location: "query".into(),
+        });
+    }
+    configuration["jobType"] = json!("QUERY");
+    if configuration.pointer("/query/destinationTable").is_none() {
+        let anon = uuid::Uuid::new_v4().simple().to_string();
+        configuration["query"]["destinationTable"] = json!({"projectId": project, "datasetId": format!("_{}", &anon[..16]), "tableId": format!("anon{}", &anon[16..])});
+    }
+    let job = Job {
+        project,
+        job_id,
+        location,
+        created: Instant::now(),
+        created_ms: now_ms(),
+        configuration,
+        timing,
+        error: job_error,
+        cancelled_at: None,
+        forced: None,
+        user_agent,
+    };
+    let body = job_json(&job, Instant::now());
+    st.jobs.insert(key, job);
+    json_response(StatusCode::OK, &body)
+}
+
+#[derive(Debug, Deserialize)]
+struct LocationQuery {
+    #[serde(default)]
+    location: Option<String>,
+}
+
+fn not_found(project: &str, location: Option<&str>, job_id: &str) -> Response<Body> {
+    let loc = location.filter(|l| !l.is_empty()).unwrap_or("US");
+    error(StatusCode::NOT_FOUND, &format!("Not found: Job {project}:{loc}.{job_id}"))
+}
+
+async fn get_job(
+    State(bq): State<BigQuery>,
+    Path((project, job_id)): Path<(String, String)>,
+    Query(q): Query<LocationQuery>,
+) -> Response<Body> {
+    let st = bq.lock();
+    match st.jobs.get(&(project.clone(), job_id.clone())) {
+        Some(job) if q.location.as_deref().is_none_or(|l| l.is_empty() || l.eq_ignore_ascii_case(&job.location)) => {
+            json_response(StatusCode::OK, &job_json(job, Instant::now()))
+        }
+        _ => not_found(&project, q.location.as_deref(), &job_id),
+    }
+}
+
+async fn cancel_job(
+    State(bq): State<BigQuery>,
+    Path((project, job_id)): Path<(String, String)>,
+    Query(q): Query<LocationQuery>,
+) -> Response<Body> {
+    let mut st = bq.lock();
+    match st.jobs.get_mut(&(project.clone(), job_id.clone())) {
+        Some(job) if q.location.as_deref().is_none_or(|l| l.is_empty() || l.eq_ignore_ascii_case(&job.location)) => {
+            let now = Instant::now();
+            // Cancelling a finished job is accepted and changes nothing, as in BigQuery.
+            if status(job, now).0 != "DONE" && job.forced.is_none() {
+                job.cancelled_at = Some(now);
+            }
+            json_response(StatusCode::OK, &json!({"kind": "bigquery#jobCancelResponse", "job": job_json(job, now)}))
+        }
+        _ => not_found(&project, q.location.as_deref(), &job_id),
+    }
+}
+
+async fn list_jobs(State(bq): State<BigQuery>) -> Response<Body> {
+    json_response(StatusCode::OK, &json!({"jobs": bq.jobs(), "insert_requests": bq.insert_requests()}))
+}
+
+async fn add_rule(State(bq): State<BigQuery>, axum::Json(rule): axum::Json<OutcomeRule>) -> Response<Body> {
+    bq.add_rule(rule);
+    json_response(StatusCode::OK, &json!({}))
+}
+
+async fn force_state(
+    State(bq): State<BigQuery>,
+    Path((project, job_id)): Path<(String, String)>,
+    axum::Json(forced): axum::Json<ForcedState>,
+) -> Response<Body> {
+    if bq.force(&project, &job_id, forced) {
+        json_response(StatusCode::OK, &json!({}))
+    } else {
+        not_found(&project, None, &job_id)
+    }
+}
+
+async fn add_fault(
+    State(bq): State<BigQuery>,
+    axum::Json(rule): axum::Json<crate::faults::FaultRule>,
+) -> Response<Body> {
+    bq.faults.push(rule);
+    json_response(StatusCode::OK, &json!({}))
+}
+
+async fn clear_faults(State(bq): State<BigQuery>) -> Response<Body> {
+    bq.faults.clear();
+    json_response(StatusCode::OK, &json!({}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn named_parameters_skip_strings_and_system_variables() {
+        let sql = "SELECT @a, '@not', `@nor`, @@project_id, @b_2 FROM t WHERE x = @a";
+        assert_eq!(named_parameters(sql), ["a", "b_2"]);
+    }
+}
