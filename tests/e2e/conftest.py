@@ -31,6 +31,30 @@ def agent_binary() -> str:
     return path
 
 
+def workspace_binary(name: str) -> str:
+    """A binary of the workspace (agent-bigquery, emulators, ...), built by `cargo xtask e2e`."""
+    path = os.path.join(os.environ.get("AGENT_BIN_DIR") or str(ROOT / "target/debug"), name)
+    if not os.path.exists(path):
+        raise RuntimeError(f"{path} does not exist: run `cargo xtask e2e`, which builds it")
+    return path
+
+
+class Emulator:
+    """An `emulators <service>` process on a free loopback port."""
+
+    def __init__(self, service: str, *args: str):
+        self.proc = subprocess.Popen([workspace_binary("emulators"), service, "--port", "0", *args],
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.host = self.proc.stdout.readline().strip()
+        if not self.host:
+            raise RuntimeError(f"emulator {service} did not start")
+        self.url = f"http://{self.host}"
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(timeout=10)
+
+
 class Agent:
     """An agent process on 127.0.0.1 with its own gRPC and metrics ports."""
 

@@ -41,7 +41,7 @@ pub(crate) fn test(root: &Path) -> Result<()> {
 /// Builds the agent binaries the suite starts, prepares the Python environment, runs pytest.
 pub(crate) fn e2e(root: &Path, pytest_args: &[String]) -> Result<()> {
     // Same features as `cargo test --workspace --all-features`, so its build is reused.
-    run(cargo(root).args(["build", "-p", "agent-core", "--all-features", "--example", "test_agent"]))?;
+    run(cargo(root).args(["build", "--workspace", "--all-features", "--bins", "--example", "test_agent"]))?;
     let venv = ensure_venv(root)?;
     let bin = venv.join("bin");
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
@@ -49,6 +49,7 @@ pub(crate) fn e2e(root: &Path, pytest_args: &[String]) -> Result<()> {
         .current_dir(root)
         .env("PATH", path)
         .env("AGENT_TEST_BINARY", root.join("target/debug/examples/test_agent"))
+        .env("AGENT_BIN_DIR", root.join("target/debug"))
         .args(["-m", "pytest", "tests/e2e", "-q", "-p", "no:cacheprovider"])
         .args(pytest_args))
 }
@@ -77,7 +78,16 @@ pub(crate) fn ensure_venv(root: &Path) -> Result<PathBuf> {
 
 /// Builds the test agent and the benchmark in release mode and runs the benchmark.
 pub(crate) fn bench(root: &Path, args: &[String]) -> Result<()> {
-    run(cargo(root).args(["build", "--release", "-p", "agent-core", "--example", "test_agent", "--example", "bench"]))?;
+    run(cargo(root).args([
+        "build",
+        "--release",
+        "--workspace",
+        "--bins",
+        "--example",
+        "test_agent",
+        "--example",
+        "bench",
+    ]))?;
     run(Command::new(root.join("target/release/examples/bench")).args(args))
 }
 

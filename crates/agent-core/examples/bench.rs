@@ -35,6 +35,8 @@ struct Options {
     starts: usize,
     /// Run the agent without its Prometheus endpoint, to see what metrics cost.
     no_metrics: bool,
+    /// Benchmark agent-bigquery against the BigQuery emulator instead.
+    bigquery: bool,
     /// Agent and baseline are measured alternately this many times; medians are reported,
     /// which keeps a noisy neighbour from deciding the ratio.
     rounds: usize,
@@ -54,6 +56,7 @@ fn main() {
         starts: 20,
         no_metrics: false,
         rounds: 3,
+        bigquery: false,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -64,16 +67,18 @@ fn main() {
             "--connections" => o.connections = value() as usize,
             "--starts" => o.starts = value() as usize,
             "--no-metrics" => o.no_metrics = true,
+            "--bigquery" => o.bigquery = true,
             "--rounds" => o.rounds = value().max(1) as usize,
             _ => usage(),
         }
     }
-    tokio::runtime::Runtime::new().expect("runtime").block_on(run(o));
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    if o.bigquery { rt.block_on(bench_bigquery(o)) } else { rt.block_on(run(o)) }
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: bench [--seconds N] [--concurrency N] [--connections N] [--starts N] [--rounds N] [--no-metrics] | bench bare-server PORT"
+        "usage: bench [--seconds N] [--concurrency N] [--connections N] [--starts N] [--rounds N] [--no-metrics] [--bigquery] | bench bare-server PORT"
     );
     std::process::exit(2)
 }
@@ -182,6 +187,10 @@ struct LoadResult {
 }
 
 async fn load(port: u16, rpc: Rpc, meta: Vec<u8>, o: &Options) -> LoadResult {
+    load_task_type(port, rpc, meta, "test_async", o).await
+}
+
+async fn load_task_type(port: u16, rpc: Rpc, meta: Vec<u8>, task_type: &'static str, o: &Options) -> LoadResult {
     let mut channels = Vec::new();
     for _ in 0..o.connections {
         channels
@@ -201,9 +210,9 @@ async fn load(port: u16, rpc: Rpc, meta: Vec<u8>, o: &Options) -> LoadResult {
             let mut s = SyncAgentServiceClient::new(ch);
             #[allow(deprecated)]
             let get = admin::GetTaskRequest {
-                task_type: "test_async".into(),
+                task_type: task_type.into(),
                 resource_meta: meta,
-                task_category: Some(admin::TaskCategory { name: "test_async".into(), version: 0 }),
+                task_category: Some(admin::TaskCategory { name: task_type.into(), version: 0 }),
                 output_prefix: "s3://bucket/out/0".into(),
             };
             while !stop.load(Ordering::Relaxed) {
@@ -459,4 +468,92 @@ async fn bare_server(port: u16) {
         .serve(([127, 0, 0, 1], port).into())
         .await
         .expect("bare server");
+}
+
+/// A workspace binary next to the examples directory (`target/<profile>/NAME`).
+fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("own path");
+    exe.parent().and_then(|p| p.parent()).map(|p| p.join(name)).expect("examples live under target/<profile>")
+}
+
+/// GetTask through agent-bigquery, each call a real HTTP round trip to the emulator.
+async fn bench_bigquery(o: Options) {
+    use std::io::BufRead;
+    let mut emulator = Command::new(workspace_bin("emulators"))
+        .args(["bigquery", "--port", "0", "--pending-ms", "0", "--running-ms", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the emulators binary (cargo build --release --workspace)");
+    let mut host = String::new();
+    std::io::BufReader::new(emulator.stdout.take().expect("stdout")).read_line(&mut host).expect("emulator address");
+    let host = host.trim().to_owned();
+    let spawn = || {
+        let port = free_port();
+        let child = Command::new(workspace_bin("agent-bigquery"))
+            .env("BIGQUERY_EMULATOR_HOST", &host)
+            .args([
+                "--listen-address",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--metrics-port",
+                &free_port().to_string(),
+            ])
+            .args(["--log-level", "warn"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start agent-bigquery");
+        Proc { child, port }
+    };
+    let mut starts = Vec::new();
+    for _ in 0..o.starts {
+        let t = Instant::now();
+        let p = spawn();
+        wait_serving(p.port, Duration::from_secs(10)).await;
+        starts.push(t.elapsed());
+    }
+    starts.sort();
+    let agent = spawn();
+    wait_serving(agent.port, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle = rss_kib(agent.child.id()).0;
+    let ch = Channel::from_shared(format!("http://127.0.0.1:{}", agent.port)).unwrap().connect().await.unwrap();
+    let custom = serde_json::json!({"ProjectID": "bench", "Location": "US"});
+    let template = core::TaskTemplate {
+        r#type: "bigquery_query_job_task".into(),
+        custom: custom.as_object().map(agent_core::json::json_to_struct),
+        target: Some(core::task_template::Target::Sql(core::Sql { statement: "SELECT 1".into(), dialect: 1 })),
+        ..Default::default()
+    };
+    let create = admin::CreateTaskRequest { template: Some(template), ..Default::default() };
+    let meta = AsyncAgentServiceClient::new(ch).create_task(create).await.expect("create").into_inner().resource_meta;
+    let mut rounds = Vec::new();
+    for _ in 0..o.rounds {
+        rounds.push(load_task_type(agent.port, Rpc::GetTask, meta.clone(), "bigquery_query_job_task", &o).await);
+    }
+    let peak = rss_kib(agent.child.id()).1;
+    let r = merge(rounds);
+    drop(agent);
+    let _ = emulator.kill();
+    let _ = emulator.wait();
+    println!("agent-bigquery GetTask against the BigQuery emulator (each call = one jobs.get over loopback HTTP)");
+    println!(
+        "{} callers over {} connections, median of {} rounds of {} s\n",
+        o.concurrency,
+        o.connections,
+        o.rounds,
+        o.duration.as_secs()
+    );
+    println!("| server / RPC                       |     req/s | p50 ms  | p99 ms  | max ms  | errors |");
+    println!("|------------------------------------|-----------|---------|---------|---------|--------|");
+    println!("{}", row("agent-bigquery GetTask", &r));
+    println!(
+        "\nstart to SERVING: median {:.1} ms over {} starts; RSS idle {:.1} MiB, peak under load {:.1} MiB",
+        ms(starts[starts.len() / 2]),
+        starts.len(),
+        mib(idle),
+        mib(peak)
+    );
 }

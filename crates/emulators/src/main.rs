@@ -57,7 +57,20 @@ async fn main() -> ExitCode {
         println!("{}", running.host());
     }
     tracing::info!(message = "Emulator listening.", address = %running.addr());
-    let _ = tokio::signal::ctrl_c().await;
+    stop_signal().await;
     running.stop().await;
     ExitCode::SUCCESS
+}
+
+/// Ctrl-C, or SIGTERM from a process manager.
+async fn stop_signal() {
+    #[cfg(unix)]
+    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        return;
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
