@@ -39,6 +39,15 @@ impl Secret {
     }
 }
 
+/// Secrets can be read from JSON (e.g. the token a Python agent stored in its resource
+/// meta) but deliberately not written: a struct holding one cannot be serialized back out
+/// unless that field is skipped.
+impl<'de> serde::Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <String as serde::Deserialize>::deserialize(d).map(Secret::new)
+    }
+}
+
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Secret([REDACTED])")

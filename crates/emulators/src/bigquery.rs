@@ -162,7 +162,7 @@ impl BigQuery {
     /// Serves on `addr` (port 0 for any free port).
     pub async fn start(&self, addr: SocketAddr) -> std::io::Result<Running> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
-        Ok(crate::http::serve(listener, self.router(), self.faults.clone(), error_body))
+        Ok(crate::http::serve(listener, self.router(), self.faults.clone(), error_body, None))
     }
 
     /// The fault rules.

@@ -66,7 +66,13 @@ impl Drop for Running {
     }
 }
 
-pub(crate) fn serve(listener: TcpListener, router: Router, faults: Faults, error_body: ErrorBody) -> Running {
+pub(crate) fn serve(
+    listener: TcpListener,
+    router: Router,
+    faults: Faults,
+    error_body: ErrorBody,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> Running {
     let addr = listener.local_addr().expect("a bound listener has an address");
     let (tx, mut rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -81,13 +87,22 @@ pub(crate) fn serve(listener: TcpListener, router: Router, faults: Faults, error
             let _ = stream.set_nodelay(true);
             let router = router.clone();
             let faults = faults.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                     handle(req, router.clone(), faults.clone(), error_body)
                 });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                match tls {
+                    Some(acceptor) => {
+                        if let Ok(stream) = acceptor.accept(stream).await {
+                            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                        }
+                    }
+                    None => {
+                        let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                    }
+                }
             });
         }
     });

@@ -4,8 +4,10 @@
 //! through the `emulators` binary.
 
 pub mod bigquery;
+pub mod databricks;
 pub mod faults;
 mod http;
+pub mod tls;
 
 pub use faults::{FaultAction, FaultRule, Faults};
 pub use http::Running;

@@ -29,6 +29,40 @@ enum Service {
         #[arg(long, default_value_t = 400)]
         running_ms: u64,
     },
+    /// Databricks Jobs API 2.1 and OAuth token endpoint, over HTTPS with a fresh test CA.
+    Databricks {
+        /// Port (0 picks a free one).
+        #[arg(long, default_value_t = 9443)]
+        port: u16,
+        /// Where to write the test CA certificate (PEM) clients must trust.
+        #[arg(long, value_name = "FILE")]
+        ca_out: Option<std::path::PathBuf>,
+        /// Serve plain HTTP instead of HTTPS.
+        #[arg(long)]
+        plain_http: bool,
+        /// Accepted personal access token (repeatable).
+        #[arg(long = "pat", default_value = "dapi-emulator-token")]
+        pats: Vec<String>,
+        /// OAuth client for client credentials, as ID:SECRET (repeatable).
+        #[arg(long = "oauth-client", default_value = "emulator-client:emulator-secret")]
+        oauth_clients: Vec<String>,
+        /// Federated client for token exchange, as ID:SUBJECT_TOKEN (repeatable).
+        #[arg(long = "federated-client", default_value = "emulator-federated-client:emulator-subject-jwt")]
+        federated: Vec<String>,
+        /// Lifetime of issued OAuth tokens, in seconds.
+        #[arg(long, default_value_t = 3600)]
+        token_ttl_secs: u64,
+        /// Milliseconds a run stays PENDING.
+        #[arg(long, default_value_t = 100)]
+        pending_ms: u64,
+        /// Milliseconds a run stays RUNNING.
+        #[arg(long, default_value_t = 400)]
+        running_ms: u64,
+    },
+}
+
+fn pairs(v: &[String]) -> std::collections::HashMap<String, String> {
+    v.iter().filter_map(|p| p.split_once(':')).map(|(a, b)| (a.to_owned(), b.to_owned())).collect()
 }
 
 #[tokio::main]
@@ -42,6 +76,44 @@ async fn main() -> ExitCode {
                 running: std::time::Duration::from_millis(running_ms),
             };
             emulators::bigquery::BigQuery::new(timing).start(SocketAddr::new(cli.bind, port)).await
+        }
+        Service::Databricks {
+            port,
+            ca_out,
+            plain_http,
+            pats,
+            oauth_clients,
+            federated,
+            token_ttl_secs,
+            pending_ms,
+            running_ms,
+        } => {
+            let settings = emulators::databricks::Settings {
+                pats,
+                oauth_clients: pairs(&oauth_clients),
+                federated: pairs(&federated),
+                token_ttl: std::time::Duration::from_secs(token_ttl_secs),
+                pending: std::time::Duration::from_millis(pending_ms),
+                running: std::time::Duration::from_millis(running_ms),
+            };
+            let ca = if plain_http {
+                None
+            } else {
+                match emulators::tls::TestCa::generate() {
+                    Ok(ca) => Some(ca),
+                    Err(e) => {
+                        tracing::error!(message = "Cannot create the test CA.", error = %e);
+                        return ExitCode::from(2);
+                    }
+                }
+            };
+            if let (Some(ca), Some(path)) = (&ca, &ca_out)
+                && let Err(e) = std::fs::write(path, ca.ca_pem())
+            {
+                tracing::error!(message = "Cannot write the CA certificate.", path = %path.display(), error = %e);
+                return ExitCode::from(2);
+            }
+            emulators::databricks::Databricks::new(settings).start(SocketAddr::new(cli.bind, port), ca.as_ref()).await
         }
     };
     let running = match running {

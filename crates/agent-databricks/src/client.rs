@@ -1,0 +1,277 @@
+//! The Databricks REST client: Jobs API 2.1 calls with a bearer token, access tokens from
+//! `/oidc/v1/token` cached until shortly before they expire, one refresh on a 401, and
+//! transient failures retried inside the caller's deadline.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value as Json;
+
+use agent_core::prelude::*;
+use agent_core::retry::{RetryConfig, Verdict, retry};
+
+use crate::auth::{Auth, AuthType};
+use crate::config::Config;
+
+/// The agent secret holding a personal access token, named as flytekit names it.
+pub(crate) const PAT_SECRET: &str = "FLYTE_DATABRICKS_ACCESS_TOKEN";
+/// Access tokens are renewed this long before Databricks says they expire.
+const EXPIRY_MARGIN: Duration = Duration::from_secs(60);
+
+/// Why a call failed.
+#[derive(Debug)]
+pub(crate) enum ApiError {
+    /// Databricks answered with an error status.
+    Status { code: u16, message: String, retry_after: Option<Duration> },
+    /// No usable answer: connection, timeout, unreadable body.
+    Transport(String),
+    /// Credentials could not be had; already a precise agent error.
+    Agent(AgentError),
+}
+
+impl ApiError {
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Self::Status { code, message, .. } => format!("HTTP {code}: {message}"),
+            Self::Transport(m) => m.clone(),
+            Self::Agent(e) => e.message().to_owned(),
+        }
+    }
+
+    /// Whether Databricks says the run does not exist.
+    pub(crate) fn is_missing_run(&self) -> bool {
+        matches!(self, Self::Status { code: 404, .. })
+            || matches!(self, Self::Status { code: 400, message, .. } if message.contains("does not exist"))
+    }
+
+    pub(crate) fn into_agent_error(self, what: &str) -> AgentError {
+        let msg = format!("Databricks {what} failed: {}", self.describe());
+        match self {
+            Self::Agent(e) => e,
+            Self::Status { code: 400, .. } => AgentError::invalid_argument(msg),
+            Self::Status { code: 401 | 403, .. } => {
+                AgentError::permission_denied(format!("{msg}. Check the credentials the agent uses for this instance"))
+            }
+            Self::Status { code: 404, .. } => AgentError::not_found(msg),
+            e if matches!(verdict(&e), Verdict::Retry(_)) => AgentError::unavailable(msg),
+            _ => AgentError::internal(msg),
+        }
+    }
+}
+
+pub(crate) fn verdict(e: &ApiError) -> Verdict {
+    match e {
+        ApiError::Status { code: 408 | 429 | 500 | 502 | 503 | 504, retry_after, .. } => Verdict::Retry(*retry_after),
+        ApiError::Transport(_) => Verdict::Retry(None),
+        _ => Verdict::Fail,
+    }
+}
+
+/// Where a call goes and as whom.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Workspace<'a> {
+    pub(crate) instance: &'a str,
+    pub(crate) auth: &'a Auth,
+}
+
+/// The HTTP client and the token cache.
+#[derive(Debug)]
+pub(crate) struct Client {
+    http: reqwest::Client,
+    tokens: Mutex<HashMap<String, (Secret, Instant)>>,
+    pub(crate) retry: RetryConfig,
+    attempt_timeout: Duration,
+    client_secret: Option<Secret>,
+}
+
+impl Client {
+    pub(crate) fn new(config: &Config) -> Result<Self, String> {
+        let mut builder =
+            reqwest::Client::builder().user_agent(concat!("flyte-agent-databricks/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = &config.ca_bundle {
+            let pem = std::fs::read(path)
+                .map_err(|e| format!("databricks.ca_bundle: cannot read {}: {e}", path.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| format!("databricks.ca_bundle: {} is not a PEM bundle: {e}", path.display()))?;
+            builder = builder.tls_certs_merge(certs);
+        }
+        let http = builder.build().map_err(|e| format!("databricks: cannot build the HTTP client: {e}"))?;
+        Ok(Self {
+            http,
+            tokens: Mutex::new(HashMap::new()),
+            retry: RetryConfig { default_budget: config.retry_budget, ..RetryConfig::default() },
+            attempt_timeout: config.attempt_timeout,
+            client_secret: config.client_secret.clone(),
+        })
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Secret, Instant)>> {
+        self.tokens.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A bearer token for `instance`.
+    async fn token(&self, ctx: &Context, instance: &str, auth: &Auth, deadline: Instant) -> Result<Secret, ApiError> {
+        if auth.kind == AuthType::Pat {
+            if let Some(t) = &auth.stored_token {
+                return Ok(t.clone());
+            }
+            return ctx.secret(PAT_SECRET).map_err(ApiError::Agent);
+        }
+        let key = auth.cache_key(instance);
+        if let Some((t, expiry)) = self.cache().get(&key)
+            && *expiry > Instant::now()
+        {
+            return Ok(t.clone());
+        }
+        let client_id = auth.require_client_id().map_err(ApiError::Agent)?.to_owned();
+        let form: Vec<(&str, String)> = match auth.kind {
+            AuthType::OAuthM2m => {
+                let secret = self.client_secret.as_ref().ok_or_else(|| {
+                    ApiError::Agent(AgentError::failed_precondition(
+                        "oauth_m2m needs the OAuth client secret: set DATABRICKS_CLIENT_SECRET on the agent \
+                         (this agent does not read per-namespace Kubernetes secrets)",
+                    ))
+                })?;
+                vec![
+                    ("grant_type", "client_credentials".into()),
+                    ("scope", "all-apis".into()),
+                    ("client_id", client_id.clone()),
+                    ("client_secret", secret.expose().to_owned()),
+                ]
+            }
+            AuthType::OidcFederation => {
+                let file = auth.token_file().map_err(ApiError::Agent)?;
+                let jwt = std::fs::read_to_string(&file).map_err(|e| {
+                    ApiError::Agent(AgentError::failed_precondition(format!(
+                        "cannot read the OIDC token file {file}: {e}"
+                    )))
+                })?;
+                vec![
+                    ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange".into()),
+                    ("scope", "all-apis".into()),
+                    ("client_id", client_id.clone()),
+                    ("subject_token", jwt.trim().to_owned()),
+                    ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt".into()),
+                ]
+            }
+            AuthType::Pat => unreachable!("handled above"),
+        };
+        let url = format!("https://{instance}/oidc/v1/token");
+        let token_retry = RetryConfig { min_delay: Duration::from_millis(200), max_retries: 3, ..self.retry.clone() };
+        let body: Json = retry(
+            &token_retry,
+            deadline,
+            |left| {
+                let req = self.http.post(&url).form(&form).timeout(self.attempt_timeout.min(left));
+                async move { read(req.send().await).await }
+            },
+            verdict,
+        )
+        .await
+        .map_err(|e| match e {
+            ApiError::Status { code: 400 | 401 | 403, message, .. } => ApiError::Agent(AgentError::permission_denied(
+                format!("Databricks refused OAuth client '{client_id}' ({}): {message}", auth.kind.as_str()),
+            )),
+            other => other,
+        })?;
+        let access = body
+            .get("access_token")
+            .and_then(Json::as_str)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| ApiError::Transport("the token endpoint answered without an access_token".into()))?;
+        let lifetime = Duration::from_secs(body.get("expires_in").and_then(Json::as_u64).unwrap_or(3600));
+        let usable = lifetime.checked_sub(EXPIRY_MARGIN).unwrap_or(lifetime / 2);
+        let secret = Secret::new(access);
+        self.cache().insert(key, (secret.clone(), Instant::now() + usable));
+        Ok(secret)
+    }
+
+    /// One Jobs API call, with retries and one token refresh on a 401.
+    pub(crate) async fn call(
+        &self,
+        ctx: &Context,
+        workspace: Workspace<'_>,
+        method: Method,
+        path: &str,
+        query: Option<(&str, &str)>,
+        body: Option<&Json>,
+    ) -> Result<Json, ApiError> {
+        let Workspace { instance, auth } = workspace;
+        let deadline = self.retry.deadline(ctx);
+        let url = format!("https://{instance}/api/2.1/jobs/{path}");
+        let send = |token: Secret, left: Duration| {
+            let mut req = self
+                .http
+                .request(method.clone(), &url)
+                .bearer_auth(token.expose())
+                .timeout(self.attempt_timeout.min(left));
+            if let Some(q) = query {
+                req = req.query(&[q]);
+            }
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            async move { read(req.send().await).await }
+        };
+        let send = &send;
+        retry(
+            &self.retry,
+            deadline,
+            |left| async move {
+                let token = self.token(ctx, instance, auth, deadline).await?;
+                match send(token, left).await {
+                    // An OAuth token can be revoked before it expires: fetch a new one, once.
+                    Err(ApiError::Status { code: 401, .. }) if auth.kind != AuthType::Pat => {
+                        self.cache().remove(&auth.cache_key(instance));
+                        let fresh = self.token(ctx, instance, auth, deadline).await?;
+                        send(fresh, deadline.saturating_duration_since(Instant::now())).await
+                    }
+                    other => other,
+                }
+            },
+            verdict,
+        )
+        .await
+    }
+}
+
+/// Reads an answer: JSON on success, Databricks' error message otherwise.
+async fn read(resp: Result<reqwest::Response, reqwest::Error>) -> Result<Json, ApiError> {
+    // reqwest errors can carry the URL, never headers, so the token cannot leak here.
+    let resp = resp.map_err(|e| ApiError::Transport(format!("request failed: {}", e.without_url())))?;
+    let status = resp.status();
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| ApiError::Transport(format!("reading the answer failed: {}", e.without_url())))?;
+    if status.is_success() {
+        return serde_json::from_slice(&bytes).map_err(|e| ApiError::Transport(format!("the answer is not JSON: {e}")));
+    }
+    let parsed: Option<Json> = serde_json::from_slice(&bytes).ok();
+    let message = parsed
+        .as_ref()
+        .and_then(|j| {
+            let code = j.get("error_code").or_else(|| j.get("error")).and_then(Json::as_str);
+            let msg = j.get("message").or_else(|| j.get("error_description")).and_then(Json::as_str);
+            match (code, msg) {
+                (Some(c), Some(m)) => Some(format!("{c}: {m}")),
+                (c, m) => c.or(m).map(str::to_owned),
+            }
+        })
+        .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_owned());
+    Err(ApiError::Status {
+        code: status.as_u16(),
+        message,
+        retry_after: (status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error())
+            .then_some(retry_after)
+            .flatten(),
+    })
+}

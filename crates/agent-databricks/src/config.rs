@@ -1,0 +1,64 @@
+//! Settings of the Databricks agent: the `databricks` section of its configuration, with
+//! flytekit's environment variables as defaults.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use agent_core::Secret;
+use serde::Deserialize;
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// `databricks.*` settings (`AGENT_DATABRICKS__<KEY>` in the environment).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Instance used when a task names none (`FLYTE_DATABRICKS_INSTANCE`).
+    pub default_instance: Option<String>,
+    /// Instances the agent may send credentials to. Empty means only `default_instance`;
+    /// a task naming any other host is refused.
+    pub allowed_instances: Vec<String>,
+    /// Extra CA certificates (PEM) to trust, e.g. a private CA; `SSL_CERT_FILE` works too.
+    pub ca_bundle: Option<PathBuf>,
+    /// Default auth type: `pat`, `oauth_m2m` or `oidc_federation` (`FLYTE_DATABRICKS_AUTH_TYPE`).
+    pub auth_type: Option<String>,
+    /// Default OAuth client id (`DATABRICKS_CLIENT_ID`).
+    pub client_id: Option<String>,
+    /// OAuth client secret for `oauth_m2m` (`DATABRICKS_CLIENT_SECRET`).
+    pub client_secret: Option<Secret>,
+    /// Name of the per-namespace OAuth secret (`FLYTE_DATABRICKS_OAUTH_SECRET_NAME`).
+    pub oauth_secret_name: Option<String>,
+    /// Subject token file for `oidc_federation` (`FLYTE_DATABRICKS_OIDC_TOKEN_FILE`).
+    pub oidc_token_file: Option<String>,
+    /// Audience for `oidc_federation` (`FLYTE_DATABRICKS_OIDC_AUDIENCE`).
+    pub oidc_audience: Option<String>,
+    /// Serverless credential provider (`FLYTE_DATABRICKS_SERVICE_CREDENTIAL_PROVIDER`).
+    pub service_credential_provider: Option<String>,
+    /// Longest single HTTP attempt.
+    #[serde(with = "humantime_serde")]
+    pub attempt_timeout: Duration,
+    /// Time spent retrying when a call carries no deadline.
+    #[serde(with = "humantime_serde")]
+    pub retry_budget: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            default_instance: env("FLYTE_DATABRICKS_INSTANCE"),
+            allowed_instances: Vec::new(),
+            ca_bundle: None,
+            auth_type: env("FLYTE_DATABRICKS_AUTH_TYPE"),
+            client_id: env("DATABRICKS_CLIENT_ID"),
+            client_secret: env("DATABRICKS_CLIENT_SECRET").map(Secret::new),
+            oauth_secret_name: env("FLYTE_DATABRICKS_OAUTH_SECRET_NAME"),
+            oidc_token_file: env("FLYTE_DATABRICKS_OIDC_TOKEN_FILE"),
+            oidc_audience: env("FLYTE_DATABRICKS_OIDC_AUDIENCE"),
+            service_credential_provider: env("FLYTE_DATABRICKS_SERVICE_CREDENTIAL_PROVIDER"),
+            attempt_timeout: Duration::from_secs(5),
+            retry_budget: Duration::from_secs(8),
+        }
+    }
+}

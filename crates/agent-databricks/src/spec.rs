@@ -1,0 +1,280 @@
+//! The `runs/submit` body, built from the template as flytekit builds it: the task's
+//! `databricksConf` plus compute setup (classic cluster or serverless environment), the
+//! entrypoint (a Python file from git, or a notebook) and the container's command line.
+
+use serde_json::{Map, Value as Json, json};
+
+use agent_core::pb::core::task_template::Target;
+use agent_core::prelude::*;
+
+/// flytekit's entrypoint repository, used when the task names no `git_source`.
+const DEFAULT_GIT_SOURCE: (&str, &str, &str) =
+    ("https://github.com/flyteorg/flytetools", "gitHub", "572298df1f971fb58c258398bd70a6372f811c96");
+const CLASSIC_ENTRYPOINT: &str = "flytekitplugins/databricks/entrypoint.py";
+const SERVERLESS_ENTRYPOINT: &str = "flytekitplugins/databricks/entrypoint_serverless.py";
+
+/// The error flytekit gives, with all four accepted keys.
+pub(crate) const NO_COMPUTE: &str = "template.custom.databricksConf: no compute configuration found. Provide one of: \
+    'existing_cluster_id' (classic), 'new_cluster' (classic), 'environment_key' (serverless), or 'environments' (serverless)";
+
+/// Builds the submit body. `custom` is the template's custom (integral numbers already
+/// integers); `provider` is the agent's default serverless credential provider.
+pub(crate) fn job_spec(
+    task: &TaskRequest,
+    custom: &Map<String, Json>,
+    provider: Option<&str>,
+) -> Result<Map<String, Json>, AgentError> {
+    let mut conf = match custom.get("databricksConf") {
+        Some(Json::Object(c)) => c.clone(),
+        None | Some(Json::Null) => Map::new(),
+        Some(_) => return Err(AgentError::invalid_argument("template.custom.databricksConf: must be an object")),
+    };
+    let classic = conf.contains_key("existing_cluster_id") || conf.contains_key("new_cluster");
+    let serverless = !classic && (conf.contains_key("environment_key") || conf.contains_key("environments"));
+    if !classic && !serverless {
+        return Err(AgentError::invalid_argument(NO_COMPUTE));
+    }
+
+    let (image, args, mut env) = match &task.template.target {
+        Some(Target::Container(c)) => (
+            Some(c.image.clone()),
+            c.args.clone(),
+            c.env.iter().map(|kv| (kv.key.clone(), json!(kv.value))).collect::<Map<_, _>>(),
+        ),
+        _ => (None, Vec::new(), Map::new()),
+    };
+    // pyflyte must exit non-zero when the task fails, or Databricks reports success.
+    env.insert("FLYTE_FAIL_ON_ERROR".into(), json!("true"));
+
+    let mut environment_key = None;
+    if classic {
+        if let Some(Json::Object(cluster)) = conf.get_mut("new_cluster") {
+            if let Some(image) = &image {
+                cluster.entry("docker_image").or_insert_with(|| json!({"url": image}));
+            }
+            cluster
+                .entry("spark_conf")
+                .or_insert_with(|| custom.get("sparkConf").cloned().unwrap_or_else(|| json!({})));
+            match cluster.get_mut("spark_env_vars") {
+                Some(Json::Object(existing)) => existing.extend(env.clone()),
+                _ => {
+                    cluster.insert("spark_env_vars".into(), Json::Object(env.clone()));
+                }
+            }
+        }
+    } else {
+        let key = match conf.remove("environment_key") {
+            Some(Json::String(k)) => k,
+            _ => "default".to_owned(),
+        };
+        let environments = conf.entry("environments").or_insert_with(|| json!([]));
+        let Json::Array(list) = environments else {
+            return Err(AgentError::invalid_argument("template.custom.databricksConf.environments: must be a list"));
+        };
+        if !list.iter().any(|e| e.get("environment_key").and_then(Json::as_str) == Some(key.as_str())) {
+            list.push(json!({"environment_key": key, "spec": {"client": "1"}}));
+        }
+        for entry in list.iter_mut().filter(|e| e.get("environment_key").and_then(Json::as_str) == Some(key.as_str())) {
+            let spec = entry.as_object_mut().map(|e| e.entry("spec").or_insert_with(|| json!({})));
+            if let Some(Json::Object(spec)) = spec {
+                let vars = spec.entry("environment_vars").or_insert_with(|| json!({}));
+                if let Json::Object(vars) = vars {
+                    // Flyte's variables win over the task's.
+                    vars.extend(env.clone());
+                }
+            }
+        }
+        environment_key = Some(key);
+    }
+
+    match custom.get("notebookPath").and_then(Json::as_str).filter(|p| !p.is_empty()) {
+        Some(path) => {
+            let mut notebook = json!({"notebook_path": path});
+            if let Some(p) = custom.get("notebookBaseParameters").filter(|p| !p.is_null()) {
+                notebook["base_parameters"] = p.clone();
+            }
+            if conf.contains_key("git_source") {
+                notebook["source"] = json!("GIT");
+            }
+            match &environment_key {
+                None => {
+                    conf.insert("notebook_task".into(), notebook);
+                }
+                Some(key) => {
+                    conf.insert(
+                        "tasks".into(),
+                        json!([{"task_key": "flyte_notebook_task", "notebook_task": notebook, "environment_key": key}]),
+                    );
+                }
+            }
+        }
+        None => {
+            let git_source = conf.remove("git_source").unwrap_or_else(|| {
+                let (url, provider, commit) = DEFAULT_GIT_SOURCE;
+                json!({"git_url": url, "git_provider": provider, "git_commit": commit})
+            });
+            let user_file = conf.remove("python_file");
+            match &environment_key {
+                None => {
+                    let file = user_file.unwrap_or_else(|| json!(CLASSIC_ENTRYPOINT));
+                    conf.insert(
+                        "spark_python_task".into(),
+                        json!({"python_file": file, "source": "GIT", "parameters": args}),
+                    );
+                }
+                Some(key) => {
+                    let file = user_file.unwrap_or_else(|| json!(SERVERLESS_ENTRYPOINT));
+                    let mut params = args;
+                    let provider = custom
+                        .get("databricksServiceCredentialProvider")
+                        .and_then(Json::as_str)
+                        .or(provider)
+                        .filter(|p| !p.is_empty());
+                    if let Some(p) = provider {
+                        params.push(format!("--flyte-credential-provider={p}"));
+                    }
+                    conf.insert(
+                        "tasks".into(),
+                        json!([{
+                            "task_key": "flyte_task",
+                            "spark_python_task": {"python_file": file, "source": "GIT", "parameters": params},
+                            "environment_key": key,
+                        }]),
+                    );
+                }
+            }
+            conf.insert("git_source".into(), git_source);
+        }
+    }
+    Ok(conf)
+}
+
+#[cfg(test)]
+mod tests {
+    use agent_core::pb::core::{Container, KeyValuePair, TaskTemplate};
+
+    use super::*;
+
+    fn task() -> TaskRequest {
+        TaskRequest {
+            template: TaskTemplate {
+                target: Some(Target::Container(Container {
+                    image: "flyteorg/flytekit:spark".into(),
+                    args: vec!["pyflyte-execute".into(), "--inputs".into(), "s3://x/inputs.pb".into()],
+                    env: vec![KeyValuePair { key: "foo".into(), value: "bar".into() }],
+                    ..Default::default()
+                })),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    fn custom(v: Json) -> Map<String, Json> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn classic_new_cluster_gets_image_conf_env_and_the_entrypoint() {
+        let c = custom(json!({
+            "sparkConf": {"spark.driver.memory": "1000M"},
+            "databricksConf": {"run_name": "flytekit databricks plugin example", "new_cluster": {
+                "spark_version": "12.2.x-scala2.12", "node_type_id": "n2-highmem-4", "num_workers": 1}, "timeout_seconds": 3600, "max_retries": 1},
+            "databricksInstance": "test-account.cloud.databricks.com",
+        }));
+        let spec = job_spec(&task(), &c, None).unwrap();
+        let cluster = &spec["new_cluster"];
+        assert_eq!(cluster["docker_image"], json!({"url": "flyteorg/flytekit:spark"}));
+        assert_eq!(cluster["spark_conf"], json!({"spark.driver.memory": "1000M"}));
+        assert_eq!(cluster["spark_env_vars"], json!({"foo": "bar", "FLYTE_FAIL_ON_ERROR": "true"}));
+        assert_eq!(cluster["num_workers"], json!(1));
+        assert_eq!(serde_json::to_string(&spec["timeout_seconds"]).unwrap(), "3600", "integers stay integers");
+        assert_eq!(
+            spec["spark_python_task"],
+            json!({"python_file": CLASSIC_ENTRYPOINT, "source": "GIT", "parameters": ["pyflyte-execute", "--inputs", "s3://x/inputs.pb"]})
+        );
+        assert_eq!(spec["git_source"]["git_url"], "https://github.com/flyteorg/flytetools");
+    }
+
+    #[test]
+    fn existing_cluster_adds_nothing_and_user_env_is_kept() {
+        let spec =
+            job_spec(&task(), &custom(json!({"databricksConf": {"existing_cluster_id": "1234"}})), None).unwrap();
+        assert!(spec.get("new_cluster").is_none());
+        assert_eq!(spec["existing_cluster_id"], "1234");
+        let c = custom(
+            json!({"databricksConf": {"new_cluster": {"spark_env_vars": {"A": "1"}, "docker_image": {"url": "mine"}}}}),
+        );
+        let spec = job_spec(&task(), &c, None).unwrap();
+        assert_eq!(
+            spec["new_cluster"]["spark_env_vars"],
+            json!({"A": "1", "foo": "bar", "FLYTE_FAIL_ON_ERROR": "true"})
+        );
+        assert_eq!(spec["new_cluster"]["docker_image"]["url"], "mine");
+        assert_eq!(spec["new_cluster"]["spark_conf"], json!({}));
+    }
+
+    #[test]
+    fn serverless_gets_an_environment_and_a_task() {
+        let c = custom(
+            json!({"databricksConf": {"environment_key": "gpu", "environments": [{"environment_key": "gpu", "spec": {"client": "2", "environment_vars": {"foo": "user", "X": "1"}}}]}}),
+        );
+        let spec = job_spec(&task(), &c, Some("my-provider")).unwrap();
+        assert!(spec.get("environment_key").is_none() && spec.get("new_cluster").is_none());
+        assert_eq!(
+            spec["environments"][0]["spec"]["environment_vars"],
+            json!({"foo": "bar", "X": "1", "FLYTE_FAIL_ON_ERROR": "true"})
+        );
+        assert_eq!(spec["environments"][0]["spec"]["client"], "2");
+        let t = &spec["tasks"][0];
+        assert_eq!((t["task_key"].as_str(), t["environment_key"].as_str()), (Some("flyte_task"), Some("gpu")));
+        assert_eq!(t["spark_python_task"]["python_file"], SERVERLESS_ENTRYPOINT);
+        assert_eq!(
+            t["spark_python_task"]["parameters"].as_array().unwrap().last().unwrap(),
+            "--flyte-credential-provider=my-provider"
+        );
+        assert!(spec.get("git_source").is_some());
+        // No environments at all: a default one is added.
+        let spec = job_spec(&task(), &custom(json!({"databricksConf": {"environment_key": "default"}})), None).unwrap();
+        assert_eq!(spec["environments"][0]["environment_key"], "default");
+        assert_eq!(spec["environments"][0]["spec"]["client"], "1");
+    }
+
+    #[test]
+    fn user_git_source_and_python_file_win() {
+        let git = json!({"git_url": "https://github.com/me/repo", "git_provider": "gitHub", "git_branch": "main"});
+        let c = custom(
+            json!({"databricksConf": {"existing_cluster_id": "1", "git_source": git, "python_file": "my/entry.py"}}),
+        );
+        let spec = job_spec(&task(), &c, None).unwrap();
+        assert_eq!(spec["git_source"], git);
+        assert_eq!(spec["spark_python_task"]["python_file"], "my/entry.py");
+        assert!(spec.get("python_file").is_none());
+    }
+
+    #[test]
+    fn notebook_mode_classic_and_serverless() {
+        let c = custom(json!({"notebookPath": "/Users/me/nb", "notebookBaseParameters": {"a": "1"},
+            "databricksConf": {"existing_cluster_id": "1", "git_source": {"git_url": "u", "git_provider": "gitHub"}}}));
+        let spec = job_spec(&task(), &c, None).unwrap();
+        assert_eq!(
+            spec["notebook_task"],
+            json!({"notebook_path": "/Users/me/nb", "base_parameters": {"a": "1"}, "source": "GIT"})
+        );
+        assert!(spec.get("spark_python_task").is_none());
+        assert_eq!(spec["git_source"]["git_url"], "u");
+        let c = custom(json!({"notebookPath": "/nb", "databricksConf": {"environments": []}}));
+        let spec = job_spec(&task(), &c, None).unwrap();
+        assert_eq!(spec["tasks"][0]["task_key"], "flyte_notebook_task");
+        assert_eq!(spec["tasks"][0]["notebook_task"], json!({"notebook_path": "/nb"}));
+    }
+
+    #[test]
+    fn no_compute_lists_the_four_keys() {
+        let err = job_spec(&task(), &custom(json!({"databricksConf": {"run_name": "x"}})), None).unwrap_err();
+        for k in ["existing_cluster_id", "new_cluster", "environment_key", "environments"] {
+            assert!(err.message().contains(k), "{err}");
+        }
+        assert!(matches!(err, AgentError::InvalidArgument(_)));
+    }
+}

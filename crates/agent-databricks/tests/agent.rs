@@ -1,0 +1,404 @@
+//! The Databricks agent through real gRPC against the Databricks emulator over HTTPS:
+//! conformance, the submitted spec, idempotent submit, each auth type, token expiry and
+//! the 401 refresh, the allowlist, faults and state mapping.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use agent_core::AgentService;
+use agent_core::json::json_to_struct;
+use agent_core::pb::{admin, core};
+use agent_core::prelude::*;
+use agent_core::testing::{Code, TestServer, conformance, secrets, test_config};
+use agent_databricks::{Config, DatabricksAgent};
+use emulators::databricks::{Databricks, RunRule, Settings};
+use emulators::tls::TestCa;
+use emulators::{FaultAction, FaultRule, Running};
+use serde_json::json;
+
+const PAT: &str = "dapi-emulator-token";
+
+struct Env {
+    db: Databricks,
+    emulator: Running,
+    server: TestServer,
+    _dir: TempDir,
+}
+
+struct TempDir(std::path::PathBuf);
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn env_with(
+    settings: Settings,
+    secrets_env: &[(&str, &str)],
+    tweak: impl FnOnce(&mut Config, &std::path::Path),
+) -> Env {
+    let ca = TestCa::generate().unwrap();
+    let db = Databricks::new(settings);
+    let emulator = db.start(([127, 0, 0, 1], 0).into(), Some(&ca)).await.unwrap();
+    let dir = std::env::temp_dir().join(format!("dbx-test-{}", uuid_like()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.ca_pem()).unwrap();
+    let mut config = Config {
+        default_instance: Some(emulator.host()),
+        ca_bundle: Some(dir.join("ca.pem")),
+        auth_type: None,
+        client_id: None,
+        client_secret: None,
+        attempt_timeout: Duration::from_secs(2),
+        ..Config::default()
+    };
+    tweak(&mut config, &dir);
+    let agent = DatabricksAgent::new(config).unwrap();
+    let service = AgentService::new(Registry::builder().async_agent(agent).unwrap(), secrets(secrets_env));
+    let server = TestServer::start_with(service, test_config()).await;
+    Env { db, emulator, server, _dir: TempDir(dir) }
+}
+
+fn uuid_like() -> String {
+    format!(
+        "{}-{:?}",
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+    )
+}
+
+fn fast() -> Settings {
+    Settings { pending: Duration::from_millis(20), running: Duration::from_millis(60), ..Settings::default() }
+}
+
+async fn pat_env() -> Env {
+    env_with(fast(), &[("_FSEC_FLYTE_DATABRICKS_ACCESS_TOKEN", PAT)], |_, _| {}).await
+}
+
+fn task(task_type: &str, custom: serde_json::Value) -> TaskRequest {
+    TaskRequest {
+        template: core::TaskTemplate {
+            r#type: task_type.into(),
+            custom: Some(json_to_struct(custom.as_object().unwrap())),
+            target: Some(core::task_template::Target::Container(core::Container {
+                image: "flyteorg/flytekit:spark".into(),
+                args: vec!["pyflyte-fast-execute".into(), "--output-prefix".into(), "s3://b/o".into()],
+                env: vec![core::KeyValuePair { key: "foo".into(), value: "bar".into() }],
+                ..Default::default()
+            })),
+            ..Default::default()
+        },
+        output_prefix: "s3://b/o".into(),
+        ..Default::default()
+    }
+}
+
+fn classic(extra: serde_json::Value) -> serde_json::Value {
+    let mut c = json!({"sparkConf": {"spark.driver.memory": "1000M"},
+        "databricksConf": {"run_name": "flyte run", "new_cluster": {"spark_version": "13.3.x", "num_workers": 1.0}, "timeout_seconds": 3600.0}});
+    c.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    c
+}
+
+fn attempt(mut t: TaskRequest, exec: &str, retry: u32) -> TaskRequest {
+    t.metadata = Some(admin::TaskExecutionMetadata {
+        namespace: "proj-dev".into(),
+        task_execution_id: Some(core::TaskExecutionIdentifier {
+            task_id: Some(core::Identifier { name: "dbx".into(), version: "v1".into(), ..Default::default() }),
+            node_execution_id: Some(core::NodeExecutionIdentifier {
+                node_id: "n0".into(),
+                execution_id: Some(core::WorkflowExecutionIdentifier {
+                    name: exec.into(),
+                    project: "proj".into(),
+                    domain: "dev".into(),
+                    org: String::new(),
+                }),
+            }),
+            retry_attempt: retry,
+        }),
+        ..Default::default()
+    });
+    t
+}
+
+fn create_req(t: &TaskRequest) -> admin::CreateTaskRequest {
+    admin::CreateTaskRequest {
+        inputs: Some(t.inputs.clone()),
+        template: Some(t.template.clone()),
+        output_prefix: t.output_prefix.clone(),
+        task_execution_metadata: t.metadata.clone(),
+    }
+}
+
+#[allow(deprecated)]
+fn get_req(task_type: &str, meta: &[u8]) -> admin::GetTaskRequest {
+    admin::GetTaskRequest {
+        task_type: task_type.into(),
+        resource_meta: meta.to_vec(),
+        task_category: Some(admin::TaskCategory { name: task_type.into(), version: 0 }),
+        output_prefix: String::new(),
+    }
+}
+
+async fn create(env: &Env, t: &TaskRequest) -> Result<Vec<u8>, agent_core::testing::Status> {
+    env.server.async_client().await.create_task(create_req(t)).await.map(|r| r.into_inner().resource_meta)
+}
+
+async fn get(env: &Env, task_type: &str, meta: &[u8]) -> Resource {
+    Resource::from_proto(
+        &env.server
+            .async_client()
+            .await
+            .get_task(get_req(task_type, meta))
+            .await
+            .unwrap()
+            .into_inner()
+            .resource
+            .unwrap(),
+    )
+}
+
+async fn wait_terminal(env: &Env, task_type: &str, meta: &[u8]) -> Resource {
+    for _ in 0..200 {
+        let r = get(env, task_type, meta).await;
+        if r.phase.is_terminal() {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("run did not finish");
+}
+
+#[tokio::test]
+async fn both_task_types_pass_conformance_over_https_with_a_pat() {
+    let env = pat_env().await;
+    for ty in ["spark", "databricks"] {
+        let r = conformance::async_agent(&env.server, task(ty, classic(json!({}))), Duration::from_secs(10)).await;
+        assert_eq!(r.phase, Phase::Succeeded, "{ty}: {}", r.message);
+        assert!(
+            r.log_links[0].uri.starts_with(&format!("https://{}/?o=", env.emulator.host())),
+            "{}",
+            r.log_links[0].uri
+        );
+        assert!(r.outputs.is_none(), "the job writes outputs.pb itself");
+    }
+    let runs = env.db.runs();
+    let spec = &runs[0].spec;
+    // Integers stayed integers (the emulator rejects 1.0 for num_workers, as Databricks does).
+    assert_eq!(spec["new_cluster"]["num_workers"], json!(1));
+    assert_eq!(spec["new_cluster"]["spark_env_vars"]["FLYTE_FAIL_ON_ERROR"], "true");
+    assert_eq!(spec["spark_python_task"]["parameters"][0], "pyflyte-fast-execute");
+    assert_eq!(runs[0].auth, "pat");
+}
+
+#[tokio::test]
+async fn repeated_submits_for_one_attempt_make_one_run_and_metas_hold_no_token() {
+    let env = pat_env().await;
+    let t = attempt(task("databricks", classic(json!({}))), "exec-1", 0);
+    let m1 = create(&env, &t).await.unwrap();
+    let m2 = create(&env, &t).await.unwrap();
+    assert_eq!(m1, m2);
+    assert_eq!(env.db.runs().len(), 1);
+    assert_eq!(env.db.request_counts().0, 2);
+    let m3 = create(&env, &attempt(task("databricks", classic(json!({}))), "exec-1", 1)).await.unwrap();
+    assert_ne!(m1, m3);
+    let text = String::from_utf8(m1).unwrap();
+    assert!(!text.contains(PAT) && !text.contains("auth_token"), "{text}");
+    let meta: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(meta["auth_type"], "pat");
+    assert_eq!(meta["namespace"], "proj-dev");
+}
+
+#[tokio::test]
+async fn delete_cancels_and_is_idempotent() {
+    let env = pat_env().await;
+    env.db.add_rule(RunRule {
+        run_name_contains: "long".into(),
+        end: "SUCCESS".into(),
+        message: String::new(),
+        running_ms: Some(600_000),
+    });
+    let mut c = classic(json!({}));
+    c["databricksConf"]["run_name"] = json!("a long run");
+    let meta = create(&env, &task("databricks", c)).await.unwrap();
+    let mut client = env.server.async_client().await;
+    let del = |m: &[u8]| admin::DeleteTaskRequest {
+        resource_meta: m.to_vec(),
+        task_category: Some(admin::TaskCategory { name: "databricks".into(), version: 0 }),
+        ..Default::default()
+    };
+    client.delete_task(del(&meta)).await.unwrap();
+    client.delete_task(del(&meta)).await.unwrap();
+    assert_eq!(get(&env, "databricks", &meta).await.phase, Phase::Aborted);
+    let unknown = format!(r#"{{"databricks_instance": "{}", "run_id": "999"}}"#, env.emulator.host());
+    client.delete_task(del(unknown.as_bytes())).await.unwrap();
+    assert_eq!(get(&env, "databricks", unknown.as_bytes()).await.phase, Phase::Failed);
+}
+
+#[tokio::test]
+async fn oauth_m2m_caches_tokens_and_refreshes_once_on_401() {
+    let env = env_with(fast(), &[], |c, _| {
+        c.auth_type = Some("oauth_m2m".into());
+        c.client_id = Some("emulator-client".into());
+        c.client_secret = Some(Secret::new("emulator-secret"));
+    })
+    .await;
+    let meta = create(&env, &task("databricks", classic(json!({})))).await.unwrap();
+    let r = wait_terminal(&env, "databricks", &meta).await;
+    assert_eq!(r.phase, Phase::Succeeded);
+    assert_eq!(env.db.runs()[0].auth, "oauth");
+    assert_eq!(env.db.request_counts().1, 1, "one token for the submit and every poll");
+    // Databricks revokes the token: the next call gets a 401, refreshes, and succeeds.
+    env.db.revoke_tokens();
+    assert_eq!(get(&env, "databricks", &meta).await.phase, Phase::Succeeded);
+    assert_eq!(env.db.request_counts().1, 2);
+    let text = String::from_utf8(meta).unwrap();
+    assert!(!text.contains("dbx-oauth-") && !text.contains("emulator-secret"), "{text}");
+    assert!(text.contains(r#""auth_type":"oauth_m2m""#) && text.contains(r#""client_id":"emulator-client""#));
+}
+
+#[tokio::test]
+async fn tokens_are_renewed_before_they_expire() {
+    let settings = Settings { token_ttl: Duration::from_secs(2), ..fast() };
+    let env = env_with(settings, &[], |c, _| {
+        c.auth_type = Some("oauth_m2m".into());
+        c.client_id = Some("emulator-client".into());
+        c.client_secret = Some(Secret::new("emulator-secret"));
+    })
+    .await;
+    let meta = create(&env, &task("databricks", classic(json!({})))).await.unwrap();
+    assert_eq!(env.db.request_counts().1, 1);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let _ = get(&env, "databricks", &meta).await;
+    assert_eq!(env.db.request_counts().1, 2, "a token past its usable life is replaced before use");
+}
+
+#[tokio::test]
+async fn oidc_federation_exchanges_the_workload_token() {
+    let env = env_with(fast(), &[], |c, dir| {
+        std::fs::write(dir.join("jwt"), "emulator-subject-jwt\n").unwrap();
+        c.oidc_token_file = Some(dir.join("jwt").to_string_lossy().into_owned());
+    })
+    .await;
+    let custom =
+        classic(json!({"databricksAuthType": "oidc_federation", "databricksClientId": "emulator-federated-client"}));
+    let meta = create(&env, &task("databricks", custom)).await.unwrap();
+    assert_eq!(wait_terminal(&env, "databricks", &meta).await.phase, Phase::Succeeded);
+    assert_eq!(env.db.runs()[0].auth, "oauth");
+    // A client the workspace does not trust is refused with a clear error.
+    let wrong = classic(json!({"databricksAuthType": "oidc_federation", "databricksClientId": "someone-else"}));
+    let err = create(&env, &task("databricks", wrong)).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().contains("someone-else"), "{}", err.message());
+}
+
+#[tokio::test]
+async fn credentials_only_go_to_allowlisted_instances() {
+    let env = pat_env().await;
+    let evil = classic(json!({"databricksInstance": "evil.example.com"}));
+    let err = create(&env, &task("databricks", evil)).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().contains("evil.example.com"));
+    let forged = br#"{"databricks_instance": "evil.example.com", "run_id": "1"}"#;
+    let err = env.server.async_client().await.get_task(get_req("databricks", forged)).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(!err.message().contains(PAT));
+    assert_eq!(env.db.request_counts().0, 0);
+}
+
+#[tokio::test]
+async fn a_pat_stored_by_the_python_agent_is_used_for_its_run() {
+    // This agent has no PAT of its own; the Python-era meta carries one.
+    let env = env_with(fast(), &[], |_, _| {}).await;
+    let err = create(&env, &task("databricks", classic(json!({})))).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("_FSEC_FLYTE_DATABRICKS_ACCESS_TOKEN"), "{}", err.message());
+    let with_pat = env_with(fast(), &[("_FSEC_FLYTE_DATABRICKS_ACCESS_TOKEN", PAT)], |_, _| {}).await;
+    let meta: serde_json::Value =
+        serde_json::from_slice(&create(&with_pat, &task("databricks", classic(json!({})))).await.unwrap()).unwrap();
+    // Hand the run to the agent without a PAT, in the Python agent's 1.16.31 form.
+    let py = format!(
+        r#"{{"databricks_instance": "{}", "run_id": "{}", "auth_token": "{PAT}", "auth_type": "pat", "client_id": null, "oauth_secret_name": "databricks-oauth", "oidc_token_file": null, "oidc_service_account": null, "oidc_audience": null, "namespace": ""}}"#,
+        with_pat.emulator.host(),
+        meta["run_id"].as_str().unwrap()
+    );
+    let env2 = env_with(fast(), &[], |c, _| c.default_instance = Some(with_pat.emulator.host())).await;
+    let r = get(&env2, "databricks", py.as_bytes()).await;
+    assert_ne!(r.phase, Phase::Failed, "{}", r.message);
+}
+
+#[tokio::test]
+async fn transient_errors_on_polls_never_fail_the_task() {
+    let env = pat_env().await;
+    let meta = create(&env, &task("databricks", classic(json!({})))).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    for action in [
+        FaultAction::Status { code: 429, retry_after_secs: Some(1) },
+        FaultAction::Status { code: 503, retry_after_secs: None },
+        FaultAction::Drop,
+        FaultAction::Malformed,
+    ] {
+        let before = env.db.faults().injected();
+        env.db.faults().push(FaultRule::new(action.clone(), 2).method("GET"));
+        assert_eq!(get(&env, "databricks", &meta).await.phase, Phase::Succeeded, "{action:?}");
+        assert_eq!(env.db.faults().injected(), before + 2);
+    }
+    env.db.faults().push(FaultRule {
+        times: None,
+        ..FaultRule::new(FaultAction::Status { code: 503, retry_after_secs: None }, 0)
+    });
+    let mut req = agent_core::testing::Request::new(get_req("databricks", &meta));
+    req.set_timeout(Duration::from_millis(1500));
+    let r = env.server.async_client().await.get_task(req).await.unwrap().into_inner();
+    let r = Resource::from_proto(&r.resource.unwrap());
+    assert_eq!(r.phase, Phase::Running);
+    assert!(r.message.contains("503"), "{}", r.message);
+}
+
+#[tokio::test]
+async fn run_outcomes_map_to_phases() {
+    let env = pat_env().await;
+    let outcomes = HashMap::from([
+        ("cloud", ("INTERNAL_ERROR", Phase::RetryableFailed)),
+        ("broken", ("FAILED", Phase::Failed)),
+        ("slow", ("TIMEDOUT", Phase::Failed)),
+    ]);
+    for (name, (end, _)) in &outcomes {
+        env.db.add_rule(RunRule {
+            run_name_contains: (*name).into(),
+            end: (*end).into(),
+            message: format!("{name} happened"),
+            running_ms: None,
+        });
+    }
+    for (name, (_, phase)) in outcomes {
+        let mut c = classic(json!({}));
+        c["databricksConf"]["run_name"] = json!(name);
+        let meta = create(&env, &task("databricks", c)).await.unwrap();
+        let r = wait_terminal(&env, "databricks", &meta).await;
+        assert_eq!(r.phase, phase, "{name}: {}", r.message);
+        assert_eq!(r.message, format!("{name} happened"));
+    }
+    // A state Databricks may add later keeps the task running.
+    let meta = create(&env, &task("databricks", classic(json!({})))).await.unwrap();
+    let run_id: u64 =
+        serde_json::from_slice::<serde_json::Value>(&meta).unwrap()["run_id"].as_str().unwrap().parse().unwrap();
+    env.db.force(run_id, json!({"state": {"life_cycle_state": "HIBERNATING"}, "status": {"state": "HIBERNATING"}}));
+    let r = get(&env, "databricks", &meta).await;
+    assert_eq!(r.phase, Phase::Running);
+    assert!(r.message.contains("HIBERNATING"));
+}
+
+#[tokio::test]
+async fn malformed_tasks_are_refused_precisely() {
+    let env = env_with(fast(), &[("_FSEC_FLYTE_DATABRICKS_ACCESS_TOKEN", PAT)], |c, _| c.default_instance = None).await;
+    let err = create(&env, &task("databricks", classic(json!({})))).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("databricksInstance"), "{}", err.message());
+    let env = pat_env().await;
+    let err = create(&env, &task("databricks", json!({"databricksConf": {"run_name": "x"}}))).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("existing_cluster_id") && err.message().contains("environments"));
+    let err = create(&env, &task("databricks", classic(json!({"databricksAuthType": "kerberos"})))).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+}
