@@ -37,6 +37,8 @@ struct Options {
     no_metrics: bool,
     /// Benchmark agent-bigquery against the BigQuery emulator instead.
     bigquery: bool,
+    /// Benchmark agent-databricks against the Databricks emulator instead.
+    databricks: bool,
     /// Agent and baseline are measured alternately this many times; medians are reported,
     /// which keeps a noisy neighbour from deciding the ratio.
     rounds: usize,
@@ -57,6 +59,7 @@ fn main() {
         no_metrics: false,
         rounds: 3,
         bigquery: false,
+        databricks: false,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -68,17 +71,24 @@ fn main() {
             "--starts" => o.starts = value() as usize,
             "--no-metrics" => o.no_metrics = true,
             "--bigquery" => o.bigquery = true,
+            "--databricks" => o.databricks = true,
             "--rounds" => o.rounds = value().max(1) as usize,
             _ => usage(),
         }
     }
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    if o.bigquery { rt.block_on(bench_bigquery(o)) } else { rt.block_on(run(o)) }
+    if o.bigquery {
+        rt.block_on(bench_bigquery(o));
+    } else if o.databricks {
+        rt.block_on(bench_databricks(o));
+    } else {
+        rt.block_on(run(o));
+    }
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: bench [--seconds N] [--concurrency N] [--connections N] [--starts N] [--rounds N] [--no-metrics] [--bigquery] | bench bare-server PORT"
+        "usage: bench [--seconds N] [--concurrency N] [--connections N] [--starts N] [--rounds N] [--no-metrics] [--bigquery | --databricks] | bench bare-server PORT"
     );
     std::process::exit(2)
 }
@@ -171,10 +181,12 @@ fn inputs() -> core::LiteralMap {
     agent_core::literals::values_to_literal_map([("x", agent_core::literals::Value::Integer(7))])
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 enum Rpc {
     GetTask,
     ExecuteTaskSync,
+    /// The same CreateTask over and over (no execution id, so each is a new external job).
+    CreateTask(Box<admin::CreateTaskRequest>),
 }
 
 struct LoadResult {
@@ -203,6 +215,7 @@ async fn load_task_type(port: u16, rpc: Rpc, meta: Vec<u8>, task_type: &'static 
         let ch = channels[i % channels.len()].clone();
         let stop = stop.clone();
         let meta = meta.clone();
+        let rpc = rpc.clone();
         workers.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
             let (mut calls, mut errors) = (0u64, 0u64);
@@ -219,6 +232,9 @@ async fn load_task_type(port: u16, rpc: Rpc, meta: Vec<u8>, task_type: &'static 
                 let t = Instant::now();
                 let ok = match rpc {
                     Rpc::GetTask => a.get_task(get.clone()).await.is_ok_and(|r| r.into_inner().resource.is_some()),
+                    Rpc::CreateTask(ref req) => {
+                        a.create_task((**req).clone()).await.is_ok_and(|r| !r.into_inner().resource_meta.is_empty())
+                    }
                     Rpc::ExecuteTaskSync => {
                         let msgs = [
                             admin::ExecuteTaskSyncRequest {
@@ -476,22 +492,98 @@ fn workspace_bin(name: &str) -> PathBuf {
     exe.parent().and_then(|p| p.parent()).map(|p| p.join(name)).expect("examples live under target/<profile>")
 }
 
+/// An agent binary benchmarked against its service's emulator binary.
+struct External {
+    title: &'static str,
+    emulator_args: Vec<String>,
+    agent: &'static str,
+    env: Vec<(String, String)>,
+    task_type: &'static str,
+    template: core::TaskTemplate,
+    measure_create: bool,
+}
+
 /// GetTask through agent-bigquery, each call a real HTTP round trip to the emulator.
 async fn bench_bigquery(o: Options) {
+    let custom = serde_json::json!({"ProjectID": "bench", "Location": "US"});
+    bench_external(o, |host, _dir| External {
+        title: "agent-bigquery against the BigQuery emulator (each call = one BigQuery REST call over loopback HTTP)",
+        emulator_args: ["bigquery", "--port", "0", "--pending-ms", "0", "--running-ms", "0"].map(String::from).to_vec(),
+        agent: "agent-bigquery",
+        env: vec![("BIGQUERY_EMULATOR_HOST".into(), host.to_owned())],
+        task_type: "bigquery_query_job_task",
+        template: core::TaskTemplate {
+            r#type: "bigquery_query_job_task".into(),
+            custom: custom.as_object().map(agent_core::json::json_to_struct),
+            target: Some(core::task_template::Target::Sql(core::Sql { statement: "SELECT 1".into(), dialect: 1 })),
+            ..Default::default()
+        },
+        measure_create: false,
+    })
+    .await;
+}
+
+/// CreateTask and GetTask through agent-databricks against the Databricks emulator over HTTPS.
+async fn bench_databricks(o: Options) {
+    bench_external(o, |host, dir| {
+        let ca = dir.join("ca.pem");
+        External {
+            title: "agent-databricks against the Databricks emulator (each call = one Jobs API call over loopback HTTPS)",
+            emulator_args: vec![
+                "databricks".into(),
+                "--port".into(),
+                "0".into(),
+                "--ca-out".into(),
+                ca.to_string_lossy().into_owned(),
+                "--pending-ms".into(),
+                "0".into(),
+                "--running-ms".into(),
+                "0".into(),
+            ],
+            agent: "agent-databricks",
+            env: vec![
+                ("FLYTE_DATABRICKS_INSTANCE".into(), host.to_owned()),
+                ("SSL_CERT_FILE".into(), ca.to_string_lossy().into_owned()),
+                ("_FSEC_FLYTE_DATABRICKS_ACCESS_TOKEN".into(), "dapi-emulator-token".into()),
+            ],
+            task_type: "databricks",
+            template: core::TaskTemplate {
+                r#type: "databricks".into(),
+                custom: serde_json::json!({"databricksConf": {"existing_cluster_id": "bench"}})
+                    .as_object()
+                    .map(agent_core::json::json_to_struct),
+                target: Some(core::task_template::Target::Container(core::Container {
+                    image: "flyteorg/flytekit:spark".into(),
+                    args: vec!["pyflyte-execute".into()],
+                    ..Default::default()
+                })),
+                ..Default::default()
+            },
+            measure_create: true,
+        }
+    })
+    .await;
+}
+
+async fn bench_external(o: Options, setup: impl Fn(&str, &std::path::Path) -> External) {
     use std::io::BufRead;
+    let dir = std::env::temp_dir().join(format!("agent-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    // The emulator prints its address first; the CA file (if any) is written before that.
+    let probe = setup("", &dir);
     let mut emulator = Command::new(workspace_bin("emulators"))
-        .args(["bigquery", "--port", "0", "--pending-ms", "0", "--running-ms", "0"])
+        .args(&probe.emulator_args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("start the emulators binary (cargo build --release --workspace)");
     let mut host = String::new();
     std::io::BufReader::new(emulator.stdout.take().expect("stdout")).read_line(&mut host).expect("emulator address");
-    let host = host.trim().to_owned();
+    let ext = setup(host.trim(), &dir);
     let spawn = || {
         let port = free_port();
-        let child = Command::new(workspace_bin("agent-bigquery"))
-            .env("BIGQUERY_EMULATOR_HOST", &host)
+        let child = Command::new(workspace_bin(ext.agent))
+            .envs(ext.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .args([
                 "--listen-address",
                 "127.0.0.1",
@@ -504,7 +596,7 @@ async fn bench_bigquery(o: Options) {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("start agent-bigquery");
+            .expect("start the agent binary");
         Proc { child, port }
     };
     let mut starts = Vec::new();
@@ -520,25 +612,26 @@ async fn bench_bigquery(o: Options) {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle = rss_kib(agent.child.id()).0;
     let ch = Channel::from_shared(format!("http://127.0.0.1:{}", agent.port)).unwrap().connect().await.unwrap();
-    let custom = serde_json::json!({"ProjectID": "bench", "Location": "US"});
-    let template = core::TaskTemplate {
-        r#type: "bigquery_query_job_task".into(),
-        custom: custom.as_object().map(agent_core::json::json_to_struct),
-        target: Some(core::task_template::Target::Sql(core::Sql { statement: "SELECT 1".into(), dialect: 1 })),
-        ..Default::default()
-    };
-    let create = admin::CreateTaskRequest { template: Some(template), ..Default::default() };
-    let meta = AsyncAgentServiceClient::new(ch).create_task(create).await.expect("create").into_inner().resource_meta;
-    let mut rounds = Vec::new();
+    let create = admin::CreateTaskRequest { template: Some(ext.template.clone()), ..Default::default() };
+    let meta =
+        AsyncAgentServiceClient::new(ch).create_task(create.clone()).await.expect("create").into_inner().resource_meta;
+    let mut gets = Vec::new();
+    let mut creates = Vec::new();
     for _ in 0..o.rounds {
-        rounds.push(load_task_type(agent.port, Rpc::GetTask, meta.clone(), "bigquery_query_job_task", &o).await);
+        gets.push(load_task_type(agent.port, Rpc::GetTask, meta.clone(), ext.task_type, &o).await);
+        if ext.measure_create {
+            creates.push(
+                load_task_type(agent.port, Rpc::CreateTask(Box::new(create.clone())), meta.clone(), ext.task_type, &o)
+                    .await,
+            );
+        }
     }
     let peak = rss_kib(agent.child.id()).1;
-    let r = merge(rounds);
     drop(agent);
     let _ = emulator.kill();
     let _ = emulator.wait();
-    println!("agent-bigquery GetTask against the BigQuery emulator (each call = one jobs.get over loopback HTTP)");
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("{}", ext.title);
     println!(
         "{} callers over {} connections, median of {} rounds of {} s\n",
         o.concurrency,
@@ -548,7 +641,10 @@ async fn bench_bigquery(o: Options) {
     );
     println!("| server / RPC                       |     req/s | p50 ms  | p99 ms  | max ms  | errors |");
     println!("|------------------------------------|-----------|---------|---------|---------|--------|");
-    println!("{}", row("agent-bigquery GetTask", &r));
+    println!("{}", row(&format!("{} GetTask", ext.agent), &merge(gets)));
+    if ext.measure_create {
+        println!("{}", row(&format!("{} CreateTask", ext.agent), &merge(creates)));
+    }
     println!(
         "\nstart to SERVING: median {:.1} ms over {} starts; RSS idle {:.1} MiB, peak under load {:.1} MiB",
         ms(starts[starts.len() / 2]),
