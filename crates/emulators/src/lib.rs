@@ -7,6 +7,7 @@ pub mod bigquery;
 pub mod databricks;
 pub mod faults;
 mod http;
+pub mod snowflake;
 pub mod tls;
 
 pub use faults::{FaultAction, FaultRule, Faults};

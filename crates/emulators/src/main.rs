@@ -59,6 +59,18 @@ enum Service {
         #[arg(long, default_value_t = 400)]
         running_ms: u64,
     },
+    /// Snowflake SQL API v2 with key-pair JWT auth (point agents at it with SNOWFLAKE_BASE_URL).
+    Snowflake {
+        /// Port (0 picks a free one).
+        #[arg(long, default_value_t = 9060)]
+        port: u16,
+        /// A user and the public key (SPKI PEM file) registered for it, as ACCOUNT.USER=FILE (repeatable).
+        #[arg(long = "user", value_name = "ACCOUNT.USER=FILE")]
+        users: Vec<String>,
+        /// Milliseconds a statement runs.
+        #[arg(long, default_value_t = 300)]
+        running_ms: u64,
+    },
 }
 
 fn pairs(v: &[String]) -> std::collections::HashMap<String, String> {
@@ -114,6 +126,33 @@ async fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
             emulators::databricks::Databricks::new(settings).start(SocketAddr::new(cli.bind, port), ca.as_ref()).await
+        }
+        Service::Snowflake { port, users, running_ms } => {
+            let mut keys = std::collections::HashMap::new();
+            for u in &users {
+                let Some((name, file)) = u.split_once('=') else {
+                    tracing::error!(message = "--user takes ACCOUNT.USER=FILE.", value = %u);
+                    return ExitCode::from(2);
+                };
+                match std::fs::read_to_string(file) {
+                    Ok(pem) => {
+                        keys.insert(name.to_owned(), pem);
+                    }
+                    Err(e) => {
+                        tracing::error!(message = "Cannot read the public key.", file = %file, error = %e);
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+            let settings =
+                emulators::snowflake::Settings { users: keys, running: std::time::Duration::from_millis(running_ms) };
+            match emulators::snowflake::Snowflake::new(settings) {
+                Ok(sf) => sf.start(SocketAddr::new(cli.bind, port)).await,
+                Err(e) => {
+                    tracing::error!(message = "Bad user key.", error = %e);
+                    return ExitCode::from(2);
+                }
+            }
         }
     };
     let running = match running {

@@ -1,0 +1,139 @@
+//! flytekit users write pyformat placeholders (`%(name)s`), which the Python connector
+//! fills in by string formatting. Here they become positional `?` bindings of the SQL API,
+//! in order, with typed values: the query text never contains a value.
+
+use serde_json::{Map, Value as Json, json};
+
+use agent_core::literals::Value;
+use agent_core::pb::core::{LiteralType, SimpleType, literal_type};
+use agent_core::prelude::*;
+
+/// The statement with `?` placeholders and its bindings (`{"1": {"type", "value"}, …}`).
+/// Without inputs the SQL is sent as written, as flytekit sends it unformatted.
+pub(crate) fn translate(sql: &str, task: &TaskRequest) -> Result<(String, Map<String, Json>), AgentError> {
+    if task.inputs.literals.is_empty() {
+        return Ok((sql.to_owned(), Map::new()));
+    }
+    let values = task.input_values()?;
+    let declared = task.template.interface.as_ref().and_then(|i| i.inputs.as_ref());
+    let mut out = String::with_capacity(sql.len());
+    let mut bindings = Map::new();
+    let mut rest = sql;
+    while let Some(pos) = rest.find('%') {
+        out.push_str(&rest[..pos]);
+        let tail = &rest[pos..];
+        if let Some(after) = tail.strip_prefix("%%") {
+            out.push('%');
+            rest = after;
+        } else if let Some(named) = tail.strip_prefix("%(") {
+            let close = named.find(")s").ok_or_else(|| {
+                AgentError::invalid_argument(format!(
+                    "template.sql: unterminated placeholder near '{}'; write %(name)s",
+                    &tail[..tail.len().min(20)]
+                ))
+            })?;
+            let name = &named[..close];
+            let value = values.get(name).ok_or_else(|| {
+                AgentError::invalid_argument(format!(
+                    "template.sql: placeholder %({name})s has no input named '{name}'"
+                ))
+            })?;
+            let ty = declared.and_then(|d| d.variables.get(name)).and_then(|v| v.r#type.as_ref());
+            let binding = binding(value, ty).map_err(|why| {
+                AgentError::invalid_argument(format!("inputs.{name}: {why}; Snowflake binds scalars only"))
+            })?;
+            bindings.insert((bindings.len() + 1).to_string(), binding);
+            out.push('?');
+            rest = &named[close + 2..];
+        } else {
+            return Err(AgentError::invalid_argument(format!(
+                "template.sql: a '%' at '{}' is not a placeholder; write %% for a literal percent sign",
+                &tail[..tail.len().min(20)]
+            )));
+        }
+    }
+    out.push_str(rest);
+    Ok((out, bindings))
+}
+
+fn binding(value: &Value, declared: Option<&LiteralType>) -> Result<Json, String> {
+    let (ty, v) = match value {
+        Value::Integer(i) => ("FIXED", json!(i.to_string())),
+        Value::Float(f) => ("REAL", json!(f.to_string())),
+        Value::String(s) => ("TEXT", json!(s)),
+        Value::Boolean(b) => ("BOOLEAN", json!(b.to_string())),
+        // Nanoseconds since the epoch, as Snowflake's connectors bind timestamps.
+        Value::Datetime(t) => {
+            let nanos = i128::from(t.seconds) * 1_000_000_000 + i128::from(t.nanos);
+            ("TIMESTAMP_LTZ", json!(nanos.to_string()))
+        }
+        Value::Binary { value, .. } => ("BINARY", json!(value.iter().map(|b| format!("{b:02X}")).collect::<String>())),
+        Value::None => (declared.and_then(declared_type).unwrap_or("TEXT"), Json::Null),
+        other => return Err(format!("a {} value cannot be bound", other.kind())),
+    };
+    Ok(json!({"type": ty, "value": v}))
+}
+
+fn declared_type(t: &LiteralType) -> Option<&'static str> {
+    match t.r#type.as_ref()? {
+        literal_type::Type::Simple(s) => match SimpleType::try_from(*s).ok()? {
+            SimpleType::Integer => Some("FIXED"),
+            SimpleType::Float => Some("REAL"),
+            SimpleType::String => Some("TEXT"),
+            SimpleType::Boolean => Some("BOOLEAN"),
+            SimpleType::Datetime => Some("TIMESTAMP_LTZ"),
+            SimpleType::Binary => Some("BINARY"),
+            _ => None,
+        },
+        literal_type::Type::UnionType(u) => u.variants.iter().find_map(declared_type),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use agent_core::literals::values_to_literal_map;
+    use agent_core::prost_types::Timestamp;
+
+    use super::*;
+
+    fn task(inputs: Vec<(&str, Value)>) -> TaskRequest {
+        TaskRequest { inputs: values_to_literal_map(inputs), ..Default::default() }
+    }
+
+    #[test]
+    fn placeholders_become_ordered_typed_bindings() {
+        let t = task(vec![
+            ("id", Value::Integer(7)),
+            ("name", "O'Brien; DROP TABLE x".into()),
+            ("ok", Value::Boolean(true)),
+            ("at", Value::Datetime(Timestamp { seconds: 1, nanos: 5 })),
+            ("ratio", Value::Float(0.25)),
+            ("raw", Value::Binary { value: vec![0xab, 0x01], tag: String::new() }),
+        ]);
+        let sql = "select * from t where id = %(id)s and name = %(name)s and ok = %(ok)s and at > %(at)s \
+                   and r = %(ratio)s and b = %(raw)s and pct like '10%%' and again = %(id)s";
+        let (out, b) = translate(sql, &t).unwrap();
+        assert_eq!(
+            out,
+            "select * from t where id = ? and name = ? and ok = ? and at > ? and r = ? and b = ? and pct like '10%' and again = ?"
+        );
+        assert!(!out.contains("O'Brien"), "values never enter the text");
+        let types: Vec<&str> = (1..=7).map(|i| b[&i.to_string()]["type"].as_str().unwrap()).collect();
+        assert_eq!(types, ["FIXED", "TEXT", "BOOLEAN", "TIMESTAMP_LTZ", "REAL", "BINARY", "FIXED"]);
+        assert_eq!(b["4"]["value"], "1000000005");
+        assert_eq!(b["6"]["value"], "AB01");
+    }
+
+    #[test]
+    fn bad_placeholders_and_unbindable_inputs_are_named() {
+        let t = task(vec![("x", Value::Integer(1)), ("m", Value::Map(Default::default()))]);
+        let err = translate("select %(y)s", &t).unwrap_err();
+        assert!(err.message().contains("%(y)s has no input named 'y'"), "{err}");
+        assert!(translate("select %(m)s", &t).unwrap_err().message().starts_with("inputs.m: "));
+        assert!(translate("select 50% off", &t).unwrap_err().message().contains("%%"));
+        assert!(translate("select %(x", &t).unwrap_err().message().contains("unterminated"));
+        // Without inputs, the SQL goes as written.
+        assert_eq!(translate("select 50% off", &task(vec![])).unwrap().0, "select 50% off");
+    }
+}

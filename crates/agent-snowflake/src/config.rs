@@ -1,0 +1,36 @@
+//! Settings of the Snowflake agent: the `snowflake` section of its configuration.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// `snowflake.*` settings (`AGENT_SNOWFLAKE__<KEY>` in the environment).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Base URL of the SQL API instead of `https://{account}.snowflakecomputing.com`, e.g.
+    /// an emulator or a private link host. Defaults to `SNOWFLAKE_BASE_URL`.
+    pub base_url: Option<String>,
+    /// Statement timeout sent with each statement, in seconds; 0 keeps Snowflake's default.
+    pub statement_timeout_secs: u64,
+    /// Role to run statements as, when not the user's default.
+    pub role: Option<String>,
+    /// Longest single HTTP attempt.
+    #[serde(with = "humantime_serde")]
+    pub attempt_timeout: Duration,
+    /// Time spent retrying when a call carries no deadline.
+    #[serde(with = "humantime_serde")]
+    pub retry_budget: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            base_url: std::env::var("SNOWFLAKE_BASE_URL").ok().filter(|u| !u.is_empty()),
+            statement_timeout_secs: 0,
+            role: None,
+            attempt_timeout: Duration::from_secs(5),
+            retry_budget: Duration::from_secs(8),
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! The Snowflake agent: runs `snowflake` tasks (flytekit's `SnowflakeTask`) through
+//! Snowflake's SQL API v2 with key-pair JWT authentication, a drop-in for flytekit's
+//! Python agent that binds inputs instead of formatting them into the SQL.
+
+mod agent;
+mod bindings;
+mod client;
+mod config;
+mod jwt;
+
+pub use agent::{SnowflakeAgent, SnowflakeMeta, TASK_TYPE};
+pub use config::Config;

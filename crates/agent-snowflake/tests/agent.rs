@@ -1,0 +1,260 @@
+//! The Snowflake agent through real gRPC against the Snowflake SQL API emulator, which
+//! verifies the key-pair JWT with the registered public key.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use agent_core::AgentService;
+use agent_core::literals::{Value, values_to_literal_map};
+use agent_core::pb::{admin, core};
+use agent_core::prelude::*;
+use agent_core::testing::{Code, TestServer, conformance, secrets, test_config};
+use agent_snowflake::{Config, SnowflakeAgent, TASK_TYPE};
+use emulators::snowflake::{Settings, Snowflake, StatementRule};
+use emulators::{FaultAction, FaultRule, Running};
+
+const KEY: &str = include_str!("fixtures/rsa_key.p8");
+const ENCRYPTED: &str = include_str!("fixtures/rsa_key_encrypted.p8");
+const PUBLIC: &str = include_str!("fixtures/rsa_key.pub");
+
+struct Env {
+    sf: Snowflake,
+    _emulator: Running,
+    server: TestServer,
+}
+
+async fn env_with(secret_vars: &[(&str, &str)]) -> Env {
+    let sf = Snowflake::new(Settings {
+        users: HashMap::from([("XY12345-US-EAST-1.FLYTE".to_owned(), PUBLIC.to_owned())]),
+        running: Duration::from_millis(80),
+    })
+    .unwrap();
+    let emulator = sf.start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let config =
+        Config { base_url: Some(emulator.url()), attempt_timeout: Duration::from_secs(2), ..Config::default() };
+    let agent = SnowflakeAgent::new(config).unwrap();
+    let service = AgentService::new(Registry::builder().async_agent(agent).unwrap(), secrets(secret_vars));
+    let server = TestServer::start_with(service, test_config()).await;
+    Env { sf, _emulator: emulator, server }
+}
+
+async fn env() -> Env {
+    env_with(&[("_FSEC_SNOWFLAKE_PRIVATE_KEY", KEY)]).await
+}
+
+fn results_interface() -> core::TypedInterface {
+    let sd = core::LiteralType {
+        r#type: Some(core::literal_type::Type::StructuredDatasetType(core::StructuredDatasetType::default())),
+        ..Default::default()
+    };
+    core::TypedInterface {
+        inputs: None,
+        outputs: Some(core::VariableMap {
+            variables: [("results".to_owned(), core::Variable { r#type: Some(sd), ..Default::default() })].into(),
+        }),
+    }
+}
+
+fn task(sql: &str, inputs: Vec<(&str, Value)>, output: bool) -> TaskRequest {
+    let config = [
+        ("user", "flyte"),
+        ("account", "xy12345-us-east-1"),
+        ("database", "DB"),
+        ("schema", "PUBLIC"),
+        ("warehouse", "WH"),
+    ];
+    TaskRequest {
+        template: core::TaskTemplate {
+            r#type: TASK_TYPE.into(),
+            config: config.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            target: Some(core::task_template::Target::Sql(core::Sql { statement: sql.into(), dialect: 1 })),
+            interface: output.then(results_interface),
+            ..Default::default()
+        },
+        inputs: values_to_literal_map(inputs),
+        ..Default::default()
+    }
+}
+
+fn create_req(t: &TaskRequest) -> admin::CreateTaskRequest {
+    admin::CreateTaskRequest {
+        inputs: Some(t.inputs.clone()),
+        template: Some(t.template.clone()),
+        output_prefix: String::new(),
+        task_execution_metadata: t.metadata.clone(),
+    }
+}
+
+#[allow(deprecated)]
+fn get_req(meta: &[u8]) -> admin::GetTaskRequest {
+    admin::GetTaskRequest {
+        task_type: TASK_TYPE.into(),
+        resource_meta: meta.to_vec(),
+        task_category: Some(admin::TaskCategory { name: TASK_TYPE.into(), version: 0 }),
+        output_prefix: String::new(),
+    }
+}
+
+async fn get(env: &Env, meta: &[u8]) -> Resource {
+    Resource::from_proto(
+        &env.server.async_client().await.get_task(get_req(meta)).await.unwrap().into_inner().resource.unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn passes_conformance_with_bindings_and_results() {
+    let env = env().await;
+    let t = task(
+        "select * from t where id = %(id)s and name = %(name)s",
+        vec![("id", Value::Integer(7)), ("name", "x".into())],
+        true,
+    );
+    let r = conformance::async_agent(&env.server, t, Duration::from_secs(10)).await;
+    assert_eq!(r.phase, Phase::Succeeded, "{}", r.message);
+    let Value::StructuredDataset { uri, .. } = &r.output_values().unwrap()["results"] else { panic!() };
+    assert!(uri.starts_with("snowflake://flyte:xy12345-us-east-1/WH/DB/PUBLIC/"), "{uri}");
+    let s = &env.sf.statements()[0];
+    assert_eq!(s.request["statement"], "select * from t where id = ? and name = ?");
+    assert_eq!(s.request["bindings"]["1"], serde_json::json!({"type": "FIXED", "value": "7"}));
+    assert_eq!(s.request["warehouse"], "WH");
+}
+
+#[tokio::test]
+async fn an_encrypted_key_with_its_passphrase_works() {
+    let env = env_with(&[
+        ("_FSEC_SNOWFLAKE_PRIVATE_KEY", ENCRYPTED),
+        ("_FSEC_SNOWFLAKE_PRIVATE_KEY_PASSPHRASE", "flyte-test-passphrase"),
+    ])
+    .await;
+    let meta = env
+        .server
+        .async_client()
+        .await
+        .create_task(create_req(&task("select 1", vec![], false)))
+        .await
+        .unwrap()
+        .into_inner()
+        .resource_meta;
+    assert!(!meta.is_empty());
+}
+
+#[tokio::test]
+async fn missing_or_wrong_keys_are_clear_errors_without_key_material() {
+    let env = env_with(&[]).await;
+    let err =
+        env.server.async_client().await.create_task(create_req(&task("select 1", vec![], false))).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("_FSEC_SNOWFLAKE_PRIVATE_KEY"), "{}", err.message());
+
+    let env =
+        env_with(&[("_FSEC_SNOWFLAKE_PRIVATE_KEY", "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----")])
+            .await;
+    let err =
+        env.server.async_client().await.create_task(create_req(&task("select 1", vec![], false))).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(!err.message().contains("AAAA"));
+
+    // A valid key the user has not registered: Snowflake (the emulator) rejects the JWT.
+    let other = env_with(&[("_FSEC_SNOWFLAKE_PRIVATE_KEY", KEY)]).await;
+    let mut t = task("select 1", vec![], false);
+    t.template.config.insert("user".into(), "someone_else".into());
+    let err = other.server.async_client().await.create_task(create_req(&t)).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().contains("RSA_PUBLIC_KEY"), "{}", err.message());
+}
+
+#[tokio::test]
+async fn repeated_creates_for_one_attempt_make_one_statement() {
+    let env = env().await;
+    let mut t = task("select 1", vec![], false);
+    t.metadata = Some(admin::TaskExecutionMetadata {
+        task_execution_id: Some(core::TaskExecutionIdentifier {
+            node_execution_id: Some(core::NodeExecutionIdentifier {
+                node_id: "n0".into(),
+                execution_id: Some(core::WorkflowExecutionIdentifier { name: "exec-1".into(), ..Default::default() }),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let mut client = env.server.async_client().await;
+    let m1 = client.create_task(create_req(&t)).await.unwrap().into_inner().resource_meta;
+    let m2 = client.create_task(create_req(&t)).await.unwrap().into_inner().resource_meta;
+    assert_eq!(m1, m2);
+    assert_eq!(env.sf.statements().len(), 1);
+    assert_eq!(env.sf.submit_requests(), 2);
+    let keys: Vec<String> =
+        serde_json::from_slice::<serde_json::Value>(&m1).unwrap().as_object().unwrap().keys().cloned().collect();
+    assert_eq!(keys, ["account", "database", "has_output", "query_id", "schema", "user", "warehouse"]);
+}
+
+#[tokio::test]
+async fn failures_cancels_and_faults() {
+    let env = env().await;
+    env.sf.add_rule(StatementRule {
+        statement_contains: "missing_table".into(),
+        error: Some((
+            "002003".into(),
+            "02000".into(),
+            "SQL compilation error: Object 'MISSING_TABLE' does not exist".into(),
+        )),
+        running_ms: None,
+    });
+    env.sf.add_rule(StatementRule { statement_contains: "slow".into(), error: None, running_ms: Some(600_000) });
+    let mut client = env.server.async_client().await;
+    let failing = client
+        .create_task(create_req(&task("select * from missing_table", vec![], false)))
+        .await
+        .unwrap()
+        .into_inner()
+        .resource_meta;
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    let r = get(&env, &failing).await;
+    assert_eq!(r.phase, Phase::Failed);
+    assert!(r.message.contains("MISSING_TABLE") && r.message.contains("02000"), "{}", r.message);
+
+    let slow =
+        client.create_task(create_req(&task("select slow", vec![], false))).await.unwrap().into_inner().resource_meta;
+    assert_eq!(get(&env, &slow).await.phase, Phase::Running);
+    let del = |m: &[u8]| admin::DeleteTaskRequest {
+        resource_meta: m.to_vec(),
+        task_category: Some(admin::TaskCategory { name: TASK_TYPE.into(), version: 0 }),
+        ..Default::default()
+    };
+    client.delete_task(del(&slow)).await.unwrap();
+    client.delete_task(del(&slow)).await.unwrap();
+    assert_eq!(get(&env, &slow).await.phase, Phase::Aborted);
+    let unknown = br#"{"user": "flyte", "account": "xy12345-us-east-1", "query_id": "nope", "has_output": false}"#;
+    client.delete_task(del(unknown)).await.unwrap();
+    assert_eq!(get(&env, unknown).await.phase, Phase::Failed);
+
+    let ok = client.create_task(create_req(&task("select 1", vec![], false))).await.unwrap().into_inner().resource_meta;
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    for action in [
+        FaultAction::Status { code: 429, retry_after_secs: Some(1) },
+        FaultAction::Status { code: 503, retry_after_secs: None },
+        FaultAction::Drop,
+    ] {
+        let before = env.sf.faults().injected();
+        env.sf.faults().push(FaultRule::new(action.clone(), 2).method("GET"));
+        assert_eq!(get(&env, &ok).await.phase, Phase::Succeeded, "{action:?}");
+        assert_eq!(env.sf.faults().injected(), before + 2);
+    }
+}
+
+#[tokio::test]
+async fn bad_sql_placeholders_are_invalid_arguments() {
+    let env = env().await;
+    let mut client = env.server.async_client().await;
+    let err = client
+        .create_task(create_req(&task("select %(nope)s", vec![("x", Value::Integer(1))], false)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("%(nope)s"));
+    let mut no_account = task("select 1", vec![], false);
+    no_account.template.config.remove("account");
+    let err = client.create_task(create_req(&no_account)).await.unwrap_err();
+    assert!(err.message().contains("template.config.account"), "{}", err.message());
+    assert!(env.sf.statements().is_empty());
+}
