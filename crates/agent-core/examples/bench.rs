@@ -39,6 +39,8 @@ struct Options {
     bigquery: bool,
     /// Benchmark agent-databricks against the Databricks emulator instead.
     databricks: bool,
+    /// Benchmark agent-snowflake against the Snowflake emulator instead.
+    snowflake: bool,
     /// Agent and baseline are measured alternately this many times; medians are reported,
     /// which keeps a noisy neighbour from deciding the ratio.
     rounds: usize,
@@ -60,6 +62,7 @@ fn main() {
         rounds: 3,
         bigquery: false,
         databricks: false,
+        snowflake: false,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -72,6 +75,7 @@ fn main() {
             "--no-metrics" => o.no_metrics = true,
             "--bigquery" => o.bigquery = true,
             "--databricks" => o.databricks = true,
+            "--snowflake" => o.snowflake = true,
             "--rounds" => o.rounds = value().max(1) as usize,
             _ => usage(),
         }
@@ -81,6 +85,8 @@ fn main() {
         rt.block_on(bench_bigquery(o));
     } else if o.databricks {
         rt.block_on(bench_databricks(o));
+    } else if o.snowflake {
+        rt.block_on(bench_snowflake(o));
     } else {
         rt.block_on(run(o));
     }
@@ -88,7 +94,7 @@ fn main() {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: bench [--seconds N] [--concurrency N] [--connections N] [--starts N] [--rounds N] [--no-metrics] [--bigquery | --databricks] | bench bare-server PORT"
+        "usage: bench [--seconds N] [--concurrency N] [--connections N] [--starts N] [--rounds N] [--no-metrics] [--bigquery | --databricks | --snowflake] | bench bare-server PORT"
     );
     std::process::exit(2)
 }
@@ -561,6 +567,29 @@ async fn bench_databricks(o: Options) {
             },
             measure_create: true,
         }
+    })
+    .await;
+}
+
+/// CreateTask and GetTask through agent-snowflake against the SQL API emulator (JWT verified
+/// on every call by the emulator).
+async fn bench_snowflake(o: Options) {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../agent-snowflake/tests/fixtures");
+    let key = std::fs::read_to_string(fixtures.join("rsa_key.p8")).expect("test key");
+    let public = fixtures.join("rsa_key.pub").to_string_lossy().into_owned();
+    bench_external(o, |host, _dir| External {
+        title: "agent-snowflake against the Snowflake SQL API emulator (each call = one SQL API call with a verified JWT)",
+        emulator_args: vec!["snowflake".into(), "--port".into(), "0".into(), "--user".into(), format!("BENCH.FLYTE={public}"), "--running-ms".into(), "0".into()],
+        agent: "agent-snowflake",
+        env: vec![("SNOWFLAKE_BASE_URL".into(), format!("http://{host}")), ("_FSEC_SNOWFLAKE_PRIVATE_KEY".into(), key.clone())],
+        task_type: "snowflake",
+        template: core::TaskTemplate {
+            r#type: "snowflake".into(),
+            config: [("user", "flyte"), ("account", "bench")].iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            target: Some(core::task_template::Target::Sql(core::Sql { statement: "select 1".into(), dialect: 1 })),
+            ..Default::default()
+        },
+        measure_create: true,
     })
     .await;
 }
