@@ -7,6 +7,7 @@ pub mod bigquery;
 pub mod databricks;
 pub mod faults;
 mod http;
+pub mod openai;
 pub mod snowflake;
 pub mod tls;
 

@@ -71,6 +71,18 @@ enum Service {
         #[arg(long, default_value_t = 300)]
         running_ms: u64,
     },
+    /// OpenAI chat completions and Batch API (point agents at it with OPENAI_BASE_URL=http://HOST/v1).
+    Openai {
+        /// Port (0 picks a free one).
+        #[arg(long, default_value_t = 9070)]
+        port: u16,
+        /// Accepted API key (repeatable).
+        #[arg(long = "api-key", default_value = "sk-emulator-key")]
+        api_keys: Vec<String>,
+        /// Milliseconds a batch spends in each state before completing.
+        #[arg(long, default_value_t = 100)]
+        step_ms: u64,
+    },
 }
 
 fn pairs(v: &[String]) -> std::collections::HashMap<String, String> {
@@ -126,6 +138,14 @@ async fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
             emulators::databricks::Databricks::new(settings).start(SocketAddr::new(cli.bind, port), ca.as_ref()).await
+        }
+        Service::Openai { port, api_keys, step_ms } => {
+            let settings = emulators::openai::Settings {
+                api_keys,
+                step: std::time::Duration::from_millis(step_ms),
+                ..emulators::openai::Settings::default()
+            };
+            emulators::openai::OpenAi::new(settings).start(SocketAddr::new(cli.bind, port)).await
         }
         Service::Snowflake { port, users, running_ms } => {
             let mut keys = std::collections::HashMap::new();

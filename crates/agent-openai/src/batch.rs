@@ -1,0 +1,255 @@
+//! The OpenAI Batch agent (async): `create` starts a batch, `get` maps its status, `delete`
+//! cancels it.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value as Json, json};
+
+use agent_core::literals::Value;
+use agent_core::prelude::*;
+use async_openai::traits::RequestOptionsBuilder;
+
+use crate::client::{Clients, Failure, budget, classify};
+use crate::config::Config;
+
+/// The task type flytekit's `BatchEndpointTask` declares.
+pub const BATCH_TYPE: &str = "openai-batch";
+
+/// Batch metadata key recording the task attempt, so a repeated CreateTask finds its batch.
+const ATTEMPT_KEY: &str = "flyte_attempt";
+
+/// The job handle. flytekit pickles its `BatchEndpointMetadata`; this one is JSON with the
+/// same fields. Pickled metas get a clear error: those tasks must finish on the Python agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchMeta {
+    /// OpenAI batch id.
+    pub batch_id: String,
+    /// Organization the batch belongs to.
+    #[serde(default)]
+    pub openai_org: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Custom {
+    #[serde(default)]
+    openai_organization: Option<String>,
+    #[serde(default)]
+    config: Map<String, Json>,
+}
+
+/// OpenAI's batch statuses; others are waited on, never errors.
+#[derive(Debug, PartialEq, Eq)]
+enum BatchStatus<'a> {
+    Validating,
+    InProgress,
+    Finalizing,
+    Completed,
+    Failed,
+    Expired,
+    Cancelling,
+    Cancelled,
+    Unknown(&'a str),
+}
+
+impl<'a> BatchStatus<'a> {
+    fn parse(s: &'a str) -> Self {
+        match s {
+            "validating" => Self::Validating,
+            "in_progress" => Self::InProgress,
+            "finalizing" => Self::Finalizing,
+            "completed" => Self::Completed,
+            "failed" => Self::Failed,
+            "expired" => Self::Expired,
+            "cancelling" => Self::Cancelling,
+            "cancelled" => Self::Cancelled,
+            other => Self::Unknown(other),
+        }
+    }
+}
+
+/// The agent.
+#[derive(Debug, Clone)]
+pub struct BatchAgent {
+    clients: Clients,
+    config: Config,
+}
+
+impl BatchAgent {
+    /// An agent with the given settings.
+    pub fn new(config: Config) -> Result<Self, String> {
+        Ok(Self { clients: Clients::new(&config)?, config })
+    }
+}
+
+/// The batch object as flytekit encodes an untyped `dict` output: msgpack, tag "msgpack".
+fn result_literal(batch: &Json) -> Result<Value, AgentError> {
+    let bytes =
+        rmp_serde::to_vec_named(batch).map_err(|e| AgentError::internal(format!("cannot encode the batch: {e}")))?;
+    Ok(Value::Binary { value: bytes, tag: "msgpack".into() })
+}
+
+fn resource_for(batch: &Json) -> Result<Resource, AgentError> {
+    let status = batch.get("status").and_then(Json::as_str).unwrap_or_default();
+    let first_error = batch.pointer("/errors/data/0/message").and_then(Json::as_str);
+    Ok(match BatchStatus::parse(status) {
+        BatchStatus::Validating | BatchStatus::InProgress | BatchStatus::Finalizing => {
+            Resource::running().with_message(status)
+        }
+        BatchStatus::Completed => {
+            Resource::succeeded().with_message(status).with_output("result", result_literal(batch)?)
+        }
+        BatchStatus::Failed | BatchStatus::Expired | BatchStatus::Cancelling | BatchStatus::Cancelled => {
+            Resource::failed(
+                first_error.map_or_else(|| format!("the batch is {status}"), |m| format!("the batch is {status}: {m}")),
+            )
+        }
+        BatchStatus::Unknown(s) => Resource::running()
+            .with_message(format!("OpenAI reports batch status '{s}', which this agent does not know; waiting")),
+    })
+}
+
+impl AsyncAgent for BatchAgent {
+    type Meta = BatchMeta;
+
+    fn name(&self) -> &str {
+        "OpenAI Batch Endpoint Connector"
+    }
+
+    fn task_categories(&self) -> Vec<TaskCategory> {
+        vec![TaskCategory::new(BATCH_TYPE, 0)]
+    }
+
+    async fn create(&self, ctx: &Context, task: TaskRequest) -> Result<BatchMeta, AgentError> {
+        let custom: Custom = task.custom_as()?;
+        let input_file_id: String = task.input("input_file_id")?;
+        let org = custom.openai_organization.filter(|o| !o.is_empty());
+        let client = self.clients.client(ctx, org.as_deref())?;
+        let limit = budget(ctx, self.config.request_timeout);
+        let attempt = task.attempt_key();
+        // A repeated CreateTask for this attempt: find the batch it already started.
+        if let Some(key) = &attempt {
+            let listed = tokio::time::timeout(
+                limit,
+                client
+                    .batches()
+                    .query(&[("limit", 100)])
+                    .map_err(|e| AgentError::internal(e.to_string()))?
+                    .list_byot::<Json>(),
+            )
+            .await;
+            if let Ok(Ok(page)) = listed
+                && let Some(existing) = page["data"].as_array().and_then(|d| {
+                    d.iter()
+                        .find(|b| b.pointer(&format!("/metadata/{ATTEMPT_KEY}")).and_then(Json::as_str) == Some(key))
+                })
+                && let Some(id) = existing["id"].as_str()
+            {
+                tracing::info!(message = "Adopted the batch an earlier CreateTask created.", batch_id = %id);
+                return Ok(BatchMeta { batch_id: id.to_owned(), openai_org: org });
+            }
+        }
+        let mut request = custom.config;
+        request.entry("completion_window").or_insert_with(|| json!("24h"));
+        request.entry("endpoint").or_insert_with(|| json!("/v1/chat/completions"));
+        request.insert("input_file_id".into(), json!(input_file_id));
+        if let Some(key) = attempt {
+            let metadata = request.entry("metadata").or_insert_with(|| json!({}));
+            if let Json::Object(m) = metadata {
+                // OpenAI caps metadata values at 512 characters.
+                m.insert(ATTEMPT_KEY.into(), json!(key.chars().take(512).collect::<String>()));
+            }
+        }
+        let created = tokio::time::timeout(limit, client.batches().create_byot::<_, Json>(Json::Object(request)))
+            .await
+            .map_err(|_| AgentError::unavailable("OpenAI did not answer the batch creation in time"))?;
+        match created {
+            Ok(batch) => {
+                let id = batch["id"]
+                    .as_str()
+                    .filter(|i| !i.is_empty())
+                    .ok_or_else(|| AgentError::internal("OpenAI created a batch without an id"))?;
+                Ok(BatchMeta { batch_id: id.to_owned(), openai_org: org })
+            }
+            Err(e) => Err(match classify(&e) {
+                Failure::Rejected(m) | Failure::NotFound(m) => AgentError::invalid_argument(m),
+                Failure::Transient(m) => AgentError::unavailable(m),
+            }),
+        }
+    }
+
+    async fn get(&self, ctx: &Context, meta: BatchMeta) -> Result<Resource, AgentError> {
+        let client = self.clients.client(ctx, meta.openai_org.as_deref())?;
+        let limit = budget(ctx, self.config.request_timeout);
+        match tokio::time::timeout(limit, client.batches().retrieve_byot::<_, Json>(&meta.batch_id)).await {
+            Ok(Ok(batch)) => resource_for(&batch),
+            Ok(Err(e)) => match classify(&e) {
+                Failure::NotFound(m) => Ok(Resource::failed(m)),
+                Failure::Transient(m) => Ok(Resource::running()
+                    .with_message(format!("could not reach OpenAI to check the batch ({m}); will check again"))),
+                Failure::Rejected(m) => Err(AgentError::permission_denied(m)),
+            },
+            Err(_) => {
+                Ok(Resource::running().with_message("OpenAI did not answer the status check in time; will check again"))
+            }
+        }
+    }
+
+    async fn delete(&self, ctx: &Context, meta: BatchMeta) -> Result<(), AgentError> {
+        let client = self.clients.client(ctx, meta.openai_org.as_deref())?;
+        let limit = budget(ctx, self.config.request_timeout);
+        match tokio::time::timeout(limit, client.batches().cancel_byot::<_, Json>(&meta.batch_id)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(async_openai::error::OpenAIError::ApiError(r))) if matches!(r.status_code.as_u16(), 404 | 409) => {
+                Ok(())
+            }
+            Ok(Err(e)) => Err(match classify(&e) {
+                Failure::Transient(m) => AgentError::unavailable(m),
+                Failure::Rejected(m) | Failure::NotFound(m) => AgentError::internal(m),
+            }),
+            Err(_) => Err(AgentError::unavailable("OpenAI did not answer the batch cancellation in time")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_map_to_phases_and_unknown_ones_wait() {
+        let cases = [
+            ("validating", Phase::Running),
+            ("in_progress", Phase::Running),
+            ("finalizing", Phase::Running),
+            ("completed", Phase::Succeeded),
+            ("failed", Phase::Failed),
+            ("expired", Phase::Failed),
+            ("cancelling", Phase::Failed),
+            ("cancelled", Phase::Failed),
+            ("paused", Phase::Running),
+        ];
+        for (status, phase) in cases {
+            assert_eq!(resource_for(&json!({"id": "b", "status": status})).unwrap().phase, phase, "{status}");
+        }
+        let failed = resource_for(&json!({"status": "failed", "errors": {"data": [{"message": "This line is not parseable as valid JSON."}]}})).unwrap();
+        assert_eq!(failed.message, "the batch is failed: This line is not parseable as valid JSON.");
+    }
+
+    #[test]
+    fn completed_batches_are_a_msgpack_dict() {
+        let batch = json!({"id": "batch_1", "status": "completed", "request_counts": {"total": 1}});
+        let r = resource_for(&batch).unwrap();
+        let Value::Binary { value, tag } = &r.output_values().unwrap()["result"] else { panic!() };
+        assert_eq!(tag, "msgpack");
+        let back: Json = rmp_serde::from_slice(value).unwrap();
+        assert_eq!(back, batch);
+    }
+
+    #[test]
+    fn metas_are_json_and_pickles_are_explained() {
+        let m: BatchMeta =
+            serde_json::from_str(r#"{"batch_id": "batch_abc123", "openai_org": "test-openai-orgnization-id"}"#)
+                .unwrap();
+        assert_eq!(m.batch_id, "batch_abc123");
+    }
+}

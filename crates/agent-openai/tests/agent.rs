@@ -1,0 +1,207 @@
+//! The OpenAI agents through real gRPC against the OpenAI emulator.
+
+use std::time::Duration;
+
+use agent_core::AgentService;
+use agent_core::json::json_to_struct;
+use agent_core::literals::{Value, values_to_literal_map};
+use agent_core::pb::{admin, core};
+use agent_core::prelude::*;
+use agent_core::testing::{Code, TestServer, conformance, secrets, test_config};
+use agent_openai::{BATCH_TYPE, BatchAgent, CHATGPT_TYPE, ChatGptAgent, Config};
+use emulators::openai::{OpenAi, Settings};
+use emulators::{FaultAction, FaultRule, Running};
+use serde_json::json;
+
+const KEY: &str = "sk-emulator-key";
+
+struct Env {
+    ai: OpenAi,
+    _emulator: Running,
+    server: TestServer,
+}
+
+async fn env_with(vars: &[(&str, &str)]) -> Env {
+    let ai = OpenAi::new(Settings { step: Duration::from_millis(40), ..Settings::default() });
+    let emulator = ai.start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let config = Config {
+        base_url: Some(format!("{}/v1", emulator.url())),
+        chat_timeout: Duration::from_secs(3),
+        ..Config::default()
+    };
+    let registry = Registry::builder()
+        .sync_agent(ChatGptAgent::new(config.clone()).unwrap())
+        .unwrap()
+        .async_agent(BatchAgent::new(config).unwrap())
+        .unwrap();
+    let server = TestServer::start_with(AgentService::new(registry, secrets(vars)), test_config()).await;
+    Env { ai, _emulator: emulator, server }
+}
+
+async fn env() -> Env {
+    env_with(&[("_FSEC_FLYTE_OPENAI_API_KEY", KEY)]).await
+}
+
+fn chat_task(config: serde_json::Value, message: Option<&str>) -> TaskRequest {
+    TaskRequest {
+        template: core::TaskTemplate {
+            r#type: CHATGPT_TYPE.into(),
+            custom: Some(json_to_struct(
+                json!({"openai_organization": "org-flyte", "chatgpt_config": config}).as_object().unwrap(),
+            )),
+            ..Default::default()
+        },
+        inputs: values_to_literal_map(message.map(|m| ("message", Value::from(m)))),
+        ..Default::default()
+    }
+}
+
+fn batch_task(file: &str) -> TaskRequest {
+    TaskRequest {
+        template: core::TaskTemplate {
+            r#type: BATCH_TYPE.into(),
+            custom: Some(json_to_struct(json!({"openai_organization": null, "config": {}}).as_object().unwrap())),
+            ..Default::default()
+        },
+        inputs: values_to_literal_map([("input_file_id", Value::from(file))]),
+        ..Default::default()
+    }
+}
+
+async fn execute(env: &Env, t: &TaskRequest) -> Result<Resource, agent_core::testing::Status> {
+    use admin::execute_task_sync_request::Part;
+    let msgs = [
+        admin::ExecuteTaskSyncRequest {
+            part: Some(Part::Header(admin::CreateRequestHeader {
+                template: Some(t.template.clone()),
+                ..Default::default()
+            })),
+        },
+        admin::ExecuteTaskSyncRequest { part: Some(Part::Inputs(t.inputs.clone())) },
+    ];
+    let mut s = env.server.sync_client().await.execute_task_sync(tokio_stream::iter(msgs)).await?.into_inner();
+    match s.message().await?.and_then(|m| m.res) {
+        Some(admin::execute_task_sync_response::Res::Header(h)) => Ok(Resource::from_proto(&h.resource.unwrap())),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn chatgpt_passes_conformance_and_sends_integers_and_the_organization() {
+    let env = env().await;
+    let t = chat_task(json!({"model": "gpt-4o-mini", "temperature": 0.7, "max_tokens": 100.0}), Some("hello"));
+    let r = conformance::sync_agent(&env.server, t).await;
+    assert_eq!(r.phase, Phase::Succeeded, "{}", r.message);
+    assert_eq!(r.output_values().unwrap()["o0"], Value::String("echo: hello".into()));
+    let (requests, orgs) = env.ai.chat_requests();
+    assert!(requests >= 1);
+    assert_eq!(orgs, ["org-flyte"]);
+}
+
+#[tokio::test]
+async fn chatgpt_failures_are_results_not_rpc_errors() {
+    let env = env().await;
+    let r = execute(&env, &chat_task(json!({"model": "gpt-99"}), Some("hi"))).await.unwrap();
+    assert_eq!(r.phase, Phase::Failed);
+    assert!(r.message.contains("gpt-99") && r.message.contains("404"), "{}", r.message);
+    env.ai.faults().push(
+        FaultRule { times: None, ..FaultRule::new(FaultAction::Status { code: 503, retry_after_secs: None }, 0) }
+            .path("/chat"),
+    );
+    let r = execute(&env, &chat_task(json!({"model": "gpt-4o-mini"}), Some("hi"))).await.unwrap();
+    assert_eq!(r.phase, Phase::RetryableFailed, "{}", r.message);
+    assert!(!r.message.contains(KEY));
+    env.ai.faults().clear();
+    // A single 429 is absorbed by the client's own bounded retry.
+    env.ai.faults().push(FaultRule::new(FaultAction::Status { code: 429, retry_after_secs: Some(0) }, 1).path("/chat"));
+    assert_eq!(
+        execute(&env, &chat_task(json!({"model": "gpt-4o-mini"}), Some("hi"))).await.unwrap().phase,
+        Phase::Succeeded
+    );
+}
+
+#[tokio::test]
+async fn chatgpt_bad_input_and_missing_key_are_precise_errors() {
+    let env = env().await;
+    let err = execute(&env, &chat_task(json!({"model": "gpt-4o-mini"}), None)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("inputs.message"));
+    let err = execute(&env, &chat_task(json!({"temperature": 1}), Some("x"))).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("model"));
+    let no_key = env_with(&[]).await;
+    let err = execute(&no_key, &chat_task(json!({"model": "gpt-4o-mini"}), Some("x"))).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("_FSEC_FLYTE_OPENAI_API_KEY"));
+}
+
+#[tokio::test]
+async fn batch_passes_conformance_and_returns_the_batch_as_msgpack() {
+    let env = env().await;
+    let r = conformance::async_agent(&env.server, batch_task("file-abc"), Duration::from_secs(10)).await;
+    assert_eq!(r.phase, Phase::Succeeded, "{}", r.message);
+    let Value::Binary { value, tag } = &r.output_values().unwrap()["result"] else { panic!() };
+    assert_eq!(tag, "msgpack");
+    let batch: serde_json::Value = rmp_serde::from_slice(value).unwrap();
+    assert_eq!(batch["status"], "completed");
+    assert_eq!(batch["input_file_id"], "file-abc");
+}
+
+#[tokio::test]
+async fn batch_failures_cancels_repeats_and_pickles() {
+    let env = env().await;
+    let mut client = env.server.async_client().await;
+    let create = |t: &TaskRequest| admin::CreateTaskRequest {
+        inputs: Some(t.inputs.clone()),
+        template: Some(t.template.clone()),
+        output_prefix: String::new(),
+        task_execution_metadata: t.metadata.clone(),
+    };
+    #[allow(deprecated)]
+    let get = |m: &[u8]| admin::GetTaskRequest {
+        resource_meta: m.to_vec(),
+        task_category: Some(admin::TaskCategory { name: BATCH_TYPE.into(), version: 0 }),
+        ..Default::default()
+    };
+    let bad = client.create_task(create(&batch_task("file-bad-lines"))).await.unwrap().into_inner().resource_meta;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = Resource::from_proto(&client.get_task(get(&bad)).await.unwrap().into_inner().resource.unwrap());
+    assert_eq!(r.phase, Phase::Failed);
+    assert!(r.message.contains("This line is not parseable as valid JSON."), "{}", r.message);
+
+    // Repeated creates for one attempt: one batch.
+    let mut t = batch_task("file-once");
+    t.metadata = Some(admin::TaskExecutionMetadata {
+        task_execution_id: Some(core::TaskExecutionIdentifier {
+            node_execution_id: Some(core::NodeExecutionIdentifier {
+                node_id: "n0".into(),
+                execution_id: Some(core::WorkflowExecutionIdentifier { name: "exec-1".into(), ..Default::default() }),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let before = env.ai.batches().len();
+    let m1 = client.create_task(create(&t)).await.unwrap().into_inner().resource_meta;
+    let m2 = client.create_task(create(&t)).await.unwrap().into_inner().resource_meta;
+    assert_eq!(m1, m2);
+    assert_eq!(env.ai.batches().len(), before + 1);
+
+    // Cancel a running batch, twice; then cancelling a finished one is fine too.
+    let del = |m: &[u8]| admin::DeleteTaskRequest {
+        resource_meta: m.to_vec(),
+        task_category: Some(admin::TaskCategory { name: BATCH_TYPE.into(), version: 0 }),
+        ..Default::default()
+    };
+    client.delete_task(del(&m1)).await.unwrap();
+    client.delete_task(del(&m1)).await.unwrap();
+    let r = Resource::from_proto(&client.get_task(get(&m1)).await.unwrap().into_inner().resource.unwrap());
+    assert_eq!(r.phase, Phase::Failed);
+    client.delete_task(del(&bad)).await.unwrap();
+
+    // The Python agent's cloudpickled meta cannot be read; the error says what to do.
+    let pickled = [0x80, 0x05, 0x95, 0x4b, 0x00];
+    let err = client.get_task(get(&pickled)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("pickled"), "{}", err.message());
+}
