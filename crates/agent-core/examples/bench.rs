@@ -41,6 +41,8 @@ struct Options {
     databricks: bool,
     /// Benchmark agent-snowflake against the Snowflake emulator instead.
     snowflake: bool,
+    /// Benchmark agent-openai's ChatGPT agent against the OpenAI emulator instead.
+    openai: bool,
     /// Agent and baseline are measured alternately this many times; medians are reported,
     /// which keeps a noisy neighbour from deciding the ratio.
     rounds: usize,
@@ -63,6 +65,7 @@ fn main() {
         bigquery: false,
         databricks: false,
         snowflake: false,
+        openai: false,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -76,6 +79,7 @@ fn main() {
             "--bigquery" => o.bigquery = true,
             "--databricks" => o.databricks = true,
             "--snowflake" => o.snowflake = true,
+            "--openai" => o.openai = true,
             "--rounds" => o.rounds = value().max(1) as usize,
             _ => usage(),
         }
@@ -87,6 +91,8 @@ fn main() {
         rt.block_on(bench_databricks(o));
     } else if o.snowflake {
         rt.block_on(bench_snowflake(o));
+    } else if o.openai {
+        rt.block_on(bench_openai(o));
     } else {
         rt.block_on(run(o));
     }
@@ -94,7 +100,7 @@ fn main() {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: bench [--seconds N] [--concurrency N] [--connections N] [--starts N] [--rounds N] [--no-metrics] [--bigquery | --databricks | --snowflake] | bench bare-server PORT"
+        "usage: bench [--seconds N] [--concurrency N] [--connections N] [--starts N] [--rounds N] [--no-metrics] [--bigquery | --databricks | --snowflake | --openai] | bench bare-server PORT"
     );
     std::process::exit(2)
 }
@@ -193,6 +199,8 @@ enum Rpc {
     ExecuteTaskSync,
     /// The same CreateTask over and over (no execution id, so each is a new external job).
     CreateTask(Box<admin::CreateTaskRequest>),
+    /// ExecuteTaskSync of a given template and inputs.
+    Sync(Box<(core::TaskTemplate, core::LiteralMap)>),
 }
 
 struct LoadResult {
@@ -241,22 +249,28 @@ async fn load_task_type(port: u16, rpc: Rpc, meta: Vec<u8>, task_type: &'static 
                     Rpc::CreateTask(ref req) => {
                         a.create_task((**req).clone()).await.is_ok_and(|r| !r.into_inner().resource_meta.is_empty())
                     }
-                    Rpc::ExecuteTaskSync => {
+                    Rpc::ExecuteTaskSync | Rpc::Sync(_) => {
+                        let (tmpl, ins) = match &rpc {
+                            Rpc::Sync(b) => (b.0.clone(), b.1.clone()),
+                            _ => (template("test_sync"), inputs()),
+                        };
                         let msgs = [
                             admin::ExecuteTaskSyncRequest {
                                 part: Some(sync_req::Part::Header(admin::CreateRequestHeader {
-                                    template: Some(template("test_sync")),
+                                    template: Some(tmpl),
                                     output_prefix: "s3://bucket/out/0".into(),
                                     ..Default::default()
                                 })),
                             },
-                            admin::ExecuteTaskSyncRequest { part: Some(sync_req::Part::Inputs(inputs())) },
+                            admin::ExecuteTaskSyncRequest { part: Some(sync_req::Part::Inputs(ins)) },
                         ];
                         match s.execute_task_sync(tokio_stream::iter(msgs)).await {
-                            Ok(r) => matches!(
-                                r.into_inner().message().await,
-                                Ok(Some(admin::ExecuteTaskSyncResponse { res: Some(sync_resp::Res::Header(_)) }))
-                            ),
+                            Ok(r) => match r.into_inner().message().await {
+                                Ok(Some(admin::ExecuteTaskSyncResponse { res: Some(sync_resp::Res::Header(h)) })) => {
+                                    h.resource.is_some_and(|r| r.phase == core::task_execution::Phase::Succeeded as i32)
+                                }
+                                _ => false,
+                            },
                             Err(_) => false,
                         }
                     }
@@ -569,6 +583,89 @@ async fn bench_databricks(o: Options) {
         }
     })
     .await;
+}
+
+/// ExecuteTaskSync through agent-openai's ChatGPT agent against the OpenAI emulator.
+async fn bench_openai(o: Options) {
+    use std::io::BufRead;
+    let mut emulator = Command::new(workspace_bin("emulators"))
+        .args(["openai", "--port", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the emulators binary");
+    let mut host = String::new();
+    std::io::BufReader::new(emulator.stdout.take().expect("stdout")).read_line(&mut host).expect("emulator address");
+    let spawn = || {
+        let port = free_port();
+        let child = Command::new(workspace_bin("agent-openai"))
+            .env("OPENAI_BASE_URL", format!("http://{}/v1", host.trim()))
+            .env("_FSEC_FLYTE_OPENAI_API_KEY", "sk-emulator-key")
+            .args([
+                "--listen-address",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--metrics-port",
+                &free_port().to_string(),
+            ])
+            .args(["--log-level", "warn"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start agent-openai");
+        Proc { child, port }
+    };
+    let mut starts = Vec::new();
+    for _ in 0..o.starts {
+        let t = Instant::now();
+        let p = spawn();
+        wait_serving(p.port, Duration::from_secs(10)).await;
+        starts.push(t.elapsed());
+    }
+    starts.sort();
+    let agent = spawn();
+    wait_serving(agent.port, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle = rss_kib(agent.child.id()).0;
+    let custom = serde_json::json!({"openai_organization": "org", "chatgpt_config": {"model": "gpt-4o-mini", "max_tokens": 100.0}});
+    let tmpl = core::TaskTemplate {
+        r#type: "chatgpt".into(),
+        custom: custom.as_object().map(agent_core::json::json_to_struct),
+        ..Default::default()
+    };
+    let ins = agent_core::literals::values_to_literal_map([("message", agent_core::literals::Value::from("hello"))]);
+    let mut rounds = Vec::new();
+    for _ in 0..o.rounds {
+        rounds.push(
+            load_task_type(agent.port, Rpc::Sync(Box::new((tmpl.clone(), ins.clone()))), Vec::new(), "chatgpt", &o)
+                .await,
+        );
+    }
+    let peak = rss_kib(agent.child.id()).1;
+    drop(agent);
+    let _ = emulator.kill();
+    let _ = emulator.wait();
+    println!(
+        "agent-openai ChatGPT ExecuteTaskSync against the OpenAI emulator (each call = one chat completion over loopback HTTP)"
+    );
+    println!(
+        "{} callers over {} connections, median of {} rounds of {} s\n",
+        o.concurrency,
+        o.connections,
+        o.rounds,
+        o.duration.as_secs()
+    );
+    println!("| server / RPC                       |     req/s | p50 ms  | p99 ms  | max ms  | errors |");
+    println!("|------------------------------------|-----------|---------|---------|---------|--------|");
+    println!("{}", row("agent-openai ExecuteTaskSync", &merge(rounds)));
+    println!(
+        "\nstart to SERVING: median {:.1} ms over {} starts; RSS idle {:.1} MiB, peak under load {:.1} MiB",
+        ms(starts[starts.len() / 2]),
+        starts.len(),
+        mib(idle),
+        mib(peak)
+    );
 }
 
 /// CreateTask and GetTask through agent-snowflake against the SQL API emulator (JWT verified
