@@ -4,7 +4,6 @@
 use google_cloud_bigquery_v2::model::{ErrorProto, Job};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json, json};
-use uuid::Uuid;
 
 use agent_core::literals::Value;
 use agent_core::prelude::*;
@@ -101,11 +100,7 @@ impl BigQueryAgent {
 
 /// A stable job id per task attempt, so a repeated CreateTask finds the job it created.
 fn job_id(task: &TaskRequest) -> String {
-    let id = match task.attempt_key() {
-        Some(key) => Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("flyte-agents/bigquery/{key}").as_bytes()),
-        None => Uuid::new_v4(),
-    };
-    format!("flyte_{}", id.simple())
+    format!("flyte_{}", task.attempt_id_or_random("bigquery").simple())
 }
 
 /// The user agent flytekit sends: `Flytekit/<sdk version> (GPN:Union;<domain>)`.
@@ -262,17 +257,12 @@ impl AsyncAgent for BigQueryAgent {
                 meta.project,
                 describe(&e)
             ))),
-            // The job is fine as far as anyone knows; report it as still running and look
-            // again at the next poll rather than spend one of Propeller's few GetTask errors.
-            Err(e) if matches!(verdict(&e), Verdict::Retry(_)) => {
-                tracing::warn!(message = "BigQuery status check failed; will retry at the next poll.", job_id = %meta.job_id, error = %describe(&e));
-                Ok(Resource::running()
-                    .with_message(format!(
-                        "could not reach BigQuery to check the job ({}); will check again",
-                        describe(&e)
-                    ))
-                    .with_log_link(console_link(&meta.project, &location, &meta.job_id)))
-            }
+            Err(e) if matches!(verdict(&e), Verdict::Retry(_)) => Ok(Resource::unreachable(
+                "BigQuery",
+                "job",
+                &describe(&e),
+            )
+            .with_log_link(console_link(&meta.project, &location, &meta.job_id))),
             Err(e) => Err(to_agent_error(&e, "job status check")),
         }
     }

@@ -133,6 +133,21 @@ impl TaskRequest {
     }
 }
 
+impl TaskRequest {
+    /// A deterministic id for this task attempt within `scope` (one scope per agent, so two
+    /// agents never share ids), or `None` without an execution id. External jobs named by it
+    /// make a repeated `CreateTask` find the job it already started.
+    pub fn attempt_id(&self, scope: &str) -> Option<uuid::Uuid> {
+        let key = self.attempt_key()?;
+        Some(uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, format!("flyte-agents/{scope}/{key}").as_bytes()))
+    }
+
+    /// [`TaskRequest::attempt_id`], or a random id when the request has no execution id.
+    pub fn attempt_id_or_random(&self, scope: &str) -> uuid::Uuid {
+        self.attempt_id(scope).unwrap_or_else(uuid::Uuid::new_v4)
+    }
+}
+
 /// Per-call context: secrets, deadline and what the call is about.
 #[derive(Debug, Clone)]
 pub struct Context {

@@ -16,6 +16,7 @@ mod erased;
 pub mod error;
 pub mod executor;
 mod grpc;
+pub mod http;
 pub mod json;
 pub mod literals;
 pub mod pb;

@@ -221,6 +221,15 @@ impl Resource {
         Self::new(Phase::Aborted).with_message(reason)
     }
 
+    /// A status check that could not reach the external service even after retries. The
+    /// job is fine as far as anyone knows, so it is reported as still running (with why):
+    /// a GetTask error would spend one of Propeller's few allowed poll failures.
+    pub fn unreachable(service: &str, object: &str, detail: &str) -> Self {
+        tracing::warn!(message = "Status check failed; will retry at the next poll.", service, error = %detail);
+        Self::running()
+            .with_message(format!("could not reach {service} to check the {object} ({detail}); will check again"))
+    }
+
     /// Sets the message.
     #[must_use]
     pub fn with_message(mut self, message: impl Into<String>) -> Self {

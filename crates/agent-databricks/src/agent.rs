@@ -4,13 +4,13 @@
 use reqwest::Method;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Value as Json, json};
-use uuid::Uuid;
 
 use agent_core::prelude::*;
-use agent_core::retry::Verdict;
 
 use crate::auth::{Auth, AuthType};
-use crate::client::{ApiError, Client, Workspace, verdict};
+use agent_core::http::HttpError;
+
+use crate::client::{Client, Workspace, is_missing_run, to_agent_error};
 use crate::config::Config;
 use crate::spec::job_spec;
 
@@ -115,12 +115,7 @@ fn normalize(instance: &str) -> String {
 
 /// An idempotency token per task attempt: a repeated submit returns the same run.
 fn idempotency_token(task: &TaskRequest) -> Option<String> {
-    task.attempt_key().map(|k| {
-        format!(
-            "flyte-{}",
-            Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("flyte-agents/databricks/{k}").as_bytes()).simple()
-        )
-    })
+    task.attempt_id("databricks").map(|id| format!("flyte-{}", id.simple()))
 }
 
 /// Databricks' `life_cycle_state`.
@@ -339,7 +334,7 @@ impl AsyncAgent for DatabricksAgent {
             .client
             .call(ctx, Workspace { instance: &instance, auth: &auth }, Method::POST, "runs/submit", None, Some(&body))
             .await
-            .map_err(|e| e.into_agent_error("runs/submit"))?;
+            .map_err(|e| to_agent_error(e, "runs/submit"))?;
         let run_id = match answer.get("run_id") {
             Some(Json::Number(n)) => n.to_string(),
             Some(Json::String(s)) => s.clone(),
@@ -383,18 +378,11 @@ impl AsyncAgent for DatabricksAgent {
                     &meta.run_id,
                 )))
             }
-            Err(e) if e.is_missing_run() => {
+            Err(e) if is_missing_run(&e) => {
                 Ok(Resource::failed(format!("Databricks has no run {} on {instance}: {}", meta.run_id, e.describe())))
             }
-            // Keep the task alive through a Databricks outage; the next poll checks again.
-            Err(e) if matches!(verdict(&e), Verdict::Retry(_)) => {
-                tracing::warn!(message = "Databricks status check failed; will retry at the next poll.", run_id = %meta.run_id, error = %e.describe());
-                Ok(Resource::running().with_message(format!(
-                    "could not reach Databricks to check the run ({}); will check again",
-                    e.describe()
-                )))
-            }
-            Err(e) => Err(e.into_agent_error("runs/get")),
+            Err(e) if e.is_transient() => Ok(Resource::unreachable("Databricks", "run", &e.describe())),
+            Err(e) => Err(to_agent_error(e, "runs/get")),
         }
     }
 
@@ -408,9 +396,9 @@ impl AsyncAgent for DatabricksAgent {
             .await
         {
             Ok(_) => Ok(()),
-            Err(e) if e.is_missing_run() => Ok(()),
-            Err(ApiError::Agent(e)) => Err(e),
-            Err(e) => Err(e.into_agent_error("runs/cancel")),
+            Err(e) if is_missing_run(&e) => Ok(()),
+            Err(HttpError::Agent(e)) => Err(e),
+            Err(e) => Err(to_agent_error(e, "runs/cancel")),
         }
     }
 }

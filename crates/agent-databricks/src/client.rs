@@ -6,11 +6,12 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use reqwest::{Method, StatusCode};
+use reqwest::Method;
 use serde_json::Value as Json;
 
+use agent_core::http::HttpError;
 use agent_core::prelude::*;
-use agent_core::retry::{RetryConfig, Verdict, retry};
+use agent_core::retry::{RetryConfig, retry};
 
 use crate::auth::{Auth, AuthType};
 use crate::config::Config;
@@ -20,53 +21,15 @@ pub(crate) const PAT_SECRET: &str = "FLYTE_DATABRICKS_ACCESS_TOKEN";
 /// Access tokens are renewed this long before Databricks says they expire.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(60);
 
-/// Why a call failed.
-#[derive(Debug)]
-pub(crate) enum ApiError {
-    /// Databricks answered with an error status.
-    Status { code: u16, message: String, retry_after: Option<Duration> },
-    /// No usable answer: connection, timeout, unreadable body.
-    Transport(String),
-    /// Credentials could not be had; already a precise agent error.
-    Agent(AgentError),
+/// Whether Databricks says the run does not exist.
+pub(crate) fn is_missing_run(e: &HttpError) -> bool {
+    matches!(e, HttpError::Status { code: 404, .. })
+        || matches!(e, HttpError::Status { code: 400, message, .. } if message.contains("does not exist"))
 }
 
-impl ApiError {
-    pub(crate) fn describe(&self) -> String {
-        match self {
-            Self::Status { code, message, .. } => format!("HTTP {code}: {message}"),
-            Self::Transport(m) => m.clone(),
-            Self::Agent(e) => e.message().to_owned(),
-        }
-    }
-
-    /// Whether Databricks says the run does not exist.
-    pub(crate) fn is_missing_run(&self) -> bool {
-        matches!(self, Self::Status { code: 404, .. })
-            || matches!(self, Self::Status { code: 400, message, .. } if message.contains("does not exist"))
-    }
-
-    pub(crate) fn into_agent_error(self, what: &str) -> AgentError {
-        let msg = format!("Databricks {what} failed: {}", self.describe());
-        match self {
-            Self::Agent(e) => e,
-            Self::Status { code: 400, .. } => AgentError::invalid_argument(msg),
-            Self::Status { code: 401 | 403, .. } => {
-                AgentError::permission_denied(format!("{msg}. Check the credentials the agent uses for this instance"))
-            }
-            Self::Status { code: 404, .. } => AgentError::not_found(msg),
-            e if matches!(verdict(&e), Verdict::Retry(_)) => AgentError::unavailable(msg),
-            _ => AgentError::internal(msg),
-        }
-    }
-}
-
-pub(crate) fn verdict(e: &ApiError) -> Verdict {
-    match e {
-        ApiError::Status { code: 408 | 429 | 500 | 502 | 503 | 504, retry_after, .. } => Verdict::Retry(*retry_after),
-        ApiError::Transport(_) => Verdict::Retry(None),
-        _ => Verdict::Fail,
-    }
+/// The error for a Jobs API call that failed for good.
+pub(crate) fn to_agent_error(e: HttpError, what: &str) -> AgentError {
+    e.into_agent_error(&format!("Databricks {what}"), "Check the credentials the agent uses for this instance")
 }
 
 /// Where a call goes and as whom.
@@ -88,16 +51,11 @@ pub(crate) struct Client {
 
 impl Client {
     pub(crate) fn new(config: &Config) -> Result<Self, String> {
-        let mut builder =
-            reqwest::Client::builder().user_agent(concat!("flyte-agent-databricks/", env!("CARGO_PKG_VERSION")));
-        if let Some(path) = &config.ca_bundle {
-            let pem = std::fs::read(path)
-                .map_err(|e| format!("databricks.ca_bundle: cannot read {}: {e}", path.display()))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| format!("databricks.ca_bundle: {} is not a PEM bundle: {e}", path.display()))?;
-            builder = builder.tls_certs_merge(certs);
-        }
-        let http = builder.build().map_err(|e| format!("databricks: cannot build the HTTP client: {e}"))?;
+        let http = agent_core::http::client(
+            concat!("flyte-agent-databricks/", env!("CARGO_PKG_VERSION")),
+            config.ca_bundle.as_deref(),
+            "databricks.ca_bundle",
+        )?;
         Ok(Self {
             http,
             tokens: Mutex::new(HashMap::new()),
@@ -112,12 +70,12 @@ impl Client {
     }
 
     /// A bearer token for `instance`.
-    async fn token(&self, ctx: &Context, instance: &str, auth: &Auth, deadline: Instant) -> Result<Secret, ApiError> {
+    async fn token(&self, ctx: &Context, instance: &str, auth: &Auth, deadline: Instant) -> Result<Secret, HttpError> {
         if auth.kind == AuthType::Pat {
             if let Some(t) = &auth.stored_token {
                 return Ok(t.clone());
             }
-            return ctx.secret(PAT_SECRET).map_err(ApiError::Agent);
+            return ctx.secret(PAT_SECRET).map_err(HttpError::Agent);
         }
         let key = auth.cache_key(instance);
         if let Some((t, expiry)) = self.cache().get(&key)
@@ -125,11 +83,11 @@ impl Client {
         {
             return Ok(t.clone());
         }
-        let client_id = auth.require_client_id().map_err(ApiError::Agent)?.to_owned();
+        let client_id = auth.require_client_id().map_err(HttpError::Agent)?.to_owned();
         let form: Vec<(&str, String)> = match auth.kind {
             AuthType::OAuthM2m => {
                 let secret = self.client_secret.as_ref().ok_or_else(|| {
-                    ApiError::Agent(AgentError::failed_precondition(
+                    HttpError::Agent(AgentError::failed_precondition(
                         "oauth_m2m needs the OAuth client secret: set DATABRICKS_CLIENT_SECRET on the agent \
                          (this agent does not read per-namespace Kubernetes secrets)",
                     ))
@@ -142,9 +100,9 @@ impl Client {
                 ]
             }
             AuthType::OidcFederation => {
-                let file = auth.token_file().map_err(ApiError::Agent)?;
+                let file = auth.token_file().map_err(HttpError::Agent)?;
                 let jwt = std::fs::read_to_string(&file).map_err(|e| {
-                    ApiError::Agent(AgentError::failed_precondition(format!(
+                    HttpError::Agent(AgentError::failed_precondition(format!(
                         "cannot read the OIDC token file {file}: {e}"
                     )))
                 })?;
@@ -167,20 +125,23 @@ impl Client {
                 let req = self.http.post(&url).form(&form).timeout(self.attempt_timeout.min(left));
                 async move { read(req.send().await).await }
             },
-            verdict,
+            HttpError::verdict,
         )
         .await
         .map_err(|e| match e {
-            ApiError::Status { code: 400 | 401 | 403, message, .. } => ApiError::Agent(AgentError::permission_denied(
-                format!("Databricks refused OAuth client '{client_id}' ({}): {message}", auth.kind.as_str()),
-            )),
+            HttpError::Status { code: 400 | 401 | 403, message, .. } => {
+                HttpError::Agent(AgentError::permission_denied(format!(
+                    "Databricks refused OAuth client '{client_id}' ({}): {message}",
+                    auth.kind.as_str()
+                )))
+            }
             other => other,
         })?;
         let access = body
             .get("access_token")
             .and_then(Json::as_str)
             .filter(|t| !t.is_empty())
-            .ok_or_else(|| ApiError::Transport("the token endpoint answered without an access_token".into()))?;
+            .ok_or_else(|| HttpError::Transport("the token endpoint answered without an access_token".into()))?;
         let lifetime = Duration::from_secs(body.get("expires_in").and_then(Json::as_u64).unwrap_or(3600));
         let usable = lifetime.checked_sub(EXPIRY_MARGIN).unwrap_or(lifetime / 2);
         let secret = Secret::new(access);
@@ -197,7 +158,7 @@ impl Client {
         path: &str,
         query: Option<(&str, &str)>,
         body: Option<&Json>,
-    ) -> Result<Json, ApiError> {
+    ) -> Result<Json, HttpError> {
         let Workspace { instance, auth } = workspace;
         let deadline = self.retry.deadline(ctx);
         let url = format!("https://{instance}/api/2.1/jobs/{path}");
@@ -223,7 +184,7 @@ impl Client {
                 let token = self.token(ctx, instance, auth, deadline).await?;
                 match send(token, left).await {
                     // An OAuth token can be revoked before it expires: fetch a new one, once.
-                    Err(ApiError::Status { code: 401, .. }) if auth.kind != AuthType::Pat => {
+                    Err(HttpError::Status { code: 401, .. }) if auth.kind != AuthType::Pat => {
                         self.cache().remove(&auth.cache_key(instance));
                         let fresh = self.token(ctx, instance, auth, deadline).await?;
                         send(fresh, deadline.saturating_duration_since(Instant::now())).await
@@ -231,47 +192,24 @@ impl Client {
                     other => other,
                 }
             },
-            verdict,
+            HttpError::verdict,
         )
         .await
     }
 }
 
 /// Reads an answer: JSON on success, Databricks' error message otherwise.
-async fn read(resp: Result<reqwest::Response, reqwest::Error>) -> Result<Json, ApiError> {
-    // reqwest errors can carry the URL, never headers, so the token cannot leak here.
-    let resp = resp.map_err(|e| ApiError::Transport(format!("request failed: {}", e.without_url())))?;
-    let status = resp.status();
-    let retry_after = resp
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
-    let bytes = resp
-        .bytes()
-        .await
-        .map_err(|e| ApiError::Transport(format!("reading the answer failed: {}", e.without_url())))?;
-    if status.is_success() {
-        return serde_json::from_slice(&bytes).map_err(|e| ApiError::Transport(format!("the answer is not JSON: {e}")));
-    }
-    let parsed: Option<Json> = serde_json::from_slice(&bytes).ok();
-    let message = parsed
-        .as_ref()
-        .and_then(|j| {
+async fn read(resp: Result<reqwest::Response, reqwest::Error>) -> Result<Json, HttpError> {
+    let reply = agent_core::http::read(resp).await?;
+    match reply.status {
+        200..=299 => reply.body.ok_or_else(|| HttpError::Transport("the answer is not JSON".into())),
+        _ => Err(reply.into_error(|j| {
             let code = j.get("error_code").or_else(|| j.get("error")).and_then(Json::as_str);
             let msg = j.get("message").or_else(|| j.get("error_description")).and_then(Json::as_str);
             match (code, msg) {
                 (Some(c), Some(m)) => Some(format!("{c}: {m}")),
                 (c, m) => c.or(m).map(str::to_owned),
             }
-        })
-        .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_owned());
-    Err(ApiError::Status {
-        code: status.as_u16(),
-        message,
-        retry_after: (status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error())
-            .then_some(retry_after)
-            .flatten(),
-    })
+        })),
+    }
 }

@@ -184,8 +184,7 @@ impl AsyncAgent for BatchAgent {
             Ok(Ok(batch)) => resource_for(&batch),
             Ok(Err(e)) => match classify(&e) {
                 Failure::NotFound(m) => Ok(Resource::failed(m)),
-                Failure::Transient(m) => Ok(Resource::running()
-                    .with_message(format!("could not reach OpenAI to check the batch ({m}); will check again"))),
+                Failure::Transient(m) => Ok(Resource::unreachable("OpenAI", "batch", &m)),
                 Failure::Rejected(m) => Err(AgentError::permission_denied(m)),
             },
             Err(_) => {

@@ -4,14 +4,12 @@
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value as Json, json};
-use uuid::Uuid;
 
 use agent_core::literals::Value;
 use agent_core::prelude::*;
-use agent_core::retry::Verdict;
 
 use crate::bindings::translate;
-use crate::client::{Account, Answer, Client, verdict};
+use crate::client::{Account, Answer, Client, to_agent_error};
 use crate::config::Config;
 
 /// The task type flytekit's `SnowflakeTask` declares.
@@ -124,11 +122,7 @@ impl SnowflakeAgent {
 
 /// A request id per task attempt, so a repeated CreateTask finds its statement.
 fn request_id(task: &TaskRequest) -> String {
-    match task.attempt_key() {
-        Some(k) => Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("flyte-agents/snowflake/{k}").as_bytes()),
-        None => Uuid::new_v4(),
-    }
-    .to_string()
+    task.attempt_id_or_random("snowflake").to_string()
 }
 
 impl AsyncAgent for SnowflakeAgent {
@@ -170,7 +164,7 @@ impl AsyncAgent for SnowflakeAgent {
             .client
             .call(ctx, who, Method::POST, "/api/v2/statements", &[("async", "true"), ("requestId", &id)], Some(&body))
             .await
-            .map_err(|e| e.into_agent_error("statement submission"))?;
+            .map_err(|e| to_agent_error(e, "statement submission"))?;
         // A statement that fails at once (e.g. bad SQL) still has a handle; get reports it.
         let handle =
             answer.body.get("statementHandle").and_then(Json::as_str).filter(|h| !h.is_empty()).ok_or_else(|| {
@@ -196,16 +190,9 @@ impl AsyncAgent for SnowflakeAgent {
         let path = format!("/api/v2/statements/{}", meta.query_id);
         match self.client.call(ctx, who, Method::GET, &path, &[], None).await {
             Ok(answer) => Ok(resource_for(&answer, &meta)),
-            Err(e) if matches!(verdict(&e), Verdict::Retry(_)) => {
-                tracing::warn!(message = "Snowflake status check failed; will retry at the next poll.", query_id = %meta.query_id, error = %e.describe());
-                Ok(Resource::running()
-                    .with_message(format!(
-                        "could not reach Snowflake to check the statement ({}); will check again",
-                        e.describe()
-                    ))
-                    .with_log_link(query_link(&meta.account, &meta.query_id)))
-            }
-            Err(e) => Err(e.into_agent_error("statement status check")),
+            Err(e) if e.is_transient() => Ok(Resource::unreachable("Snowflake", "statement", &e.describe())
+                .with_log_link(query_link(&meta.account, &meta.query_id))),
+            Err(e) => Err(to_agent_error(e, "statement status check")),
         }
     }
 
@@ -217,7 +204,7 @@ impl AsyncAgent for SnowflakeAgent {
             .call(ctx, who, Method::POST, &path, &[], None)
             .await
             .map(|_| ())
-            .map_err(|e| e.into_agent_error("statement cancel"))
+            .map_err(|e| to_agent_error(e, "statement cancel"))
     }
 }
 

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use reqwest::Method;
 use serde_json::Value as Json;
 
+use agent_core::http::HttpError;
 use agent_core::prelude::*;
-use agent_core::retry::{RetryConfig, Verdict, retry};
+use agent_core::retry::{RetryConfig, retry};
 
 use crate::config::Config;
 use crate::jwt::{LIFETIME_SECS, Signer};
@@ -25,48 +26,12 @@ pub(crate) struct Answer {
     pub(crate) body: Json,
 }
 
-/// Why a call got no answer worth reading.
-#[derive(Debug)]
-pub(crate) enum CallError {
-    /// Transient (429, 5xx, connection, timeout) after retries, or permanent HTTP errors.
-    Http {
-        status: u16,
-        message: String,
-        retry_after: Option<Duration>,
-    },
-    Transport(String),
-    Agent(AgentError),
-}
-
-impl CallError {
-    pub(crate) fn describe(&self) -> String {
-        match self {
-            Self::Http { status, message, .. } => format!("HTTP {status}: {message}"),
-            Self::Transport(m) => m.clone(),
-            Self::Agent(e) => e.message().to_owned(),
-        }
-    }
-
-    pub(crate) fn into_agent_error(self, what: &str) -> AgentError {
-        let msg = format!("Snowflake {what} failed: {}", self.describe());
-        match self {
-            Self::Agent(e) => e,
-            Self::Http { status: 400, .. } => AgentError::invalid_argument(msg),
-            Self::Http { status: 401 | 403, .. } => AgentError::permission_denied(format!(
-                "{msg}. Check that the user's RSA_PUBLIC_KEY matches the secret snowflake_private_key"
-            )),
-            e if matches!(verdict(&e), Verdict::Retry(_)) => AgentError::unavailable(msg),
-            _ => AgentError::internal(msg),
-        }
-    }
-}
-
-pub(crate) fn verdict(e: &CallError) -> Verdict {
-    match e {
-        CallError::Http { status: 408 | 429 | 500 | 502 | 503 | 504, retry_after, .. } => Verdict::Retry(*retry_after),
-        CallError::Transport(_) => Verdict::Retry(None),
-        _ => Verdict::Fail,
-    }
+/// The error for a SQL API call that failed for good.
+pub(crate) fn to_agent_error(e: HttpError, what: &str) -> AgentError {
+    e.into_agent_error(
+        &format!("Snowflake {what}"),
+        "Check that the user's RSA_PUBLIC_KEY matches the secret snowflake_private_key",
+    )
 }
 
 /// The HTTP client and the JWT cache.
@@ -88,10 +53,7 @@ pub(crate) struct Account<'a> {
 
 impl Client {
     pub(crate) fn new(config: &Config) -> Result<Self, String> {
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("flyte-agent-snowflake/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("snowflake: cannot build the HTTP client: {e}"))?;
+        let http = agent_core::http::client(concat!("flyte-agent-snowflake/", env!("CARGO_PKG_VERSION")), None, "")?;
         Ok(Self {
             http,
             jwts: Mutex::new(HashMap::new()),
@@ -146,7 +108,7 @@ impl Client {
         path: &str,
         query: &[(&str, &str)],
         body: Option<&Json>,
-    ) -> Result<Answer, CallError> {
+    ) -> Result<Answer, HttpError> {
         let deadline = self.retry.deadline(ctx);
         let url = self.url(who.account, path);
         let mut attempt = 0_u32;
@@ -171,42 +133,19 @@ impl Client {
                     req = req.json(b);
                 }
                 async move {
-                    let jwt = jwt.map_err(CallError::Agent)?;
-                    let resp = req
-                        .bearer_auth(jwt.expose())
-                        .send()
-                        .await
-                        .map_err(|e| CallError::Transport(format!("request failed: {}", e.without_url())))?;
-                    let status = resp.status().as_u16();
-                    let retry_after = resp
-                        .headers()
-                        .get("retry-after")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.trim().parse().ok())
-                        .map(Duration::from_secs);
-                    let bytes = resp
-                        .bytes()
-                        .await
-                        .map_err(|e| CallError::Transport(format!("reading the answer failed: {}", e.without_url())))?;
-                    let body: Option<Json> = serde_json::from_slice(&bytes).ok();
-                    match (status, body) {
-                        (200 | 202 | 404 | 422, Some(body)) => Ok(Answer { status, body }),
-                        (200 | 202 | 422, None) => {
-                            Err(CallError::Transport(format!("HTTP {status} with a body that is not JSON")))
+                    let jwt = jwt.map_err(HttpError::Agent)?;
+                    let reply = agent_core::http::read(req.bearer_auth(jwt.expose()).send().await).await?;
+                    match (reply.status, reply.body) {
+                        (status @ (200 | 202 | 404 | 422), Some(body)) => Ok(Answer { status, body }),
+                        (status @ (200 | 202 | 422), None) => {
+                            Err(HttpError::Transport(format!("HTTP {status} with a body that is not JSON")))
                         }
-                        (_, body) => {
-                            let message = body
-                                .as_ref()
-                                .and_then(|b| b.get("message"))
-                                .and_then(Json::as_str)
-                                .unwrap_or("no message")
-                                .to_owned();
-                            Err(CallError::Http { status, message, retry_after })
-                        }
+                        (status, body) => Err(agent_core::http::Reply { status, body, retry_after: reply.retry_after }
+                            .into_error(|b| b.get("message").and_then(Json::as_str).map(str::to_owned))),
                     }
                 }
             },
-            verdict,
+            HttpError::verdict,
         )
         .await
     }
