@@ -20,6 +20,11 @@ pub(crate) fn run(cmd: &mut Command) -> Result<()> {
 pub(crate) fn cargo(root: &Path) -> Command {
     let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     c.current_dir(root);
+    // Incremental caches roughly add a quarter to the disk a full build needs, and CI
+    // runners have little to spare; a developer can still opt in by setting it.
+    if std::env::var_os("CARGO_INCREMENTAL").is_none() {
+        c.env("CARGO_INCREMENTAL", "0");
+    }
     c
 }
 
