@@ -11,6 +11,8 @@
 #![warn(missing_docs)]
 
 pub mod agent;
+#[cfg(feature = "mimalloc")]
+mod allocator;
 pub mod config;
 mod erased;
 pub mod error;
