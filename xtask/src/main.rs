@@ -4,8 +4,11 @@
 // A command-line tool: printing progress and results is its job.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod charts;
 mod codegen;
+mod images;
 mod tasks;
+mod tools;
 
 use std::path::{Path, PathBuf};
 
@@ -29,10 +32,30 @@ enum Command {
     },
     /// Run the demo: start an agent server and run tasks through it like Propeller does.
     Demo,
-    /// Run every test: lint, Rust tests, and the end-to-end suite with the official Python client.
+    /// Run every test: lint, Rust tests, chart checks, the end-to-end suite with the official
+    /// Python client, and an image built, run and probed.
     Test,
-    /// Check formatting and run clippy with warnings denied.
+    /// Check formatting, run clippy with warnings denied, lint the Dockerfile and workflows.
     Lint,
+    /// Run the Rust tests (unit, integration, doc).
+    Unit,
+    /// Lint, render and validate every Helm chart offline.
+    Charts,
+    /// Package every agent chart into DIR (for releases).
+    PackageCharts {
+        /// Chart version and appVersion [default: the workspace version]; a leading `v` is dropped.
+        #[arg(long)]
+        version: Option<String>,
+        /// Directory for the `.tgz` files.
+        #[arg(long, default_value = "target/charts")]
+        out: PathBuf,
+    },
+    /// Build one container image per agent (static musl binaries, FROM scratch).
+    BuildImages(images::BuildArgs),
+    /// Build images, run them, and check health, ListAgents and metrics from outside.
+    ImageTest(images::TestArgs),
+    /// Join per-architecture images (TAG-ARCH) into one multi-arch tag.
+    PushManifest(images::ManifestArgs),
     /// Benchmark the agent server against a bare tonic server (release build).
     Bench {
         /// Arguments for the benchmark, e.g. `--seconds 10 --concurrency 64`.
@@ -53,6 +76,12 @@ fn main() -> Result<()> {
         Command::Demo => tasks::demo(&root),
         Command::Test => tasks::test(&root),
         Command::Lint => tasks::lint(&root),
+        Command::Unit => tasks::unit(&root),
+        Command::Charts => charts::check(&root),
+        Command::PackageCharts { version, out } => charts::package(&root, version.as_deref(), &root.join(out)),
+        Command::BuildImages(args) => images::build(&root, &args).map(drop),
+        Command::ImageTest(args) => images::test(&root, &args),
+        Command::PushManifest(args) => images::push_manifest(&root, &args),
         Command::E2e { pytest_args } => tasks::e2e(&root, &pytest_args),
         Command::Bench { args } => tasks::bench(&root, &args),
     }

@@ -1,6 +1,6 @@
 //! The test, lint and end-to-end tasks: what `.ci/run` and the workflows call.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
@@ -28,26 +28,34 @@ pub(crate) fn cargo(root: &Path) -> Command {
     c
 }
 
-/// `cargo fmt --check` and clippy with warnings denied.
+/// `cargo fmt --check`, clippy with warnings denied, then hadolint and actionlint.
 pub(crate) fn lint(root: &Path) -> Result<()> {
     ensure_components(root)?;
     run(cargo(root).args(["fmt", "--all", "--check"]))?;
-    run(cargo(root).args(["clippy", "--workspace", "--all-targets", "--all-features", "--", "-D", "warnings"]))
+    run(cargo(root).args(["clippy", "--workspace", "--all-targets", "--all-features", "--", "-D", "warnings"]))?;
+    crate::charts::lint_shipping(root)
 }
 
-/// Every test: lint, the Rust tests (which include the codegen freshness check), then the
-/// end-to-end suite against the official Python client.
+/// The Rust tests, which include the codegen freshness check.
+pub(crate) fn unit(root: &Path) -> Result<()> {
+    run(cargo(root).args(["test", "--workspace", "--all-features"]))
+}
+
+/// Every test: lint, the Rust tests, the charts, the end-to-end suite against the official
+/// Python client, and one image built and run (the CI workflow tests every image).
 pub(crate) fn test(root: &Path) -> Result<()> {
     lint(root)?;
-    run(cargo(root).args(["test", "--workspace", "--all-features"]))?;
-    e2e(root, &[])
+    unit(root)?;
+    crate::charts::check(root)?;
+    e2e(root, &[])?;
+    crate::images::test(root, &crate::images::TestArgs::default())
 }
 
 /// Builds the agent binaries the suite starts, prepares the Python environment, runs pytest.
 pub(crate) fn e2e(root: &Path, pytest_args: &[String]) -> Result<()> {
     // Same features as `cargo test --workspace --all-features`, so its build is reused.
     run(cargo(root).args(["build", "--workspace", "--all-features", "--bins", "--example", "test_agent"]))?;
-    let venv = ensure_venv(root)?;
+    let venv = crate::tools::venv(root, "e2e-venv", &root.join("tests/e2e/requirements.txt"))?;
     let bin = venv.join("bin");
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
     run(Command::new(bin.join("python"))
@@ -57,28 +65,6 @@ pub(crate) fn e2e(root: &Path, pytest_args: &[String]) -> Result<()> {
         .env("AGENT_BIN_DIR", root.join("target/debug"))
         .args(["-m", "pytest", "tests/e2e", "-q", "-p", "no:cacheprovider"])
         .args(pytest_args))
-}
-
-/// `target/e2e-venv` with `tests/e2e/requirements.txt` installed; reinstalled only when the
-/// requirements change.
-pub(crate) fn ensure_venv(root: &Path) -> Result<PathBuf> {
-    let venv = root.join("target/e2e-venv");
-    let requirements = root.join("tests/e2e/requirements.txt");
-    let wanted = std::fs::read_to_string(&requirements)?;
-    let stamp = venv.join("requirements.installed");
-    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
-        return Ok(venv);
-    }
-    println!("Preparing the Python environment for the end-to-end tests in {} (about a minute, once)", venv.display());
-    if venv.exists() {
-        std::fs::remove_dir_all(&venv)?;
-    }
-    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-    run(Command::new(&python).args(["-m", "venv"]).arg(&venv))?;
-    let pip = venv.join("bin/pip");
-    run(Command::new(&pip).args(["install", "-q", "--disable-pip-version-check", "-r"]).arg(&requirements))?;
-    std::fs::write(&stamp, wanted)?;
-    Ok(venv)
 }
 
 /// Builds the test agent and the benchmark in release mode and runs the benchmark.

