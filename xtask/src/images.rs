@@ -398,6 +398,14 @@ fn run_unpacked(root: &Path, venv: &Path, engine: Engine, built: &Built) -> Resu
     let config = read_image_config(&layout, &format!("agent-{}", built.agent))?;
     check_image_config(&config.config, &built.agent)?;
     let rootfs = bundle.join("rootfs");
+    // What a container runtime (kubelet, docker) writes into every container: without a
+    // resolver configuration musl waits 5 s for a DNS server on 127.0.0.1, which Google's
+    // client asks about the metadata server at start-up.
+    for file in ["etc/resolv.conf", "etc/hosts"] {
+        if Path::new("/").join(file).is_file() {
+            std::fs::copy(Path::new("/").join(file), rootfs.join(file))?;
+        }
+    }
     let certs = rootfs.join("etc/ssl/certs/ca-certificates.crt");
     ensure!(std::fs::metadata(&certs).is_ok_and(|m| m.len() > 0), "the image has no CA bundle");
 
