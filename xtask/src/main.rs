@@ -6,6 +6,7 @@
 
 mod charts;
 mod codegen;
+mod demo;
 mod images;
 mod tasks;
 mod tools;
@@ -30,7 +31,8 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
-    /// Run the demo: start an agent server and run tasks through it like Propeller does.
+    /// Run the demo: every agent against its local emulator, one sample task each through
+    /// agentctl, like Propeller would run them.
     Demo,
     /// Run every test: lint, Rust tests, chart checks, the end-to-end suite with the official
     /// Python client, and an image built, run and probed.
@@ -73,7 +75,7 @@ fn main() -> Result<()> {
     let root = workspace_root();
     match cli.command {
         Command::Codegen { check } => codegen::run(&root, check),
-        Command::Demo => tasks::demo(&root),
+        Command::Demo => demo::demo(&root),
         Command::Test => tasks::test(&root),
         Command::Lint => tasks::lint(&root),
         Command::Unit => tasks::unit(&root),

@@ -42,12 +42,13 @@ pub(crate) fn unit(root: &Path) -> Result<()> {
 }
 
 /// Every test: lint, the Rust tests, the charts, the end-to-end suite against the official
-/// Python client, and one image built and run (the CI workflow tests every image).
+/// Python client, the demo, and one image built and run (the CI workflow tests every image).
 pub(crate) fn test(root: &Path) -> Result<()> {
     lint(root)?;
     unit(root)?;
     crate::charts::check(root)?;
     e2e(root, &[])?;
+    crate::demo::demo(root)?;
     crate::images::test(root, &crate::images::TestArgs::default())
 }
 
@@ -80,12 +81,6 @@ pub(crate) fn bench(root: &Path, args: &[String]) -> Result<()> {
         "bench",
     ]))?;
     run(Command::new(root.join("target/release/examples/bench")).args(args))
-}
-
-/// Builds the test agent and the demo driver and runs the demo.
-pub(crate) fn demo(root: &Path) -> Result<()> {
-    run(cargo(root).args(["build", "-q", "-p", "agent-core", "--example", "test_agent", "--example", "demo"]))?;
-    run(&mut Command::new(root.join("target/debug/examples/demo")))
 }
 
 /// A minimal rustup profile lacks rustfmt and clippy; add them rather than fail.

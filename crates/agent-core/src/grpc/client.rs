@@ -41,6 +41,23 @@ impl GrpcBackend {
         self.channel.clone()
     }
 
+    /// `grpc.health.v1.Health/Check` for `service` (`""`: the whole server, as a
+    /// Kubernetes probe asks). `Ok(true)` when SERVING.
+    pub async fn health(&self, service: &str) -> Result<bool, AgentError> {
+        use tonic_health::pb::health_check_response::ServingStatus;
+        let mut client = tonic_health::pb::health_client::HealthClient::new(self.channel.clone());
+        let request = tonic_health::pb::HealthCheckRequest { service: service.to_owned() };
+        let r = client.check(self.request(request)).await.map_err(|s| from_status(&s))?;
+        Ok(r.into_inner().status == ServingStatus::Serving as i32)
+    }
+
+    /// `ListAgents`: what the agent serves, as Propeller discovers it.
+    pub async fn list_agents(&self) -> Result<Vec<admin::Agent>, AgentError> {
+        let mut client = AgentMetadataServiceClient::new(self.channel.clone());
+        let r = client.list_agents(self.request(admin::ListAgentsRequest {})).await.map_err(|s| from_status(&s))?;
+        Ok(r.into_inner().agents)
+    }
+
     fn request<T>(&self, msg: T) -> Request<T> {
         let mut r = Request::new(msg);
         r.set_timeout(self.timeout);
