@@ -33,15 +33,16 @@ pub(crate) fn task_types(root: &Path, agent: &str) -> Result<Vec<String>> {
 
 /// `cargo xtask charts`: lint, render, validate (see `tests/charts`).
 pub(crate) fn check(root: &Path) -> Result<()> {
+    check_in(root, root, &[])
+}
+
+/// The chart suite of the tree at `tree` (the workspace, or a copy of it), with the tools
+/// of the workspace at `root`; `pytest_args` narrows it.
+pub(crate) fn check_in(root: &Path, tree: &Path, pytest_args: &[&str]) -> Result<()> {
     let venv = tools::tools_venv(root)?;
-    run(tools::venv_command(&venv, "python").current_dir(root).args([
-        "-m",
-        "pytest",
-        "tests/charts",
-        "-q",
-        "-p",
-        "no:cacheprovider",
-    ]))
+    let mut pytest = tools::venv_command(&venv, "python");
+    pytest.current_dir(tree).args(["-m", "pytest", "tests/charts", "-q", "-p", "no:cacheprovider"]).args(pytest_args);
+    run(&mut pytest)
 }
 
 /// `cargo xtask package-charts`: one `.tgz` per agent chart (library included) in `out`.

@@ -8,6 +8,7 @@ mod charts;
 mod codegen;
 mod demo;
 mod images;
+mod new_agent;
 mod tasks;
 mod tools;
 
@@ -56,6 +57,14 @@ enum Command {
     BuildImages(images::BuildArgs),
     /// Build images, run them, and check health, ListAgents and metrics from outside.
     ImageTest(images::TestArgs),
+    /// Scaffold a new agent: crates/agent-NAME (trait impl, config, main, emulator-backed
+    /// tests) and charts/agent-NAME.
+    NewAgent {
+        /// The agent's name, e.g. `my-service` (crate agent-my-service, task type my_service).
+        name: String,
+    },
+    /// Scaffold an agent into a copy of the working tree and run its tests and checks there.
+    NewAgentCheck,
     /// Join per-architecture images (TAG-ARCH) into one multi-arch tag.
     PushManifest(images::ManifestArgs),
     /// Benchmark the agent server against a bare tonic server (release build).
@@ -83,6 +92,8 @@ fn main() -> Result<()> {
         Command::PackageCharts { version, out } => charts::package(&root, version.as_deref(), &root.join(out)),
         Command::BuildImages(args) => images::build(&root, &args).map(drop),
         Command::ImageTest(args) => images::test(&root, &args),
+        Command::NewAgent { name } => new_agent::scaffold(&root, &name),
+        Command::NewAgentCheck => new_agent::check(&root),
         Command::PushManifest(args) => images::push_manifest(&root, &args),
         Command::E2e { pytest_args } => tasks::e2e(&root, &pytest_args),
         Command::Bench { args } => tasks::bench(&root, &args),

@@ -42,13 +42,15 @@ pub(crate) fn unit(root: &Path) -> Result<()> {
 }
 
 /// Every test: lint, the Rust tests, the charts, the end-to-end suite against the official
-/// Python client, the demo, and one image built and run (the CI workflow tests every image).
+/// Python client, the demo, a scaffolded agent's checks, and one image built and run (the CI
+/// workflow tests every image).
 pub(crate) fn test(root: &Path) -> Result<()> {
     lint(root)?;
     unit(root)?;
     crate::charts::check(root)?;
     e2e(root, &[])?;
     crate::demo::demo(root)?;
+    crate::new_agent::check(root)?;
     crate::images::test(root, &crate::images::TestArgs::default())
 }
 
