@@ -58,7 +58,8 @@ class Emulator:
 class Agent:
     """An agent process on 127.0.0.1 with its own gRPC and metrics ports."""
 
-    def __init__(self, binary: str, env: dict[str, str] | None = None, args: tuple[str, ...] = ()):
+    def __init__(self, binary: str, env: dict[str, str] | None = None, args: tuple[str, ...] = (),
+                 credentials: grpc.ChannelCredentials | None = None):
         self.port = free_port()
         self.metrics_port = free_port()
         self.log = tempfile.NamedTemporaryFile(prefix="agent-", suffix=".log", delete=False)
@@ -71,7 +72,8 @@ class Agent:
             env=full_env, stdout=self.log, stderr=subprocess.STDOUT,
         )
         self.address = f"127.0.0.1:{self.port}"
-        self.channel = grpc.insecure_channel(self.address)
+        self.channel = (grpc.secure_channel(self.address, credentials) if credentials
+                        else grpc.insecure_channel(self.address))
         self.wait_serving()
 
     def wait_serving(self, timeout: float = 15.0) -> None:

@@ -47,6 +47,22 @@ pub struct ServerConfig {
     pub log_format: LogFormat,
     /// Log filter, e.g. `info` or `info,agent_core=debug`; `RUST_LOG` overrides it.
     pub log_level: String,
+    /// TLS for the gRPC port; plaintext when absent (Propeller's default is `insecure: true`).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// Server TLS, and mutual TLS when a client CA is given (Propeller's `insecure: false`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain the server presents.
+    pub cert_file: PathBuf,
+    /// PEM private key of that certificate.
+    pub key_file: PathBuf,
+    /// PEM CA bundle; when set, clients must present a certificate it signed.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
 }
 
 /// The built-in defaults, as a YAML document (also shown by `--help`).
@@ -71,6 +87,7 @@ const SERVER_KEYS: &[&str] = &[
     "shutdown_delay",
     "log_format",
     "log_level",
+    "tls",
 ];
 
 /// Command-line flags common to every agent binary.
@@ -100,6 +117,15 @@ pub struct CliArgs {
     /// Log filter, e.g. info or debug [default: info].
     #[arg(long, value_name = "FILTER")]
     pub log_level: Option<String>,
+    /// Serve gRPC over TLS with this PEM certificate chain (with --tls-key).
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this PEM CA bundle (mutual TLS).
+    #[arg(long, value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
     /// Any setting as KEY=VALUE (repeatable), e.g. --set bigquery.project=my-project.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
@@ -150,6 +176,12 @@ impl Settings {
             .set_override_option("log_format", cli.log_format.map(|f| format!("{f:?}").to_lowercase()))
             .map_err(err)?
             .set_override_option("log_level", cli.log_level.clone())
+            .map_err(err)?
+            .set_override_option("tls.cert_file", cli.tls_cert.as_ref().map(|p| p.display().to_string()))
+            .map_err(err)?
+            .set_override_option("tls.key_file", cli.tls_key.as_ref().map(|p| p.display().to_string()))
+            .map_err(err)?
+            .set_override_option("tls.client_ca_file", cli.tls_client_ca.as_ref().map(|p| p.display().to_string()))
             .map_err(err)?;
         for kv in &cli.overrides {
             let (k, v) = kv.split_once('=').ok_or_else(|| ConfigError(format!("--set {kv}: expected KEY=VALUE")))?;
@@ -196,6 +228,12 @@ fn server_config(raw: &config::Config) -> Result<ServerConfig, ConfigError> {
             })
             .copied()
             .unwrap_or("server settings");
+        if key == "tls" {
+            return ConfigError(format!(
+                "tls: {e} (set tls.cert_file and tls.key_file, optionally tls.client_ca_file, in the config file, \
+                 as AGENT_TLS__CERT_FILE and AGENT_TLS__KEY_FILE, or with --tls-cert and --tls-key)"
+            ));
+        }
         ConfigError(format!(
             "{key}: {e} (set in the config file, as AGENT_{} or with --{})",
             key.to_uppercase(),
@@ -283,6 +321,26 @@ mod tests {
         let none: Bq = s.section("snowflake").unwrap();
         assert_eq!(none.project, "");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn tls_is_off_by_default_and_set_from_env_or_flags() {
+        assert_eq!(Settings::load(&CliArgs::default(), env(&[])).unwrap().server.tls, None);
+        let from_env = env(&[("AGENT_TLS__CERT_FILE", "/tls/cert.pem"), ("AGENT_TLS__KEY_FILE", "/tls/key.pem")]);
+        let tls = Settings::load(&CliArgs::default(), from_env).unwrap().server.tls.unwrap();
+        assert_eq!((tls.cert_file.to_str(), tls.key_file.to_str()), (Some("/tls/cert.pem"), Some("/tls/key.pem")));
+        assert_eq!(tls.client_ca_file, None);
+        let cli = CliArgs {
+            tls_cert: Some("/c.pem".into()),
+            tls_key: Some("/k.pem".into()),
+            tls_client_ca: Some("/ca.pem".into()),
+            ..Default::default()
+        };
+        let tls = Settings::load(&cli, env(&[])).unwrap().server.tls.unwrap();
+        assert_eq!(tls.client_ca_file.as_deref(), Some(std::path::Path::new("/ca.pem")));
+        let half = CliArgs { tls_cert: Some("/c.pem".into()), ..Default::default() };
+        let err = Settings::load(&half, env(&[])).unwrap_err().to_string();
+        assert!(err.contains("key_file") && err.contains("--tls-key"), "{err}");
     }
 
     #[test]

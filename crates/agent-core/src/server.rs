@@ -141,11 +141,18 @@ impl AgentServer {
             let categories: Vec<String> = a.categories.iter().map(ToString::to_string).collect();
             tracing::info!(message = "Serving agent.", name = %a.name, categories = %categories.join(","), is_sync = a.is_sync);
         }
-        tracing::info!(message = "Listening.", address = %addr, metrics_port = self.config.metrics_port);
+        let tls = self.config.tls.as_ref().map(grpc::tls_config).transpose()?;
+        let security = match &self.config.tls {
+            None => "plaintext",
+            Some(t) if t.client_ca_file.is_some() => "mutual TLS",
+            Some(_) => "TLS",
+        };
+        tracing::info!(message = "Listening.", address = %addr, security, metrics_port = self.config.metrics_port);
         let options = ServeOptions {
             max_message_size: self.config.max_message_size,
             grace_period: self.config.grace_period,
             shutdown_delay: self.config.shutdown_delay,
+            tls,
         };
         grpc::serve(self.service, listener, options, shutdown).await.map_err(|e| format!("gRPC server failed: {e}"))?;
         tracing::info!(message = "Stopped.");

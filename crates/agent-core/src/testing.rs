@@ -35,6 +35,7 @@ pub fn test_config() -> ServerConfig {
         shutdown_delay: Duration::ZERO,
         log_format: LogFormat::Human,
         log_level: "info".into(),
+        tls: None,
     }
 }
 

@@ -1,0 +1,186 @@
+//! TLS and mutual TLS on the gRPC port, with certificates from a throwaway CA: the server
+//! presents its certificate, with a client CA it refuses clients without a certificate it
+//! signed, and unreadable or malformed files stop the server with a message naming the
+//! setting and never the file's content.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use agent_core::AgentService;
+use agent_core::config::TlsConfig;
+use agent_core::pb::admin;
+use agent_core::pb::service::agent_metadata_service_client::AgentMetadataServiceClient;
+use agent_core::server::AgentServer;
+use agent_core::testing::{secrets, test_config};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+struct Ca {
+    pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+fn ca(name: &str) -> Ca {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let cert = params.self_signed(&key).unwrap();
+    Ca { pem: cert.pem(), issuer: Issuer::new(params, key) }
+}
+
+/// A certificate (chain PEM, key PEM) signed by `ca` for `names`.
+fn leaf(ca: &Ca, names: &[&str]) -> (String, String) {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, names[0]);
+    let cert = params.signed_by(&key, &ca.issuer).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+fn write(dir: &Path, name: &str, content: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, content).unwrap();
+    path
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("agent-core-tls-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Starts a server with `tls`; returns its port, or the start-up error.
+async fn start(tls: TlsConfig) -> Result<u16, String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let config = agent_core::config::ServerConfig { tls: Some(tls), ..test_config() };
+    let server = AgentServer::new(AgentService::new(support::test_agent::registry(), secrets(&[])), config);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let _ = tx.send(server.serve_on(listener, std::future::pending()).await);
+    });
+    // A server that fails to start says so at once; one that starts keeps running.
+    match tokio::time::timeout(Duration::from_millis(300), rx).await {
+        Ok(Ok(Err(e))) => Err(e),
+        Ok(_) => Err("the server stopped".into()),
+        Err(_) => Ok(port),
+    }
+}
+
+async fn list_agents(channel: Channel) -> Result<usize, tonic::Status> {
+    let r = AgentMetadataServiceClient::new(channel).list_agents(admin::ListAgentsRequest {}).await?;
+    Ok(r.into_inner().agents.len())
+}
+
+async fn connect(port: u16, tls: Option<ClientTlsConfig>) -> Result<Channel, String> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://localhost:{port}")).unwrap();
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls).map_err(|e| e.to_string())?;
+    }
+    endpoint.connect_timeout(Duration::from_secs(2)).connect().await.map_err(|e| format!("{e:?}"))
+}
+
+#[tokio::test]
+async fn tls_serves_clients_that_trust_the_ca() {
+    let dir = temp_dir("server");
+    let authority = ca("test CA");
+    let (cert, key) = leaf(&authority, &["localhost", "127.0.0.1"]);
+    let tls = TlsConfig {
+        cert_file: write(&dir, "cert.pem", &cert),
+        key_file: write(&dir, "key.pem", &key),
+        client_ca_file: None,
+    };
+    let port = start(tls).await.unwrap();
+
+    let trusting =
+        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&authority.pem)).domain_name("localhost");
+    let channel = connect(port, Some(trusting)).await.unwrap();
+    assert_eq!(list_agents(channel).await.unwrap(), 2);
+
+    // A plaintext client gets nowhere.
+    let plain = connect(port, None).await;
+    let refused = match plain {
+        Err(_) => true,
+        Ok(ch) => list_agents(ch).await.is_err(),
+    };
+    assert!(refused, "a plaintext call succeeded against a TLS server");
+
+    // Nor does a client that trusts another CA.
+    let other = ca("someone else");
+    let wrong = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&other.pem)).domain_name("localhost");
+    let refused = match connect(port, Some(wrong)).await {
+        Err(_) => true,
+        Ok(ch) => list_agents(ch).await.is_err(),
+    };
+    assert!(refused, "a client that does not trust the server's CA got an answer");
+}
+
+#[tokio::test]
+async fn mutual_tls_requires_a_client_certificate_from_the_client_ca() {
+    let dir = temp_dir("mutual");
+    let authority = ca("test CA");
+    let (cert, key) = leaf(&authority, &["localhost"]);
+    let clients = ca("client CA");
+    let tls = TlsConfig {
+        cert_file: write(&dir, "cert.pem", &cert),
+        key_file: write(&dir, "key.pem", &key),
+        client_ca_file: Some(write(&dir, "clients.pem", &clients.pem)),
+    };
+    let port = start(tls).await.unwrap();
+    let base = || ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&authority.pem)).domain_name("localhost");
+
+    let (propeller_cert, propeller_key) = leaf(&clients, &["flytepropeller"]);
+    let channel =
+        connect(port, Some(base().identity(Identity::from_pem(&propeller_cert, &propeller_key)))).await.unwrap();
+    assert_eq!(list_agents(channel).await.unwrap(), 2);
+
+    let refused = |r: Result<Channel, String>| async move {
+        match r {
+            Err(_) => true,
+            Ok(ch) => list_agents(ch).await.is_err(),
+        }
+    };
+    assert!(refused(connect(port, Some(base())).await).await, "a client without a certificate got an answer");
+    let rogue = ca("rogue CA");
+    let (rogue_cert, rogue_key) = leaf(&rogue, &["intruder"]);
+    let with_rogue = base().identity(Identity::from_pem(&rogue_cert, &rogue_key));
+    assert!(refused(connect(port, Some(with_rogue)).await).await, "a certificate from another CA was accepted");
+}
+
+#[tokio::test]
+async fn bad_tls_files_stop_the_server_naming_the_setting_not_the_content() {
+    let dir = temp_dir("bad");
+    let authority = ca("test CA");
+    let (cert, key) = leaf(&authority, &["localhost"]);
+    let cert_file = write(&dir, "cert.pem", &cert);
+
+    let missing = dir.join("missing-key.pem");
+    let err = start(TlsConfig { cert_file: cert_file.clone(), key_file: missing.clone(), client_ca_file: None })
+        .await
+        .unwrap_err();
+    assert!(err.contains("tls.key_file") && err.contains("missing-key.pem"), "{err}");
+
+    let secret_looking = "-----BEGIN PRIVATE KEY-----\nbm90LWEta2V5LXRvcC1zZWNyZXQ=\n-----END PRIVATE KEY-----\n";
+    let garbage = write(&dir, "garbage.pem", secret_looking);
+    let err =
+        start(TlsConfig { cert_file: cert_file.clone(), key_file: garbage, client_ca_file: None }).await.unwrap_err();
+    assert!(err.contains("key_file is not a usable private key") && err.contains("garbage.pem"), "{err}");
+    assert!(!err.contains("bm90LWEta2V5LXRvcC1zZWNyZXQ"), "the key file's content leaked: {err}");
+
+    // A real key, but not the certificate's.
+    let (_, other_key) = leaf(&authority, &["localhost"]);
+    let other = write(&dir, "other-key.pem", &other_key);
+    let err =
+        start(TlsConfig { cert_file: cert_file.clone(), key_file: other, client_ca_file: None }).await.unwrap_err();
+    assert!(err.contains("the key does not fit the certificate"), "{err}");
+
+    let not_a_ca = write(&dir, "clients.pem", "no certificates here\n");
+    let key_file = write(&dir, "key.pem", &key);
+    let err = start(TlsConfig { cert_file, key_file, client_ca_file: Some(not_a_ca) }).await.unwrap_err();
+    assert!(err.contains("tls.client_ca_file") && err.contains("holds no certificate"), "{err}");
+}
