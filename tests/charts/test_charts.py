@@ -116,10 +116,21 @@ def test_deployment_keeps_its_promises(chart, name, values):
     pod = deploy["spec"]["template"]["spec"]
     (container,) = pod["containers"]
 
-    # Probes: gRPC health on the gRPC port, which is what the agent serves there.
-    assert container["readinessProbe"]["grpc"] == {"port": port}
-    assert container["livenessProbe"]["grpc"] == {"port": port}
+    # Probes: gRPC health on the gRPC port, which is what the agent serves there; with TLS
+    # a TCP check (the kubelet's gRPC probe cannot speak TLS) and the certificate mounted.
+    tls = merged["tls"]
+    for probe in (container["readinessProbe"], container["livenessProbe"]):
+        assert probe.get("tcpSocket" if tls["enabled"] else "grpc") == ({"port": "grpc"} if tls["enabled"] else {"port": port})
     assert f"--port={port}" in container["args"]
+    tls_args = [a for a in container["args"] if a.startswith("--tls-")]
+    if tls["enabled"]:
+        expected = ["--tls-cert=/etc/flyte-agent/tls/tls.crt", "--tls-key=/etc/flyte-agent/tls/tls.key"]
+        expected += ["--tls-client-ca=/etc/flyte-agent/tls/ca.crt"] if tls["mutual"] else []
+        assert tls_args == expected
+        tls_volume = next(v for v in pod["volumes"] if v["name"] == "tls")
+        assert tls_volume["secret"]["secretName"] == tls["secretName"]
+    else:
+        assert tls_args == [] and all(v["name"] != "tls" for v in pod["volumes"])
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports["grpc"] == port
 
@@ -158,7 +169,7 @@ def test_deployment_keeps_its_promises(chart, name, values):
 
     # Service: gRPC over cleartext HTTP/2 to the named container port.
     svc_ports = {p["name"]: p for p in objs["Service"]["spec"]["ports"]}
-    assert svc_ports["grpc"]["appProtocol"] == "kubernetes.io/h2c"
+    assert svc_ports["grpc"]["appProtocol"] == ("https" if tls["enabled"] else "kubernetes.io/h2c")
     assert svc_ports["grpc"]["port"] == port and svc_ports["grpc"]["targetPort"] == "grpc"
     assert objs["Service"]["metadata"]["name"] == deploy["metadata"]["name"]
 
@@ -233,6 +244,19 @@ def test_full_values_reach_the_pod(chart):
     }
     assert yaml.safe_load(objs["ConfigMap"]["data"]["config.yaml"])["log_level"] == "debug"
     assert objs["Deployment"]["spec"]["template"]["metadata"]["labels"]["team"] == "data-platform"
+
+
+def test_tls_without_a_secret_name_is_refused_with_the_reason():
+    with pytest.raises(helm.HelmRenderError, match="tls.secretName"):
+        render(AGENT_CHARTS[0], {"tls": {"enabled": True}})
+
+
+def test_notes_with_tls_tell_propeller_to_verify():
+    chart = AGENT_CHARTS[0]
+    notes, connector, agent = notes_blocks(chart, values={"tls": {"enabled": True, "secretName": "t"}})
+    assert connector["plugins"]["connector-service"]["connectors"][chart]["insecure"] is False
+    assert agent["plugins"]["agent-service"]["agents"][chart]["insecure"] is False
+    assert f"{chart}.flyte" in notes and "system" in notes
 
 
 @pytest.mark.parametrize(

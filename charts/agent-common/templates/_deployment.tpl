@@ -2,6 +2,20 @@
 The agent Deployment. Ports are passed on the command line so the container ports, the
 probes and the Service can never disagree with the agent's own configuration.
 */}}
+{{/*
+The probe: gRPC health on the service port, which is what the agent serves there; with
+TLS a TCP check, because the kubelet's gRPC probe speaks only plaintext.
+*/}}
+{{- define "agent-common.probe" -}}
+{{- if .Values.tls.enabled }}
+tcpSocket:
+  port: grpc
+{{- else }}
+grpc:
+  port: {{ .Values.service.port }}
+{{- end }}
+{{- end }}
+
 {{- define "agent-common.deployment" -}}
 {{- $secretName := include "agent-common.secretName" . -}}
 ---
@@ -68,6 +82,13 @@ spec:
           args:
             - --port={{ .Values.service.port }}
             - --metrics-port={{ if .Values.metrics.enabled }}{{ .Values.metrics.port }}{{ else }}0{{ end }}
+            {{- if .Values.tls.enabled }}
+            - --tls-cert=/etc/flyte-agent/tls/tls.crt
+            - --tls-key=/etc/flyte-agent/tls/tls.key
+            {{- if .Values.tls.mutual }}
+            - --tls-client-ca=/etc/flyte-agent/tls/ca.crt
+            {{- end }}
+            {{- end }}
             {{- with .Values.extraArgs }}
             {{- toYaml . | nindent 12 }}
             {{- end }}
@@ -98,14 +119,12 @@ spec:
             {{- end }}
           {{- with .Values.readinessProbe }}
           readinessProbe:
-            grpc:
-              port: {{ $.Values.service.port }}
+            {{- include "agent-common.probe" $ | trim | nindent 12 }}
             {{- toYaml . | nindent 12 }}
           {{- end }}
           {{- with .Values.livenessProbe }}
           livenessProbe:
-            grpc:
-              port: {{ $.Values.service.port }}
+            {{- include "agent-common.probe" $ | trim | nindent 12 }}
             {{- toYaml . | nindent 12 }}
           {{- end }}
           resources:
@@ -124,6 +143,11 @@ spec:
             {{- if .Values.serviceAccountToken.enabled }}
             - name: service-account-token
               mountPath: {{ .Values.serviceAccountToken.mountPath }}
+              readOnly: true
+            {{- end }}
+            {{- if .Values.tls.enabled }}
+            - name: tls
+              mountPath: /etc/flyte-agent/tls
               readOnly: true
             {{- end }}
             {{- with .Values.extraVolumeMounts }}
@@ -147,6 +171,12 @@ spec:
                   path: token
                   audience: {{ .Values.serviceAccountToken.audience | quote }}
                   expirationSeconds: {{ .Values.serviceAccountToken.expirationSeconds }}
+        {{- end }}
+        {{- if .Values.tls.enabled }}
+        - name: tls
+          secret:
+            secretName: {{ required "tls.secretName: name the kubernetes.io/tls Secret to serve" .Values.tls.secretName }}
+            defaultMode: 0440
         {{- end }}
         {{- with .Values.extraVolumes }}
         {{- toYaml . | nindent 8 }}

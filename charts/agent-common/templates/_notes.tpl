@@ -8,6 +8,7 @@ task types to this release, for both Propeller plugins.
 {{- $async := compact (splitList "," (include "agent-common.asyncTaskTypes" .)) -}}
 {{- $sync := compact (splitList "," (include "agent-common.syncTaskTypes" .)) -}}
 {{- $p := .Values.propeller -}}
+{{- $insecure := and $p.insecure (not .Values.tls.enabled) -}}
 {{ $name }} serves Flyte task types at {{ $endpoint }}
 {{- if $async }}
   async: {{ join ", " $async }}
@@ -25,6 +26,14 @@ a task type as async, so only the async ones are listed statically.
 {{- else }}
 the static entries below route the task types even before the first answer.
 {{- end }}
+{{- if .Values.tls.enabled }}
+
+TLS is on: Propeller (insecure: false) checks the agent's certificate against its system
+CA pool for the name {{ $name }}.{{ .Release.Namespace }}.
+{{- if .Values.tls.mutual }} Propeller 1.x sends no client certificate, so mutual
+TLS needs a proxy or mesh in front of Propeller that presents one.
+{{- end }}
+{{- end }}
 
 # Flyte 1.16 and later, plugin connector-service:
 tasks:
@@ -35,7 +44,7 @@ plugins:
     connectors:
       {{ $name }}:
         endpoint: "{{ $endpoint }}"
-        insecure: {{ $p.insecure }}
+        insecure: {{ $insecure }}
         timeouts:
           CreateTask: {{ $p.timeouts.CreateTask }}
           GetTask: {{ $p.timeouts.GetTask }}
@@ -61,7 +70,7 @@ plugins:
     agents:
       {{ $name }}:
         endpoint: "{{ $endpoint }}"
-        insecure: {{ $p.insecure }}
+        insecure: {{ $insecure }}
         timeouts:
           CreateTask: {{ $p.timeouts.CreateTask }}
           GetTask: {{ $p.timeouts.GetTask }}

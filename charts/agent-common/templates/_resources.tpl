@@ -10,8 +10,12 @@ metadata:
   labels:
     {{- include "agent-common.labels" . | nindent 4 }}
   annotations:
+    {{- if .Values.tls.enabled }}
+    projectcontour.io/upstream-protocol.tls: grpc
+    {{- else }}
     # Ingress controllers that proxy to the Service must speak cleartext HTTP/2 (gRPC).
     projectcontour.io/upstream-protocol.h2c: grpc
+    {{- end }}
     {{- with .Values.service.annotations }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -24,7 +28,7 @@ spec:
       port: {{ .Values.service.port }}
       targetPort: grpc
       protocol: TCP
-      appProtocol: kubernetes.io/h2c
+      appProtocol: {{ if .Values.tls.enabled }}https{{ else }}kubernetes.io/h2c{{ end }}
     {{- if .Values.metrics.enabled }}
     - name: metrics
       port: {{ .Values.metrics.port }}
