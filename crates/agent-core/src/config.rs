@@ -36,6 +36,9 @@ pub struct ServerConfig {
     pub metrics_port: u16,
     /// Largest gRPC message accepted or sent, in bytes. Propeller sends inputs inline.
     pub max_message_size: usize,
+    /// Calls in flight per agent towards its external service; more wait for a slot within
+    /// their deadline, so a burst of Propeller calls cannot exhaust the service's quota.
+    pub max_concurrent_calls: usize,
     /// How long in-flight calls may run after SIGTERM before the process exits anyway.
     #[serde(with = "humantime_serde")]
     pub grace_period: Duration,
@@ -71,6 +74,7 @@ listen_address: 0.0.0.0
 port: 8000
 metrics_port: 9090
 max_message_size: 67108864
+max_concurrent_calls: 64
 grace_period: 25s
 shutdown_delay: 0s
 log_format: human
@@ -83,6 +87,7 @@ const SERVER_KEYS: &[&str] = &[
     "port",
     "metrics_port",
     "max_message_size",
+    "max_concurrent_calls",
     "grace_period",
     "shutdown_delay",
     "log_format",
@@ -108,6 +113,9 @@ pub struct CliArgs {
     /// Largest gRPC message in bytes [default: 67108864].
     #[arg(long, value_name = "BYTES")]
     pub max_message_size: Option<usize>,
+    /// Calls in flight per agent towards its service [default: 64].
+    #[arg(long, value_name = "N")]
+    pub max_concurrent_calls: Option<usize>,
     /// Time allowed for in-flight calls after SIGTERM, e.g. 25s [default: 25s].
     #[arg(long, value_name = "DURATION")]
     pub grace_period: Option<String>,
@@ -170,6 +178,8 @@ impl Settings {
             .set_override_option("listen_address", cli.listen_address.map(|a| a.to_string()))
             .map_err(err)?
             .set_override_option("max_message_size", cli.max_message_size.map(|v| v.to_string()))
+            .map_err(err)?
+            .set_override_option("max_concurrent_calls", cli.max_concurrent_calls.map(|v| v.to_string()))
             .map_err(err)?
             .set_override_option("grace_period", cli.grace_period.clone())
             .map_err(err)?
@@ -242,6 +252,9 @@ fn server_config(raw: &config::Config) -> Result<ServerConfig, ConfigError> {
     })?;
     if parsed.max_message_size < 4 * 1024 {
         return Err(ConfigError("max_message_size: must be at least 4096 bytes".into()));
+    }
+    if parsed.max_concurrent_calls == 0 {
+        return Err(ConfigError("max_concurrent_calls: must be at least 1".into()));
     }
     Ok(parsed)
 }

@@ -116,7 +116,7 @@ pub struct AgentServer {
 impl AgentServer {
     /// A server for `service` with the given settings.
     pub fn new(service: AgentService, config: ServerConfig) -> Self {
-        Self { service, config }
+        Self { service: service.limit_calls(config.max_concurrent_calls), config }
     }
 
     /// Binds the gRPC and metrics ports and serves until `shutdown` resolves, then drains.

@@ -4,8 +4,11 @@
 //! protocol messages to and from these calls and nothing more, so another protocol
 //! generation can serve the same agents.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::agent::{Context, Logs, LogsQuery, MetricsQuery, TaskCategory, TaskRequest};
 use crate::error::AgentError;
@@ -25,6 +28,8 @@ pub struct AgentService {
 struct Inner {
     registry: Registry,
     secrets: SecretStore,
+    /// Per agent (shared by its categories): calls in flight towards its service.
+    limits: HashMap<TaskCategory, (Arc<Semaphore>, usize)>,
 }
 
 /// Per-call information a front end passes in.
@@ -39,7 +44,46 @@ pub struct CallInfo {
 impl AgentService {
     /// A service over `registry`, resolving secrets from `secrets`.
     pub fn new(registry: Registry, secrets: SecretStore) -> Self {
-        Self { inner: Arc::new(Inner { registry, secrets }) }
+        Self { inner: Arc::new(Inner { registry, secrets, limits: HashMap::new() }) }
+    }
+
+    /// The same service with at most `max` calls in flight per agent (create, get, delete,
+    /// execute), so a burst of Propeller calls cannot exhaust the external service's
+    /// quota; further calls wait for a slot within their deadline.
+    pub fn limit_calls(self, max: usize) -> Self {
+        let inner = Arc::try_unwrap(self.inner).unwrap_or_else(|shared| Inner {
+            registry: shared.registry.clone(),
+            secrets: shared.secrets.clone(),
+            limits: HashMap::new(),
+        });
+        let mut limits = HashMap::new();
+        for agent in inner.registry.agents() {
+            let semaphore = Arc::new(Semaphore::new(max.max(1)));
+            for category in &agent.categories {
+                limits.insert(category.clone(), (semaphore.clone(), max.max(1)));
+            }
+        }
+        Self { inner: Arc::new(Inner { limits, ..inner }) }
+    }
+
+    /// A slot for a call to the agent of `category`, waited for within half of the time
+    /// the call has left (the other half is for the call itself). `Err` names the limit.
+    async fn slot(&self, category: &TaskCategory, call: &CallInfo) -> Result<Option<OwnedSemaphorePermit>, String> {
+        let Some((semaphore, max)) = self.inner.limits.get(category) else { return Ok(None) };
+        let acquire = semaphore.clone().acquire_owned();
+        let permit = match call.deadline {
+            None => acquire.await.ok(),
+            Some(deadline) => {
+                let wait = deadline.saturating_duration_since(Instant::now()) / 2;
+                tokio::time::timeout(wait, acquire).await.ok().and_then(Result::ok)
+            }
+        };
+        permit.map(Some).ok_or_else(|| {
+            format!(
+                "the agent already has {max} calls in flight towards its service (max_concurrent_calls), \
+                 and none finished in time for this one"
+            )
+        })
     }
 
     /// The registry.
@@ -77,6 +121,7 @@ impl AgentService {
                 return Err(AgentError::invalid_argument("template.type is empty; the template names no task type"));
             }
             let agent = self.async_agent(&category, "CreateTask")?;
+            let _slot = self.slot(&category, &call).await.map_err(AgentError::unavailable)?;
             agent.create(&self.context(&category, &call), task).await
         })
         .await
@@ -86,6 +131,11 @@ impl AgentService {
     pub async fn get(&self, category: TaskCategory, meta: &[u8], call: CallInfo) -> Result<Resource, AgentError> {
         self.measured(&category, "get", async {
             let agent = self.async_agent(&category, "GetTask")?;
+            // Busy is not the job's failure: report it still running, Propeller polls again.
+            let _slot = match self.slot(&category, &call).await {
+                Ok(slot) => slot,
+                Err(busy) => return Ok(Resource::running().with_message(format!("{busy}; will check again"))),
+            };
             agent.get(&self.context(&category, &call), meta).await
         })
         .await
@@ -95,6 +145,7 @@ impl AgentService {
     pub async fn delete(&self, category: TaskCategory, meta: &[u8], call: CallInfo) -> Result<(), AgentError> {
         self.measured(&category, "delete", async {
             let agent = self.async_agent(&category, "DeleteTask")?;
+            let _slot = self.slot(&category, &call).await.map_err(AgentError::unavailable)?;
             agent.delete(&self.context(&category, &call), meta).await
         })
         .await
@@ -112,6 +163,10 @@ impl AgentService {
                         "task category {category} is served by an async agent; call CreateTask, then GetTask"
                     )));
                 }
+            };
+            let _slot = match self.slot(&category, &call).await {
+                Ok(slot) => slot,
+                Err(busy) => return Ok(Resource::retryable_failure(busy)),
             };
             let resource = agent.execute(&self.context(&category, &call), task).await?;
             Ok(ensure_terminal(resource))

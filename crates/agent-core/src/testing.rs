@@ -31,6 +31,7 @@ pub fn test_config() -> ServerConfig {
         port: 0,
         metrics_port: 0,
         max_message_size: 64 * 1024 * 1024,
+        max_concurrent_calls: 64,
         grace_period: Duration::from_secs(5),
         shutdown_delay: Duration::ZERO,
         log_format: LogFormat::Human,

@@ -1,0 +1,175 @@
+//! `max_concurrent_calls`: a burst of calls reaches an agent's service at most N at a time;
+//! the rest wait for a slot within their deadline, and a call whose deadline passes while
+//! waiting gets the answer Propeller handles best (GetTask: still running; ExecuteTaskSync:
+//! a retryable failure; CreateTask: UNAVAILABLE), never a failed job.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use agent_core::AgentService;
+use agent_core::executor::Backend;
+use agent_core::prelude::*;
+use agent_core::service::CallInfo;
+use agent_core::testing::{TestServer, secrets, test_config};
+use serde::{Deserialize, Serialize};
+
+/// Counts the calls in flight and remembers the most seen at once.
+#[derive(Debug, Default)]
+struct Gauge {
+    now: AtomicUsize,
+    most: AtomicUsize,
+    calls: AtomicUsize,
+}
+
+impl Gauge {
+    async fn hold(&self, for_: Duration) {
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(now, Ordering::SeqCst);
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(for_).await;
+        self.now.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[derive(Debug)]
+struct SlowSync(Arc<Gauge>, Duration);
+
+impl SyncAgent for SlowSync {
+    fn name(&self) -> &str {
+        "slow sync"
+    }
+    fn task_categories(&self) -> Vec<TaskCategory> {
+        vec![TaskCategory::new("slow_sync", 0)]
+    }
+    async fn execute(&self, _: &Context, _: TaskRequest) -> Result<Resource, AgentError> {
+        self.0.hold(self.1).await;
+        Ok(Resource::succeeded())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Meta {
+    id: u32,
+}
+
+#[derive(Debug)]
+struct SlowAsync(Arc<Gauge>, Duration);
+
+impl AsyncAgent for SlowAsync {
+    type Meta = Meta;
+    fn name(&self) -> &str {
+        "slow async"
+    }
+    fn task_categories(&self) -> Vec<TaskCategory> {
+        vec![TaskCategory::new("slow_async", 0)]
+    }
+    async fn create(&self, _: &Context, _: TaskRequest) -> Result<Meta, AgentError> {
+        self.0.hold(self.1).await;
+        Ok(Meta { id: 1 })
+    }
+    async fn get(&self, _: &Context, _: Meta) -> Result<Resource, AgentError> {
+        self.0.hold(self.1).await;
+        Ok(Resource::succeeded())
+    }
+    async fn delete(&self, _: &Context, _: Meta) -> Result<(), AgentError> {
+        self.0.hold(self.1).await;
+        Ok(())
+    }
+}
+
+fn service(max: usize, hold: Duration) -> (AgentService, Arc<Gauge>, Arc<Gauge>) {
+    let (sync, asynchronous) = (Arc::new(Gauge::default()), Arc::new(Gauge::default()));
+    let registry = Registry::builder()
+        .sync_agent(SlowSync(sync.clone(), hold))
+        .unwrap()
+        .async_agent(SlowAsync(asynchronous.clone(), hold))
+        .unwrap();
+    (AgentService::new(registry, secrets(&[])).limit_calls(max), sync, asynchronous)
+}
+
+fn task(task_type: &str) -> TaskRequest {
+    TaskRequest {
+        template: agent_core::pb::core::TaskTemplate { r#type: task_type.into(), ..Default::default() },
+        ..Default::default()
+    }
+}
+
+fn within(d: Duration) -> CallInfo {
+    CallInfo { deadline: Some(std::time::Instant::now() + d), output_prefix: None }
+}
+
+#[tokio::test]
+async fn a_burst_reaches_each_agent_at_most_max_at_a_time_and_every_call_succeeds() {
+    let (svc, sync, asynchronous) = service(3, Duration::from_millis(40));
+    let mut calls = Vec::new();
+    for i in 0..24 {
+        let svc = svc.clone();
+        calls.push(tokio::spawn(async move {
+            if i % 2 == 0 {
+                svc.execute(task("slow_sync"), within(Duration::from_secs(10))).await.map(|r| r.phase)
+            } else {
+                svc.create(task("slow_async"), within(Duration::from_secs(10))).await.map(|_| Phase::Succeeded)
+            }
+        }));
+    }
+    for call in calls {
+        assert_eq!(call.await.unwrap().unwrap(), Phase::Succeeded);
+    }
+    // Each agent has its own slots: both reached the limit, neither passed it.
+    assert_eq!(sync.most.load(Ordering::SeqCst), 3);
+    assert_eq!(asynchronous.most.load(Ordering::SeqCst), 3);
+    assert_eq!(sync.calls.load(Ordering::SeqCst) + asynchronous.calls.load(Ordering::SeqCst), 24);
+}
+
+#[tokio::test]
+async fn a_call_that_cannot_get_a_slot_in_time_gets_a_safe_answer() {
+    let (svc, sync, asynchronous) = service(1, Duration::from_millis(600));
+    // Occupy both agents' only slot.
+    let busy_sync = tokio::spawn({
+        let svc = svc.clone();
+        async move { svc.execute(task("slow_sync"), within(Duration::from_secs(5))).await }
+    });
+    let busy_async = tokio::spawn({
+        let svc = svc.clone();
+        async move { svc.create(task("slow_async"), within(Duration::from_secs(5))).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let r = svc.execute(task("slow_sync"), within(Duration::from_millis(200))).await.unwrap();
+    assert_eq!(r.phase, Phase::RetryableFailed);
+    assert!(r.message.contains("max_concurrent_calls"), "{}", r.message);
+
+    let meta = serde_json::to_vec(&Meta { id: 1 }).unwrap();
+    let category = TaskCategory::new("slow_async", 0);
+    let r = svc.get(category.clone(), &meta, within(Duration::from_millis(200))).await.unwrap();
+    assert_eq!(r.phase, Phase::Running, "busy is not the job's failure");
+    assert!(r.message.contains("max_concurrent_calls"), "{}", r.message);
+
+    let err = svc.create(task("slow_async"), within(Duration::from_millis(200))).await.unwrap_err();
+    assert!(matches!(err, AgentError::Unavailable(_)), "{err:?}");
+    let err = svc.delete(category, &meta, within(Duration::from_millis(200))).await.unwrap_err();
+    assert!(matches!(err, AgentError::Unavailable(_)), "{err:?}");
+
+    assert!(busy_sync.await.unwrap().is_ok() && busy_async.await.unwrap().is_ok());
+    // Nothing beyond the one slot reached the agents.
+    assert_eq!((sync.calls.load(Ordering::SeqCst), asynchronous.calls.load(Ordering::SeqCst)), (1, 1));
+}
+
+#[tokio::test]
+async fn the_server_applies_its_configured_limit() {
+    let (svc, sync, _) = service(64, Duration::from_millis(40));
+    let config = agent_core::config::ServerConfig { max_concurrent_calls: 2, ..test_config() };
+    let server = TestServer::start_with(svc, config).await;
+    let backend = agent_core::GrpcBackend::connect(&server.endpoint(), Duration::from_secs(10)).await.unwrap();
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let backend = backend.clone();
+            tokio::spawn(async move { backend.execute(task("slow_sync")).await })
+        })
+        .collect();
+    for call in calls {
+        assert_eq!(call.await.unwrap().unwrap().phase, Phase::Succeeded);
+    }
+    assert_eq!(sync.most.load(Ordering::SeqCst), 2);
+}
