@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import signal
 import socket
 import subprocess
 import tempfile
 import time
+import urllib.request
 
 import grpc
 import pytest
@@ -55,6 +57,89 @@ class Emulator:
         self.proc.wait(timeout=10)
 
 
+# Secret hygiene across the whole suite: every secret value any test hands an agent
+# (environment or secrets directory) is remembered, and no response message, error
+# message, log line or metric label of any agent may contain it.
+SECRETS: set[str] = set()
+LEAKS: list[str] = []
+AGENTS: list["Agent"] = []
+_SECRET_NAME = re.compile(r"^_FSEC_|SECRET|TOKEN|PASSWORD|PASSPHRASE|API_KEY|PRIVATE_KEY")
+
+
+def remember_secrets(env: dict[str, str]) -> None:
+    # Settings about secrets (FLYTE_SECRETS_DEFAULT_DIR, *_FILE paths) are not secrets.
+    values = [v for k, v in env.items()
+              if _SECRET_NAME.search(k) and not k.startswith("FLYTE_SECRETS_") and not k.endswith(("_FILE", "_DIR"))]
+    secrets_dir = env.get("FLYTE_SECRETS_DEFAULT_DIR")
+    if secrets_dir and os.path.isdir(secrets_dir):
+        values += [p.read_text(errors="replace") for p in pathlib.Path(secrets_dir).iterdir() if p.is_file()]
+    for value in values:
+        # Multi-line values (PEM keys) are checked line by line, so a partial leak counts.
+        for line in value.splitlines() or [value]:
+            line = line.strip()
+            if len(line) >= 8 and not line.startswith("-----"):
+                SECRETS.add(line)
+
+
+def find_leaks(where: str, text: str | bytes) -> None:
+    blob = text if isinstance(text, str) else text.decode("latin-1")
+    for secret in SECRETS:
+        if secret in blob:
+            LEAKS.append(f"{where}: contains the secret {secret[:4]}…")
+
+
+class _Hygiene(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+               grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Checks every answer (message or error) an agent sends for secret values."""
+
+    def _check_error(self, method, error):
+        if isinstance(error, grpc.RpcError) and hasattr(error, "details"):
+            find_leaks(f"{method} error", error.details() or "")
+
+    def _unary(self, continuation, details, request):
+        call = continuation(details, request)
+        if call.exception() is not None:
+            self._check_error(details.method, call.exception())
+        else:
+            find_leaks(f"{details.method} response", call.result().SerializeToString())
+        return call
+
+    def _stream(self, continuation, details, request):
+        responses = continuation(details, request)
+        method = details.method
+
+        def checked():
+            try:
+                for response in responses:
+                    find_leaks(f"{method} response", response.SerializeToString())
+                    yield response
+            except grpc.RpcError as e:
+                self._check_error(method, e)
+                raise
+        return _CheckedStream(responses, checked())
+
+    intercept_unary_unary = _unary
+    intercept_stream_unary = _unary
+    intercept_unary_stream = _stream
+    intercept_stream_stream = _stream
+
+
+class _CheckedStream:
+    """A response stream whose messages are checked, keeping the call's other methods."""
+
+    def __init__(self, call, iterator):
+        self._call, self._iterator = call, iterator
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self._iterator)
+
+    def __getattr__(self, name):
+        return getattr(self._call, name)
+
+
 class Agent:
     """An agent process on 127.0.0.1 with its own gRPC and metrics ports."""
 
@@ -65,6 +150,8 @@ class Agent:
         self.log = tempfile.NamedTemporaryFile(prefix="agent-", suffix=".log", delete=False)
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(("AGENT_", "_FSEC_", "OTEL_"))}
         full_env.update(env or {})
+        remember_secrets(env or {})
+        AGENTS.append(self)
         self.started_at = time.monotonic()
         self.proc = subprocess.Popen(
             [binary, "--listen-address", "127.0.0.1", "--port", str(self.port),
@@ -72,8 +159,9 @@ class Agent:
             env=full_env, stdout=self.log, stderr=subprocess.STDOUT,
         )
         self.address = f"127.0.0.1:{self.port}"
-        self.channel = (grpc.secure_channel(self.address, credentials) if credentials
-                        else grpc.insecure_channel(self.address))
+        channel = (grpc.secure_channel(self.address, credentials) if credentials
+                   else grpc.insecure_channel(self.address))
+        self.channel = grpc.intercept_channel(channel, _Hygiene())
         self.wait_serving()
 
     def wait_serving(self, timeout: float = 15.0) -> None:
@@ -95,8 +183,16 @@ class Agent:
         self.log.flush()
         return pathlib.Path(self.log.name).read_text(errors="replace")
 
+    def scrape_metrics(self) -> str:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as r:
+                return r.read().decode()
+        except OSError:
+            return ""
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
         if self.proc.poll() is None:
+            find_leaks("metrics", self.scrape_metrics())
             self.proc.send_signal(sig)
         try:
             return self.proc.wait(timeout=timeout)
@@ -125,3 +221,13 @@ def agent():
     code = a.stop()
     assert code == 0, f"agent exited with {code} on SIGTERM:\n{a.logs()}"
     assert SECRET_VALUE not in a.logs(), "a secret value reached the agent's logs"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_leaks():
+    """After the whole suite: no agent logged, answered or labelled a metric with a secret."""
+    yield
+    for a in AGENTS:
+        find_leaks(f"log of {pathlib.Path(a.proc.args[0]).name} ({a.log.name})", a.logs())
+    assert len(SECRETS) >= 5, f"the hygiene check saw too few secrets to mean anything: {len(SECRETS)}"
+    assert not LEAKS, "secret values leaked:\n" + "\n".join(sorted(set(LEAKS)))
