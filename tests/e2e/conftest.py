@@ -224,10 +224,12 @@ def agent():
 
 
 @pytest.fixture(scope="session", autouse=True)
-def no_secret_leaks():
+def no_secret_leaks(request):
     """After the whole suite: no agent logged, answered or labelled a metric with a secret."""
     yield
     for a in AGENTS:
         find_leaks(f"log of {pathlib.Path(a.proc.args[0]).name} ({a.log.name})", a.logs())
-    assert len(SECRETS) >= 5, f"the hygiene check saw too few secrets to mean anything: {len(SECRETS)}"
+    whole_suite = not request.config.getoption("keyword") and request.config.args == ["tests/e2e"]
+    if whole_suite:
+        assert len(SECRETS) >= 5, f"the hygiene check saw too few secrets to mean anything: {len(SECRETS)}"
     assert not LEAKS, "secret values leaked:\n" + "\n".join(sorted(set(LEAKS)))

@@ -416,3 +416,9 @@ async fn sends_flytekits_user_agent() {
     let ua = env.bq.user_agent("flyte-test", &id).unwrap();
     assert!(ua.contains("Flytekit/1.16.31 (GPN:Union;dev)"), "{ua}");
 }
+
+#[tokio::test]
+async fn hostile_metas_templates_and_inputs_are_handled() {
+    let env = env().await;
+    conformance::hostile_inputs(&env.server, task("SELECT @x", custom(), vec![]), 48).await;
+}

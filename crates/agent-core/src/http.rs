@@ -117,8 +117,39 @@ pub fn client(user_agent: &str, ca_bundle: Option<&std::path::Path>, setting: &s
     builder.build().map_err(|e| format!("cannot build the HTTP client: {e}"))
 }
 
+/// `id`, a job handle from a resource meta, checked before it goes into a URL path. A
+/// meta arrives from outside like any input: an id with `/`, `?` or `..` would send the
+/// agent's credentials to another endpoint of the service.
+pub fn path_id<'a>(what: &str, id: &'a str) -> Result<&'a str, AgentError> {
+    let safe = !id.is_empty()
+        && id.len() <= 256
+        && id != "."
+        && id != ".."
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+    if safe {
+        Ok(id)
+    } else {
+        let shown: String = id.chars().take(64).collect();
+        Err(AgentError::invalid_argument(format!(
+            "resource meta: {what} {shown:?} is not an id this agent issued (letters, digits, '-', '_', '.', ':')"
+        )))
+    }
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn only_plain_ids_go_into_url_paths() {
+        for ok in ["01b2c3d4-0000-0000-0000-000000000001", "batch_abc123", "job.1:US"] {
+            assert_eq!(super::path_id("id", ok).unwrap(), ok);
+        }
+        for bad in ["", ".", "..", "../admin", "a/b", "a?b=1", "a#b", "a b", "é", &"x".repeat(300)] {
+            let e = super::path_id("query_id", bad).unwrap_err();
+            assert!(matches!(e, AgentError::InvalidArgument(_)) && e.to_string().contains("query_id"), "{bad}: {e}");
+        }
+    }
+
     use super::*;
 
     #[test]

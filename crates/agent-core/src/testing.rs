@@ -129,6 +129,8 @@ impl Drop for TestServer {
     }
 }
 
+pub mod arbitrary;
+
 /// Checks every agent must pass, run through real gRPC against a [`TestServer`].
 pub mod conformance {
     use std::time::{Duration, Instant};
@@ -283,5 +285,119 @@ pub mod conformance {
         assert_eq!(code, Code::NotFound);
         assert_ne!(resource.phase, Phase::RetryableFailed, "{}", resource.message);
         resource
+    }
+
+    /// Codes that mean the agent did not handle its input: a panic or an unmapped failure.
+    fn unhandled(code: Code) -> bool {
+        matches!(code, Code::Internal | Code::Unknown | Code::DeadlineExceeded)
+    }
+
+    fn check(what: &str, input: &dyn std::fmt::Debug, result: Result<Option<i32>, tonic::Status>) {
+        let shown = format!("{input:?}");
+        let shown: String = shown.chars().take(600).collect();
+        match result {
+            Ok(Some(0)) => panic!("{what} answered phase UNDEFINED for {shown}"),
+            Ok(_) => {}
+            Err(s) => assert!(!unhandled(s.code()), "{what} answered {:?} ({}) for {shown}", s.code(), s.message()),
+        }
+    }
+
+    /// Hostile input never makes an agent panic, hang or fail obscurely: `cases` random
+    /// resource metas (bytes, broken JSON, the right keys with wrong values) to GetTask and
+    /// DeleteTask, and `task`'s template with random `custom`, `config`, SQL and inputs
+    /// (literals of every kind) to CreateTask or ExecuteTaskSync. Every call answers
+    /// within its deadline with a result or a precise error: never INTERNAL, UNKNOWN or
+    /// DEADLINE_EXCEEDED. Inputs are drawn with proptest, the same every run.
+    #[allow(deprecated)]
+    pub async fn hostile_inputs(server: &TestServer, task: TaskRequest, cases: usize) {
+        use super::arbitrary;
+        use crate::json::{json_to_struct, struct_to_json};
+        use proptest::prelude::*;
+
+        let category = task.category();
+        let is_sync = listed_agent(server, &category).await.is_sync;
+        fn timed<T>(msg: T) -> tonic::Request<T> {
+            let mut r = tonic::Request::new(msg);
+            r.set_timeout(Duration::from_secs(5));
+            r
+        }
+        if !is_sync {
+            let mut client = server.async_client().await;
+            for meta in arbitrary::sample(arbitrary::resource_meta(), cases) {
+                let got = client.get_task(timed(get_request(&task, meta.clone()))).await;
+                check(
+                    "GetTask",
+                    &String::from_utf8_lossy(&meta),
+                    got.map(|r| r.into_inner().resource.map(|r| r.phase)),
+                );
+                let del = admin::DeleteTaskRequest {
+                    task_type: category.name.clone(),
+                    resource_meta: meta.clone(),
+                    task_category: Some(category.to_proto()),
+                };
+                check(
+                    "DeleteTask",
+                    &String::from_utf8_lossy(&meta),
+                    client.delete_task(timed(del)).await.map(|_| None),
+                );
+            }
+        }
+
+        let real_custom = task.template.custom.as_ref().map(struct_to_json).unwrap_or_default();
+        let variants = (
+            arbitrary::json_object(2),
+            any::<bool>(),
+            prop::collection::hash_map(
+                prop::sample::select(vec!["user", "account", "database", "schema", "warehouse"]),
+                any::<String>(),
+                0..5,
+            ),
+            prop::option::of(any::<String>()),
+            arbitrary::literal_map(),
+        );
+        for (custom, overlay, config, sql, inputs) in arbitrary::sample(variants, cases) {
+            let mut t = task.clone();
+            // Overlaying keeps the real keys' neighbours valid, so the agent gets further in.
+            let custom = if overlay { real_custom.clone().into_iter().chain(custom).collect() } else { custom };
+            t.template.custom = Some(json_to_struct(&custom));
+            t.template.config.extend(config.into_iter().map(|(k, v)| (k.to_owned(), v)));
+            if let (Some(statement), Some(crate::pb::core::task_template::Target::Sql(s))) =
+                (sql, t.template.target.as_mut())
+            {
+                s.statement = statement;
+            }
+            t.inputs = inputs;
+            let input = (&t.template.custom, &t.template.config, &t.template.target, &t.inputs);
+            if is_sync {
+                let header = admin::ExecuteTaskSyncRequest {
+                    part: Some(sync_req::Part::Header(admin::CreateRequestHeader {
+                        template: Some(t.template.clone()),
+                        ..Default::default()
+                    })),
+                };
+                let inputs = admin::ExecuteTaskSyncRequest { part: Some(sync_req::Part::Inputs(t.inputs.clone())) };
+                let mut client = server.sync_client().await;
+                let result = match client.execute_task_sync(timed(tokio_stream::iter([header, inputs]))).await {
+                    Ok(stream) => match stream.into_inner().message().await {
+                        Ok(Some(admin::ExecuteTaskSyncResponse { res: Some(sync_resp::Res::Header(h)) })) => {
+                            Ok(h.resource.map(|r| r.phase))
+                        }
+                        Ok(other) => panic!("ExecuteTaskSync answered {other:?} for {input:?}"),
+                        Err(s) => Err(s),
+                    },
+                    Err(s) => Err(s),
+                };
+                check("ExecuteTaskSync", &input, result);
+            } else {
+                let create = admin::CreateTaskRequest {
+                    inputs: Some(t.inputs.clone()),
+                    template: Some(t.template.clone()),
+                    output_prefix: t.output_prefix.clone(),
+                    task_execution_metadata: t.metadata.clone(),
+                };
+                let mut client = server.async_client().await;
+                check("CreateTask", &input, client.create_task(timed(create)).await.map(|_| None));
+            }
+        }
     }
 }

@@ -453,3 +453,10 @@ async fn oversized_requests_are_refused_not_fatal() {
     let ok = task(ASYNC_TYPE, serde_json::json!({}), &[]);
     assert!(server.async_client().await.create_task(create_req(&ok)).await.is_ok());
 }
+
+#[tokio::test]
+async fn hostile_metas_templates_and_inputs_are_handled() {
+    let server = TestServer::start(test_agent::registry()).await;
+    conformance::hostile_inputs(&server, task(ASYNC_TYPE, serde_json::json!({}), &[]), 96).await;
+    conformance::hostile_inputs(&server, task(SYNC_TYPE, serde_json::json!({}), &[]), 96).await;
+}

@@ -402,3 +402,9 @@ async fn malformed_tasks_are_refused_precisely() {
     let err = create(&env, &task("databricks", classic(json!({"databricksAuthType": "kerberos"})))).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
 }
+
+#[tokio::test]
+async fn hostile_metas_templates_and_inputs_are_handled() {
+    let env = pat_env().await;
+    conformance::hostile_inputs(&env.server, task("databricks", classic(json!({}))), 48).await;
+}

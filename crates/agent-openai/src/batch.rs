@@ -178,6 +178,7 @@ impl AsyncAgent for BatchAgent {
     }
 
     async fn get(&self, ctx: &Context, meta: BatchMeta) -> Result<Resource, AgentError> {
+        agent_core::http::path_id("batch_id", &meta.batch_id)?;
         let client = self.clients.client(ctx, meta.openai_org.as_deref())?;
         let limit = budget(ctx, self.config.request_timeout);
         match tokio::time::timeout(limit, client.batches().retrieve_byot::<_, Json>(&meta.batch_id)).await {
@@ -194,6 +195,7 @@ impl AsyncAgent for BatchAgent {
     }
 
     async fn delete(&self, ctx: &Context, meta: BatchMeta) -> Result<(), AgentError> {
+        agent_core::http::path_id("batch_id", &meta.batch_id)?;
         let client = self.clients.client(ctx, meta.openai_org.as_deref())?;
         let limit = budget(ctx, self.config.request_timeout);
         match tokio::time::timeout(limit, client.batches().cancel_byot::<_, Json>(&meta.batch_id)).await {

@@ -205,3 +205,11 @@ async fn batch_failures_cancels_repeats_and_pickles() {
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("pickled"), "{}", err.message());
 }
+
+#[tokio::test]
+async fn hostile_metas_templates_and_inputs_are_handled() {
+    let env = env().await;
+    let chat = chat_task(json!({"model": "gpt-4o-mini"}), Some("hello"));
+    conformance::hostile_inputs(&env.server, chat, 48).await;
+    conformance::hostile_inputs(&env.server, batch_task("file-abc"), 48).await;
+}

@@ -187,7 +187,7 @@ impl AsyncAgent for SnowflakeAgent {
 
     async fn get(&self, ctx: &Context, meta: SnowflakeMeta) -> Result<Resource, AgentError> {
         let who = Account { account: &meta.account, user: &meta.user };
-        let path = format!("/api/v2/statements/{}", meta.query_id);
+        let path = format!("/api/v2/statements/{}", agent_core::http::path_id("query_id", &meta.query_id)?);
         match self.client.call(ctx, who, Method::GET, &path, &[], None).await {
             Ok(answer) => Ok(resource_for(&answer, &meta)),
             Err(e) if e.is_transient() => Ok(Resource::unreachable("Snowflake", "statement", &e.describe())
@@ -198,7 +198,7 @@ impl AsyncAgent for SnowflakeAgent {
 
     async fn delete(&self, ctx: &Context, meta: SnowflakeMeta) -> Result<(), AgentError> {
         let who = Account { account: &meta.account, user: &meta.user };
-        let path = format!("/api/v2/statements/{}/cancel", meta.query_id);
+        let path = format!("/api/v2/statements/{}/cancel", agent_core::http::path_id("query_id", &meta.query_id)?);
         // Finished (422) and unknown (404) statements need no cancelling.
         self.client
             .call(ctx, who, Method::POST, &path, &[], None)

@@ -29,7 +29,7 @@ pub(crate) fn translate(sql: &str, task: &TaskRequest) -> Result<(String, Map<St
             let close = named.find(")s").ok_or_else(|| {
                 AgentError::invalid_argument(format!(
                     "template.sql: unterminated placeholder near '{}'; write %(name)s",
-                    &tail[..tail.len().min(20)]
+                    tail.chars().take(20).collect::<String>()
                 ))
             })?;
             let name = &named[..close];
@@ -48,7 +48,7 @@ pub(crate) fn translate(sql: &str, task: &TaskRequest) -> Result<(String, Map<St
         } else {
             return Err(AgentError::invalid_argument(format!(
                 "template.sql: a '%' at '{}' is not a placeholder; write %% for a literal percent sign",
-                &tail[..tail.len().min(20)]
+                tail.chars().take(20).collect::<String>()
             )));
         }
     }

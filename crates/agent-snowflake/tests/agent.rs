@@ -227,6 +227,12 @@ async fn failures_cancels_and_faults() {
     let unknown = br#"{"user": "flyte", "account": "xy12345-us-east-1", "query_id": "nope", "has_output": false}"#;
     client.delete_task(del(unknown)).await.unwrap();
     assert_eq!(get(&env, unknown).await.phase, Phase::Failed);
+    // A meta is input: an id that would change the URL never leaves the agent.
+    let traversal =
+        br#"{"user": "flyte", "account": "xy12345-us-east-1", "query_id": "../../session", "has_output": false}"#;
+    let err = client.delete_task(del(traversal)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("query_id"), "{}", err.message());
 
     let ok = client.create_task(create_req(&task("select 1", vec![], false))).await.unwrap().into_inner().resource_meta;
     tokio::time::sleep(Duration::from_millis(120)).await;
@@ -257,4 +263,11 @@ async fn bad_sql_placeholders_are_invalid_arguments() {
     let err = client.create_task(create_req(&no_account)).await.unwrap_err();
     assert!(err.message().contains("template.config.account"), "{}", err.message());
     assert!(env.sf.statements().is_empty());
+}
+
+#[tokio::test]
+async fn hostile_metas_templates_and_inputs_are_handled() {
+    let env = env().await;
+    let t = task("select * from t where id = %(x)s", vec![("x", Value::Integer(7))], true);
+    conformance::hostile_inputs(&env.server, t, 48).await;
 }
