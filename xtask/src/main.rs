@@ -72,6 +72,12 @@ enum Command {
         /// Arguments for the benchmark, e.g. `--seconds 10 --concurrency 64`.
         args: Vec<String>,
     },
+    /// Soak every async agent against its emulator with injected faults (release build);
+    /// fails if a task fails wrongly or an external job is duplicated.
+    Soak {
+        /// Arguments, e.g. `--seconds 60 --concurrency 32 --fault-percent 5`.
+        args: Vec<String>,
+    },
     /// Run only the end-to-end suite (extra arguments go to pytest).
     E2e {
         /// Arguments for pytest, e.g. `-k sync`.
@@ -97,6 +103,7 @@ fn main() -> Result<()> {
         Command::PushManifest(args) => images::push_manifest(&root, &args),
         Command::E2e { pytest_args } => tasks::e2e(&root, &pytest_args),
         Command::Bench { args } => tasks::bench(&root, &args),
+        Command::Soak { args } => tasks::soak(&root, &args, true),
     }
 }
 

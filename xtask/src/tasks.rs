@@ -50,6 +50,8 @@ pub(crate) fn test(root: &Path) -> Result<()> {
     crate::charts::check(root)?;
     e2e(root, &[])?;
     crate::demo::demo(root)?;
+    // A CI-sized soak: every async agent under injected faults, no task wrongly failed.
+    soak(root, &["--seconds", "4", "--concurrency", "8", "--fault-percent", "3"].map(String::from), false)?;
     crate::new_agent::check(root)?;
     crate::images::test(root, &crate::images::TestArgs::default())
 }
@@ -83,6 +85,19 @@ pub(crate) fn bench(root: &Path, args: &[String]) -> Result<()> {
         "bench",
     ]))?;
     run(Command::new(root.join("target/release/examples/bench")).args(args))
+}
+
+/// The soak harness (`bench --soak`): release binaries for the full run, or the debug
+/// build the end-to-end suite made for the short run in `cargo xtask test`.
+pub(crate) fn soak(root: &Path, args: &[String], release: bool) -> Result<()> {
+    let profile = if release { "release" } else { "debug" };
+    let mut build = cargo(root);
+    build.args(["build", "--workspace", "--all-features", "--bins", "--example", "bench"]);
+    if release {
+        build.arg("--release");
+    }
+    run(&mut build)?;
+    run(Command::new(root.join("target").join(profile).join("examples/bench")).arg("--soak").args(args))
 }
 
 /// A minimal rustup profile lacks rustfmt and clippy; add them rather than fail.

@@ -9,6 +9,9 @@
 // A benchmark reports on stdout.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+#[path = "soak/mod.rs"]
+mod soak;
+
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
@@ -43,6 +46,10 @@ struct Options {
     snowflake: bool,
     /// Benchmark agent-openai's ChatGPT agent against the OpenAI emulator instead.
     openai: bool,
+    /// Soak the async agents against their emulators with injected faults instead.
+    soak: bool,
+    /// Probability of each kind of fault on each emulator request, in the soak.
+    fault_rate: f64,
     /// Agent and baseline are measured alternately this many times; medians are reported,
     /// which keeps a noisy neighbour from deciding the ratio.
     rounds: usize,
@@ -66,6 +73,8 @@ fn main() {
         databricks: false,
         snowflake: false,
         openai: false,
+        soak: false,
+        fault_rate: 0.02,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -81,10 +90,16 @@ fn main() {
             "--snowflake" => o.snowflake = true,
             "--openai" => o.openai = true,
             "--rounds" => o.rounds = value().max(1) as usize,
+            "--soak" => o.soak = true,
+            "--fault-percent" => o.fault_rate = value() as f64 / 100.0,
             _ => usage(),
         }
     }
     let rt = tokio::runtime::Runtime::new().expect("runtime");
+    if o.soak {
+        let clean = rt.block_on(soak::run(&o));
+        std::process::exit(if clean { 0 } else { 1 });
+    }
     if o.bigquery {
         rt.block_on(bench_bigquery(o));
     } else if o.databricks {
@@ -100,7 +115,7 @@ fn main() {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: bench [--seconds N] [--concurrency N] [--connections N] [--starts N] [--rounds N] [--no-metrics] [--bigquery | --databricks | --snowflake | --openai] | bench bare-server PORT"
+        "usage: bench [--seconds N] [--concurrency N] [--connections N] [--starts N] [--rounds N] [--no-metrics] [--bigquery | --databricks | --snowflake | --openai] | bench --soak [--seconds N] [--concurrency N] [--fault-percent P] | bench bare-server PORT"
     );
     std::process::exit(2)
 }
@@ -521,12 +536,20 @@ struct External {
     task_type: &'static str,
     template: core::TaskTemplate,
     measure_create: bool,
+    /// Inputs of each task (the soak sends them with every CreateTask).
+    inputs: core::LiteralMap,
+    /// Scheme, control path and JSON key listing the emulator's external jobs.
+    jobs: (&'static str, &'static str, &'static str),
 }
 
 /// GetTask through agent-bigquery, each call a real HTTP round trip to the emulator.
 async fn bench_bigquery(o: Options) {
+    bench_external(o, bigquery_setup).await;
+}
+
+fn bigquery_setup(host: &str, _dir: &std::path::Path) -> External {
     let custom = serde_json::json!({"ProjectID": "bench", "Location": "US"});
-    bench_external(o, |host, _dir| External {
+    External {
         title: "agent-bigquery against the BigQuery emulator (each call = one BigQuery REST call over loopback HTTP)",
         emulator_args: ["bigquery", "--port", "0", "--pending-ms", "0", "--running-ms", "0"].map(String::from).to_vec(),
         agent: "agent-bigquery",
@@ -539,50 +562,54 @@ async fn bench_bigquery(o: Options) {
             ..Default::default()
         },
         measure_create: false,
-    })
-    .await;
+        inputs: core::LiteralMap::default(),
+        jobs: ("http", "/_emulator/bigquery/jobs", "jobs"),
+    }
 }
 
 /// CreateTask and GetTask through agent-databricks against the Databricks emulator over HTTPS.
 async fn bench_databricks(o: Options) {
-    bench_external(o, |host, dir| {
-        let ca = dir.join("ca.pem");
-        External {
-            title: "agent-databricks against the Databricks emulator (each call = one Jobs API call over loopback HTTPS)",
-            emulator_args: vec![
-                "databricks".into(),
-                "--port".into(),
-                "0".into(),
-                "--ca-out".into(),
-                ca.to_string_lossy().into_owned(),
-                "--pending-ms".into(),
-                "0".into(),
-                "--running-ms".into(),
-                "0".into(),
-            ],
-            agent: "agent-databricks",
-            env: vec![
-                ("FLYTE_DATABRICKS_INSTANCE".into(), host.to_owned()),
-                ("SSL_CERT_FILE".into(), ca.to_string_lossy().into_owned()),
-                ("_FSEC_FLYTE_DATABRICKS_ACCESS_TOKEN".into(), "dapi-emulator-token".into()),
-            ],
-            task_type: "databricks",
-            template: core::TaskTemplate {
-                r#type: "databricks".into(),
-                custom: serde_json::json!({"databricksConf": {"existing_cluster_id": "bench"}})
-                    .as_object()
-                    .map(agent_core::json::json_to_struct),
-                target: Some(core::task_template::Target::Container(core::Container {
-                    image: "flyteorg/flytekit:spark".into(),
-                    args: vec!["pyflyte-execute".into()],
-                    ..Default::default()
-                })),
+    bench_external(o, databricks_setup).await;
+}
+
+fn databricks_setup(host: &str, dir: &std::path::Path) -> External {
+    let ca = dir.join("ca.pem");
+    External {
+        title: "agent-databricks against the Databricks emulator (each call = one Jobs API call over loopback HTTPS)",
+        emulator_args: vec![
+            "databricks".into(),
+            "--port".into(),
+            "0".into(),
+            "--ca-out".into(),
+            ca.to_string_lossy().into_owned(),
+            "--pending-ms".into(),
+            "0".into(),
+            "--running-ms".into(),
+            "0".into(),
+        ],
+        agent: "agent-databricks",
+        env: vec![
+            ("FLYTE_DATABRICKS_INSTANCE".into(), host.to_owned()),
+            ("SSL_CERT_FILE".into(), ca.to_string_lossy().into_owned()),
+            ("_FSEC_FLYTE_DATABRICKS_ACCESS_TOKEN".into(), "dapi-emulator-token".into()),
+        ],
+        task_type: "databricks",
+        template: core::TaskTemplate {
+            r#type: "databricks".into(),
+            custom: serde_json::json!({"databricksConf": {"existing_cluster_id": "bench"}})
+                .as_object()
+                .map(agent_core::json::json_to_struct),
+            target: Some(core::task_template::Target::Container(core::Container {
+                image: "flyteorg/flytekit:spark".into(),
+                args: vec!["pyflyte-execute".into()],
                 ..Default::default()
-            },
-            measure_create: true,
-        }
-    })
-    .await;
+            })),
+            ..Default::default()
+        },
+        measure_create: true,
+        inputs: core::LiteralMap::default(),
+        jobs: ("https", "/_emulator/databricks/runs", "runs"),
+    }
 }
 
 /// ExecuteTaskSync through agent-openai's ChatGPT agent against the OpenAI emulator.
@@ -671,27 +698,68 @@ async fn bench_openai(o: Options) {
 /// CreateTask and GetTask through agent-snowflake against the SQL API emulator (JWT verified
 /// on every call by the emulator).
 async fn bench_snowflake(o: Options) {
+    bench_external(o, snowflake_setup).await;
+}
+
+fn snowflake_setup(host: &str, _dir: &std::path::Path) -> External {
     let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../agent-snowflake/tests/fixtures");
     let key = std::fs::read_to_string(fixtures.join("rsa_key.p8")).expect("test key");
     let public = fixtures.join("rsa_key.pub").to_string_lossy().into_owned();
-    bench_external(o, |host, _dir| External {
+    External {
         title: "agent-snowflake against the Snowflake SQL API emulator (each call = one SQL API call with a verified JWT)",
-        emulator_args: vec!["snowflake".into(), "--port".into(), "0".into(), "--user".into(), format!("BENCH.FLYTE={public}"), "--running-ms".into(), "0".into()],
+        emulator_args: vec![
+            "snowflake".into(),
+            "--port".into(),
+            "0".into(),
+            "--user".into(),
+            format!("BENCH.FLYTE={public}"),
+            "--running-ms".into(),
+            "0".into(),
+        ],
         agent: "agent-snowflake",
-        env: vec![("SNOWFLAKE_BASE_URL".into(), format!("http://{host}")), ("_FSEC_SNOWFLAKE_PRIVATE_KEY".into(), key.clone())],
+        env: vec![("SNOWFLAKE_BASE_URL".into(), format!("http://{host}")), ("_FSEC_SNOWFLAKE_PRIVATE_KEY".into(), key)],
         task_type: "snowflake",
         template: core::TaskTemplate {
             r#type: "snowflake".into(),
-            config: [("user", "flyte"), ("account", "bench")].iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            config: [("user", "flyte"), ("account", "bench")]
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             target: Some(core::task_template::Target::Sql(core::Sql { statement: "select 1".into(), dialect: 1 })),
             ..Default::default()
         },
         measure_create: true,
-    })
-    .await;
+        inputs: core::LiteralMap::default(),
+        jobs: ("http", "/_emulator/snowflake/statements", "statements"),
+    }
 }
 
-async fn bench_external(o: Options, setup: impl Fn(&str, &std::path::Path) -> External) {
+/// OpenAI Batch jobs (soak only: its throughput is the chat agent's, measured above).
+fn openai_batch_setup(host: &str, _dir: &std::path::Path) -> External {
+    External {
+        title: "agent-openai Batch against the OpenAI emulator",
+        emulator_args: ["openai", "--port", "0", "--step-ms", "0"].map(String::from).to_vec(),
+        agent: "agent-openai",
+        env: vec![
+            ("OPENAI_BASE_URL".into(), format!("http://{host}/v1")),
+            ("_FSEC_FLYTE_OPENAI_API_KEY".into(), "sk-emulator-key".into()),
+        ],
+        task_type: "openai-batch",
+        template: core::TaskTemplate {
+            r#type: "openai-batch".into(),
+            custom: serde_json::json!({"config": {}}).as_object().map(agent_core::json::json_to_struct),
+            ..Default::default()
+        },
+        measure_create: true,
+        inputs: agent_core::literals::values_to_literal_map([(
+            "input_file_id",
+            agent_core::literals::Value::from("file-soak"),
+        )]),
+        jobs: ("http", "/_emulator/openai/state", "batches"),
+    }
+}
+
+async fn bench_external(o: Options, setup: fn(&str, &std::path::Path) -> External) {
     use std::io::BufRead;
     let dir = std::env::temp_dir().join(format!("agent-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("scratch dir");

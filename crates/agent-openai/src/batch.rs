@@ -6,6 +6,7 @@ use serde_json::{Map, Value as Json, json};
 
 use agent_core::literals::Value;
 use agent_core::prelude::*;
+use agent_core::retry::{RetryConfig, Verdict, retry};
 use async_openai::traits::RequestOptionsBuilder;
 
 use crate::client::{Clients, Failure, budget, classify};
@@ -124,56 +125,32 @@ impl AsyncAgent for BatchAgent {
         let input_file_id: String = task.input("input_file_id")?;
         let org = custom.openai_organization.filter(|o| !o.is_empty());
         let client = self.clients.client(ctx, org.as_deref())?;
-        let limit = budget(ctx, self.config.request_timeout);
         let attempt = task.attempt_key();
-        // A repeated CreateTask for this attempt: find the batch it already started.
-        if let Some(key) = &attempt {
-            let listed = tokio::time::timeout(
-                limit,
-                client
-                    .batches()
-                    .query(&[("limit", 100)])
-                    .map_err(|e| AgentError::internal(e.to_string()))?
-                    .list_byot::<Json>(),
-            )
-            .await;
-            if let Ok(Ok(page)) = listed
-                && let Some(existing) = page["data"].as_array().and_then(|d| {
-                    d.iter()
-                        .find(|b| b.pointer(&format!("/metadata/{ATTEMPT_KEY}")).and_then(Json::as_str) == Some(key))
-                })
-                && let Some(id) = existing["id"].as_str()
-            {
-                tracing::info!(message = "Adopted the batch an earlier CreateTask created.", batch_id = %id);
-                return Ok(BatchMeta { batch_id: id.to_owned(), openai_org: org });
-            }
-        }
         let mut request = custom.config;
         request.entry("completion_window").or_insert_with(|| json!("24h"));
         request.entry("endpoint").or_insert_with(|| json!("/v1/chat/completions"));
         request.insert("input_file_id".into(), json!(input_file_id));
-        if let Some(key) = attempt {
+        if let Some(key) = &attempt {
             let metadata = request.entry("metadata").or_insert_with(|| json!({}));
             if let Json::Object(m) = metadata {
                 // OpenAI caps metadata values at 512 characters.
                 m.insert(ATTEMPT_KEY.into(), json!(key.chars().take(512).collect::<String>()));
             }
         }
-        let created = tokio::time::timeout(limit, client.batches().create_byot::<_, Json>(Json::Object(request)))
-            .await
-            .map_err(|_| AgentError::unavailable("OpenAI did not answer the batch creation in time"))?;
-        match created {
-            Ok(batch) => {
-                let id = batch["id"]
-                    .as_str()
-                    .filter(|i| !i.is_empty())
-                    .ok_or_else(|| AgentError::internal("OpenAI created a batch without an id"))?;
-                Ok(BatchMeta { batch_id: id.to_owned(), openai_org: org })
-            }
-            Err(e) => Err(match classify(&e) {
-                Failure::Rejected(m) | Failure::NotFound(m) => AgentError::invalid_argument(m),
-                Failure::Transient(m) => AgentError::unavailable(m),
-            }),
+        // Broken connections and lost answers are retried inside the deadline; each try
+        // first looks for the batch an earlier one may have created, so none is doubled.
+        let policy = RetryConfig { default_budget: self.config.request_timeout, ..RetryConfig::default() };
+        let request = Json::Object(request);
+        let once = |left: std::time::Duration| {
+            let limit = left.min(budget(ctx, self.config.request_timeout));
+            create_once(&client, request.clone(), attempt.as_deref(), limit)
+        };
+        let verdict =
+            |f: &Failure| if matches!(f, Failure::Transient(_)) { Verdict::Retry(None) } else { Verdict::Fail };
+        match retry(&policy, policy.deadline(ctx), once, verdict).await {
+            Ok(batch_id) => Ok(BatchMeta { batch_id, openai_org: org }),
+            Err(Failure::Rejected(m) | Failure::NotFound(m)) => Err(AgentError::invalid_argument(m)),
+            Err(Failure::Transient(m)) => Err(AgentError::unavailable(m)),
         }
     }
 
@@ -210,6 +187,40 @@ impl AsyncAgent for BatchAgent {
             Err(_) => Err(AgentError::unavailable("OpenAI did not answer the batch cancellation in time")),
         }
     }
+}
+
+/// One try at starting the batch: adopt the one this task attempt already started, if
+/// any, else create it. Returns the batch id.
+async fn create_once(
+    client: &async_openai::Client<async_openai::config::OpenAIConfig>,
+    request: Json,
+    attempt: Option<&str>,
+    limit: std::time::Duration,
+) -> Result<String, Failure> {
+    let timed_out = || Failure::Transient(format!("OpenAI did not answer within {} ms", limit.as_millis()));
+    if let Some(key) = attempt {
+        let query = client.batches().query(&[("limit", 100)]).map_err(|e| Failure::Rejected(e.to_string()))?;
+        let page = tokio::time::timeout(limit, query.list_byot::<Json>())
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(|e| classify(&e))?;
+        let existing = page["data"].as_array().and_then(|d| {
+            d.iter().find(|b| b.pointer(&format!("/metadata/{ATTEMPT_KEY}")).and_then(Json::as_str) == Some(key))
+        });
+        if let Some(id) = existing.and_then(|b| b["id"].as_str()) {
+            tracing::info!(message = "Adopted the batch an earlier CreateTask created.", batch_id = %id);
+            return Ok(id.to_owned());
+        }
+    }
+    let batch = tokio::time::timeout(limit, client.batches().create_byot::<_, Json>(request))
+        .await
+        .map_err(|_| timed_out())?
+        .map_err(|e| classify(&e))?;
+    batch["id"]
+        .as_str()
+        .filter(|i| !i.is_empty())
+        .map(str::to_owned)
+        .ok_or_else(|| Failure::Rejected("OpenAI created a batch without an id".into()))
 }
 
 #[cfg(test)]

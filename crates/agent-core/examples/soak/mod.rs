@@ -1,0 +1,270 @@
+//! `bench --soak`: simulated Propeller loops against every async agent while its
+//! emulator injects faults (429 with Retry-After, 503, dropped connections, lost
+//! responses, slow answers) at a chosen rate. Each loop runs tasks one after another:
+//! CreateTask with a fresh task execution id, GetTask every 100 ms until a terminal
+//! phase, each call with Propeller's 10 s deadline. Reports tasks run, tasks wrongly
+//! failed (must be 0), external jobs beyond one per task (duplicates, must be 0), GetTask
+//! latency and the agent's peak RSS. `cargo xtask soak` runs it; the test suite runs a
+//! short one.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use agent_core::pb::admin;
+use agent_core::pb::core::{Identifier, NodeExecutionIdentifier, TaskExecutionIdentifier, WorkflowExecutionIdentifier};
+use agent_core::pb::service::async_agent_service_client::AsyncAgentServiceClient;
+use hdrhistogram::Histogram;
+use tonic::transport::Channel;
+
+use super::{External, Options, Proc, free_port, rss_kib, wait_serving, workspace_bin};
+
+const SUCCEEDED: i32 = 3;
+
+/// Propeller's per-call deadline in the connector plugin's defaults.
+const DEADLINE: Duration = Duration::from_secs(10);
+
+struct Outcome {
+    agent: &'static str,
+    tasks: u64,
+    succeeded: u64,
+    wrongly_failed: u64,
+    jobs: u64,
+    duplicates: u64,
+    hist: Histogram<u64>,
+    peak_rss_kib: u64,
+    failures: Vec<String>,
+}
+
+/// Runs the soak for every async agent; true when nothing failed wrongly or duplicated.
+pub(super) async fn run(o: &Options) -> bool {
+    let setups: [fn(&str, &std::path::Path) -> External; 4] =
+        [super::bigquery_setup, super::databricks_setup, super::snowflake_setup, super::openai_batch_setup];
+    println!(
+        "Soak: {} Propeller loops per agent for {} s, each fault kind injected on {:.1}% of emulator requests",
+        o.concurrency,
+        o.duration.as_secs(),
+        o.fault_rate * 100.0
+    );
+    let mut results = Vec::new();
+    for setup in setups {
+        results.push(soak_one(o, setup).await);
+    }
+    println!(
+        "\n| agent            | tasks | succeeded | wrongly failed | external jobs | duplicates | GetTask p50 ms | p99 ms | peak RSS MiB |"
+    );
+    println!(
+        "|------------------|-------|-----------|----------------|---------------|------------|----------------|--------|--------------|"
+    );
+    let mut clean = true;
+    for r in &results {
+        println!(
+            "| {:<16} | {:>5} | {:>9} | {:>14} | {:>13} | {:>10} | {:>14.2} | {:>6.2} | {:>12.1} |",
+            r.agent,
+            r.tasks,
+            r.succeeded,
+            r.wrongly_failed,
+            r.jobs,
+            r.duplicates,
+            r.hist.value_at_quantile(0.5) as f64 / 1000.0,
+            r.hist.value_at_quantile(0.99) as f64 / 1000.0,
+            r.peak_rss_kib as f64 / 1024.0
+        );
+        clean &= r.wrongly_failed == 0 && r.duplicates == 0 && r.tasks > 0;
+        for f in r.failures.iter().take(5) {
+            println!("  {}: {f}", r.agent);
+        }
+    }
+    clean
+}
+
+/// The emulator's control endpoint, over HTTPS with the test CA where the emulator uses it.
+fn control(ext: &External, host: &str, dir: &std::path::Path) -> (reqwest::Client, String) {
+    let ca = dir.join("ca.pem");
+    let client =
+        agent_core::http::client("soak", (ext.jobs.0 == "https").then_some(ca.as_path()), "soak").expect("HTTP client");
+    (client, format!("{}://{host}", ext.jobs.0))
+}
+
+async fn soak_one(o: &Options, setup: fn(&str, &std::path::Path) -> External) -> Outcome {
+    use std::io::BufRead;
+    let dir = std::env::temp_dir().join(format!("agent-soak-{}-{}", std::process::id(), free_port()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let mut args = setup("", &dir).emulator_args;
+    // Jobs that take a while, so polls overlap with faults.
+    for (flag, value) in [("--pending-ms", "100"), ("--running-ms", "300"), ("--step-ms", "100")] {
+        if let Some(i) = args.iter().position(|a| a == flag) {
+            args[i + 1] = value.into();
+        }
+    }
+    let mut emulator = std::process::Command::new(workspace_bin("emulators"))
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the emulators binary");
+    let mut host = String::new();
+    std::io::BufReader::new(emulator.stdout.take().expect("stdout")).read_line(&mut host).expect("emulator address");
+    let host = host.trim().to_owned();
+    let ext = setup(&host, &dir);
+    let port = free_port();
+    let agent = Proc {
+        child: std::process::Command::new(workspace_bin(ext.agent))
+            .envs(ext.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .args(["--listen-address", "127.0.0.1", "--port", &port.to_string(), "--metrics-port", "0"])
+            .args(["--log-level", "error"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the agent binary"),
+        port,
+    };
+    wait_serving(port, Duration::from_secs(20)).await;
+
+    let (http, base) = control(&ext, &host, &dir);
+    let faults = [
+        serde_json::json!({"kind": "status", "code": 429, "retry_after_secs": 1}),
+        serde_json::json!({"kind": "status", "code": 503}),
+        serde_json::json!({"kind": "drop"}),
+        serde_json::json!({"kind": "drop_response"}),
+        serde_json::json!({"kind": "delay", "ms": 300}),
+    ];
+    for action in faults {
+        let rule = serde_json::json!({"action": action, "probability": o.fault_rate});
+        http.post(format!("{base}/_emulator/faults")).json(&rule).send().await.expect("inject faults");
+    }
+
+    let channel = Channel::from_shared(format!("http://127.0.0.1:{port}")).unwrap().connect().await.expect("connect");
+    let stop = Arc::new(AtomicBool::new(false));
+    let next_task = Arc::new(AtomicU64::new(0));
+    let mut loops = Vec::new();
+    for _ in 0..o.concurrency {
+        let (channel, stop, next_task) = (channel.clone(), stop.clone(), next_task.clone());
+        let (template, inputs, task_type) = (ext.template.clone(), ext.inputs.clone(), ext.task_type);
+        loops.push(tokio::spawn(async move {
+            let mut client = AsyncAgentServiceClient::new(channel);
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+            let (mut tasks, mut succeeded, mut failures) = (0u64, 0u64, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                let n = next_task.fetch_add(1, Ordering::Relaxed);
+                tasks += 1;
+                match run_task(&mut client, &template, &inputs, task_type, n, &mut hist).await {
+                    Ok(()) => succeeded += 1,
+                    Err(why) => failures.push(format!("task {n}: {why}")),
+                }
+            }
+            (tasks, succeeded, failures, hist)
+        }));
+    }
+    tokio::time::sleep(o.duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut out = Outcome {
+        agent: ext.agent,
+        tasks: 0,
+        succeeded: 0,
+        wrongly_failed: 0,
+        jobs: 0,
+        duplicates: 0,
+        hist: Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram"),
+        peak_rss_kib: 0,
+        failures: Vec::new(),
+    };
+    for l in loops {
+        let (tasks, succeeded, failures, hist) = l.await.expect("soak loop");
+        out.tasks += tasks;
+        out.succeeded += succeeded;
+        out.wrongly_failed += failures.len() as u64;
+        out.failures.extend(failures);
+        out.hist.add(hist).expect("merge histograms");
+    }
+    out.peak_rss_kib = rss_kib(agent.child.id()).1;
+    let _ = http.delete(format!("{base}/_emulator/faults")).send().await;
+    let listing: serde_json::Value =
+        http.get(format!("{base}{}", ext.jobs.1)).send().await.expect("list jobs").json().await.expect("jobs JSON");
+    out.jobs = listing[ext.jobs.2].as_array().map_or(0, |a| a.len() as u64);
+    // Every task has its own execution id, so any job beyond one per task is a duplicate.
+    out.duplicates = out.jobs.saturating_sub(out.tasks);
+    drop(agent);
+    let _ = emulator.kill();
+    let _ = emulator.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    out
+}
+
+/// One task the way Propeller runs it: create, then poll to a terminal phase, tolerating
+/// up to five failed polls.
+async fn run_task(
+    client: &mut AsyncAgentServiceClient<Channel>,
+    template: &agent_core::pb::core::TaskTemplate,
+    inputs: &agent_core::pb::core::LiteralMap,
+    task_type: &str,
+    n: u64,
+    hist: &mut Histogram<u64>,
+) -> Result<(), String> {
+    let metadata = admin::TaskExecutionMetadata {
+        task_execution_id: Some(TaskExecutionIdentifier {
+            task_id: Some(Identifier {
+                project: "soak".into(),
+                domain: "dev".into(),
+                name: "t".into(),
+                ..Default::default()
+            }),
+            node_execution_id: Some(NodeExecutionIdentifier {
+                node_id: "n0".into(),
+                execution_id: Some(WorkflowExecutionIdentifier {
+                    project: "soak".into(),
+                    domain: "dev".into(),
+                    name: format!("soak-{}-{n}", std::process::id()),
+                    ..Default::default()
+                }),
+            }),
+            retry_attempt: 0,
+        }),
+        namespace: "soak-dev".into(),
+        ..Default::default()
+    };
+    let create = admin::CreateTaskRequest {
+        inputs: Some(inputs.clone()),
+        template: Some(template.clone()),
+        output_prefix: format!("s3://bucket/soak/{n}"),
+        task_execution_metadata: Some(metadata),
+    };
+    let mut request = tonic::Request::new(create);
+    request.set_timeout(DEADLINE);
+    let meta = client.create_task(request).await.map_err(|s| format!("CreateTask: {:?} {}", s.code(), s.message()))?;
+    let meta = meta.into_inner().resource_meta;
+    let mut failed_polls = 0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        #[allow(deprecated)]
+        let get = admin::GetTaskRequest {
+            task_type: task_type.into(),
+            resource_meta: meta.clone(),
+            task_category: Some(admin::TaskCategory { name: task_type.into(), version: 0 }),
+            output_prefix: format!("s3://bucket/soak/{n}"),
+        };
+        let mut request = tonic::Request::new(get);
+        request.set_timeout(DEADLINE);
+        let started = Instant::now();
+        let answer = client.get_task(request).await;
+        let _ = hist.record(started.elapsed().as_micros().max(1) as u64);
+        match answer {
+            Ok(r) => {
+                let r = r.into_inner().resource.unwrap_or_default();
+                match agent_core::Phase::from_proto(r.phase) {
+                    Some(p) if p.is_terminal() => {
+                        return if r.phase == SUCCEEDED { Ok(()) } else { Err(format!("{p}: {}", r.message)) };
+                    }
+                    Some(_) => {}
+                    None => return Err(format!("GetTask answered phase {}", r.phase)),
+                }
+            }
+            Err(s) => {
+                failed_polls += 1;
+                if failed_polls > 5 {
+                    return Err(format!("GetTask failed {failed_polls} times, last {:?} {}", s.code(), s.message()));
+                }
+            }
+        }
+    }
+}
