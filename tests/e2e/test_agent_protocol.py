@@ -288,17 +288,21 @@ def test_traces_are_exported_over_otlp_continuing_the_callers_trace():
 
 def test_sigterm_lets_in_flight_calls_finish_then_exits_zero():
     a = Agent(agent_binary(), args=("--grace-period", "10s"))
-    result = {}
+    results = {}
 
-    def slow_call():
-        result["r"] = execute_sync(a, template("test_sync", sleep_ms=1500), literals_pb2.LiteralMap())
+    def slow_call(i):
+        results[i] = execute_sync(a, template("test_sync", sleep_ms=1500), literals_pb2.LiteralMap())
 
-    t = threading.Thread(target=slow_call)
-    t.start()
+    threads = [threading.Thread(target=slow_call, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
     time.sleep(0.4)
     a.proc.send_signal(signal.SIGTERM)
-    t.join(timeout=10)
-    assert result["r"].phase == PHASE["SUCCEEDED"], "the in-flight call must complete"
+    for t in threads:
+        t.join(timeout=10)
+    # Every call in flight at SIGTERM completes: none is dropped.
+    assert sorted(results) == list(range(8))
+    assert all(r.phase == PHASE["SUCCEEDED"] for r in results.values()), "in-flight calls must complete"
     assert a.proc.wait(timeout=10) == 0
     assert "Shutting down" in a.logs()
 
