@@ -173,3 +173,37 @@ async fn the_server_applies_its_configured_limit() {
     }
     assert_eq!(sync.most.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test]
+async fn the_callers_grpc_timeout_bounds_the_wait_for_a_slot() {
+    use agent_core::pb::admin::{self, execute_task_sync_request as sync_req, execute_task_sync_response as sync_resp};
+    let (svc, sync, _) = service(1, Duration::from_secs(2));
+    let config = agent_core::config::ServerConfig { max_concurrent_calls: 1, ..test_config() };
+    let server = TestServer::start_with(svc, config).await;
+    let backend = agent_core::GrpcBackend::connect(&server.endpoint(), Duration::from_secs(10)).await.unwrap();
+    let holder = tokio::spawn(async move { backend.execute(task("slow_sync")).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // Propeller's deadline travels as grpc-timeout; the agent answers within it.
+    let header = admin::ExecuteTaskSyncRequest {
+        part: Some(sync_req::Part::Header(admin::CreateRequestHeader {
+            template: Some(task("slow_sync").template),
+            ..Default::default()
+        })),
+    };
+    let inputs = admin::ExecuteTaskSyncRequest { part: Some(sync_req::Part::Inputs(Default::default())) };
+    let mut request = tonic::Request::new(tokio_stream::iter([header, inputs]));
+    request.set_timeout(Duration::from_millis(400));
+    let started = std::time::Instant::now();
+    let mut stream = server.sync_client().await.execute_task_sync(request).await.unwrap().into_inner();
+    let Some(admin::ExecuteTaskSyncResponse { res: Some(sync_resp::Res::Header(h)) }) = stream.message().await.unwrap()
+    else {
+        panic!("expected a header");
+    };
+    assert!(started.elapsed() < Duration::from_millis(400), "answered after {:?}", started.elapsed());
+    let r = Resource::from_proto(&h.resource.unwrap());
+    assert_eq!(r.phase, Phase::RetryableFailed);
+    assert!(r.message.contains("max_concurrent_calls"), "{}", r.message);
+    assert_eq!(holder.await.unwrap().unwrap().phase, Phase::Succeeded);
+    assert_eq!(sync.calls.load(Ordering::SeqCst), 1);
+}
