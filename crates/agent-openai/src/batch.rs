@@ -141,13 +141,12 @@ impl AsyncAgent for BatchAgent {
         // first looks for the batch an earlier one may have created, so none is doubled.
         let policy = RetryConfig { default_budget: self.config.request_timeout, ..RetryConfig::default() };
         let request = Json::Object(request);
+        let deadline = policy.deadline(ctx);
         let once = |left: std::time::Duration| {
             let limit = left.min(budget(ctx, self.config.request_timeout));
-            create_once(&client, request.clone(), attempt.as_deref(), limit)
+            create_once(&client, request.clone(), attempt.as_deref(), limit, (&policy, deadline))
         };
-        let verdict =
-            |f: &Failure| if matches!(f, Failure::Transient(_)) { Verdict::Retry(None) } else { Verdict::Fail };
-        match retry(&policy, policy.deadline(ctx), once, verdict).await {
+        match retry(&policy, deadline, once, transient).await {
             Ok(batch_id) => Ok(BatchMeta { batch_id, openai_org: org }),
             Err(Failure::Rejected(m) | Failure::NotFound(m)) => Err(AgentError::invalid_argument(m)),
             Err(Failure::Transient(m)) => Err(AgentError::unavailable(m)),
@@ -189,6 +188,20 @@ impl AsyncAgent for BatchAgent {
     }
 }
 
+/// How far back a repeated CreateTask looks for the batch its attempt started: Propeller
+/// re-sends a create within its deadline and resync period, well inside this.
+const LOOKBACK_SECS: u64 = 5 * 60;
+/// Pages of 100 batches searched at most.
+const MAX_PAGES: usize = 20;
+
+fn transient(f: &Failure) -> Verdict {
+    if matches!(f, Failure::Transient(_)) { Verdict::Retry(None) } else { Verdict::Fail }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
 /// One try at starting the batch: adopt the one this task attempt already started, if
 /// any, else create it. Returns the batch id.
 async fn create_once(
@@ -196,20 +209,44 @@ async fn create_once(
     request: Json,
     attempt: Option<&str>,
     limit: std::time::Duration,
+    retry_policy: (&RetryConfig, std::time::Instant),
 ) -> Result<String, Failure> {
     let timed_out = || Failure::Transient(format!("OpenAI did not answer within {} ms", limit.as_millis()));
     if let Some(key) = attempt {
-        let query = client.batches().query(&[("limit", 100)]).map_err(|e| Failure::Rejected(e.to_string()))?;
-        let page = tokio::time::timeout(limit, query.list_byot::<Json>())
-            .await
-            .map_err(|_| timed_out())?
-            .map_err(|e| classify(&e))?;
-        let existing = page["data"].as_array().and_then(|d| {
-            d.iter().find(|b| b.pointer(&format!("/metadata/{ATTEMPT_KEY}")).and_then(Json::as_str) == Some(key))
-        });
-        if let Some(id) = existing.and_then(|b| b["id"].as_str()) {
-            tracing::info!(message = "Adopted the batch an earlier CreateTask created.", batch_id = %id);
-            return Ok(id.to_owned());
+        // Newest first, page by page, back to batches older than any retry of this attempt
+        // could have made: under load more than one page of batches can arrive between a
+        // lost answer and the retry.
+        let oldest_wanted = now_secs().saturating_sub(LOOKBACK_SECS);
+        let mut after: Option<String> = None;
+        for _ in 0..MAX_PAGES {
+            let mut params = vec![("limit", "100".to_owned())];
+            params.extend(after.iter().map(|a| ("after", a.clone())));
+            // Each page is retried on its own, so one fault does not restart the walk.
+            let fetch = |left: std::time::Duration| {
+                let params = params.clone();
+                async move {
+                    let query = client.batches().query(&params).map_err(|e| Failure::Rejected(e.to_string()))?;
+                    tokio::time::timeout(left.min(limit), query.list_byot::<Json>())
+                        .await
+                        .map_err(|_| timed_out())?
+                        .map_err(|e| classify(&e))
+                }
+            };
+            let page = retry(retry_policy.0, retry_policy.1, fetch, transient).await?;
+            let batches = page["data"].as_array().cloned().unwrap_or_default();
+            let existing = batches
+                .iter()
+                .find(|b| b.pointer(&format!("/metadata/{ATTEMPT_KEY}")).and_then(Json::as_str) == Some(key));
+            if let Some(id) = existing.and_then(|b| b["id"].as_str()) {
+                tracing::info!(message = "Adopted the batch an earlier CreateTask created.", batch_id = %id);
+                return Ok(id.to_owned());
+            }
+            let last = batches.last();
+            let older_than_wanted = last.and_then(|b| b["created_at"].as_u64()).is_some_and(|t| t < oldest_wanted);
+            if page["has_more"] != true || older_than_wanted {
+                break;
+            }
+            after = last.and_then(|b| b["id"].as_str()).map(str::to_owned);
         }
     }
     let batch = tokio::time::timeout(limit, client.batches().create_byot::<_, Json>(request))

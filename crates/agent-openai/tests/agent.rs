@@ -213,3 +213,39 @@ async fn hostile_metas_templates_and_inputs_are_handled() {
     conformance::hostile_inputs(&env.server, chat, 48).await;
     conformance::hostile_inputs(&env.server, batch_task("file-abc"), 48).await;
 }
+
+#[tokio::test]
+async fn a_repeated_create_finds_its_batch_behind_more_than_a_page_of_others() {
+    // Under load, more than a page of other batches can arrive before the repeat (the soak
+    // found a duplicate when only the newest 100 were searched).
+    let env = env().await;
+    let mut client = env.server.async_client().await;
+    let create = |t: &TaskRequest| admin::CreateTaskRequest {
+        template: Some(t.template.clone()),
+        inputs: Some(t.inputs.clone()),
+        task_execution_metadata: t.metadata.clone(),
+        ..Default::default()
+    };
+    let attempt = |n: u32| {
+        let mut t = batch_task("file-busy");
+        t.metadata = Some(admin::TaskExecutionMetadata {
+            task_execution_id: Some(core::TaskExecutionIdentifier {
+                node_execution_id: Some(core::NodeExecutionIdentifier {
+                    node_id: "n0".into(),
+                    execution_id: Some(core::WorkflowExecutionIdentifier { name: "busy".into(), ..Default::default() }),
+                }),
+                retry_attempt: n,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        t
+    };
+    let first = client.create_task(create(&attempt(0))).await.unwrap().into_inner().resource_meta;
+    for n in 1..=150 {
+        client.create_task(create(&attempt(n))).await.unwrap();
+    }
+    let repeat = client.create_task(create(&attempt(0))).await.unwrap().into_inner().resource_meta;
+    assert_eq!(first, repeat);
+    assert_eq!(env.ai.batches().len(), 151);
+}
