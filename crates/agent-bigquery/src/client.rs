@@ -42,8 +42,13 @@ impl Client {
         Ok(Self { jobs, retry, attempt_timeout: config.attempt_timeout })
     }
 
-    fn timeout(&self, left: Duration) -> Duration {
-        self.attempt_timeout.min(left)
+    /// Runs one JobService call with the shared retry policy; `call` gets the timeout of
+    /// its attempt (the attempt limit, or less when the deadline is nearer).
+    async fn retried<T, Fut>(&self, deadline: Instant, mut call: impl FnMut(Duration) -> Fut) -> Result<T, ApiError>
+    where
+        Fut: Future<Output = Result<T, ApiError>>,
+    {
+        retry(&self.retry, deadline, |left| call(self.attempt_timeout.min(left)), verdict).await
     }
 
     /// `jobs.insert`. Safe to retry: the job id is fixed, so a repeat is a 409.
@@ -54,20 +59,15 @@ impl Client {
         job: Job,
         user_agent: &str,
     ) -> Result<Job, ApiError> {
-        retry(
-            &self.retry,
-            deadline,
-            |left| {
-                self.jobs
-                    .insert_job()
-                    .set_project_id(project)
-                    .set_job(job.clone())
-                    .with_user_agent(user_agent)
-                    .with_attempt_timeout(self.timeout(left))
-                    .send()
-            },
-            verdict,
-        )
+        self.retried(deadline, |timeout| {
+            self.jobs
+                .insert_job()
+                .set_project_id(project)
+                .set_job(job.clone())
+                .with_user_agent(user_agent)
+                .with_attempt_timeout(timeout)
+                .send()
+        })
         .await
     }
 
@@ -79,20 +79,15 @@ impl Client {
         job_id: &str,
         location: &str,
     ) -> Result<Job, ApiError> {
-        retry(
-            &self.retry,
-            deadline,
-            |left| {
-                self.jobs
-                    .get_job()
-                    .set_project_id(project)
-                    .set_job_id(job_id)
-                    .set_location(location)
-                    .with_attempt_timeout(self.timeout(left))
-                    .send()
-            },
-            verdict,
-        )
+        self.retried(deadline, |timeout| {
+            self.jobs
+                .get_job()
+                .set_project_id(project)
+                .set_job_id(job_id)
+                .set_location(location)
+                .with_attempt_timeout(timeout)
+                .send()
+        })
         .await
     }
 
@@ -104,20 +99,15 @@ impl Client {
         job_id: &str,
         location: &str,
     ) -> Result<(), ApiError> {
-        retry(
-            &self.retry,
-            deadline,
-            |left| {
-                self.jobs
-                    .cancel_job()
-                    .set_project_id(project)
-                    .set_job_id(job_id)
-                    .set_location(location)
-                    .with_attempt_timeout(self.timeout(left))
-                    .send()
-            },
-            verdict,
-        )
+        self.retried(deadline, |timeout| {
+            self.jobs
+                .cancel_job()
+                .set_project_id(project)
+                .set_job_id(job_id)
+                .set_location(location)
+                .with_attempt_timeout(timeout)
+                .send()
+        })
         .await
         .map(|_| ())
     }

@@ -9,7 +9,7 @@ use agent_core::json::json_to_struct;
 use agent_core::literals::{Value, values_to_literal_map};
 use agent_core::pb::{admin, core};
 use agent_core::prelude::*;
-use agent_core::testing::{Code, TestServer, conformance};
+use agent_core::testing::{Code, TestServer, conformance, create_request as create_req, get_request};
 use emulators::bigquery::{BigQuery, ForcedState, JobError, OutcomeRule, Timing};
 use emulators::{FaultAction, FaultRule, Running};
 use serde_json::json;
@@ -88,32 +88,16 @@ fn attempt(mut t: TaskRequest, exec: &str, retry: u32) -> TaskRequest {
     t
 }
 
-fn custom() -> serde_json::Value {
-    json!({"ProjectID": "flyte-test", "Location": "US", "Domain": "dev"})
-}
-
-fn create_req(t: &TaskRequest) -> admin::CreateTaskRequest {
-    admin::CreateTaskRequest {
-        inputs: Some(t.inputs.clone()),
-        template: Some(t.template.clone()),
-        output_prefix: t.output_prefix.clone(),
-        task_execution_metadata: t.metadata.clone(),
-    }
-}
-
-#[allow(deprecated)]
 fn get_req(meta: &[u8]) -> admin::GetTaskRequest {
-    admin::GetTaskRequest {
-        task_type: TASK_TYPE.into(),
-        resource_meta: meta.to_vec(),
-        task_category: Some(admin::TaskCategory { name: TASK_TYPE.into(), version: 0 }),
-        output_prefix: String::new(),
-    }
+    get_request(TASK_TYPE, meta)
 }
 
 async fn get(env: &Env, meta: &[u8]) -> Resource {
-    let r = env.server.async_client().await.get_task(get_req(meta)).await.unwrap().into_inner();
-    Resource::from_proto(&r.resource.unwrap())
+    env.server.get_resource(TASK_TYPE, meta).await
+}
+
+fn custom() -> serde_json::Value {
+    json!({"ProjectID": "flyte-test", "Location": "US", "Domain": "dev"})
 }
 
 async fn run(env: &Env, t: TaskRequest) -> Resource {

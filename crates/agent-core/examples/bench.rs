@@ -612,49 +612,60 @@ fn databricks_setup(host: &str, dir: &std::path::Path) -> External {
     }
 }
 
-/// ExecuteTaskSync through agent-openai's ChatGPT agent against the OpenAI emulator.
-async fn bench_openai(o: Options) {
+/// Starts `emulators ARGS` and returns it with the `host:port` it prints first.
+fn start_emulator(args: &[String]) -> (Child, String) {
     use std::io::BufRead;
     let mut emulator = Command::new(workspace_bin("emulators"))
-        .args(["openai", "--port", "0"])
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .expect("start the emulators binary");
+        .expect("start the emulators binary (cargo build --release --workspace)");
     let mut host = String::new();
     std::io::BufReader::new(emulator.stdout.take().expect("stdout")).read_line(&mut host).expect("emulator address");
-    let spawn = || {
-        let port = free_port();
-        let child = Command::new(workspace_bin("agent-openai"))
-            .env("OPENAI_BASE_URL", format!("http://{}/v1", host.trim()))
-            .env("_FSEC_FLYTE_OPENAI_API_KEY", "sk-emulator-key")
-            .args([
-                "--listen-address",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--metrics-port",
-                &free_port().to_string(),
-            ])
-            .args(["--log-level", "warn"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start agent-openai");
-        Proc { child, port }
-    };
+    (emulator, host.trim().to_owned())
+}
+
+/// Starts an agent binary of the workspace on a free loopback port with `env`.
+fn spawn_workspace_agent(agent: &str, env: &[(String, String)], log_level: &str) -> Proc {
+    let port = free_port();
+    let child = Command::new(workspace_bin(agent))
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .args(["--listen-address", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--metrics-port", &free_port().to_string(), "--log-level", log_level])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the agent binary");
+    Proc { child, port }
+}
+
+/// Start-to-SERVING times over `o.starts` starts (sorted), then one agent left running and
+/// its idle RSS in KiB.
+async fn start_measured(o: &Options, agent: &str, env: &[(String, String)]) -> (Vec<Duration>, Proc, u64) {
     let mut starts = Vec::new();
     for _ in 0..o.starts {
         let t = Instant::now();
-        let p = spawn();
+        let p = spawn_workspace_agent(agent, env, "warn");
         wait_serving(p.port, Duration::from_secs(10)).await;
         starts.push(t.elapsed());
     }
     starts.sort();
-    let agent = spawn();
-    wait_serving(agent.port, Duration::from_secs(10)).await;
+    let running = spawn_workspace_agent(agent, env, "warn");
+    wait_serving(running.port, Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let idle = rss_kib(agent.child.id()).0;
+    let idle = rss_kib(running.child.id()).0;
+    (starts, running, idle)
+}
+
+/// ExecuteTaskSync through agent-openai's ChatGPT agent against the OpenAI emulator.
+async fn bench_openai(o: Options) {
+    let (mut emulator, host) = start_emulator(&["openai", "--port", "0"].map(String::from));
+    let env = [
+        ("OPENAI_BASE_URL".to_owned(), format!("http://{host}/v1")),
+        ("_FSEC_FLYTE_OPENAI_API_KEY".to_owned(), "sk-emulator-key".to_owned()),
+    ];
+    let (starts, agent, idle) = start_measured(&o, "agent-openai", &env).await;
     let custom = serde_json::json!({"openai_organization": "org", "chatgpt_config": {"model": "gpt-4o-mini", "max_tokens": 100.0}});
     let tmpl = core::TaskTemplate {
         r#type: "chatgpt".into(),
@@ -760,51 +771,12 @@ fn openai_batch_setup(host: &str, _dir: &std::path::Path) -> External {
 }
 
 async fn bench_external(o: Options, setup: fn(&str, &std::path::Path) -> External) {
-    use std::io::BufRead;
     let dir = std::env::temp_dir().join(format!("agent-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("scratch dir");
     // The emulator prints its address first; the CA file (if any) is written before that.
-    let probe = setup("", &dir);
-    let mut emulator = Command::new(workspace_bin("emulators"))
-        .args(&probe.emulator_args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the emulators binary (cargo build --release --workspace)");
-    let mut host = String::new();
-    std::io::BufReader::new(emulator.stdout.take().expect("stdout")).read_line(&mut host).expect("emulator address");
-    let ext = setup(host.trim(), &dir);
-    let spawn = || {
-        let port = free_port();
-        let child = Command::new(workspace_bin(ext.agent))
-            .envs(ext.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .args([
-                "--listen-address",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--metrics-port",
-                &free_port().to_string(),
-            ])
-            .args(["--log-level", "warn"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the agent binary");
-        Proc { child, port }
-    };
-    let mut starts = Vec::new();
-    for _ in 0..o.starts {
-        let t = Instant::now();
-        let p = spawn();
-        wait_serving(p.port, Duration::from_secs(10)).await;
-        starts.push(t.elapsed());
-    }
-    starts.sort();
-    let agent = spawn();
-    wait_serving(agent.port, Duration::from_secs(10)).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let idle = rss_kib(agent.child.id()).0;
+    let (mut emulator, host) = start_emulator(&setup("", &dir).emulator_args);
+    let ext = setup(&host, &dir);
+    let (starts, agent, idle) = start_measured(&o, ext.agent, &ext.env).await;
     let ch = Channel::from_shared(format!("http://127.0.0.1:{}", agent.port)).unwrap().connect().await.unwrap();
     let create = admin::CreateTaskRequest { template: Some(ext.template.clone()), ..Default::default() };
     let meta =

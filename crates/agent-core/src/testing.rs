@@ -129,6 +129,37 @@ impl Drop for TestServer {
     }
 }
 
+/// The CreateTaskRequest Propeller sends for `task`.
+pub fn create_request(task: &crate::agent::TaskRequest) -> crate::pb::admin::CreateTaskRequest {
+    crate::pb::admin::CreateTaskRequest {
+        inputs: Some(task.inputs.clone()),
+        template: Some(task.template.clone()),
+        output_prefix: task.output_prefix.clone(),
+        task_execution_metadata: task.metadata.clone(),
+    }
+}
+
+/// The GetTaskRequest Propeller sends for `meta` of version 0 of `task_type` (with the
+/// deprecated `task_type` field set too, as Propeller does).
+#[allow(deprecated)]
+pub fn get_request(task_type: &str, meta: &[u8]) -> crate::pb::admin::GetTaskRequest {
+    crate::pb::admin::GetTaskRequest {
+        task_type: task_type.into(),
+        resource_meta: meta.to_vec(),
+        task_category: Some(crate::pb::admin::TaskCategory { name: task_type.into(), version: 0 }),
+        output_prefix: String::new(),
+    }
+}
+
+impl TestServer {
+    /// GetTask for `meta`, which must answer with a resource.
+    pub async fn get_resource(&self, task_type: &str, meta: &[u8]) -> crate::resource::Resource {
+        let answer = self.async_client().await.get_task(get_request(task_type, meta)).await;
+        let resource = answer.expect("GetTask").into_inner().resource.expect("GetTask answers a resource");
+        crate::resource::Resource::from_proto(&resource)
+    }
+}
+
 pub mod arbitrary;
 
 /// Checks every agent must pass, run through real gRPC against a [`TestServer`].

@@ -9,7 +9,9 @@ use agent_core::AgentService;
 use agent_core::json::json_to_struct;
 use agent_core::pb::{admin, core};
 use agent_core::prelude::*;
-use agent_core::testing::{Code, TestServer, conformance, secrets, test_config};
+use agent_core::testing::{
+    Code, TestServer, conformance, create_request as create_req, get_request, secrets, test_config,
+};
 use agent_databricks::{Config, DatabricksAgent};
 use emulators::databricks::{Databricks, RunRule, Settings};
 use emulators::tls::TestCa;
@@ -121,41 +123,12 @@ fn attempt(mut t: TaskRequest, exec: &str, retry: u32) -> TaskRequest {
     t
 }
 
-fn create_req(t: &TaskRequest) -> admin::CreateTaskRequest {
-    admin::CreateTaskRequest {
-        inputs: Some(t.inputs.clone()),
-        template: Some(t.template.clone()),
-        output_prefix: t.output_prefix.clone(),
-        task_execution_metadata: t.metadata.clone(),
-    }
-}
-
-#[allow(deprecated)]
-fn get_req(task_type: &str, meta: &[u8]) -> admin::GetTaskRequest {
-    admin::GetTaskRequest {
-        task_type: task_type.into(),
-        resource_meta: meta.to_vec(),
-        task_category: Some(admin::TaskCategory { name: task_type.into(), version: 0 }),
-        output_prefix: String::new(),
-    }
+async fn get(env: &Env, task_type: &str, meta: &[u8]) -> Resource {
+    env.server.get_resource(task_type, meta).await
 }
 
 async fn create(env: &Env, t: &TaskRequest) -> Result<Vec<u8>, agent_core::testing::Status> {
     env.server.async_client().await.create_task(create_req(t)).await.map(|r| r.into_inner().resource_meta)
-}
-
-async fn get(env: &Env, task_type: &str, meta: &[u8]) -> Resource {
-    Resource::from_proto(
-        &env.server
-            .async_client()
-            .await
-            .get_task(get_req(task_type, meta))
-            .await
-            .unwrap()
-            .into_inner()
-            .resource
-            .unwrap(),
-    )
 }
 
 async fn wait_terminal(env: &Env, task_type: &str, meta: &[u8]) -> Resource {
@@ -300,7 +273,7 @@ async fn credentials_only_go_to_allowlisted_instances() {
     assert_eq!(err.code(), Code::PermissionDenied);
     assert!(err.message().contains("evil.example.com"));
     let forged = br#"{"databricks_instance": "evil.example.com", "run_id": "1"}"#;
-    let err = env.server.async_client().await.get_task(get_req("databricks", forged)).await.unwrap_err();
+    let err = env.server.async_client().await.get_task(get_request("databricks", forged)).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
     assert!(!err.message().contains(PAT));
     assert_eq!(env.db.request_counts().0, 0);
@@ -347,7 +320,7 @@ async fn transient_errors_on_polls_never_fail_the_task() {
         times: None,
         ..FaultRule::new(FaultAction::Status { code: 503, retry_after_secs: None }, 0)
     });
-    let mut req = agent_core::testing::Request::new(get_req("databricks", &meta));
+    let mut req = agent_core::testing::Request::new(get_request("databricks", &meta));
     req.set_timeout(Duration::from_millis(1500));
     let r = env.server.async_client().await.get_task(req).await.unwrap().into_inner();
     let r = Resource::from_proto(&r.resource.unwrap());

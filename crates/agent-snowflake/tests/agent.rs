@@ -8,7 +8,7 @@ use agent_core::AgentService;
 use agent_core::literals::{Value, values_to_literal_map};
 use agent_core::pb::{admin, core};
 use agent_core::prelude::*;
-use agent_core::testing::{Code, TestServer, conformance, secrets, test_config};
+use agent_core::testing::{Code, TestServer, conformance, create_request as create_req, secrets, test_config};
 use agent_snowflake::{Config, SnowflakeAgent, TASK_TYPE};
 use emulators::snowflake::{Settings, Snowflake, StatementRule};
 use emulators::{FaultAction, FaultRule, Running};
@@ -76,29 +76,8 @@ fn task(sql: &str, inputs: Vec<(&str, Value)>, output: bool) -> TaskRequest {
     }
 }
 
-fn create_req(t: &TaskRequest) -> admin::CreateTaskRequest {
-    admin::CreateTaskRequest {
-        inputs: Some(t.inputs.clone()),
-        template: Some(t.template.clone()),
-        output_prefix: String::new(),
-        task_execution_metadata: t.metadata.clone(),
-    }
-}
-
-#[allow(deprecated)]
-fn get_req(meta: &[u8]) -> admin::GetTaskRequest {
-    admin::GetTaskRequest {
-        task_type: TASK_TYPE.into(),
-        resource_meta: meta.to_vec(),
-        task_category: Some(admin::TaskCategory { name: TASK_TYPE.into(), version: 0 }),
-        output_prefix: String::new(),
-    }
-}
-
 async fn get(env: &Env, meta: &[u8]) -> Resource {
-    Resource::from_proto(
-        &env.server.async_client().await.get_task(get_req(meta)).await.unwrap().into_inner().resource.unwrap(),
-    )
+    env.server.get_resource(TASK_TYPE, meta).await
 }
 
 #[tokio::test]

@@ -17,7 +17,7 @@ use agent_core::pb::service::async_agent_service_client::AsyncAgentServiceClient
 use hdrhistogram::Histogram;
 use tonic::transport::Channel;
 
-use super::{External, Options, Proc, free_port, rss_kib, wait_serving, workspace_bin};
+use super::{External, Options, free_port, rss_kib, spawn_workspace_agent, start_emulator, wait_serving};
 
 const SUCCEEDED: i32 = 3;
 
@@ -87,7 +87,6 @@ fn control(ext: &External, host: &str, dir: &std::path::Path) -> (reqwest::Clien
 }
 
 async fn soak_one(o: &Options, setup: fn(&str, &std::path::Path) -> External) -> Outcome {
-    use std::io::BufRead;
     let dir = std::env::temp_dir().join(format!("agent-soak-{}-{}", std::process::id(), free_port()));
     std::fs::create_dir_all(&dir).expect("scratch dir");
     let mut args = setup("", &dir).emulator_args;
@@ -97,28 +96,10 @@ async fn soak_one(o: &Options, setup: fn(&str, &std::path::Path) -> External) ->
             args[i + 1] = value.into();
         }
     }
-    let mut emulator = std::process::Command::new(workspace_bin("emulators"))
-        .args(&args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start the emulators binary");
-    let mut host = String::new();
-    std::io::BufReader::new(emulator.stdout.take().expect("stdout")).read_line(&mut host).expect("emulator address");
-    let host = host.trim().to_owned();
+    let (mut emulator, host) = start_emulator(&args);
     let ext = setup(&host, &dir);
-    let port = free_port();
-    let agent = Proc {
-        child: std::process::Command::new(workspace_bin(ext.agent))
-            .envs(ext.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .args(["--listen-address", "127.0.0.1", "--port", &port.to_string(), "--metrics-port", "0"])
-            .args(["--log-level", "error"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start the agent binary"),
-        port,
-    };
+    let agent = spawn_workspace_agent(ext.agent, &ext.env, "error");
+    let port = agent.port;
     wait_serving(port, Duration::from_secs(20)).await;
 
     let (http, base) = control(&ext, &host, &dir);
