@@ -1,9 +1,11 @@
-"""Compare our protocol descriptors with the ones shipped in the official flyteidl wheel.
+"""Compare our protocol descriptors with the ones shipped in the official wheels.
 
-Both sides are walked from the services of ``flyteidl/service/agent.proto``; every
-service, method (with its streaming kind), message, enum, enum value and field
-(name, number, type, type name, label, oneof) reachable from there must agree.
-Types we declare beyond that closure must agree with upstream too.
+Two protocol generations are checked the same way: Flyte 1 (``flyteidl``, walked from the
+services of ``flyteidl/service/agent.proto``) and Flyte 2 (``flyteidl2``, walked from
+``flyteidl2/connector/service.proto``). Every service, method (with its streaming kind),
+message, enum, enum value and field (name, number, type, type name, label, oneof)
+reachable from the root must agree. Types we declare beyond that closure must agree
+with upstream too.
 """
 
 from __future__ import annotations
@@ -12,10 +14,35 @@ from dataclasses import dataclass, field
 
 from google.protobuf import descriptor_pb2, descriptor_pool
 
-ROOT_FILE = "flyteidl/service/agent.proto"
-# Declared in our errors.proto: the error.pb document Propeller reads. Not reachable
+
+@dataclass(frozen=True)
+class Generation:
+    """One protocol generation: where the walk starts and which files are ours to check."""
+
+    root_file: str
+    # Types that are part of the contract without being reachable from the services.
+    extra_roots: tuple[str, ...]
+    # Our files of this generation start with this.
+    file_prefix: str
+    # Imports the official modules, registering their descriptors in the default pool.
+    load_official: object
+
+
+def _load_v1() -> None:
+    from flyteidl.core import errors_pb2  # noqa: F401  registers errors.proto
+    from flyteidl.service import agent_pb2  # noqa: F401  registers the closure
+
+
+def _load_v2() -> None:
+    from flyteidl2.connector import service_pb2  # noqa: F401  registers the closure
+
+
+# Flyte 1: errors.proto declares the error.pb document Propeller reads. Not reachable
 # from the services, but it must match upstream all the same.
-EXTRA_ROOTS = ("flyteidl.core.ErrorDocument",)
+V1 = Generation("flyteidl/service/agent.proto", ("flyteidl.core.ErrorDocument",), "flyteidl/", _load_v1)
+# Flyte 2: connector.proto also declares CreateRequestHeader, which no method uses.
+V2 = Generation("flyteidl2/connector/service.proto", ("flyteidl2.connector.CreateRequestHeader",),
+                "flyteidl2/", _load_v2)
 
 _LABELS = {1: "optional", 2: "required", 3: "repeated"}
 _TYPES = {v: k for k, v in descriptor_pb2.FieldDescriptorProto.Type.items()}
@@ -46,10 +73,10 @@ def _label(f) -> str:
     return _LABELS[f.label]
 
 
-def walk(pool: descriptor_pool.DescriptorPool) -> Model:
-    """Collect everything reachable from the agent services and the extra roots."""
+def walk(pool: descriptor_pool.DescriptorPool, gen: Generation = V1) -> Model:
+    """Collect everything reachable from the generation's services and extra roots."""
     model = Model()
-    fd = pool.FindFileByName(ROOT_FILE)
+    fd = pool.FindFileByName(gen.root_file)
     pending = []
     for svc in fd.services_by_name.values():
         model.services[svc.full_name] = {
@@ -59,8 +86,7 @@ def walk(pool: descriptor_pool.DescriptorPool) -> Model:
         }
         for m in svc.methods:
             pending += [m.input_type, m.output_type]
-    pending += [pool.FindMessageTypeByName(n) for n in EXTRA_ROOTS]
-    # Enums of messages declared alongside the reachable ones in admin/agent.proto.
+    pending += [pool.FindMessageTypeByName(n) for n in gen.extra_roots]
     while pending:
         d = pending.pop()
         if d.full_name in model.messages:
@@ -127,20 +153,18 @@ def pool_from_set(fds: descriptor_pb2.FileDescriptorSet) -> descriptor_pool.Desc
     return pool
 
 
-def official_pool() -> descriptor_pool.DescriptorPool:
-    from flyteidl.core import errors_pb2  # noqa: F401  registers errors.proto
-    from flyteidl.service import agent_pb2  # noqa: F401  registers the closure
-
+def official_pool(gen: Generation = V1) -> descriptor_pool.DescriptorPool:
+    gen.load_official()
     return descriptor_pool.Default()
 
 
-def compare_set(fds_bytes: bytes) -> list[str]:
+def compare_set(fds_bytes: bytes, gen: Generation = V1) -> list[str]:
     fds = descriptor_pb2.FileDescriptorSet.FromString(fds_bytes)
     ours_pool = pool_from_set(fds)
-    theirs_pool = official_pool()
-    problems = diff(walk(ours_pool), walk(theirs_pool))
-    # Reverse check: whatever else we declare in flyteidl files must match upstream.
-    ours_declared = declared(ours_pool, [f.name for f in fds.file if f.name.startswith("flyteidl/")])
+    theirs_pool = official_pool(gen)
+    problems = diff(walk(ours_pool, gen), walk(theirs_pool, gen))
+    # Reverse check: whatever else we declare in this generation's files must match upstream.
+    ours_declared = declared(ours_pool, [f.name for f in fds.file if f.name.startswith(gen.file_prefix)])
     theirs_all = Model()
     for name, fields in ours_declared.messages.items():
         try:
@@ -165,7 +189,8 @@ def compare_set(fds_bytes: bytes) -> list[str]:
 if __name__ == "__main__":
     import sys
 
-    problems = compare_set(open(sys.argv[1], "rb").read())
+    data = open(sys.argv[1], "rb").read()
+    problems = compare_set(data, V1) + compare_set(data, V2)
     for p in problems:
         print(p)
     print(f"{len(problems)} differences")

@@ -32,3 +32,40 @@ def test_comparison_names_each_difference():
     assert "message flyteidl.admin.Agent [3]" in text and "TYPE_INT32" in text
     assert "service flyteidl.service.AsyncAgentService [GetTaskLogs]" in text
     assert len(problems) == 4, text
+
+
+def test_flyte2_descriptors_match_flyteidl2_exactly():
+    """Our flyteidl2 files against the official flyteidl2 wheel (pinned in requirements.txt)."""
+    problems = protocompat.compare_set(OURS.read_bytes(), protocompat.V2)
+    assert problems == [], "\n".join(problems)
+    # The walk must really cover the protocol, not an empty closure.
+    model = protocompat.walk(protocompat.pool_from_set(
+        descriptor_pb2.FileDescriptorSet.FromString(OURS.read_bytes())), protocompat.V2)
+    assert set(model.services) == {"flyteidl2.connector.AsyncConnectorService",
+                                   "flyteidl2.connector.ConnectorMetadataService"}
+    assert {"flyteidl2.core.Connection", "flyteidl2.task.Inputs", "flyteidl2.core.TaskTemplate",
+            "flyteidl2.logs.dataplane.LogLine", "flyteidl2.common.RunIdentifier"} <= set(model.messages)
+
+
+def test_flyte2_comparison_names_each_difference():
+    fds = descriptor_pb2.FileDescriptorSet.FromString(OURS.read_bytes())
+    for f in fds.file:
+        if f.name == "flyteidl2/core/security.proto":
+            conn = next(m for m in f.message_type if m.name == "Connection")
+            next(fl for fl in conn.field if fl.name == "secrets").number = 7
+        if f.name == "flyteidl2/connector/connector.proto":
+            header = next(m for m in f.message_type if m.name == "CreateRequestHeader")
+            next(fl for fl in header.field if fl.name == "max_dataset_size_bytes").type = \
+                descriptor_pb2.FieldDescriptorProto.TYPE_INT32
+        if f.name == "flyteidl2/connector/service.proto":
+            svc = next(s for s in f.service if s.name == "ConnectorMetadataService")
+            svc.method.remove(next(m for m in svc.method if m.name == "GetConnector"))
+    text = "\n".join(problems := protocompat.compare_set(fds.SerializeToString(), protocompat.V2))
+    assert "message flyteidl2.core.Connection [2]" in text
+    assert "message flyteidl2.core.Connection [7]" in text
+    assert "message flyteidl2.connector.CreateRequestHeader [4]" in text and "TYPE_INT32" in text
+    assert "service flyteidl2.connector.ConnectorMetadataService [GetConnector]" in text
+    # Without the method its request and response fall out of our closure.
+    assert "message flyteidl2.connector.GetConnectorRequest: missing from ours" in text
+    assert "message flyteidl2.connector.GetConnectorResponse: missing from ours" in text
+    assert len(problems) == 6, text

@@ -12,7 +12,8 @@ use anyhow::{Context, Result, bail};
 use prost::Message;
 
 /// Proto files compiled; everything they import comes along.
-const ROOTS: &[&str] = &["flyteidl/service/agent.proto", "flyteidl/core/errors.proto"];
+const ROOTS: &[&str] =
+    &["flyteidl/service/agent.proto", "flyteidl/core/errors.proto", "flyteidl2/connector/service.proto"];
 
 /// Where the generated code lives, relative to the workspace root.
 pub(crate) const GEN_DIR: &str = "crates/agent-core/src/gen";

@@ -15,7 +15,7 @@ use crate::error::AgentError;
 use crate::literals::{FromValue, Value, get_input, literal_map_to_values};
 use crate::pb::{admin, core};
 use crate::resource::Resource;
-use crate::secrets::{Secret, SecretStore};
+use crate::secrets::{ConnectionSecrets, Secret, SecretStore};
 
 /// A task type and version: the routing key from `TaskTemplate.type` and
 /// `TaskTemplate.task_type_version`.
@@ -153,6 +153,7 @@ impl TaskRequest {
 pub struct Context {
     category: TaskCategory,
     secrets: SecretStore,
+    connection: ConnectionSecrets,
     deadline: Option<Instant>,
     output_prefix: Option<String>,
 }
@@ -160,7 +161,15 @@ pub struct Context {
 impl Context {
     /// A context for a call about `category`.
     pub fn new(category: TaskCategory, secrets: SecretStore) -> Self {
-        Self { category, secrets, deadline: None, output_prefix: None }
+        Self { category, secrets, connection: ConnectionSecrets::default(), deadline: None, output_prefix: None }
+    }
+
+    /// Sets the secrets the request itself carried (Flyte 2's `connection`); they win
+    /// over the pod's secrets for this call.
+    #[must_use]
+    pub fn with_connection(mut self, connection: ConnectionSecrets) -> Self {
+        self.connection = connection;
+        self
     }
 
     /// Sets the caller's deadline.
@@ -182,14 +191,21 @@ impl Context {
         &self.category
     }
 
-    /// A secret by key (see [`crate::secrets`]); `FAILED_PRECONDITION` when missing.
+    /// A secret by key: the one the request sent, else the pod's (see
+    /// [`crate::secrets`]); `FAILED_PRECONDITION` when neither has it.
     pub fn secret(&self, key: &str) -> Result<Secret, AgentError> {
-        self.secrets.get(key)
+        match self.connection.get(key) {
+            Some(sent) => Ok(sent),
+            None => self.secrets.get(key),
+        }
     }
 
-    /// A secret that may be absent.
+    /// A secret that may be absent, looked up as [`Context::secret`] does.
     pub fn optional_secret(&self, key: &str) -> Result<Option<Secret>, AgentError> {
-        self.secrets.get_optional(key)
+        match self.connection.get(key) {
+            Some(sent) => Ok(Some(sent)),
+            None => self.secrets.get_optional(key),
+        }
     }
 
     /// When the caller gives up, if it said.
@@ -328,6 +344,21 @@ pub trait SyncAgent: Send + Sync + 'static {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_sent_with_the_request_win_over_the_pods() {
+        let pod =
+            crate::testing::secrets(&[("_FSEC_SNOWFLAKE_PRIVATE_KEY", "pod-key-value"), ("_FSEC_OTHER", "pod-other")]);
+        let sent = ConnectionSecrets::new([("snowflake_private_key".to_owned(), "sent-key-value".to_owned())]);
+        let ctx = Context::new(TaskCategory::new("snowflake", 0), pod.clone()).with_connection(sent);
+        assert_eq!(ctx.secret("snowflake_private_key").unwrap().expose(), "sent-key-value");
+        assert_eq!(ctx.optional_secret("SNOWFLAKE_PRIVATE_KEY").unwrap().unwrap().expose(), "sent-key-value");
+        // What the request did not send still comes from the pod.
+        assert_eq!(ctx.secret("other").unwrap().expose(), "pod-other");
+        assert!(ctx.optional_secret("missing").unwrap().is_none());
+        let plain = Context::new(TaskCategory::new("snowflake", 0), pod);
+        assert_eq!(plain.secret("snowflake_private_key").unwrap().expose(), "pod-key-value");
+    }
 
     #[test]
     fn category_displays_like_flytekit() {

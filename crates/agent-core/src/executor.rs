@@ -45,7 +45,7 @@ impl Backend for AgentService {
         meta: &'a [u8],
         output_prefix: &'a str,
     ) -> BoxFuture<'a, Result<Resource, AgentError>> {
-        let call = CallInfo { deadline: None, output_prefix: Some(output_prefix.to_owned()) };
+        let call = CallInfo { output_prefix: Some(output_prefix.to_owned()), ..CallInfo::default() };
         Box::pin(AgentService::get(self, category.clone(), meta, call))
     }
     fn delete<'a>(&'a self, category: &'a TaskCategory, meta: &'a [u8]) -> BoxFuture<'a, Result<(), AgentError>> {

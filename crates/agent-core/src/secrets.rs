@@ -10,6 +10,9 @@
 //!
 //! Values are trimmed. They are read on every call, so a rotated Kubernetes secret is
 //! picked up without a restart.
+//!
+//! A Flyte 2 caller may also send secrets with a request (`connection.secrets`):
+//! [`ConnectionSecrets`] holds them, and for that request they win over the pod's.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -180,9 +183,62 @@ impl SecretStore {
     }
 }
 
+/// Secrets sent with one request (Flyte 2's `connection.secrets`), which take precedence
+/// over the pod's for that request. Keys match whatever their case, as the pod's layout
+/// does (upper case for variables, lower case for files). Empty values count as not sent.
+/// `Debug` shows the keys only.
+#[derive(Clone, Default)]
+pub struct ConnectionSecrets(Option<Arc<HashMap<String, Secret>>>);
+
+impl ConnectionSecrets {
+    /// The secrets of one request, from its `(key, value)` pairs.
+    pub fn new(pairs: impl IntoIterator<Item = (String, String)>) -> Self {
+        let map: HashMap<String, Secret> = pairs
+            .into_iter()
+            .filter(|(_, v)| !v.trim().is_empty())
+            .map(|(k, v)| (k.to_lowercase(), Secret::new(v.trim())))
+            .collect();
+        Self((!map.is_empty()).then(|| Arc::new(map)))
+    }
+
+    /// The secret sent for `key`, if any.
+    pub fn get(&self, key: &str) -> Option<Secret> {
+        self.0.as_ref()?.get(&key.to_lowercase()).cloned()
+    }
+
+    /// Whether the request sent no secret.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+}
+
+impl std::fmt::Debug for ConnectionSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut keys: Vec<&str> = self.0.iter().flat_map(|m| m.keys().map(String::as_str)).collect();
+        keys.sort_unstable();
+        f.debug_struct("ConnectionSecrets").field("keys", &keys).finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connection_secrets_match_any_case_and_never_print() {
+        let c = ConnectionSecrets::new([
+            ("snowflake_private_key".to_owned(), " -----PEM value-----\n".to_owned()),
+            ("FLYTE_OPENAI_API_KEY".to_owned(), "sk-per-request-1234".to_owned()),
+            ("empty".to_owned(), "  ".to_owned()),
+        ]);
+        assert_eq!(c.get("SNOWFLAKE_PRIVATE_KEY").unwrap().expose(), "-----PEM value-----");
+        assert_eq!(c.get("flyte_openai_api_key").unwrap().expose(), "sk-per-request-1234");
+        assert!(c.get("empty").is_none() && c.get("other").is_none());
+        let shown = format!("{c:?}");
+        assert!(shown.contains("flyte_openai_api_key") && !shown.contains("sk-per-request"), "{shown}");
+        assert!(redact("key sk-per-request-1234 refused").contains("[REDACTED]"));
+        assert!(ConnectionSecrets::new([("k".to_owned(), String::new())]).is_empty());
+    }
 
     fn store(pairs: &[(&str, &str)]) -> SecretStore {
         SecretStore::new(EnvSource::Map(Arc::new(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())))

@@ -15,7 +15,7 @@ use crate::error::AgentError;
 use crate::pb::core;
 use crate::registry::{AgentInfo, Entry, Registry};
 use crate::resource::{Phase, Resource};
-use crate::secrets::SecretStore;
+use crate::secrets::{ConnectionSecrets, SecretStore};
 use crate::telemetry::metrics as m;
 
 /// The agents of a binary plus what every call needs.
@@ -39,6 +39,30 @@ pub struct CallInfo {
     pub deadline: Option<Instant>,
     /// The output prefix, when the request carries one.
     pub output_prefix: Option<String>,
+    /// Which protocol generation the call came in on (a metrics label).
+    pub protocol: Protocol,
+    /// Secrets the request carried (Flyte 2), preferred to the pod's for this call.
+    pub connection: ConnectionSecrets,
+}
+
+/// The protocol generation of a call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Protocol {
+    /// Flyte 1: `flyteidl.service.*AgentService`.
+    #[default]
+    Flyteidl,
+    /// Flyte 2: `flyteidl2.connector.*`.
+    Flyteidl2,
+}
+
+impl Protocol {
+    /// The label value: the protocol's package root.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Flyteidl => "flyteidl",
+            Self::Flyteidl2 => "flyteidl2",
+        }
+    }
 }
 
 impl AgentService {
@@ -93,6 +117,7 @@ impl AgentService {
 
     fn context(&self, category: &TaskCategory, call: &CallInfo) -> Context {
         Context::new(category.clone(), self.inner.secrets.clone())
+            .with_connection(call.connection.clone())
             .with_deadline(call.deadline)
             .with_output_prefix(call.output_prefix.clone())
     }
@@ -116,7 +141,7 @@ impl AgentService {
     pub async fn create(&self, task: TaskRequest, call: CallInfo) -> Result<Vec<u8>, AgentError> {
         let category = task.category();
         m::observe_input_bytes(self.metric_label(&category), prost::Message::encoded_len(&task.inputs));
-        self.measured(&category, "create", async {
+        self.measured(&category, "create", call.protocol, async {
             if category.name.is_empty() {
                 return Err(AgentError::invalid_argument("template.type is empty; the template names no task type"));
             }
@@ -129,7 +154,7 @@ impl AgentService {
 
     /// Reports a job: `GetTask`.
     pub async fn get(&self, category: TaskCategory, meta: &[u8], call: CallInfo) -> Result<Resource, AgentError> {
-        self.measured(&category, "get", async {
+        self.measured(&category, "get", call.protocol, async {
             let agent = self.async_agent(&category, "GetTask")?;
             // Busy is not the job's failure: report it still running, Propeller polls again.
             let _slot = match self.slot(&category, &call).await {
@@ -143,7 +168,7 @@ impl AgentService {
 
     /// Cancels a job: `DeleteTask`.
     pub async fn delete(&self, category: TaskCategory, meta: &[u8], call: CallInfo) -> Result<(), AgentError> {
-        self.measured(&category, "delete", async {
+        self.measured(&category, "delete", call.protocol, async {
             let agent = self.async_agent(&category, "DeleteTask")?;
             let _slot = self.slot(&category, &call).await.map_err(AgentError::unavailable)?;
             agent.delete(&self.context(&category, &call), meta).await
@@ -155,7 +180,7 @@ impl AgentService {
     pub async fn execute(&self, task: TaskRequest, call: CallInfo) -> Result<Resource, AgentError> {
         let category = task.category();
         m::observe_input_bytes(self.metric_label(&category), prost::Message::encoded_len(&task.inputs));
-        self.measured(&category, "do", async {
+        self.measured(&category, "do", call.protocol, async {
             let agent = match self.inner.registry.lookup(&category)? {
                 Entry::Sync(s) => s.clone(),
                 Entry::Async(_) => {
@@ -210,12 +235,18 @@ impl AgentService {
         &self,
         category: &TaskCategory,
         operation: &'static str,
+        protocol: Protocol,
         fut: impl std::future::Future<Output = Result<T, AgentError>>,
     ) -> Result<T, AgentError> {
         let start = Instant::now();
         let result = fut.await;
-        m::record(self.metric_label(category), operation, start, result.as_ref().err());
+        m::record(self.metric_label(category), operation, protocol.as_str(), start, result.as_ref().err());
         result
+    }
+
+    /// Whether the agent serving `category` is a sync agent (`None`: not served here).
+    pub fn is_sync(&self, category: &TaskCategory) -> Option<bool> {
+        self.inner.registry.is_sync(category)
     }
 
     /// Every agent: `ListAgents`.

@@ -90,13 +90,31 @@ impl Extractor for HeaderExtractor<'_> {
 /// W3C trace context (`traceparent`).
 pub(crate) fn grpc_span<B>(req: &tonic::codegen::http::Request<B>) -> tracing::Span {
     let path = req.uri().path();
-    let span = tracing::info_span!("grpc", otel.name = %path.trim_start_matches('/'), rpc.system = "grpc");
+    let span = tracing::info_span!(
+        "grpc",
+        otel.name = %path.trim_start_matches('/'),
+        rpc.system = "grpc",
+        flyte.protocol = protocol_of(path)
+    );
     // Most calls (Propeller's) carry no trace context; skip the propagator for them.
     if req.headers().contains_key("traceparent") {
         let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(req.headers())));
         let _ = span.set_parent(parent);
     }
     span
+}
+
+/// The protocol generation a gRPC method path belongs to, for trace attributes:
+/// `flyteidl` (Flyte 1 agents), `flyteidl2` (Flyte 2 connectors) or `other` (health,
+/// reflection).
+fn protocol_of(path: &str) -> &'static str {
+    if path.starts_with("/flyteidl2.") {
+        "flyteidl2"
+    } else if path.starts_with("/flyteidl.") {
+        "flyteidl"
+    } else {
+        "other"
+    }
 }
 
 /// Prometheus metrics, named and labelled as flytekit's connector server names them, so
@@ -110,11 +128,13 @@ pub mod metrics {
 
     use crate::error::AgentError;
 
-    /// Successful calls, by `task_type` and `operation` (`create`, `get`, `delete`, `do`).
+    /// Successful calls, by `task_type`, `operation` (`create`, `get`, `delete`, `do`) and
+    /// `protocol` (`flyteidl` for Flyte 1, `flyteidl2` for Flyte 2; our addition to
+    /// flytekit's labels, which queries by the other labels do not notice).
     pub const SUCCESS: &str = "flyte_connector_requests_success_total";
-    /// Failed calls, by `task_type`, `operation` and HTTP-style `error_code`.
+    /// Failed calls, by `task_type`, `operation`, `protocol` and HTTP-style `error_code`.
     pub const FAILURE: &str = "flyte_connector_requests_failure_total";
-    /// Handler latency in seconds, by `task_type` and `operation`.
+    /// Handler latency in seconds, by `task_type`, `operation` and `protocol`.
     pub const LATENCY: &str = "flyte_connector_request_latency_seconds";
     /// Size of the inputs literal map of create/execute calls, by `task_type`.
     pub const INPUT_BYTES: &str = "flyte_connector_input_literal_bytes";
@@ -125,24 +145,29 @@ pub mod metrics {
 
     /// Registered handles, so the hot path does not hash labels into the recorder's
     /// registry on every call (that cost ~15% of GetTask throughput). Keyed by task type,
-    /// then operation; bounded by the categories the binary serves.
+    /// then operation and protocol; bounded by the categories the binary serves.
     struct Handles {
         success: Counter,
         latency: Histogram,
     }
-    type Cache = HashMap<String, HashMap<&'static str, Arc<Handles>>>;
+    type Cache = HashMap<String, HashMap<(&'static str, &'static str), Arc<Handles>>>;
     static CACHE: RwLock<Option<Cache>> = RwLock::new(None);
 
-    fn handles(task_type: &str, operation: &'static str) -> Arc<Handles> {
+    fn handles(task_type: &str, operation: &'static str, protocol: &'static str) -> Arc<Handles> {
+        let key = (operation, protocol);
         let cached = CACHE.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(h) = cached.as_ref().and_then(|c| c.get(task_type)).and_then(|ops| ops.get(operation)) {
+        if let Some(h) = cached.as_ref().and_then(|c| c.get(task_type)).and_then(|ops| ops.get(&key)) {
             return h.clone();
         }
         drop(cached);
-        let labels = [("task_type", task_type.to_owned()), ("operation", operation.to_owned())];
+        let labels = [
+            ("task_type", task_type.to_owned()),
+            ("operation", operation.to_owned()),
+            ("protocol", protocol.to_owned()),
+        ];
         let h = Arc::new(Handles { success: counter!(SUCCESS, &labels), latency: histogram!(LATENCY, &labels) });
         let mut cache = CACHE.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        cache.get_or_insert_with(HashMap::new).entry(task_type.to_owned()).or_default().insert(operation, h.clone());
+        cache.get_or_insert_with(HashMap::new).entry(task_type.to_owned()).or_default().insert(key, h.clone());
         h
     }
 
@@ -158,8 +183,14 @@ pub mod metrics {
         describe_histogram!(INPUT_BYTES, metrics::Unit::Bytes, "Size of the inputs of create and execute requests.");
     }
 
-    pub(crate) fn record(task_type: &str, operation: &'static str, start: Instant, error: Option<&AgentError>) {
-        let h = handles(task_type, operation);
+    pub(crate) fn record(
+        task_type: &str,
+        operation: &'static str,
+        protocol: &'static str,
+        start: Instant,
+        error: Option<&AgentError>,
+    ) {
+        let h = handles(task_type, operation, protocol);
         h.latency.record(start.elapsed().as_secs_f64());
         match error {
             None => h.success.increment(1),
@@ -168,6 +199,7 @@ pub mod metrics {
                 FAILURE,
                 "task_type" => task_type.to_owned(),
                 "operation" => operation,
+                "protocol" => protocol,
                 "error_code" => e.http_code()
             )
             .increment(1),
@@ -190,4 +222,14 @@ pub fn serve_metrics(addr: SocketAddr) -> Result<(), String> {
     metrics::reset();
     metrics::describe();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn spans_name_the_protocol_generation() {
+        assert_eq!(super::protocol_of("/flyteidl2.connector.AsyncConnectorService/GetTask"), "flyteidl2");
+        assert_eq!(super::protocol_of("/flyteidl.service.AsyncAgentService/GetTask"), "flyteidl");
+        assert_eq!(super::protocol_of("/grpc.health.v1.Health/Check"), "other");
+    }
 }

@@ -162,6 +162,83 @@ impl TestServer {
 
 pub mod arbitrary;
 
+/// What a Flyte 2 backend sends: `flyteidl2.connector` requests built from the same
+/// [`crate::agent::TaskRequest`] the Flyte 1 helpers use (re-encoded, as the generations'
+/// shared types allow), with an optional `connection`.
+pub mod flyte2 {
+    use prost::Message;
+    use tonic::transport::Channel;
+
+    use super::TestServer;
+    use crate::agent::TaskRequest;
+    use crate::pb::v2::connector::async_connector_service_client::AsyncConnectorServiceClient;
+    use crate::pb::v2::connector::connector_metadata_service_client::ConnectorMetadataServiceClient;
+    use crate::pb::v2::connector::{self as c};
+    use crate::pb::v2::{core as core2, task};
+
+    fn recode<A: Message, B: Message + Default>(a: &A) -> B {
+        B::decode(a.encode_to_vec().as_slice()).expect("the generations share this type's fields")
+    }
+
+    /// A `connection` carrying `secrets`.
+    pub fn connection(task_type: &str, secrets: &[(&str, &str)]) -> core2::Connection {
+        core2::Connection {
+            task_type: task_type.into(),
+            secrets: secrets.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            configs: Default::default(),
+        }
+    }
+
+    /// The CreateTaskRequest a Flyte 2 backend sends for `task`, inputs sorted by name.
+    pub fn create_request(task: &TaskRequest, connection: Option<core2::Connection>) -> c::CreateTaskRequest {
+        let mut names: Vec<&String> = task.inputs.literals.keys().collect();
+        names.sort();
+        let literals = names
+            .into_iter()
+            .map(|n| task::NamedLiteral { name: n.clone(), value: Some(recode(&task.inputs.literals[n])) })
+            .collect();
+        c::CreateTaskRequest {
+            inputs: Some(task::Inputs { literals, context: Vec::new() }),
+            template: Some(recode(&task.template)),
+            output_prefix: task.output_prefix.clone(),
+            task_execution_metadata: task.metadata.as_ref().map(recode),
+            connection,
+        }
+    }
+
+    /// The category of version 0 of `task_type`.
+    pub fn category(task_type: &str) -> c::TaskCategory {
+        c::TaskCategory { name: task_type.into(), version: 0 }
+    }
+
+    /// The GetTaskRequest for `meta` of version 0 of `task_type`.
+    pub fn get_request(task_type: &str, meta: &[u8], connection: Option<core2::Connection>) -> c::GetTaskRequest {
+        c::GetTaskRequest {
+            resource_meta: meta.to_vec(),
+            task_category: Some(category(task_type)),
+            output_prefix: String::new(),
+            connection,
+        }
+    }
+
+    /// The DeleteTaskRequest for `meta` of version 0 of `task_type`.
+    pub fn delete_request(task_type: &str, meta: &[u8], connection: Option<core2::Connection>) -> c::DeleteTaskRequest {
+        c::DeleteTaskRequest { resource_meta: meta.to_vec(), task_category: Some(category(task_type)), connection }
+    }
+
+    impl TestServer {
+        /// An `AsyncConnectorService` client.
+        pub async fn connector_client(&self) -> AsyncConnectorServiceClient<Channel> {
+            AsyncConnectorServiceClient::new(self.channel().await)
+        }
+
+        /// A `ConnectorMetadataService` client.
+        pub async fn connector_metadata_client(&self) -> ConnectorMetadataServiceClient<Channel> {
+            ConnectorMetadataServiceClient::new(self.channel().await)
+        }
+    }
+}
+
 /// Checks every agent must pass, run through real gRPC against a [`TestServer`].
 pub mod conformance {
     use std::time::{Duration, Instant};

@@ -96,7 +96,7 @@ fn task(task_type: &str) -> TaskRequest {
 }
 
 fn within(d: Duration) -> CallInfo {
-    CallInfo { deadline: Some(std::time::Instant::now() + d), output_prefix: None }
+    CallInfo { deadline: Some(std::time::Instant::now() + d), ..CallInfo::default() }
 }
 
 #[tokio::test]

@@ -5,9 +5,10 @@
 pub(crate) mod client;
 mod status;
 mod v1;
+mod v2;
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tonic::transport::Server;
@@ -16,6 +17,7 @@ use tonic_health::server::HealthReporter;
 
 use crate::pb;
 use crate::pb::service::{agent_metadata_service_server, async_agent_service_server, sync_agent_service_server};
+use crate::pb::v2::connector::{async_connector_service_server, connector_metadata_service_server};
 use crate::service::AgentService;
 
 /// Fully qualified names of the services whose health is reported.
@@ -23,7 +25,69 @@ pub(crate) const SERVICE_NAMES: &[&str] = &[
     "flyteidl.service.AsyncAgentService",
     "flyteidl.service.SyncAgentService",
     "flyteidl.service.AgentMetadataService",
+    "flyteidl2.connector.AsyncConnectorService",
+    "flyteidl2.connector.ConnectorMetadataService",
 ];
+
+/// The caller's deadline from the `grpc-timeout` header.
+pub(crate) fn deadline<T>(req: &tonic::Request<T>) -> Option<Instant> {
+    let raw = req.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (num, unit) = raw.split_at(raw.len().checked_sub(1)?);
+    let n: u64 = num.parse().ok()?;
+    let d = match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    };
+    Instant::now().checked_add(d)
+}
+
+/// Lines per log body message: large enough to be efficient, small enough to keep
+/// messages far below the size limit.
+const LOG_LINES_PER_MESSAGE: usize = 100;
+
+/// A `GetTaskLogs` answer in either generation's messages: the header first, then bodies
+/// as lines arrive. The channel's bound applies backpressure to the agent's reader when
+/// the client is slow; an agent error ends the stream with its status.
+pub(crate) fn stream_logs<M: Send + 'static>(
+    logs: crate::agent::Logs,
+    header: impl FnOnce(String) -> M + Send + 'static,
+    body: impl Fn(Vec<crate::agent::LogLine>) -> M + Send + 'static,
+) -> tokio_stream::wrappers::ReceiverStream<Result<M, tonic::Status>> {
+    use futures_util::StreamExt;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        if tx.send(Ok(header(logs.next_token))).await.is_err() {
+            return;
+        }
+        let mut chunks = logs.lines.ready_chunks(LOG_LINES_PER_MESSAGE);
+        while let Some(chunk) = chunks.next().await {
+            let mut lines = Vec::with_capacity(chunk.len());
+            let mut failure = None;
+            for item in chunk {
+                match item {
+                    Ok(l) => lines.push(l),
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
+            if !lines.is_empty() && tx.send(Ok(body(lines))).await.is_err() {
+                return;
+            }
+            if let Some(e) = failure {
+                let _ = tx.send(Err(status::to_status(&e))).await;
+                return;
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
 
 /// Sets every service's health (and the server's, service `""`).
 async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
@@ -121,7 +185,9 @@ pub(crate) async fn serve(
         .build_v1alpha()
         .expect("the committed descriptor set is valid (tested in pb.rs)");
 
-    let front = v1::V1::new(svc);
+    let front = v1::V1::new(svc.clone());
+    // Flyte 2 on the same port: one deployment serves both backends, e.g. during a migration.
+    let front2 = v2::V2::new(svc);
     let size = options.max_message_size;
     let mut server = Server::builder();
     if let Some(tls) = options.tls {
@@ -144,6 +210,16 @@ pub(crate) async fn serve(
         )
         .add_service(
             agent_metadata_service_server::AgentMetadataServiceServer::new(front)
+                .max_decoding_message_size(size)
+                .max_encoding_message_size(size),
+        )
+        .add_service(
+            async_connector_service_server::AsyncConnectorServiceServer::new(front2.clone())
+                .max_decoding_message_size(size)
+                .max_encoding_message_size(size),
+        )
+        .add_service(
+            connector_metadata_service_server::ConnectorMetadataServiceServer::new(front2)
                 .max_decoding_message_size(size)
                 .max_encoding_message_size(size),
         );
@@ -179,5 +255,21 @@ pub(crate) async fn serve(
             tracing::warn!(message = "Grace period over; dropping the calls still in flight.", grace_period = ?grace);
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Request;
+
+    #[test]
+    fn grpc_timeout_header_becomes_a_deadline() {
+        let mut req = Request::new(());
+        req.metadata_mut().insert("grpc-timeout", "1500m".parse().unwrap());
+        let d = deadline(&req).unwrap().saturating_duration_since(Instant::now());
+        assert!(d <= Duration::from_millis(1500) && d > Duration::from_millis(1000));
+        req.metadata_mut().insert("grpc-timeout", "garbage".parse().unwrap());
+        assert!(deadline(&req).is_none());
     }
 }

@@ -3,24 +3,18 @@
 //! `service.rs`.
 
 use std::pin::Pin;
-use std::time::{Duration, Instant};
 
-use futures_util::{Stream, StreamExt};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use futures_util::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::status::to_status;
+use super::{deadline, stream_logs};
 use crate::agent::{LogsQuery, MetricsQuery, TaskRequest};
 use crate::error::AgentError;
 use crate::pb::admin::{self, execute_task_sync_request as sync_req, execute_task_sync_response as sync_resp};
 use crate::pb::service::{agent_metadata_service_server, async_agent_service_server, sync_agent_service_server};
 use crate::registry::{AgentInfo, resolve_category};
 use crate::service::{AgentService, CallInfo};
-
-/// Lines per `GetTaskLogsResponseBody` message: large enough to be efficient, small enough
-/// to keep messages far below the size limit.
-const LOG_LINES_PER_MESSAGE: usize = 100;
 
 #[derive(Clone, Debug)]
 pub(crate) struct V1 {
@@ -31,23 +25,6 @@ impl V1 {
     pub(crate) fn new(svc: AgentService) -> Self {
         Self { svc }
     }
-}
-
-/// The caller's deadline from the `grpc-timeout` header.
-fn deadline<T>(req: &Request<T>) -> Option<Instant> {
-    let raw = req.metadata().get("grpc-timeout")?.to_str().ok()?;
-    let (num, unit) = raw.split_at(raw.len().checked_sub(1)?);
-    let n: u64 = num.parse().ok()?;
-    let d = match unit {
-        "H" => Duration::from_secs(n.saturating_mul(3600)),
-        "M" => Duration::from_secs(n.saturating_mul(60)),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    };
-    Instant::now().checked_add(d)
 }
 
 fn category_of(c: Option<&admin::TaskCategory>, task_type: &str) -> Result<crate::agent::TaskCategory, Status> {
@@ -83,7 +60,7 @@ impl async_agent_service_server::AsyncAgentService for V1 {
         &self,
         req: Request<admin::CreateTaskRequest>,
     ) -> Result<Response<admin::CreateTaskResponse>, Status> {
-        let call = CallInfo { deadline: deadline(&req), output_prefix: None };
+        let call = CallInfo { deadline: deadline(&req), ..CallInfo::default() };
         let r = req.into_inner();
         let task = task_request(r.template, r.inputs, r.output_prefix, r.task_execution_metadata)?;
         let resource_meta = self.svc.create(task, call).await.map_err(|e| to_status(&e))?;
@@ -92,7 +69,7 @@ impl async_agent_service_server::AsyncAgentService for V1 {
 
     #[allow(deprecated)]
     async fn get_task(&self, req: Request<admin::GetTaskRequest>) -> Result<Response<admin::GetTaskResponse>, Status> {
-        let mut call = CallInfo { deadline: deadline(&req), output_prefix: None };
+        let mut call = CallInfo { deadline: deadline(&req), ..CallInfo::default() };
         let r = req.into_inner();
         let category = category_of(r.task_category.as_ref(), &r.task_type)?;
         call.output_prefix = Some(r.output_prefix);
@@ -105,7 +82,7 @@ impl async_agent_service_server::AsyncAgentService for V1 {
         &self,
         req: Request<admin::DeleteTaskRequest>,
     ) -> Result<Response<admin::DeleteTaskResponse>, Status> {
-        let call = CallInfo { deadline: deadline(&req), output_prefix: None };
+        let call = CallInfo { deadline: deadline(&req), ..CallInfo::default() };
         let r = req.into_inner();
         let category = category_of(r.task_category.as_ref(), &r.task_type)?;
         self.svc.delete(category, &r.resource_meta, call).await.map_err(|e| to_status(&e))?;
@@ -117,7 +94,7 @@ impl async_agent_service_server::AsyncAgentService for V1 {
         &self,
         req: Request<admin::GetTaskMetricsRequest>,
     ) -> Result<Response<admin::GetTaskMetricsResponse>, Status> {
-        let call = CallInfo { deadline: deadline(&req), output_prefix: None };
+        let call = CallInfo { deadline: deadline(&req), ..CallInfo::default() };
         let r = req.into_inner();
         let category = category_of(r.task_category.as_ref(), &r.task_type)?;
         let query = MetricsQuery { queries: r.queries, start_time: r.start_time, end_time: r.end_time, step: r.step };
@@ -133,55 +110,32 @@ impl async_agent_service_server::AsyncAgentService for V1 {
         req: Request<admin::GetTaskLogsRequest>,
     ) -> Result<Response<Self::GetTaskLogsStream>, Status> {
         use admin::get_task_logs_response::Part;
-        let call = CallInfo { deadline: deadline(&req), output_prefix: None };
+        let call = CallInfo { deadline: deadline(&req), ..CallInfo::default() };
         let r = req.into_inner();
         let category = category_of(r.task_category.as_ref(), &r.task_type)?;
         let query = LogsQuery { lines: r.lines, token: r.token };
         let logs = self.svc.get_logs(category, &r.resource_meta, query, call).await.map_err(|e| to_status(&e))?;
 
-        // Header first, then bodies as lines arrive; the channel's bound applies
-        // backpressure to the agent's reader when the client is slow.
-        let (tx, rx) = mpsc::channel(4);
-        tokio::spawn(async move {
-            let header = admin::GetTaskLogsResponse {
-                part: Some(Part::Header(admin::GetTaskLogsResponseHeader { token: logs.next_token })),
-            };
-            if tx.send(Ok(header)).await.is_err() {
-                return;
-            }
-            let mut chunks = logs.lines.ready_chunks(LOG_LINES_PER_MESSAGE);
-            while let Some(chunk) = chunks.next().await {
-                let mut lines = Vec::with_capacity(chunk.len());
-                let mut failure = None;
-                for item in chunk {
-                    match item {
-                        Ok(l) => lines.push(admin::LogLine {
-                            timestamp: l.timestamp,
-                            message: l.message,
-                            originator: l.originator as i32,
-                        }),
-                        Err(e) => {
-                            failure = Some(e);
-                            break;
-                        }
-                    }
-                }
-                if !lines.is_empty() {
-                    let body = admin::GetTaskLogsResponseBody {
-                        results: lines.iter().map(|l| l.message.clone()).collect(),
-                        structured_lines: lines,
-                    };
-                    if tx.send(Ok(admin::GetTaskLogsResponse { part: Some(Part::Body(body)) })).await.is_err() {
-                        return;
-                    }
-                }
-                if let Some(e) = failure {
-                    let _ = tx.send(Err(to_status(&e))).await;
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let stream = stream_logs(
+            logs,
+            |token| admin::GetTaskLogsResponse { part: Some(Part::Header(admin::GetTaskLogsResponseHeader { token })) },
+            |lines| {
+                let lines: Vec<admin::LogLine> = lines
+                    .into_iter()
+                    .map(|l| admin::LogLine {
+                        timestamp: l.timestamp,
+                        message: l.message,
+                        originator: l.originator as i32,
+                    })
+                    .collect();
+                let body = admin::GetTaskLogsResponseBody {
+                    results: lines.iter().map(|l| l.message.clone()).collect(),
+                    structured_lines: lines,
+                };
+                admin::GetTaskLogsResponse { part: Some(Part::Body(body)) }
+            },
+        );
+        Ok(Response::new(Box::pin(stream)))
     }
 }
 
@@ -196,7 +150,7 @@ impl sync_agent_service_server::SyncAgentService for V1 {
         &self,
         req: Request<Streaming<admin::ExecuteTaskSyncRequest>>,
     ) -> Result<Response<Self::ExecuteTaskSyncStream>, Status> {
-        let call = CallInfo { deadline: deadline(&req), output_prefix: None };
+        let call = CallInfo { deadline: deadline(&req), ..CallInfo::default() };
         let mut stream = req.into_inner();
         let invalid = |m: &str| to_status(&AgentError::invalid_argument(m));
         let header = match stream.message().await? {
@@ -244,20 +198,5 @@ impl agent_metadata_service_server::AgentMetadataService for V1 {
         Ok(Response::new(admin::ListAgentsResponse {
             agents: self.svc.list_agents().iter().map(agent_proto).collect(),
         }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grpc_timeout_header_becomes_a_deadline() {
-        let mut req = Request::new(());
-        req.metadata_mut().insert("grpc-timeout", "1500m".parse().unwrap());
-        let d = deadline(&req).unwrap().saturating_duration_since(Instant::now());
-        assert!(d <= Duration::from_millis(1500) && d > Duration::from_millis(1000));
-        req.metadata_mut().insert("grpc-timeout", "garbage".parse().unwrap());
-        assert!(deadline(&req).is_none());
     }
 }

@@ -7,7 +7,8 @@
 //! - `outcome`: `succeed` (default), `fail`, `retryable`, or `pending` (sync only: a
 //!   non-terminal answer, which the server must turn into a retryable failure);
 //! - `error`: `unavailable`, `invalid`, `precondition`, `internal`, `panic` — fail the call;
-//! - `secret`: a secret key the task needs (checked, never stored);
+//! - `secret`: a secret key the task needs (checked on every call, async included; only
+//!   the key's name goes into the meta, never the value);
 //! - `sleep_ms`: how long a sync call takes.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -34,6 +35,9 @@ pub(crate) struct TestMeta {
     pub(crate) outcome: Option<String>,
     #[serde(default)]
     pub(crate) x: i64,
+    /// The name of the secret every call needs, like an agent that authenticates each call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) secret_key: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -94,10 +98,20 @@ impl AsyncAgent for TestAsyncAgent {
         let x = x_input(&task)?;
         // Deterministic per attempt, as real agents derive their job ids.
         let job_id = task.attempt_key().unwrap_or_else(|| format!("job-{}", now_ms()));
-        Ok(TestMeta { job_id, started_at_ms: now_ms(), duration_ms: s.duration_ms, outcome: s.outcome, x })
+        Ok(TestMeta {
+            job_id,
+            started_at_ms: now_ms(),
+            duration_ms: s.duration_ms,
+            outcome: s.outcome,
+            x,
+            secret_key: s.secret,
+        })
     }
 
-    async fn get(&self, _ctx: &Context, meta: TestMeta) -> Result<Resource, AgentError> {
+    async fn get(&self, ctx: &Context, meta: TestMeta) -> Result<Resource, AgentError> {
+        if let Some(key) = &meta.secret_key {
+            ctx.secret(key)?;
+        }
         let link = LogLink::new("Test Console", format!("https://console.example.com/jobs/{}", meta.job_id));
         let elapsed = now_ms().saturating_sub(meta.started_at_ms);
         if elapsed < meta.duration_ms {
@@ -114,7 +128,10 @@ impl AsyncAgent for TestAsyncAgent {
         Ok(resource.with_log_link(link).with_custom_info(info.as_object().cloned().unwrap_or_default()))
     }
 
-    async fn delete(&self, _ctx: &Context, _meta: TestMeta) -> Result<(), AgentError> {
+    async fn delete(&self, ctx: &Context, meta: TestMeta) -> Result<(), AgentError> {
+        if let Some(key) = &meta.secret_key {
+            ctx.secret(key)?;
+        }
         Ok(())
     }
 
