@@ -86,15 +86,21 @@ def rpc_error(fn, *args, **kwargs) -> grpc.RpcError:
 def test_health_is_serving_for_the_server_and_each_service(agent):
     stub = health_pb2_grpc.HealthStub(agent.channel)
     for svc in ["", "flyteidl.service.AsyncAgentService", "flyteidl.service.SyncAgentService",
-                "flyteidl.service.AgentMetadataService"]:
+                "flyteidl.service.AgentMetadataService", "flyteidl2.connector.AsyncConnectorService",
+                "flyteidl2.connector.ConnectorMetadataService"]:
         assert stub.Check(health_pb2.HealthCheckRequest(service=svc)).status == health_pb2.HealthCheckResponse.SERVING
 
 
 def test_reflection_lets_grpcurl_list_describe_and_call(agent):
     out = subprocess.run(["grpcurl", "-plaintext", agent.address, "list"], capture_output=True, text=True, check=True).stdout
     for svc in ["flyteidl.service.AsyncAgentService", "flyteidl.service.SyncAgentService",
-                "flyteidl.service.AgentMetadataService", "grpc.health.v1.Health"]:
+                "flyteidl.service.AgentMetadataService", "flyteidl2.connector.AsyncConnectorService",
+                "flyteidl2.connector.ConnectorMetadataService", "grpc.health.v1.Health"]:
         assert svc in out.split(), out
+    # Flyte 2's types are described from the same descriptor set.
+    described2 = subprocess.run(["grpcurl", "-plaintext", agent.address, "describe", "flyteidl2.core.Connection"],
+                                capture_output=True, text=True, check=True).stdout
+    assert "map<string, string> secrets = 2" in described2
     described = subprocess.run(["grpcurl", "-plaintext", agent.address, "describe", "flyteidl.admin.Resource"],
                                capture_output=True, text=True, check=True).stdout
     assert "agent_error = 7" in described and "phase = 5" in described
