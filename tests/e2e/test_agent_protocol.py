@@ -277,16 +277,29 @@ def test_traces_are_exported_over_otlp_continuing_the_callers_trace():
     a = Agent(agent_binary(), env={"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector.port}",
                                   "OTEL_BSP_SCHEDULE_DELAY": "100"})
     try:
+        from flyteidl2.connector import connector_pb2 as c2
+        from flyteidl2.connector import service_pb2_grpc as s2
+
         trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+        trace2 = "5cf92f3577b34da6a3ce929d0e0e4737"
         stub = agent_pb2_grpc.AgentMetadataServiceStub(a.channel)
         stub.ListAgents(agent_pb2.ListAgentsRequest(), metadata=[("traceparent", f"00-{trace_id}-{parent_id}-01")])
+        s2.ConnectorMetadataServiceStub(a.channel).ListConnectors(
+            c2.ListConnectorsRequest(), metadata=[("traceparent", f"00-{trace2}-{parent_id}-01")])
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not any(s.trace_id.hex() == trace_id for s in collector.spans):
+        while time.monotonic() < deadline and not {trace_id, trace2} <= {s.trace_id.hex() for s in collector.spans}:
             time.sleep(0.1)
         ours = [s for s in collector.spans if s.trace_id.hex() == trace_id]
         assert ours, f"no span of trace {trace_id} exported; got {len(collector.spans)} spans\n{a.logs()}"
         assert ours[0].parent_span_id.hex() == parent_id
         assert "ListAgents" in ours[0].name
+
+        def protocol(span):
+            return next(kv.value.string_value for kv in span.attributes if kv.key == "flyte.protocol")
+
+        assert protocol(ours[0]) == "flyteidl"
+        flyte2 = [s for s in collector.spans if s.trace_id.hex() == trace2]
+        assert flyte2 and "ListConnectors" in flyte2[0].name and protocol(flyte2[0]) == "flyteidl2"
     finally:
         assert a.stop() == 0
         collector.server.stop(0)
