@@ -211,6 +211,8 @@ fn inputs() -> core::LiteralMap {
 #[derive(Clone)]
 enum Rpc {
     GetTask,
+    /// GetTask through the Flyte 2 front end (`flyteidl2.connector`), same meta.
+    GetTaskFlyte2,
     ExecuteTaskSync,
     /// The same CreateTask over and over (no execution id, so each is a new external job).
     CreateTask(Box<admin::CreateTaskRequest>),
@@ -249,6 +251,16 @@ async fn load_task_type(port: u16, rpc: Rpc, meta: Vec<u8>, task_type: &'static 
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
             let (mut calls, mut errors) = (0u64, 0u64);
             let mut a = AsyncAgentServiceClient::new(ch.clone());
+            let mut c2 =
+                agent_core::pb::v2::connector::async_connector_service_client::AsyncConnectorServiceClient::new(
+                    ch.clone(),
+                );
+            let get2 = agent_core::pb::v2::connector::GetTaskRequest {
+                resource_meta: meta.clone(),
+                task_category: Some(agent_core::pb::v2::connector::TaskCategory { name: task_type.into(), version: 0 }),
+                output_prefix: "s3://bucket/out/0".into(),
+                connection: None,
+            };
             let mut s = SyncAgentServiceClient::new(ch);
             #[allow(deprecated)]
             let get = admin::GetTaskRequest {
@@ -261,6 +273,9 @@ async fn load_task_type(port: u16, rpc: Rpc, meta: Vec<u8>, task_type: &'static 
                 let t = Instant::now();
                 let ok = match rpc {
                     Rpc::GetTask => a.get_task(get.clone()).await.is_ok_and(|r| r.into_inner().resource.is_some()),
+                    Rpc::GetTaskFlyte2 => {
+                        c2.get_task(get2.clone()).await.is_ok_and(|r| r.into_inner().resource.is_some())
+                    }
                     Rpc::CreateTask(ref req) => {
                         a.create_task((**req).clone()).await.is_ok_and(|r| !r.into_inner().resource_meta.is_empty())
                     }
@@ -348,7 +363,7 @@ async fn run(o: Options) {
     }
     starts.sort();
 
-    let mut results: [Vec<LoadResult>; 4] = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+    let mut results: [Vec<LoadResult>; 5] = [Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new()];
     let (mut idle_rss, mut peak_rss, mut bare_idle) = (0, 0, 0);
     let mut meta = Vec::new();
     for round in 0..o.rounds {
@@ -368,6 +383,7 @@ async fn run(o: Options) {
         }
         results[0].push(load(agent.port, Rpc::GetTask, meta.clone(), &o).await);
         results[2].push(load(agent.port, Rpc::ExecuteTaskSync, meta.clone(), &o).await);
+        results[4].push(load(agent.port, Rpc::GetTaskFlyte2, meta.clone(), &o).await);
         peak_rss = peak_rss.max(rss_kib(agent.child.id()).1);
         drop(agent);
 
@@ -391,6 +407,7 @@ async fn run(o: Options) {
         "bare tonic GetTask (constant)",
         "agent ExecuteTaskSync",
         "bare tonic ExecuteTaskSync (const)",
+        "agent GetTask over Flyte 2",
     ];
     for (name, r) in names.iter().zip(&merged) {
         println!("{}", row(name, r));
@@ -401,6 +418,7 @@ async fn run(o: Options) {
         merged[0].rate / merged[1].rate * 100.0,
         merged[2].rate / merged[3].rate * 100.0
     );
+    println!("Flyte 2 GetTask vs Flyte 1 GetTask on the same agent: {:.0}%", merged[4].rate / merged[0].rate * 100.0);
     let pct = |q: f64| ms(starts[((starts.len() - 1) as f64 * q).round() as usize]);
     println!(
         "start to SERVING (spawn → health SERVING): median {:.1} ms, p90 {:.1} ms, min {:.1} ms over {} starts",

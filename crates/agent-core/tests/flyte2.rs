@@ -7,28 +7,15 @@ mod support;
 use std::time::Duration;
 
 use agent_core::AgentService;
-use agent_core::json::json_to_struct;
-use agent_core::literals::{Value, values_to_literal_map};
+use agent_core::literals::Value;
 use agent_core::pb::v2::connector as c;
 use agent_core::pb::v2::core::task_execution::Phase as Phase2;
 use agent_core::pb::{admin, core};
 use agent_core::prelude::*;
 use agent_core::testing::flyte2::{self, connection};
 use agent_core::testing::{Code, TestServer, secrets, test_config};
+use support::task;
 use support::test_agent::{self, ASYNC_TYPE, SYNC_TYPE};
-
-fn task(task_type: &str, custom: serde_json::Value, inputs: &[(&str, Value)]) -> TaskRequest {
-    TaskRequest {
-        template: core::TaskTemplate {
-            r#type: task_type.into(),
-            custom: Some(json_to_struct(custom.as_object().unwrap())),
-            ..Default::default()
-        },
-        inputs: values_to_literal_map(inputs.iter().cloned()),
-        output_prefix: "s3://bucket/prefix/0".into(),
-        metadata: None,
-    }
-}
 
 /// The named outputs of a Flyte 2 resource as plain values.
 fn outputs(r: &c::Resource) -> Vec<(String, Value)> {
