@@ -259,6 +259,13 @@ def test_notes_with_tls_tell_propeller_to_verify():
     assert f"{chart}.flyte" in notes and "system" in notes
 
 
+@pytest.mark.parametrize("chart", AGENT_CHARTS)
+def test_notes_tell_flyte2_backends_where_to_connect(chart):
+    notes, connector, _ = notes_blocks(chart)
+    assert "flyteidl2.connector" in notes and "ListConnectors" in notes
+    assert connector["plugins"]["connector-service"]["connectors"][chart]["endpoint"] == f"k8s://{chart}.flyte:8000"
+
+
 @pytest.mark.parametrize(
     "bad",
     [

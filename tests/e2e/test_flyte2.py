@@ -232,6 +232,7 @@ def test_databricks_token_from_the_connection(databricks):
     from flytekitplugins.spark import DatabricksV2
 
     agent, emulator, ca_file = databricks
+    assert connectors(agent) == {"Databricks Connector": ["databricks", "spark"]}
     template = test_databricks.serialize(test_databricks.databricks_task(DatabricksV2, emulator.host))
     # Flyte 1 has only the pod's token, which the workspace refuses.
     stub = agent_pb2_grpc.AsyncAgentServiceStub(agent.channel)
@@ -268,6 +269,7 @@ def test_snowflake_key_from_the_connection_and_both_generations_at_once(snowflak
     from flytekit import StructuredDataset, kwtypes
 
     agent, emulator = snowflake
+    assert connectors(agent) == {"Snowflake Connector": ["snowflake"]}
     task = test_snowflake.snowflake_task(name="sf.flyte2", inputs=kwtypes(id=int), output_schema_type=StructuredDataset,
                                          query_template="select * from t where id = %(id)s")
     template, values = test_snowflake.serialize(task), test_snowflake.literal_map(task, dict(id=7))

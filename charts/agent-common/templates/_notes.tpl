@@ -26,6 +26,9 @@ a task type as async, so only the async ones are listed statically.
 {{- else }}
 the static entries below route the task types even before the first answer.
 {{- end }}
+
+A Flyte 2 backend calls the same port over flyteidl2.connector: its connector-service
+plugin takes the connectors entry of the first block (ListConnectors for discovery).
 {{- if .Values.tls.enabled }}
 
 TLS is on: Propeller (insecure: false) checks the agent's certificate against its system

@@ -84,6 +84,24 @@ pub(crate) fn inputs(path: &Path) -> Result<core::LiteralMap, InputError> {
     core::LiteralMap::decode(bytes.as_slice()).map_err(|e| bad(e.to_string()))
 }
 
+/// `--secret` values: `KEY=VALUE`, or `KEY=@FILE` for a value read from a file (a PEM key,
+/// say). Errors name the key, never the value.
+pub(crate) fn secrets(args: &[String]) -> Result<Vec<(String, String)>, InputError> {
+    args.iter()
+        .map(|arg| {
+            let Some((key, value)) = arg.split_once('=').filter(|(k, _)| !k.trim().is_empty()) else {
+                return Err(InputError("--secret takes KEY=VALUE or KEY=@FILE (the key is missing)".into()));
+            };
+            let value = match value.strip_prefix('@') {
+                Some(file) => String::from_utf8(read(Path::new(file), &format!("secret '{key}'"))?)
+                    .map_err(|_| InputError(format!("the secret '{key}' file {file} is not UTF-8 text")))?,
+                None => value.to_owned(),
+            };
+            Ok((key.trim().to_owned(), value))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,5 +152,19 @@ mod tests {
         assert!(err.contains("is not a LiteralMap") && err.contains("scalr"), "{err}");
         let junk = write(&dir, "junk.pb", b"\xff\xff\xff");
         assert!(template(&junk, "x").unwrap_err().0.contains("neither a TaskTemplate nor a TaskSpec"));
+    }
+
+    #[test]
+    fn secrets_come_inline_or_from_files_and_errors_name_no_value() {
+        let dir = std::env::temp_dir().join(format!("agentctl-secrets-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pem = write(&dir, "key.p8", b"-----BEGIN PRIVATE KEY-----\nabc\n");
+        let args = vec!["FLYTE_OPENAI_API_KEY=sk-a=b".to_owned(), format!("snowflake_private_key=@{}", pem.display())];
+        let got = secrets(&args).unwrap();
+        assert_eq!(got[0], ("FLYTE_OPENAI_API_KEY".to_owned(), "sk-a=b".to_owned()));
+        assert!(got[1].1.starts_with("-----BEGIN PRIVATE KEY-----"));
+        assert!(secrets(&["=value-only".to_owned()]).unwrap_err().0.contains("the key is missing"));
+        let missing = secrets(&["k=@/nonexistent/file".to_owned()]).unwrap_err().0;
+        assert!(missing.contains("secret 'k'"), "{missing}");
     }
 }

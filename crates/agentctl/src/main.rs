@@ -3,7 +3,8 @@
 //! `list` and `health` ask what Propeller and the kubelet ask; `run` drives one task the
 //! way Propeller does (CreateTask, then GetTask until a terminal phase, or
 //! ExecuteTaskSync for a sync agent; DeleteTask when interrupted) and prints its outputs
-//! as JSON.
+//! as JSON. `run --flyte2` does the same over Flyte 2's `flyteidl2.connector`, with
+//! `--secret` for the request's `connection`, as a Flyte 2 backend would.
 //!
 //! Exit codes: 0 the task succeeded (or the agent is healthy); 1 the task ended in
 //! another phase (or the agent is not SERVING); 2 a bad flag or file; 3 the agent could
@@ -72,6 +73,14 @@ struct RunArgs {
     /// Time between GetTask calls.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     poll_interval: Duration,
+    /// Speak Flyte 2 (`flyteidl2.connector`) instead of Flyte 1; sync agents then answer
+    /// through CreateTask and GetTask.
+    #[arg(long)]
+    flyte2: bool,
+    /// A secret sent with every Flyte 2 request (`connection.secrets`), preferred by the
+    /// agent to its own: KEY=VALUE, or KEY=@FILE to read the value from a file.
+    #[arg(long = "secret", value_name = "KEY=VALUE", requires = "flyte2")]
+    secrets: Vec<String>,
 }
 
 /// Why agentctl stopped short of a task result, mapped to an exit code.
@@ -121,7 +130,10 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             println!("{}", if serving { "SERVING" } else { "NOT_SERVING" });
             Ok(if serving { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Command::Run(args) => run(backend, args).await,
+        Command::Run(args) => {
+            let backend = if args.flyte2 { backend.flyte2(input::secrets(&args.secrets)?) } else { backend };
+            run(backend, args).await
+        }
     }
 }
 

@@ -28,6 +28,11 @@ struct Env {
 }
 
 async fn env(step: Duration) -> Env {
+    env_with_key(step, "sk-emulator-key").await
+}
+
+/// An environment whose agent holds `pod_key` as its OpenAI key.
+async fn env_with_key(step: Duration, pod_key: &str) -> Env {
     let ai = OpenAi::new(Settings { step, ..Settings::default() });
     let emulator = ai.start(([127, 0, 0, 1], 0).into()).await.unwrap();
     let config = Config { base_url: Some(format!("{}/v1", emulator.url())), ..Config::default() };
@@ -36,7 +41,7 @@ async fn env(step: Duration) -> Env {
         .unwrap()
         .async_agent(BatchAgent::new(config).unwrap())
         .unwrap();
-    let service = AgentService::new(registry, secrets(&[("_FSEC_FLYTE_OPENAI_API_KEY", "sk-emulator-key")]));
+    let service = AgentService::new(registry, secrets(&[("_FSEC_FLYTE_OPENAI_API_KEY", pod_key)]));
     let server = TestServer::start_with(service, test_config()).await;
     let dir = std::env::temp_dir().join(format!("agentctl-test-{}-{}", std::process::id(), server.addr().port()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -143,6 +148,52 @@ async fn async_task_from_a_task_spec_is_polled_to_success() {
     let outputs: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(outputs.as_object().unwrap().keys().collect::<Vec<_>>(), ["result"], "{out}");
     assert_eq!(env.ai.batches().len(), 1);
+}
+
+#[tokio::test]
+async fn flyte2_runs_sync_and_async_tasks_with_the_requests_secret() {
+    // The agent's own key is refused by the service; only the request's works.
+    let env = env_with_key(Duration::from_millis(50), "sk-revoked-pod-key").await;
+    let t = env.file("chat.json", chat_json("gpt-4o-mini"));
+    let i = env.file("inputs.pb", values_to_literal_map([("message", Value::from("over Flyte 2"))]).encode_to_vec());
+    let (code, _, err) = env.output(&["run", "--task-type", CHATGPT_TYPE, "--template", &t, "--inputs", &i]).await;
+    assert_eq!(code, 1, "Flyte 1 uses the agent's key: {err}");
+    let key = env.file("key", "sk-emulator-key\n");
+    let secret = format!("FLYTE_OPENAI_API_KEY=@{key}");
+    let args = ["run", "--task-type", CHATGPT_TYPE, "--template", &t, "--inputs", &i, "--flyte2", "--secret", &secret];
+    let (code, out, err) = env.output(&args).await;
+    assert_eq!(code, 0, "{err}");
+    let outputs: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(outputs["o0"].as_str().is_some_and(|s| s.contains("over Flyte 2")), "{out}");
+    // A sync agent over Flyte 2 is created, then its result is read back.
+    assert!(err.contains("created (resource meta of") && err.contains("SUCCEEDED"), "{err}");
+    assert!(!err.contains("sk-emulator-key"), "{err}");
+
+    let b = env.file("batch.json", json!({"type": BATCH_TYPE, "custom": {"config": {}}}).to_string());
+    let bi =
+        env.file("batch-inputs.pb", values_to_literal_map([("input_file_id", Value::from("file-2"))]).encode_to_vec());
+    let args = [
+        "run",
+        "--task-type",
+        BATCH_TYPE,
+        "--template",
+        &b,
+        "--inputs",
+        &bi,
+        "--poll-interval",
+        "50ms",
+        "--flyte2",
+        "--secret",
+        "flyte_openai_api_key=sk-emulator-key",
+    ];
+    let (code, out, err) = env.output(&args).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"result\""), "{out}");
+    assert_eq!(env.ai.batches().len(), 1);
+
+    // --secret means nothing to Flyte 1.
+    let (code, _, err) = env.output(&["run", "--task-type", BATCH_TYPE, "--template", &b, "--secret", "k=v"]).await;
+    assert_eq!(code, 2, "{err}");
 }
 
 #[tokio::test]

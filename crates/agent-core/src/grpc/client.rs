@@ -1,5 +1,6 @@
-//! A gRPC client for the Flyte 1.x agent services, used by the local executor to drive a
-//! running agent the way Propeller does.
+//! A gRPC client for the agent services, used by the local executor to drive a running
+//! agent the way Propeller does (Flyte 1) or a Flyte 2 backend does (`flyteidl2.connector`,
+//! with per-request secrets).
 
 use std::time::Duration;
 
@@ -14,13 +15,59 @@ use crate::pb::admin::{self, execute_task_sync_request as sync_req, execute_task
 use crate::pb::service::agent_metadata_service_client::AgentMetadataServiceClient;
 use crate::pb::service::async_agent_service_client::AsyncAgentServiceClient;
 use crate::pb::service::sync_agent_service_client::SyncAgentServiceClient;
+use crate::pb::v2;
+use crate::pb::v2::connector::async_connector_service_client::AsyncConnectorServiceClient;
 use crate::resource::Resource;
+
+/// Flyte 1's shape of a message Flyte 2 wrote; a failure means the agent answered garbage.
+fn from_v2<A: prost::Message, B: prost::Message + Default>(what: &str, a: &A) -> Result<B, AgentError> {
+    super::recode(a).map_err(|e| AgentError::internal(format!("the agent's {what} could not be read: {e}")))
+}
+
+fn to_v2<A: prost::Message, B: prost::Message + Default>(what: &str, a: &A) -> Result<B, AgentError> {
+    super::recode(a).map_err(|e| AgentError::invalid_argument(format!("{what} cannot be sent over Flyte 2: {e}")))
+}
+
+/// A Flyte 2 resource as the executor's [`Resource`].
+fn resource_from_v2(r: &v2::connector::Resource) -> Result<Resource, AgentError> {
+    let outputs = match &r.outputs {
+        None => None,
+        Some(o) => Some(crate::pb::core::LiteralMap {
+            literals: o
+                .literals
+                .iter()
+                .map(|n| Ok((n.name.clone(), from_v2("output", n.value.as_ref().unwrap_or(&Default::default()))?)))
+                .collect::<Result<_, AgentError>>()?,
+        }),
+    };
+    let v1 = admin::Resource {
+        outputs,
+        message: r.message.clone(),
+        log_links: r.log_links.iter().map(|l| from_v2("log link", l)).collect::<Result<_, _>>()?,
+        phase: r.phase,
+        custom_info: r.custom_info.clone(),
+        ..Default::default()
+    };
+    Ok(Resource::from_proto(&v1))
+}
 
 /// An agent reached over gRPC.
 #[derive(Debug, Clone)]
 pub struct GrpcBackend {
     channel: Channel,
     timeout: Duration,
+    /// `Some`: speak Flyte 2, sending these secrets in every request's `connection`.
+    flyte2: Option<ConnectionSecrets>,
+}
+
+/// Secrets for Flyte 2's `connection`; `Debug` shows the keys only.
+#[derive(Clone, Default)]
+struct ConnectionSecrets(Vec<(String, String)>);
+
+impl std::fmt::Debug for ConnectionSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.iter().map(|(k, _)| k)).finish()
+    }
 }
 
 impl GrpcBackend {
@@ -33,7 +80,25 @@ impl GrpcBackend {
             .connect()
             .await
             .map_err(|e| AgentError::unavailable(format!("cannot connect to {endpoint}: {e}")))?;
-        Ok(Self { channel, timeout })
+        Ok(Self { channel, timeout, flyte2: None })
+    }
+
+    /// The same agent over Flyte 2 (`flyteidl2.connector`), sending `secrets` as each
+    /// request's `connection.secrets`, as a Flyte 2 backend does. Sync agents then run
+    /// through CreateTask and GetTask, Flyte 2 having no sync call.
+    #[must_use]
+    pub fn flyte2(mut self, secrets: Vec<(String, String)>) -> Self {
+        self.flyte2 = Some(ConnectionSecrets(secrets));
+        self
+    }
+
+    fn connection(&self, category: &TaskCategory) -> Option<v2::core::Connection> {
+        let secrets = self.flyte2.as_ref()?;
+        Some(v2::core::Connection {
+            task_type: category.name.clone(),
+            secrets: secrets.0.iter().cloned().collect(),
+            configs: Default::default(),
+        })
     }
 
     /// The channel, for other clients.
@@ -82,8 +147,12 @@ pub(crate) fn from_status(s: &Status) -> AgentError {
 
 impl Backend for GrpcBackend {
     /// Asks `ListAgents`, like Propeller's discovery; categories it does not list are async.
+    /// Over Flyte 2 every agent is async: sync ones answer through CreateTask and GetTask.
     fn is_sync<'a>(&'a self, category: &'a TaskCategory) -> BoxFuture<'a, Result<bool, AgentError>> {
         Box::pin(async move {
+            if self.flyte2.is_some() {
+                return Ok(false);
+            }
             let mut client = AgentMetadataServiceClient::new(self.channel.clone());
             match client.list_agents(self.request(admin::ListAgentsRequest {})).await {
                 Ok(r) => Ok(r.into_inner().agents.iter().any(|a| {
@@ -100,6 +169,28 @@ impl Backend for GrpcBackend {
 
     fn create(&self, task: TaskRequest) -> BoxFuture<'_, Result<Vec<u8>, AgentError>> {
         Box::pin(async move {
+            if self.flyte2.is_some() {
+                let connection = self.connection(&task.category());
+                let mut names: Vec<&String> = task.inputs.literals.keys().collect();
+                names.sort();
+                let literals = names
+                    .into_iter()
+                    .map(|n| {
+                        let value = to_v2(&format!("input '{n}'"), &task.inputs.literals[n])?;
+                        Ok(v2::task::NamedLiteral { name: n.clone(), value: Some(value) })
+                    })
+                    .collect::<Result<_, AgentError>>()?;
+                let req = v2::connector::CreateTaskRequest {
+                    inputs: Some(v2::task::Inputs { literals, context: Vec::new() }),
+                    template: Some(to_v2("the template", &task.template)?),
+                    output_prefix: task.output_prefix,
+                    task_execution_metadata: task.metadata.as_ref().map(|m| to_v2("the metadata", m)).transpose()?,
+                    connection,
+                };
+                let mut client = AsyncConnectorServiceClient::new(self.channel.clone());
+                let r = client.create_task(self.request(req)).await.map_err(|s| from_status(&s))?;
+                return Ok(r.into_inner().resource_meta);
+            }
             let mut client = AsyncAgentServiceClient::new(self.channel.clone());
             let req = admin::CreateTaskRequest {
                 inputs: Some(task.inputs),
@@ -120,6 +211,20 @@ impl Backend for GrpcBackend {
         output_prefix: &'a str,
     ) -> BoxFuture<'a, Result<Resource, AgentError>> {
         Box::pin(async move {
+            if self.flyte2.is_some() {
+                let req = v2::connector::GetTaskRequest {
+                    resource_meta: meta.to_vec(),
+                    task_category: Some(v2::connector::TaskCategory {
+                        name: category.name.clone(),
+                        version: category.version,
+                    }),
+                    output_prefix: output_prefix.to_owned(),
+                    connection: self.connection(category),
+                };
+                let mut client = AsyncConnectorServiceClient::new(self.channel.clone());
+                let r = client.get_task(self.request(req)).await.map_err(|s| from_status(&s))?;
+                return resource_from_v2(&r.into_inner().resource.unwrap_or_default());
+            }
             let mut client = AsyncAgentServiceClient::new(self.channel.clone());
             let req = admin::GetTaskRequest {
                 task_type: category.name.clone(),
@@ -136,6 +241,19 @@ impl Backend for GrpcBackend {
     #[allow(deprecated)]
     fn delete<'a>(&'a self, category: &'a TaskCategory, meta: &'a [u8]) -> BoxFuture<'a, Result<(), AgentError>> {
         Box::pin(async move {
+            if self.flyte2.is_some() {
+                let req = v2::connector::DeleteTaskRequest {
+                    resource_meta: meta.to_vec(),
+                    task_category: Some(v2::connector::TaskCategory {
+                        name: category.name.clone(),
+                        version: category.version,
+                    }),
+                    connection: self.connection(category),
+                };
+                let mut client = AsyncConnectorServiceClient::new(self.channel.clone());
+                client.delete_task(self.request(req)).await.map_err(|s| from_status(&s))?;
+                return Ok(());
+            }
             let mut client = AsyncAgentServiceClient::new(self.channel.clone());
             let req = admin::DeleteTaskRequest {
                 task_type: category.name.clone(),

@@ -29,6 +29,12 @@ pub(crate) const SERVICE_NAMES: &[&str] = &[
     "flyteidl2.connector.ConnectorMetadataService",
 ];
 
+/// Re-encodes a message of one protocol generation as the other. Only for types whose
+/// shared fields agree (Flyte 2's core types extend Flyte 1's; see `v2.rs`).
+pub(crate) fn recode<A: prost::Message, B: prost::Message + Default>(from: &A) -> Result<B, prost::DecodeError> {
+    B::decode(from.encode_to_vec().as_slice())
+}
+
 /// The caller's deadline from the `grpc-timeout` header.
 pub(crate) fn deadline<T>(req: &tonic::Request<T>) -> Option<Instant> {
     let raw = req.metadata().get("grpc-timeout")?.to_str().ok()?;

@@ -21,7 +21,7 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::status::to_status;
-use super::{deadline, stream_logs};
+use super::{deadline, recode, stream_logs};
 use crate::agent::{LogsQuery, MetricsQuery, TaskCategory, TaskRequest};
 use crate::error::AgentError;
 use crate::pb::v2::connector::{self as c, async_connector_service_server, connector_metadata_service_server};
@@ -75,7 +75,7 @@ fn invalid(message: impl Into<String>) -> Status {
 /// shared fields agree (see the module docs), where it cannot lose anything either side
 /// has in common.
 fn transcode<A: Message, B: Message + Default>(what: &str, from: &A) -> Result<B, Status> {
-    B::decode(from.encode_to_vec().as_slice()).map_err(|e| invalid(format!("{what} could not be read: {e}")))
+    recode(from).map_err(|e| invalid(format!("{what} could not be read: {e}")))
 }
 
 /// `task.Inputs` (named literals) as the literal map agents read. A name given twice
