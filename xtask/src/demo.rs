@@ -1,7 +1,8 @@
 //! `cargo xtask demo`: every agent against its local emulator, with no credentials. It
 //! starts the emulators and the agent binaries on loopback ports, runs the sample task of
 //! each task type (`crates/agentctl/samples`) through `agentctl run` the way Propeller
-//! would, prints a summary table and stops everything with SIGTERM.
+//! would, then a sync and an async task again the way a Flyte 2 backend would
+//! (`agentctl run --flyte2`), prints a summary table and stops everything with SIGTERM.
 
 use std::io::{BufRead as _, BufReader};
 use std::net::TcpListener;
@@ -155,15 +156,21 @@ pub(crate) fn demo(root: &Path) -> Result<()> {
         endpoints.insert(*name, endpoint);
     }
 
-    let tasks: [(&str, &str, &str); 5] = [
-        ("agent-bigquery", "bigquery_query_job_task", "async"),
-        ("agent-databricks", "databricks", "async"),
-        ("agent-snowflake", "snowflake", "async"),
-        ("agent-openai", "chatgpt", "sync"),
-        ("agent-openai", "openai-batch", "async"),
+    // The last two go over Flyte 2 (`flyteidl2.connector`) to the same agents, the
+    // Snowflake key sent with the requests as a Flyte 2 backend sends a connection secret.
+    let key_secret = format!("snowflake_private_key=@{}", snowflake_key.join("rsa_key.p8").display());
+    let flyte2_secret: [&str; 3] = ["--flyte2", "--secret", &key_secret];
+    let tasks: [(&str, &str, &str, &[&str]); 7] = [
+        ("agent-bigquery", "bigquery_query_job_task", "async", &[]),
+        ("agent-databricks", "databricks", "async", &[]),
+        ("agent-snowflake", "snowflake", "async", &[]),
+        ("agent-openai", "chatgpt", "sync", &[]),
+        ("agent-openai", "openai-batch", "async", &[]),
+        ("agent-openai", "chatgpt", "Flyte 2", &["--flyte2"]),
+        ("agent-snowflake", "snowflake", "Flyte 2", &flyte2_secret),
     ];
     let mut rows = Vec::new();
-    for (agent, task_type, mode) in tasks {
+    for (agent, task_type, mode, extra) in tasks {
         let sample = match task_type {
             "bigquery_query_job_task" => "bigquery",
             other => other,
@@ -172,7 +179,8 @@ pub(crate) fn demo(root: &Path) -> Result<()> {
         let mut cmd = Command::new(bin.join("agentctl"));
         cmd.args(["--endpoint", &endpoints[agent], "run", "--task-type", task_type, "--poll-interval", "250ms"])
             .arg("--template")
-            .arg(samples.join(format!("{sample}.template.json")));
+            .arg(samples.join(format!("{sample}.template.json")))
+            .args(extra);
         let inputs: PathBuf = samples.join(format!("{sample}.inputs.json"));
         if inputs.exists() {
             cmd.arg("--inputs").arg(inputs);
@@ -192,7 +200,7 @@ pub(crate) fn demo(root: &Path) -> Result<()> {
     for p in procs.iter_mut().rev() {
         stopped.push(p.stop());
     }
-    println!("\n{:<17} {:<24} {:<6} {:<10} {:>7}  outputs", "agent", "task type", "mode", "result", "time");
+    println!("\n{:<17} {:<24} {:<8} {:<10} {:>7}  outputs", "agent", "task type", "mode", "result", "time");
     for r in &rows {
         let outputs: String = if r.outputs.chars().count() > 60 {
             r.outputs.chars().take(57).chain("...".chars()).collect()
@@ -200,7 +208,7 @@ pub(crate) fn demo(root: &Path) -> Result<()> {
             r.outputs.clone()
         };
         println!(
-            "{:<17} {:<24} {:<6} {:<10} {:>6.1}s  {}",
+            "{:<17} {:<24} {:<8} {:<10} {:>6.1}s  {}",
             r.agent,
             r.task_type,
             r.mode,
