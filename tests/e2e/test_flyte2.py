@@ -117,6 +117,11 @@ def test_async_and_sync_tasks_and_errors(agent):
     meta, r = run(agent, create_request(proto1.template("test_sync"), test_openai.string_inputs(name="flyte2")))
     assert r.phase == SUCCEEDED and outputs(r)["greeting"].scalar.primitive.string_value == "hello, flyte2"
     assert c2.Resource.FromString(meta) == r
+    # Served as create ("do", the sync call) and get, both counted under Flyte 2.
+    lines = agent.scrape_metrics().splitlines()
+    for op in ("do", "get"):
+        assert any(l.startswith("flyte_connector_requests_success_total{") and 'task_type="test_sync"' in l
+                   and f'operation="{op}"' in l and 'protocol="flyteidl2"' in l for l in lines), op
     stub = s2.AsyncConnectorServiceStub(agent.channel)
     err = rpc_error(stub.CreateTask, c2.CreateTaskRequest())
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "template" in err.details()

@@ -231,7 +231,7 @@ impl AgentService {
     }
 
     /// Runs one operation, recording flytekit's success/failure counters and latency.
-    async fn measured<T>(
+    pub(crate) async fn measured<T>(
         &self,
         category: &TaskCategory,
         operation: &'static str,

@@ -161,7 +161,8 @@ fn sync_result_meta(category: &TaskCategory, resource: &Resource) -> Result<Vec<
     Ok(resource_to_v2(&failed)?.encode_to_vec())
 }
 
-fn read_sync_result(meta: &[u8]) -> Result<c::Resource, Status> {
+fn read_sync_result(meta: &[u8]) -> Result<c::Resource, AgentError> {
+    let invalid = AgentError::invalid_argument;
     if meta.is_empty() {
         return Err(invalid("resource_meta is empty; send the bytes CreateTask returned"));
     }
@@ -206,7 +207,8 @@ impl async_connector_service_server::AsyncConnectorService for V2 {
         let r = req.into_inner();
         let category = Self::category(r.task_category.as_ref())?;
         let resource = if self.svc.is_sync(&category) == Some(true) {
-            read_sync_result(&r.resource_meta)?
+            let read = async { read_sync_result(&r.resource_meta) };
+            self.svc.measured(&category, "get", Protocol::Flyteidl2, read).await.map_err(|e| to_status(&e))?
         } else {
             call.output_prefix = Some(r.output_prefix);
             let resource = self.svc.get(category, &r.resource_meta, call).await.map_err(|e| to_status(&e))?;
@@ -345,8 +347,8 @@ mod tests {
         let r = read_sync_result(&meta).unwrap();
         assert_eq!(r.phase, core2::task_execution::Phase::Failed as i32);
         assert!(r.message.contains("more than the 65536 bytes"), "{}", r.message);
-        assert_eq!(read_sync_result(b"").unwrap_err().code(), tonic::Code::InvalidArgument);
-        assert_eq!(read_sync_result(br#"{"job_id": "x"}"#).unwrap_err().code(), tonic::Code::InvalidArgument);
+        assert!(matches!(read_sync_result(b""), Err(AgentError::InvalidArgument(_))));
+        assert!(matches!(read_sync_result(br#"{"job_id": "x"}"#), Err(AgentError::InvalidArgument(_))));
         let running = resource_to_v2(&Resource::running()).unwrap().encode_to_vec();
         assert!(read_sync_result(&running).unwrap_err().message().contains("not a finished result"));
     }
