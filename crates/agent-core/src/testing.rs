@@ -245,7 +245,7 @@ pub mod conformance {
 
     use tonic::Code;
 
-    use super::TestServer;
+    use super::{TestServer, flyte2};
     use crate::agent::{TaskCategory, TaskRequest};
     use crate::pb::admin::{self, execute_task_sync_request as sync_req, execute_task_sync_response as sync_resp};
     use crate::resource::{Phase, Resource};
@@ -413,9 +413,11 @@ pub mod conformance {
     /// Hostile input never makes an agent panic, hang or fail obscurely: `cases` random
     /// resource metas (bytes, broken JSON, the right keys with wrong values) to GetTask and
     /// DeleteTask, and `task`'s template with random `custom`, `config`, SQL and inputs
-    /// (literals of every kind) to CreateTask or ExecuteTaskSync. Every call answers
-    /// within its deadline with a result or a precise error: never INTERNAL, UNKNOWN or
-    /// DEADLINE_EXCEEDED. Inputs are drawn with proptest, the same every run.
+    /// (literals of every kind) to CreateTask or ExecuteTaskSync; and the same over Flyte 2
+    /// (`flyteidl2.connector`, where a sync agent is reached through CreateTask and GetTask).
+    /// Every call answers within its deadline with a result or a precise error: never
+    /// INTERNAL, UNKNOWN or DEADLINE_EXCEEDED. Inputs are drawn with proptest, the same
+    /// every run.
     #[allow(deprecated)]
     pub async fn hostile_inputs(server: &TestServer, task: TaskRequest, cases: usize) {
         use super::arbitrary;
@@ -449,6 +451,26 @@ pub mod conformance {
                     client.delete_task(timed(del)).await.map(|_| None),
                 );
             }
+        }
+
+        let mut flyte2_client = server.connector_client().await;
+        let category2 =
+            crate::pb::v2::connector::TaskCategory { name: category.name.clone(), version: category.version };
+        for meta in arbitrary::sample(arbitrary::resource_meta(), cases) {
+            let get = crate::pb::v2::connector::GetTaskRequest {
+                resource_meta: meta.clone(),
+                task_category: Some(category2.clone()),
+                ..Default::default()
+            };
+            let got = flyte2_client.get_task(timed(get)).await;
+            let shown = String::from_utf8_lossy(&meta);
+            check("Flyte 2 GetTask", &shown, got.map(|r| r.into_inner().resource.map(|r| r.phase)));
+            let del = crate::pb::v2::connector::DeleteTaskRequest {
+                resource_meta: meta.clone(),
+                task_category: Some(category2.clone()),
+                connection: None,
+            };
+            check("Flyte 2 DeleteTask", &shown, flyte2_client.delete_task(timed(del)).await.map(|_| None));
         }
 
         let real_custom = task.template.custom.as_ref().map(struct_to_json).unwrap_or_default();
@@ -506,6 +528,8 @@ pub mod conformance {
                 let mut client = server.async_client().await;
                 check("CreateTask", &input, client.create_task(timed(create)).await.map(|_| None));
             }
+            let created = flyte2_client.create_task(timed(flyte2::create_request(&t, None))).await;
+            check("Flyte 2 CreateTask", &input, created.map(|_| None));
         }
     }
 }
