@@ -324,7 +324,11 @@ def test_chatgpt_sync_agent_through_create_and_get(openai):
     r = test_openai.execute_sync(agent, template, message)
     assert r.phase == FAILED and "401" in r.message, r.message
     conn = connection("chatgpt", flyte_openai_api_key=test_openai.KEY)
-    meta, r = run(agent, create_request(template, message, conn=conn), conn=conn)
+    create = create_request(template, message, conn=conn)
+    # Flyte 2's plugin finds the connection spec in the template's custom and leaves it
+    # there; the agent, which refuses settings it does not know, must not see it.
+    create.template.custom.update({"secrets": {"flyte_openai_api_key": "openai-key-secret-name"}, "taskType": "chatgpt"})
+    meta, r = run(agent, create, conn=conn)
     assert r.phase == SUCCEEDED, r.message
     assert outputs(r)["o0"].scalar.primitive.string_value == "echo: hello from Flyte 2"
     assert test_openai.KEY.encode() not in meta

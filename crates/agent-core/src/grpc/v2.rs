@@ -97,6 +97,28 @@ fn inputs_to_map(inputs: Option<task::Inputs>) -> Result<core::LiteralMap, Statu
     Ok(core::LiteralMap { literals })
 }
 
+/// Removes the task's connection spec from `custom`: the keys Flyte 2's connector plugin
+/// reads as the task's `Connection` (`secrets`, `configs`, `taskType` or `task_type`). It
+/// is the backend's plumbing (the secrets it names arrive resolved in `connection`), not
+/// the agent's settings, and agents that refuse unknown settings would refuse the task.
+/// Only values of the spec's shape (string maps, a string) are taken for it.
+fn strip_connection_spec(template: &mut core::TaskTemplate) {
+    use prost_types::value::Kind;
+    let Some(custom) = template.custom.as_mut() else { return };
+    let is_string_map = |v: &prost_types::Value| match &v.kind {
+        Some(Kind::StructValue(s)) => s.fields.values().all(|v| matches!(v.kind, Some(Kind::StringValue(_)))),
+        _ => false,
+    };
+    custom.fields.retain(|key, value| {
+        let spec = match key.as_str() {
+            "secrets" | "configs" => is_string_map(value),
+            "taskType" | "task_type" => matches!(value.kind, Some(Kind::StringValue(_))),
+            _ => false,
+        };
+        !spec
+    });
+}
+
 fn task_request(
     template: Option<core2::TaskTemplate>,
     inputs: Option<task::Inputs>,
@@ -104,8 +126,10 @@ fn task_request(
     metadata: Option<c::TaskExecutionMetadata>,
 ) -> Result<TaskRequest, Status> {
     let template = template.ok_or_else(|| invalid("template is missing; the request must carry the task template"))?;
+    let mut template: core::TaskTemplate = transcode("template", &template)?;
+    strip_connection_spec(&mut template);
     Ok(TaskRequest {
-        template: transcode("template", &template)?,
+        template,
         inputs: inputs_to_map(inputs)?,
         output_prefix,
         metadata: metadata
@@ -319,6 +343,34 @@ mod tests {
         let valueless = inputs_to_map(Some(task::Inputs { literals: vec![empty], context: vec![] }));
         assert!(valueless.unwrap_err().message().contains("('z') has no value"));
         assert!(inputs_to_map(None).unwrap().literals.is_empty());
+    }
+
+    #[test]
+    fn the_connection_spec_is_taken_out_of_custom_and_nothing_else() {
+        let custom = serde_json::json!({
+            "secrets": {"flyte_openai_api_key": "openai-key"},
+            "configs": {},
+            "taskType": "chatgpt",
+            "chatgpt_config": {"model": "m", "secrets": {"nested": "kept"}},
+        });
+        let mut t = core::TaskTemplate {
+            custom: Some(crate::json::json_to_struct(custom.as_object().unwrap())),
+            ..Default::default()
+        };
+        strip_connection_spec(&mut t);
+        let left = crate::json::struct_to_json(t.custom.as_ref().unwrap());
+        assert_eq!(
+            serde_json::Value::Object(left),
+            serde_json::json!({"chatgpt_config": {"model": "m", "secrets": {"nested": "kept"}}})
+        );
+        // A `secrets` that is not a map of names is someone's setting, not the spec.
+        let odd = serde_json::json!({"secrets": ["a"], "task_type": 3});
+        let mut t = core::TaskTemplate {
+            custom: Some(crate::json::json_to_struct(odd.as_object().unwrap())),
+            ..Default::default()
+        };
+        strip_connection_spec(&mut t);
+        assert_eq!(t.custom.unwrap().fields.len(), 2);
     }
 
     #[test]
