@@ -63,9 +63,18 @@ pub struct TlsConfig {
     pub cert_file: PathBuf,
     /// PEM private key of that certificate.
     pub key_file: PathBuf,
-    /// PEM CA bundle; when set, clients must present a certificate it signed.
+    /// PEM CA bundle; when set, clients must present a certificate it signed (read at
+    /// start-up).
     #[serde(default)]
     pub client_ca_file: Option<PathBuf>,
+    /// How often the certificate and key files are checked for a renewal, which new
+    /// connections then get without a restart; `0s` turns the checks off.
+    #[serde(default = "default_tls_reload_interval", with = "humantime_serde")]
+    pub reload_interval: Duration,
+}
+
+fn default_tls_reload_interval() -> Duration {
+    Duration::from_secs(60)
 }
 
 /// The built-in defaults, as a YAML document (also shown by `--help`).

@@ -141,7 +141,7 @@ impl AgentServer {
             let categories: Vec<String> = a.categories.iter().map(ToString::to_string).collect();
             tracing::info!(message = "Serving agent.", name = %a.name, categories = %categories.join(","), is_sync = a.is_sync);
         }
-        let tls = self.config.tls.as_ref().map(grpc::tls_config).transpose()?;
+        let tls = self.config.tls.as_ref().map(grpc::ServerTls::new).transpose()?;
         let security = match &self.config.tls {
             None => "plaintext",
             Some(t) if t.client_ca_file.is_some() => "mutual TLS",

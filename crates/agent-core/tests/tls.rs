@@ -1,7 +1,8 @@
 //! TLS and mutual TLS on the gRPC port, with certificates from a throwaway CA: the server
 //! presents its certificate, with a client CA it refuses clients without a certificate it
-//! signed, and unreadable or malformed files stop the server with a message naming the
-//! setting and never the file's content.
+//! signed, unreadable or malformed files stop the server with a message naming the
+//! setting and never the file's content, and a renewed certificate is picked up without a
+//! restart (a broken renewal is not).
 
 mod support;
 
@@ -16,6 +17,9 @@ use agent_core::server::AgentServer;
 use agent_core::testing::{secrets, test_config};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+/// Checks for renewals are not what most tests are about: rarely.
+const RELOAD: Duration = Duration::from_secs(60);
 
 struct Ca {
     pem: String,
@@ -94,6 +98,7 @@ async fn tls_serves_clients_that_trust_the_ca() {
         cert_file: write(&dir, "cert.pem", &cert),
         key_file: write(&dir, "key.pem", &key),
         client_ca_file: None,
+        reload_interval: RELOAD,
     };
     let port = start(tls).await.unwrap();
 
@@ -130,6 +135,7 @@ async fn mutual_tls_requires_a_client_certificate_from_the_client_ca() {
         cert_file: write(&dir, "cert.pem", &cert),
         key_file: write(&dir, "key.pem", &key),
         client_ca_file: Some(write(&dir, "clients.pem", &clients.pem)),
+        reload_interval: RELOAD,
     };
     let port = start(tls).await.unwrap();
     let base = || ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&authority.pem)).domain_name("localhost");
@@ -160,27 +166,91 @@ async fn bad_tls_files_stop_the_server_naming_the_setting_not_the_content() {
     let cert_file = write(&dir, "cert.pem", &cert);
 
     let missing = dir.join("missing-key.pem");
-    let err = start(TlsConfig { cert_file: cert_file.clone(), key_file: missing.clone(), client_ca_file: None })
-        .await
-        .unwrap_err();
+    let err = start(TlsConfig {
+        cert_file: cert_file.clone(),
+        key_file: missing.clone(),
+        client_ca_file: None,
+        reload_interval: RELOAD,
+    })
+    .await
+    .unwrap_err();
     assert!(err.contains("tls.key_file") && err.contains("missing-key.pem"), "{err}");
 
     let secret_looking = "-----BEGIN PRIVATE KEY-----\nbm90LWEta2V5LXRvcC1zZWNyZXQ=\n-----END PRIVATE KEY-----\n";
     let garbage = write(&dir, "garbage.pem", secret_looking);
-    let err =
-        start(TlsConfig { cert_file: cert_file.clone(), key_file: garbage, client_ca_file: None }).await.unwrap_err();
+    let err = start(TlsConfig {
+        cert_file: cert_file.clone(),
+        key_file: garbage,
+        client_ca_file: None,
+        reload_interval: RELOAD,
+    })
+    .await
+    .unwrap_err();
     assert!(err.contains("key_file is not a usable private key") && err.contains("garbage.pem"), "{err}");
     assert!(!err.contains("bm90LWEta2V5LXRvcC1zZWNyZXQ"), "the key file's content leaked: {err}");
 
     // A real key, but not the certificate's.
     let (_, other_key) = leaf(&authority, &["localhost"]);
     let other = write(&dir, "other-key.pem", &other_key);
-    let err =
-        start(TlsConfig { cert_file: cert_file.clone(), key_file: other, client_ca_file: None }).await.unwrap_err();
+    let err = start(TlsConfig {
+        cert_file: cert_file.clone(),
+        key_file: other,
+        client_ca_file: None,
+        reload_interval: RELOAD,
+    })
+    .await
+    .unwrap_err();
     assert!(err.contains("the key does not fit the certificate"), "{err}");
 
     let not_a_ca = write(&dir, "clients.pem", "no certificates here\n");
     let key_file = write(&dir, "key.pem", &key);
-    let err = start(TlsConfig { cert_file, key_file, client_ca_file: Some(not_a_ca) }).await.unwrap_err();
+    let err = start(TlsConfig { cert_file, key_file, client_ca_file: Some(not_a_ca), reload_interval: RELOAD })
+        .await
+        .unwrap_err();
     assert!(err.contains("tls.client_ca_file") && err.contains("holds no certificate"), "{err}");
+}
+
+#[tokio::test]
+async fn a_renewed_certificate_is_served_without_a_restart_and_a_broken_one_is_not() {
+    let dir = temp_dir("renew");
+    let (old_ca, new_ca) = (ca("old CA"), ca("new CA"));
+    let (cert, key) = leaf(&old_ca, &["localhost"]);
+    let (cert_file, key_file) = (write(&dir, "cert.pem", &cert), write(&dir, "key.pem", &key));
+    let tls = TlsConfig {
+        cert_file: cert_file.clone(),
+        key_file: key_file.clone(),
+        client_ca_file: None,
+        reload_interval: Duration::from_millis(100),
+    };
+    let port = start(tls).await.unwrap();
+    let trusting =
+        |ca: &Ca| Some(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca.pem)).domain_name("localhost"));
+    let answers = |tls: Option<ClientTlsConfig>| async move {
+        match connect(port, tls).await {
+            Ok(ch) => list_agents(ch).await.is_ok(),
+            Err(_) => false,
+        }
+    };
+    let before = connect(port, trusting(&old_ca)).await.unwrap();
+    assert_eq!(list_agents(before.clone()).await.unwrap(), 2);
+    assert!(!answers(trusting(&new_ca)).await);
+
+    // The rotation writes the new pair; new connections get it within the interval.
+    let (cert, key) = leaf(&new_ca, &["localhost"]);
+    std::fs::write(&cert_file, &cert).unwrap();
+    std::fs::write(&key_file, &key).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !answers(trusting(&new_ca)).await {
+        assert!(std::time::Instant::now() < deadline, "the renewed certificate was never served");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!answers(trusting(&old_ca)).await, "new connections still get the old certificate");
+    // A connection made before the renewal keeps working.
+    assert_eq!(list_agents(before).await.unwrap(), 2);
+
+    // A half-written rotation (a key that does not fit) is refused; the last good pair stays.
+    let (other_cert, _) = leaf(&new_ca, &["localhost"]);
+    std::fs::write(&cert_file, &other_cert).unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(answers(trusting(&new_ca)).await, "a broken renewal replaced the working certificate");
 }

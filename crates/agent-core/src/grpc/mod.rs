@@ -4,6 +4,7 @@
 
 pub(crate) mod client;
 mod status;
+mod tls;
 mod v1;
 mod v2;
 
@@ -19,6 +20,8 @@ use crate::pb;
 use crate::pb::service::{agent_metadata_service_server, async_agent_service_server, sync_agent_service_server};
 use crate::pb::v2::connector::{async_connector_service_server, connector_metadata_service_server};
 use crate::service::AgentService;
+
+pub(crate) use tls::ServerTls;
 
 /// Fully qualified names of the services whose health is reported.
 pub(crate) const SERVICE_NAMES: &[&str] = &[
@@ -109,62 +112,7 @@ pub(crate) struct ServeOptions {
     pub(crate) max_message_size: usize,
     pub(crate) grace_period: Duration,
     pub(crate) shutdown_delay: Duration,
-    pub(crate) tls: Option<tonic::transport::ServerTlsConfig>,
-}
-
-/// The server side of [`crate::config::TlsConfig`]: files read and checked at start-up,
-/// so a bad path or PEM stops the agent with a message naming the setting (never the
-/// file's content).
-pub(crate) fn tls_config(config: &crate::config::TlsConfig) -> Result<tonic::transport::ServerTlsConfig, String> {
-    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
-    let read = |key: &str, path: &std::path::Path| {
-        std::fs::read(path).map_err(|e| format!("tls.{key} {}: cannot read it: {e}", path.display()))
-    };
-    let (cert, key) = (read("cert_file", &config.cert_file)?, read("key_file", &config.key_file)?);
-    check_pem(&cert, &key).map_err(|e| {
-        format!("tls: {e} (cert_file {}, key_file {})", config.cert_file.display(), config.key_file.display())
-    })?;
-    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
-    if let Some(path) = &config.client_ca_file {
-        let ca = read("client_ca_file", path)?;
-        use rustls::pki_types::pem::PemObject as _;
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&ca) {
-            let cert = cert.map_err(|e| format!("tls.client_ca_file {}: not PEM certificates: {e}", path.display()))?;
-            roots.add(cert).map_err(|e| format!("tls.client_ca_file {}: {e}", path.display()))?;
-        }
-        if roots.is_empty() {
-            return Err(format!("tls.client_ca_file {}: holds no certificate", path.display()));
-        }
-        tls = tls.client_ca_root(Certificate::from_pem(ca));
-    }
-    Ok(tls)
-}
-
-/// The checks tonic would otherwise report only as "transport error": PEM that parses, a
-/// key that matches the certificate. rustls' messages never quote the key.
-fn check_pem(cert: &[u8], key: &[u8]) -> Result<(), String> {
-    use rustls::pki_types::pem::PemObject as _;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let chain = CertificateDer::pem_slice_iter(cert)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("cert_file is not PEM certificates: {e}"))?;
-    if chain.is_empty() {
-        return Err("cert_file holds no certificate".into());
-    }
-    let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| format!("key_file is not a PEM private key: {e}"))?;
-    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    provider
-        .key_provider
-        .load_private_key(key.clone_key())
-        .map_err(|e| format!("key_file is not a usable private key: {e}"))?;
-    rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .map_err(|e| format!("the key does not fit the certificate: {e}"))?;
-    Ok(())
+    pub(crate) tls: Option<tls::ServerTls>,
 }
 
 /// Serves on `listener` until `shutdown` resolves, then drains: health goes NOT_SERVING,
@@ -195,11 +143,7 @@ pub(crate) async fn serve(
     // Flyte 2 on the same port: one deployment serves both backends, e.g. during a migration.
     let front2 = v2::V2::new(svc);
     let size = options.max_message_size;
-    let mut server = Server::builder();
-    if let Some(tls) = options.tls {
-        server = server.tls_config(tls)?;
-    }
-    let router = server
+    let router = Server::builder()
         .trace_fn(crate::telemetry::grpc_span)
         .add_service(health)
         .add_service(reflection_v1)
@@ -246,8 +190,15 @@ pub(crate) async fn serve(
     let incoming = tonic::transport::server::TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(Duration::from_secs(60)));
-    let serving = router.serve_with_incoming_shutdown(incoming, signal);
-    tokio::pin!(serving);
+    let mut _watcher = None;
+    let mut serving: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+        match &options.tls {
+            None => Box::pin(router.serve_with_incoming_shutdown(incoming, signal)),
+            Some(tls) => {
+                _watcher = tls.watch().map(AbortOnDrop);
+                Box::pin(router.serve_with_incoming_shutdown(tls.incoming(incoming), signal))
+            }
+        };
     let grace = options.grace_period;
     tokio::select! {
         result = &mut serving => result,
@@ -261,6 +212,15 @@ pub(crate) async fn serve(
             tracing::warn!(message = "Grace period over; dropping the calls still in flight.", grace_period = ?grace);
             Ok(())
         }
+    }
+}
+
+/// Stops a background task when the server stops.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
