@@ -2,7 +2,8 @@
 //! emulator injects faults (429 with Retry-After, 503, dropped connections, lost
 //! responses, slow answers) at a chosen rate. Each loop runs tasks one after another:
 //! CreateTask with a fresh task execution id, GetTask every 100 ms until a terminal
-//! phase, each call with Propeller's 10 s deadline. Reports tasks run, tasks wrongly
+//! phase, each call with Propeller's 10 s deadline. Half the loops speak Flyte 1
+//! (`flyteidl.service`), half Flyte 2 (`flyteidl2.connector`), against the same agent. Reports tasks run, tasks wrongly
 //! failed (must be 0), external jobs beyond one per task (duplicates, must be 0), GetTask
 //! latency and the agent's peak RSS. `cargo xtask soak` runs it; the test suite runs a
 //! short one.
@@ -11,15 +12,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use agent_core::GrpcBackend;
+use agent_core::executor::Backend as _;
 use agent_core::pb::admin;
 use agent_core::pb::core::{Identifier, NodeExecutionIdentifier, TaskExecutionIdentifier, WorkflowExecutionIdentifier};
-use agent_core::pb::service::async_agent_service_client::AsyncAgentServiceClient;
+use agent_core::prelude::{TaskCategory, TaskRequest};
 use hdrhistogram::Histogram;
-use tonic::transport::Channel;
 
 use super::{External, Options, free_port, rss_kib, spawn_workspace_agent, start_emulator, wait_serving};
-
-const SUCCEEDED: i32 = 3;
 
 /// Propeller's per-call deadline in the connector plugin's defaults.
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -41,7 +41,7 @@ pub(super) async fn run(o: &Options) -> bool {
     let setups: [fn(&str, &std::path::Path) -> External; 4] =
         [super::bigquery_setup, super::databricks_setup, super::snowflake_setup, super::openai_batch_setup];
     println!(
-        "Soak: {} Propeller loops per agent for {} s, each fault kind injected on {:.1}% of emulator requests",
+        "Soak: {} Propeller loops per agent (half over Flyte 2) for {} s, each fault kind injected on {:.1}% of emulator requests",
         o.concurrency,
         o.duration.as_secs(),
         o.fault_rate * 100.0
@@ -115,21 +115,21 @@ async fn soak_one(o: &Options, setup: fn(&str, &std::path::Path) -> External) ->
         http.post(format!("{base}/_emulator/faults")).json(&rule).send().await.expect("inject faults");
     }
 
-    let channel = Channel::from_shared(format!("http://127.0.0.1:{port}")).unwrap().connect().await.expect("connect");
+    let flyte1 = GrpcBackend::connect(&format!("http://127.0.0.1:{port}"), DEADLINE).await.expect("connect");
     let stop = Arc::new(AtomicBool::new(false));
     let next_task = Arc::new(AtomicU64::new(0));
     let mut loops = Vec::new();
-    for _ in 0..o.concurrency {
-        let (channel, stop, next_task) = (channel.clone(), stop.clone(), next_task.clone());
+    for i in 0..o.concurrency {
+        let (stop, next_task) = (stop.clone(), next_task.clone());
         let (template, inputs, task_type) = (ext.template.clone(), ext.inputs.clone(), ext.task_type);
+        let client = if i % 2 == 0 { flyte1.clone() } else { flyte1.clone().flyte2(Vec::new()) };
         loops.push(tokio::spawn(async move {
-            let mut client = AsyncAgentServiceClient::new(channel);
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
             let (mut tasks, mut succeeded, mut failures) = (0u64, 0u64, Vec::new());
             while !stop.load(Ordering::Relaxed) {
                 let n = next_task.fetch_add(1, Ordering::Relaxed);
                 tasks += 1;
-                match run_task(&mut client, &template, &inputs, task_type, n, &mut hist).await {
+                match run_task(&client, &template, &inputs, task_type, n, &mut hist).await {
                     Ok(()) => succeeded += 1,
                     Err(why) => failures.push(format!("task {n}: {why}")),
                 }
@@ -175,7 +175,7 @@ async fn soak_one(o: &Options, setup: fn(&str, &std::path::Path) -> External) ->
 /// One task the way Propeller runs it: create, then poll to a terminal phase, tolerating
 /// up to five failed polls.
 async fn run_task(
-    client: &mut AsyncAgentServiceClient<Channel>,
+    client: &GrpcBackend,
     template: &agent_core::pb::core::TaskTemplate,
     inputs: &agent_core::pb::core::LiteralMap,
     task_type: &str,
@@ -204,46 +204,34 @@ async fn run_task(
         namespace: "soak-dev".into(),
         ..Default::default()
     };
-    let create = admin::CreateTaskRequest {
-        inputs: Some(inputs.clone()),
-        template: Some(template.clone()),
-        output_prefix: format!("s3://bucket/soak/{n}"),
-        task_execution_metadata: Some(metadata),
+    let prefix = format!("s3://bucket/soak/{n}");
+    let task = TaskRequest {
+        template: template.clone(),
+        inputs: inputs.clone(),
+        output_prefix: prefix.clone(),
+        metadata: Some(metadata),
     };
-    let mut request = tonic::Request::new(create);
-    request.set_timeout(DEADLINE);
-    let meta = client.create_task(request).await.map_err(|s| format!("CreateTask: {:?} {}", s.code(), s.message()))?;
-    let meta = meta.into_inner().resource_meta;
+    let meta = client.create(task).await.map_err(|e| format!("CreateTask: {e}"))?;
+    let category = TaskCategory::new(task_type, 0);
     let mut failed_polls = 0;
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        #[allow(deprecated)]
-        let get = admin::GetTaskRequest {
-            task_type: task_type.into(),
-            resource_meta: meta.clone(),
-            task_category: Some(admin::TaskCategory { name: task_type.into(), version: 0 }),
-            output_prefix: format!("s3://bucket/soak/{n}"),
-        };
-        let mut request = tonic::Request::new(get);
-        request.set_timeout(DEADLINE);
         let started = Instant::now();
-        let answer = client.get_task(request).await;
+        let answer = client.get(&category, &meta, &prefix).await;
         let _ = hist.record(started.elapsed().as_micros().max(1) as u64);
         match answer {
-            Ok(r) => {
-                let r = r.into_inner().resource.unwrap_or_default();
-                match agent_core::Phase::from_proto(r.phase) {
-                    Some(p) if p.is_terminal() => {
-                        return if r.phase == SUCCEEDED { Ok(()) } else { Err(format!("{p}: {}", r.message)) };
-                    }
-                    Some(_) => {}
-                    None => return Err(format!("GetTask answered phase {}", r.phase)),
-                }
+            Ok(r) if r.phase.is_terminal() => {
+                return if r.phase == agent_core::Phase::Succeeded {
+                    Ok(())
+                } else {
+                    Err(format!("{}: {}", r.phase, r.message))
+                };
             }
-            Err(s) => {
+            Ok(_) => {}
+            Err(e) => {
                 failed_polls += 1;
                 if failed_polls > 5 {
-                    return Err(format!("GetTask failed {failed_polls} times, last {:?} {}", s.code(), s.message()));
+                    return Err(format!("GetTask failed {failed_polls} times, last {e}"));
                 }
             }
         }
