@@ -74,6 +74,11 @@ fn remember(value: &str) {
     if value.len() < MIN_REDACTED_LEN {
         return;
     }
+    // Flyte 2 requests each bring their secrets: the usual case, a value already known,
+    // takes only the shared lock.
+    if KNOWN.read().unwrap_or_else(std::sync::PoisonError::into_inner).iter().any(|k| k == value) {
+        return;
+    }
     let mut known = KNOWN.write().unwrap_or_else(std::sync::PoisonError::into_inner);
     if !known.iter().any(|k| k == value) {
         if known.len() >= MAX_REMEMBERED {
