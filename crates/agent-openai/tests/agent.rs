@@ -7,7 +7,7 @@ use agent_core::json::json_to_struct;
 use agent_core::literals::{Value, values_to_literal_map};
 use agent_core::pb::{admin, core};
 use agent_core::prelude::*;
-use agent_core::testing::{Code, TestServer, conformance, secrets, test_config};
+use agent_core::testing::{Code, TestServer, conformance, create_request, secrets, test_config};
 use agent_openai::{BATCH_TYPE, BatchAgent, CHATGPT_TYPE, ChatGptAgent, Config};
 use emulators::openai::{OpenAi, Settings};
 use emulators::{FaultAction, FaultRule, Running};
@@ -151,19 +151,14 @@ async fn batch_passes_conformance_and_returns_the_batch_as_msgpack() {
 async fn batch_failures_cancels_repeats_and_pickles() {
     let env = env().await;
     let mut client = env.server.async_client().await;
-    let create = |t: &TaskRequest| admin::CreateTaskRequest {
-        inputs: Some(t.inputs.clone()),
-        template: Some(t.template.clone()),
-        output_prefix: String::new(),
-        task_execution_metadata: t.metadata.clone(),
-    };
     #[allow(deprecated)]
     let get = |m: &[u8]| admin::GetTaskRequest {
         resource_meta: m.to_vec(),
         task_category: Some(admin::TaskCategory { name: BATCH_TYPE.into(), version: 0 }),
         ..Default::default()
     };
-    let bad = client.create_task(create(&batch_task("file-bad-lines"))).await.unwrap().into_inner().resource_meta;
+    let bad =
+        client.create_task(create_request(&batch_task("file-bad-lines"))).await.unwrap().into_inner().resource_meta;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let r = Resource::from_proto(&client.get_task(get(&bad)).await.unwrap().into_inner().resource.unwrap());
     assert_eq!(r.phase, Phase::Failed);
@@ -182,8 +177,8 @@ async fn batch_failures_cancels_repeats_and_pickles() {
         ..Default::default()
     });
     let before = env.ai.batches().len();
-    let m1 = client.create_task(create(&t)).await.unwrap().into_inner().resource_meta;
-    let m2 = client.create_task(create(&t)).await.unwrap().into_inner().resource_meta;
+    let m1 = client.create_task(create_request(&t)).await.unwrap().into_inner().resource_meta;
+    let m2 = client.create_task(create_request(&t)).await.unwrap().into_inner().resource_meta;
     assert_eq!(m1, m2);
     assert_eq!(env.ai.batches().len(), before + 1);
 
@@ -220,12 +215,6 @@ async fn a_repeated_create_finds_its_batch_behind_more_than_a_page_of_others() {
     // found a duplicate when only the newest 100 were searched).
     let env = env().await;
     let mut client = env.server.async_client().await;
-    let create = |t: &TaskRequest| admin::CreateTaskRequest {
-        template: Some(t.template.clone()),
-        inputs: Some(t.inputs.clone()),
-        task_execution_metadata: t.metadata.clone(),
-        ..Default::default()
-    };
     let attempt = |n: u32| {
         let mut t = batch_task("file-busy");
         t.metadata = Some(admin::TaskExecutionMetadata {
@@ -241,11 +230,11 @@ async fn a_repeated_create_finds_its_batch_behind_more_than_a_page_of_others() {
         });
         t
     };
-    let first = client.create_task(create(&attempt(0))).await.unwrap().into_inner().resource_meta;
+    let first = client.create_task(create_request(&attempt(0))).await.unwrap().into_inner().resource_meta;
     for n in 1..=150 {
-        client.create_task(create(&attempt(n))).await.unwrap();
+        client.create_task(create_request(&attempt(n))).await.unwrap();
     }
-    let repeat = client.create_task(create(&attempt(0))).await.unwrap().into_inner().resource_meta;
+    let repeat = client.create_task(create_request(&attempt(0))).await.unwrap().into_inner().resource_meta;
     assert_eq!(first, repeat);
     assert_eq!(env.ai.batches().len(), 151);
 }
