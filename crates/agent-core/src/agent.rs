@@ -37,6 +37,11 @@ impl TaskCategory {
     pub fn to_proto(&self) -> admin::TaskCategory {
         admin::TaskCategory { name: self.name.clone(), version: self.version }
     }
+
+    /// The Flyte 2 protocol message.
+    pub fn to_v2(&self) -> crate::pb::v2::connector::TaskCategory {
+        crate::pb::v2::connector::TaskCategory { name: self.name.clone(), version: self.version }
+    }
 }
 
 impl std::fmt::Display for TaskCategory {

@@ -244,11 +244,6 @@ impl AgentService {
         result
     }
 
-    /// Whether the agent serving `category` is a sync agent (`None`: not served here).
-    pub fn is_sync(&self, category: &TaskCategory) -> Option<bool> {
-        self.inner.registry.is_sync(category)
-    }
-
     /// Every agent: `ListAgents`.
     pub fn list_agents(&self) -> &[AgentInfo] {
         self.inner.registry.agents()

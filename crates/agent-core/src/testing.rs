@@ -166,19 +166,14 @@ pub mod arbitrary;
 /// [`crate::agent::TaskRequest`] the Flyte 1 helpers use (re-encoded, as the generations'
 /// shared types allow), with an optional `connection`.
 pub mod flyte2 {
-    use prost::Message;
     use tonic::transport::Channel;
 
     use super::TestServer;
-    use crate::agent::TaskRequest;
+    use crate::agent::{TaskCategory, TaskRequest};
     use crate::pb::v2::connector::async_connector_service_client::AsyncConnectorServiceClient;
     use crate::pb::v2::connector::connector_metadata_service_client::ConnectorMetadataServiceClient;
     use crate::pb::v2::connector::{self as c};
-    use crate::pb::v2::{core as core2, task};
-
-    fn recode<A: Message, B: Message + Default>(a: &A) -> B {
-        B::decode(a.encode_to_vec().as_slice()).expect("the generations share this type's fields")
-    }
+    use crate::pb::v2::core as core2;
 
     /// A `connection` carrying `secrets`.
     pub fn connection(task_type: &str, secrets: &[(&str, &str)]) -> core2::Connection {
@@ -191,24 +186,12 @@ pub mod flyte2 {
 
     /// The CreateTaskRequest a Flyte 2 backend sends for `task`, inputs sorted by name.
     pub fn create_request(task: &TaskRequest, connection: Option<core2::Connection>) -> c::CreateTaskRequest {
-        let mut names: Vec<&String> = task.inputs.literals.keys().collect();
-        names.sort();
-        let literals = names
-            .into_iter()
-            .map(|n| task::NamedLiteral { name: n.clone(), value: Some(recode(&task.inputs.literals[n])) })
-            .collect();
-        c::CreateTaskRequest {
-            inputs: Some(task::Inputs { literals, context: Vec::new() }),
-            template: Some(recode(&task.template)),
-            output_prefix: task.output_prefix.clone(),
-            task_execution_metadata: task.metadata.as_ref().map(recode),
-            connection,
-        }
+        crate::grpc::v2::create_request(task, connection).expect("the generations share these types' fields")
     }
 
     /// The category of version 0 of `task_type`.
     pub fn category(task_type: &str) -> c::TaskCategory {
-        c::TaskCategory { name: task_type.into(), version: 0 }
+        TaskCategory::new(task_type, 0).to_v2()
     }
 
     /// The GetTaskRequest for `meta` of version 0 of `task_type`.
@@ -454,8 +437,7 @@ pub mod conformance {
         }
 
         let mut flyte2_client = server.connector_client().await;
-        let category2 =
-            crate::pb::v2::connector::TaskCategory { name: category.name.clone(), version: category.version };
+        let category2 = category.to_v2();
         for meta in arbitrary::sample(arbitrary::resource_meta(), cases) {
             let get = crate::pb::v2::connector::GetTaskRequest {
                 resource_meta: meta.clone(),

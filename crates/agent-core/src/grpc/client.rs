@@ -19,38 +19,6 @@ use crate::pb::v2;
 use crate::pb::v2::connector::async_connector_service_client::AsyncConnectorServiceClient;
 use crate::resource::Resource;
 
-/// Flyte 1's shape of a message Flyte 2 wrote; a failure means the agent answered garbage.
-fn from_v2<A: prost::Message, B: prost::Message + Default>(what: &str, a: &A) -> Result<B, AgentError> {
-    super::recode(a).map_err(|e| AgentError::internal(format!("the agent's {what} could not be read: {e}")))
-}
-
-fn to_v2<A: prost::Message, B: prost::Message + Default>(what: &str, a: &A) -> Result<B, AgentError> {
-    super::recode(a).map_err(|e| AgentError::invalid_argument(format!("{what} cannot be sent over Flyte 2: {e}")))
-}
-
-/// A Flyte 2 resource as the executor's [`Resource`].
-fn resource_from_v2(r: &v2::connector::Resource) -> Result<Resource, AgentError> {
-    let outputs = match &r.outputs {
-        None => None,
-        Some(o) => Some(crate::pb::core::LiteralMap {
-            literals: o
-                .literals
-                .iter()
-                .map(|n| Ok((n.name.clone(), from_v2("output", n.value.as_ref().unwrap_or(&Default::default()))?)))
-                .collect::<Result<_, AgentError>>()?,
-        }),
-    };
-    let v1 = admin::Resource {
-        outputs,
-        message: r.message.clone(),
-        log_links: r.log_links.iter().map(|l| from_v2("log link", l)).collect::<Result<_, _>>()?,
-        phase: r.phase,
-        custom_info: r.custom_info.clone(),
-        ..Default::default()
-    };
-    Ok(Resource::from_proto(&v1))
-}
-
 /// An agent reached over gRPC.
 #[derive(Debug, Clone)]
 pub struct GrpcBackend {
@@ -171,22 +139,8 @@ impl Backend for GrpcBackend {
         Box::pin(async move {
             if self.flyte2.is_some() {
                 let connection = self.connection(&task.category());
-                let mut names: Vec<&String> = task.inputs.literals.keys().collect();
-                names.sort();
-                let literals = names
-                    .into_iter()
-                    .map(|n| {
-                        let value = to_v2(&format!("input '{n}'"), &task.inputs.literals[n])?;
-                        Ok(v2::task::NamedLiteral { name: n.clone(), value: Some(value) })
-                    })
-                    .collect::<Result<_, AgentError>>()?;
-                let req = v2::connector::CreateTaskRequest {
-                    inputs: Some(v2::task::Inputs { literals, context: Vec::new() }),
-                    template: Some(to_v2("the template", &task.template)?),
-                    output_prefix: task.output_prefix,
-                    task_execution_metadata: task.metadata.as_ref().map(|m| to_v2("the metadata", m)).transpose()?,
-                    connection,
-                };
+                let req = super::v2::create_request(&task, connection)
+                    .map_err(|e| AgentError::invalid_argument(format!("the task cannot be sent over Flyte 2: {e}")))?;
                 let mut client = AsyncConnectorServiceClient::new(self.channel.clone());
                 let r = client.create_task(self.request(req)).await.map_err(|s| from_status(&s))?;
                 return Ok(r.into_inner().resource_meta);
@@ -214,16 +168,13 @@ impl Backend for GrpcBackend {
             if self.flyte2.is_some() {
                 let req = v2::connector::GetTaskRequest {
                     resource_meta: meta.to_vec(),
-                    task_category: Some(v2::connector::TaskCategory {
-                        name: category.name.clone(),
-                        version: category.version,
-                    }),
+                    task_category: Some(category.to_v2()),
                     output_prefix: output_prefix.to_owned(),
                     connection: self.connection(category),
                 };
                 let mut client = AsyncConnectorServiceClient::new(self.channel.clone());
                 let r = client.get_task(self.request(req)).await.map_err(|s| from_status(&s))?;
-                return resource_from_v2(&r.into_inner().resource.unwrap_or_default());
+                return super::v2::resource_from_v2(&r.into_inner().resource.unwrap_or_default());
             }
             let mut client = AsyncAgentServiceClient::new(self.channel.clone());
             let req = admin::GetTaskRequest {
@@ -244,10 +195,7 @@ impl Backend for GrpcBackend {
             if self.flyte2.is_some() {
                 let req = v2::connector::DeleteTaskRequest {
                     resource_meta: meta.to_vec(),
-                    task_category: Some(v2::connector::TaskCategory {
-                        name: category.name.clone(),
-                        version: category.version,
-                    }),
+                    task_category: Some(category.to_v2()),
                     connection: self.connection(category),
                 };
                 let mut client = AsyncConnectorServiceClient::new(self.channel.clone());

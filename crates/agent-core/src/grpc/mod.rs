@@ -6,7 +6,7 @@ pub(crate) mod client;
 mod status;
 mod tls;
 mod v1;
-mod v2;
+pub(crate) mod v2;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

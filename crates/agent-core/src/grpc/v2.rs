@@ -78,23 +78,63 @@ fn transcode<A: Message, B: Message + Default>(what: &str, from: &A) -> Result<B
     recode(from).map_err(|e| invalid(format!("{what} could not be read: {e}")))
 }
 
-/// `task.Inputs` (named literals) as the literal map agents read. A name given twice
-/// would make the inputs ambiguous, so it is refused rather than one value dropped.
-fn inputs_to_map(inputs: Option<task::Inputs>) -> Result<core::LiteralMap, Status> {
-    let mut literals = std::collections::HashMap::new();
-    for (i, named) in inputs.unwrap_or_default().literals.into_iter().enumerate() {
-        if named.name.is_empty() {
-            return Err(invalid(format!("inputs.literals[{i}] has no name")));
+/// Named literals as a literal map, for `what` (`inputs`, `outputs`). A name given twice
+/// would make the map ambiguous, so it is refused rather than one value dropped.
+pub(crate) fn from_named(named: Vec<task::NamedLiteral>, what: &str) -> Result<core::LiteralMap, AgentError> {
+    let invalid = AgentError::invalid_argument;
+    let mut literals = std::collections::HashMap::with_capacity(named.len());
+    for (i, n) in named.into_iter().enumerate() {
+        if n.name.is_empty() {
+            return Err(invalid(format!("{what}.literals[{i}] has no name")));
         }
-        let Some(value) = named.value else {
-            return Err(invalid(format!("inputs.literals[{i}] ('{}') has no value", named.name)));
+        let Some(value) = n.value else {
+            return Err(invalid(format!("{what}.literals[{i}] ('{}') has no value", n.name)));
         };
-        let value: core::Literal = transcode(&format!("inputs.literals[{i}] ('{}')", named.name), &value)?;
-        if literals.insert(named.name.clone(), value).is_some() {
-            return Err(invalid(format!("inputs: '{}' is given more than once", named.name)));
+        let value: core::Literal = recode(&value)
+            .map_err(|e| invalid(format!("{what}.literals[{i}] ('{}') could not be read: {e}", n.name)))?;
+        if literals.insert(n.name.clone(), value).is_some() {
+            return Err(invalid(format!("{what}: '{}' is given more than once", n.name)));
         }
     }
     Ok(core::LiteralMap { literals })
+}
+
+/// A literal map as named literals, sorted by name so that equal maps give equal messages.
+pub(crate) fn to_named(map: &core::LiteralMap) -> Result<Vec<task::NamedLiteral>, prost::DecodeError> {
+    let sorted: BTreeMap<&String, &core::Literal> = map.literals.iter().collect();
+    sorted
+        .into_iter()
+        .map(|(name, value)| Ok(task::NamedLiteral { name: name.clone(), value: Some(recode(value)?) }))
+        .collect()
+}
+
+/// The CreateTaskRequest a Flyte 2 backend sends for `task` (the executor's client and the
+/// test helpers send it).
+pub(crate) fn create_request(
+    task: &TaskRequest,
+    connection: Option<core2::Connection>,
+) -> Result<c::CreateTaskRequest, prost::DecodeError> {
+    Ok(c::CreateTaskRequest {
+        inputs: Some(task::Inputs { literals: to_named(&task.inputs)?, context: Vec::new() }),
+        template: Some(recode(&task.template)?),
+        output_prefix: task.output_prefix.clone(),
+        task_execution_metadata: task.metadata.as_ref().map(recode).transpose()?,
+        connection,
+    })
+}
+
+/// A Flyte 2 resource as [`Resource`] (what the executor's client reads).
+pub(crate) fn resource_from_v2(r: &c::Resource) -> Result<Resource, AgentError> {
+    let unreadable = |e: prost::DecodeError| AgentError::internal(format!("the agent's answer could not be read: {e}"));
+    let v1 = admin::Resource {
+        outputs: r.outputs.as_ref().map(|o| from_named(o.literals.clone(), "outputs")).transpose()?,
+        message: r.message.clone(),
+        log_links: r.log_links.iter().map(recode).collect::<Result<_, _>>().map_err(unreadable)?,
+        phase: r.phase,
+        custom_info: r.custom_info.clone(),
+        ..Default::default()
+    };
+    Ok(Resource::from_proto(&v1))
 }
 
 /// Removes the task's connection spec from `custom`: the keys Flyte 2's connector plugin
@@ -130,7 +170,7 @@ fn task_request(
     strip_connection_spec(&mut template);
     Ok(TaskRequest {
         template,
-        inputs: inputs_to_map(inputs)?,
+        inputs: from_named(inputs.unwrap_or_default().literals, "inputs").map_err(|e| to_status(&e))?,
         output_prefix,
         metadata: metadata
             .map(|m| transcode::<_, admin::TaskExecutionMetadata>("task_execution_metadata", &m))
@@ -142,18 +182,12 @@ fn task_request(
 /// same for the same outputs.
 fn resource_to_v2(resource: &Resource) -> Result<c::Resource, Status> {
     let v1 = resource.to_proto();
-    let outputs = match v1.outputs {
-        None => None,
-        Some(map) => {
-            let sorted: BTreeMap<String, core::Literal> = map.literals.into_iter().collect();
-            let mut literals = Vec::with_capacity(sorted.len());
-            for (name, value) in sorted {
-                let value = transcode(&format!("output '{name}'"), &value)?;
-                literals.push(task::NamedLiteral { name, value: Some(value) });
-            }
-            Some(task::Outputs { literals, produced_artifacts: Vec::new() })
-        }
-    };
+    let outputs = v1
+        .outputs
+        .as_ref()
+        .map(|map| to_named(map).map_err(|e| invalid(format!("the outputs could not be written: {e}"))))
+        .transpose()?
+        .map(|literals| task::Outputs { literals, produced_artifacts: Vec::new() });
     let log_links = v1
         .log_links
         .iter()
@@ -202,11 +236,7 @@ fn read_sync_result(meta: &[u8]) -> Result<c::Resource, AgentError> {
 fn connector(a: &AgentInfo) -> c::Connector {
     c::Connector {
         name: a.name.clone(),
-        supported_task_categories: a
-            .categories
-            .iter()
-            .map(|c| c::TaskCategory { name: c.name.clone(), version: c.version })
-            .collect(),
+        supported_task_categories: a.categories.iter().map(TaskCategory::to_v2).collect(),
     }
 }
 
@@ -217,7 +247,7 @@ impl async_connector_service_server::AsyncConnectorService for V2 {
         let r = req.into_inner();
         let task = task_request(r.template, r.inputs, r.output_prefix, r.task_execution_metadata)?;
         let category = task.category();
-        let resource_meta = if self.svc.is_sync(&category) == Some(true) {
+        let resource_meta = if self.svc.registry().is_sync(&category) == Some(true) {
             let resource = self.svc.execute(task, call).await.map_err(|e| to_status(&e))?;
             sync_result_meta(&category, &resource)?
         } else {
@@ -230,7 +260,7 @@ impl async_connector_service_server::AsyncConnectorService for V2 {
         let mut call = Self::call(&req, req.get_ref().connection.as_ref());
         let r = req.into_inner();
         let category = Self::category(r.task_category.as_ref())?;
-        let resource = if self.svc.is_sync(&category) == Some(true) {
+        let resource = if self.svc.registry().is_sync(&category) == Some(true) {
             let read = async { read_sync_result(&r.resource_meta) };
             self.svc.measured(&category, "get", Protocol::Flyteidl2, read).await.map_err(|e| to_status(&e))?
         } else {
@@ -246,7 +276,7 @@ impl async_connector_service_server::AsyncConnectorService for V2 {
         let r = req.into_inner();
         let category = Self::category(r.task_category.as_ref())?;
         // A sync call finished inside CreateTask: there is nothing left to cancel.
-        if self.svc.is_sync(&category) != Some(true) {
+        if self.svc.registry().is_sync(&category) != Some(true) {
             self.svc.delete(category, &r.resource_meta, call).await.map_err(|e| to_status(&e))?;
         }
         Ok(Response::new(c::DeleteTaskResponse {}))
@@ -326,6 +356,8 @@ mod tests {
 
     #[test]
     fn named_inputs_become_a_literal_map_and_ambiguity_is_refused() {
+        let inputs_to_map =
+            |i: Option<task::Inputs>| from_named(i.unwrap_or_default().literals, "inputs").map_err(|e| to_status(&e));
         let lit = |i: i64| {
             let v1 = crate::literals::Value::Integer(i).to_literal();
             let v2: core2::Literal = transcode("x", &v1).unwrap();
