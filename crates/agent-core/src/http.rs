@@ -58,6 +58,10 @@ impl HttpError {
         match self {
             Self::Agent(e) => e,
             Self::Status { code: 400, .. } => AgentError::invalid_argument(msg),
+            Self::Status { code: 413, .. } => AgentError::invalid_argument(format!(
+                "{what} failed: the service refused the request as too large (HTTP 413); make the task's inputs \
+                 or statement smaller"
+            )),
             Self::Status { code: 401 | 403, .. } => AgentError::permission_denied(format!("{msg}. {denied_hint}")),
             Self::Status { code: 404, .. } => AgentError::not_found(msg),
             e if e.is_transient() => AgentError::unavailable(msg),
@@ -106,15 +110,141 @@ pub async fn read(resp: Result<reqwest::Response, reqwest::Error>) -> Result<Rep
 
 /// An HTTP client with the agent's user agent, trusting the system roots (and
 /// `SSL_CERT_FILE`) plus an optional PEM bundle; `setting` names that bundle in errors.
+/// It never follows redirects: a redirect would carry the request, and whatever
+/// credentials it holds, to a host nobody checked.
 pub fn client(user_agent: &str, ca_bundle: Option<&std::path::Path>, setting: &str) -> Result<reqwest::Client, String> {
-    let mut builder = reqwest::Client::builder().user_agent(user_agent);
+    let mut builder = reqwest::Client::builder().user_agent(user_agent).redirect(reqwest::redirect::Policy::none());
     if let Some(path) = ca_bundle {
         let pem = std::fs::read(path).map_err(|e| format!("{setting}: cannot read {}: {e}", path.display()))?;
         let certs = reqwest::Certificate::from_pem_bundle(&pem)
             .map_err(|e| format!("{setting}: {} is not a PEM bundle: {e}", path.display()))?;
+        // A file without a single certificate parses as an empty bundle; trusting nothing
+        // extra is not what the operator asked for.
+        if certs.is_empty() {
+            return Err(format!(
+                "{setting}: {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                path.display()
+            ));
+        }
         builder = builder.tls_certs_merge(certs);
     }
     builder.build().map_err(|e| format!("cannot build the HTTP client: {e}"))
+}
+
+/// The hosts an agent may send credentials to, from its configuration only: its
+/// service's own domains (any host below them, HTTPS on the default port) and exact
+/// origins the operator named (a base-URL override such as an emulator or a private link
+/// host, or an allowlisted instance).
+///
+/// Task templates and resource metas name hosts (a Snowflake account, a Databricks
+/// instance); they are hostile input. Whatever an agent builds from them, the URL is
+/// checked here, after parsing, so userinfo, `#`, `?`, encoded slashes, backslashes,
+/// trailing dots, IP literals, look-alike characters, case and ports cannot smuggle a
+/// request elsewhere.
+#[derive(Debug, Clone, Default)]
+pub struct TrustedHosts {
+    /// Lower-case domain suffixes, without a leading dot.
+    domains: Vec<String>,
+    /// Exact origins: scheme, lower-case host, port.
+    origins: Vec<(String, String, u16)>,
+    /// The setting operators change to trust more, named in refusals.
+    setting: String,
+}
+
+impl TrustedHosts {
+    /// Nothing trusted yet; `setting` is what a refusal tells the operator to change.
+    pub fn new(setting: &str) -> Self {
+        Self { setting: setting.to_owned(), ..Self::default() }
+    }
+
+    /// Trusts every host below `domain` (e.g. `snowflakecomputing.com`), over HTTPS on
+    /// port 443 only.
+    #[must_use]
+    pub fn domain(mut self, domain: &str) -> Self {
+        self.domains.push(domain.trim_matches('.').to_ascii_lowercase());
+        self
+    }
+
+    /// Trusts exactly the origin of `url` (scheme, host and port), as the configuration
+    /// names it: an emulator, a proxy, a private link host. A bare `host[:port]` means
+    /// HTTPS. Fails, naming `setting`, when it is not a plain origin.
+    pub fn origin(mut self, url: &str, setting: &str) -> Result<Self, String> {
+        let with_scheme = if url.contains("://") { url.to_owned() } else { format!("https://{url}") };
+        let parsed = reqwest::Url::parse(&with_scheme).map_err(|e| format!("{setting}: '{url}' is not a URL: {e}"))?;
+        if !matches!(parsed.scheme(), "https" | "http") || !parsed.username().is_empty() || parsed.password().is_some()
+        {
+            return Err(format!("{setting}: '{url}' must be an http(s) URL without user information"));
+        }
+        let (Some(host), Some(port)) = (parsed.host_str(), parsed.port_or_known_default()) else {
+            return Err(format!("{setting}: '{url}' names no host"));
+        };
+        self.origins.push((parsed.scheme().to_owned(), host.to_owned(), port));
+        Ok(self)
+    }
+
+    /// Whether credentials may go to `url`; `PERMISSION_DENIED` naming the setting if not.
+    pub fn check(&self, url: &reqwest::Url) -> Result<(), AgentError> {
+        let host = url.host_str().unwrap_or_default();
+        let port = url.port_or_known_default();
+        let clean = url.username().is_empty() && url.password().is_none();
+        let exact = self.origins.iter().any(|(s, h, p)| s == url.scheme() && h == host && Some(*p) == port);
+        // IP literals are never "below" a domain, whatever their text ends with.
+        let is_domain = !host.starts_with('[') && host.parse::<std::net::IpAddr>().is_err();
+        let below = is_domain
+            && url.scheme() == "https"
+            && url.port().is_none()
+            && self.domains.iter().any(|d| {
+                host.strip_suffix(d.as_str())
+                    .and_then(|label| label.strip_suffix('.'))
+                    .is_some_and(|label| !label.is_empty() && !label.starts_with('.') && !label.ends_with('.'))
+            });
+        if clean && (exact || below) {
+            return Ok(());
+        }
+        let shown: String = host.chars().take(80).collect();
+        Err(AgentError::permission_denied(format!(
+            "refusing to send credentials to host '{shown}': it is not one this agent is configured to trust \
+             (setting {})",
+            self.setting
+        )))
+    }
+}
+
+/// The one way agents send requests that may carry credentials: a request is only built
+/// for a URL that parses and whose host [`TrustedHosts`] trusts, and redirects are never
+/// followed, so a credential attached to the returned builder cannot reach another host.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    trusted: TrustedHosts,
+}
+
+impl Client {
+    /// A client sending only to `trusted` hosts (see [`client`] for the other arguments).
+    pub fn new(
+        user_agent: &str,
+        ca_bundle: Option<&std::path::Path>,
+        setting: &str,
+        trusted: TrustedHosts,
+    ) -> Result<Self, String> {
+        Ok(Self { http: client(user_agent, ca_bundle, setting)?, trusted })
+    }
+
+    /// A request to `url`. A URL that does not parse is `INVALID_ARGUMENT` (it was built
+    /// from a template or meta); an untrusted host is `PERMISSION_DENIED`. Either way
+    /// nothing is sent.
+    pub fn request(&self, method: reqwest::Method, url: &str) -> Result<reqwest::RequestBuilder, AgentError> {
+        let parsed = reqwest::Url::parse(url).map_err(|e| {
+            AgentError::invalid_argument(format!("the task names a host that does not form a URL: {e}"))
+        })?;
+        self.trusted.check(&parsed)?;
+        Ok(self.http.request(method, parsed))
+    }
+
+    /// The hosts this client sends to.
+    pub fn trusted(&self) -> &TrustedHosts {
+        &self.trusted
+    }
 }
 
 /// `id`, a job handle from a resource meta, checked before it goes into a URL path. A
@@ -151,6 +281,88 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn credentials_go_only_to_trusted_hosts_however_the_url_is_disguised() {
+        let trusted = TrustedHosts::new("x.allowed")
+            .domain("snowflakecomputing.com")
+            .origin("http://127.0.0.1:18080", "x.base_url")
+            .unwrap()
+            .origin("adb-1.azuredatabricks.net", "x.allowed")
+            .unwrap();
+        let check = |u: &str| {
+            reqwest::Url::parse(u).map_err(|e| e.to_string()).and_then(|u| {
+                trusted.check(&u).map_err(|e| {
+                    assert!(matches!(e, AgentError::PermissionDenied(_)) && e.message().contains("x.allowed"), "{e}");
+                    e.to_string()
+                })
+            })
+        };
+        for ok in [
+            "https://acme-prod.snowflakecomputing.com/api/v2/statements",
+            "https://xy12345.us-east-2.aws.snowflakecomputing.com/api",
+            "https://xy12345.eu-west-1.privatelink.snowflakecomputing.com/",
+            "https://ACME.SnowflakeComputing.com/api",
+            "https://acme.snowflakecomputing.com:443/api",
+            "http://127.0.0.1:18080/api/v2/statements",
+            "https://adb-1.azuredatabricks.net/api/2.1/jobs/runs/get",
+        ] {
+            assert!(check(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "https://acme.x@127.0.0.2:9/.snowflakecomputing.com/api",
+            "https://127.0.0.2:9#.snowflakecomputing.com/api",
+            "https://127.0.0.2:9?.snowflakecomputing.com/api",
+            "https://127.0.0.2%2F.snowflakecomputing.com.evil.test/api",
+            "https://evil.test\\.snowflakecomputing.com/api",
+            "https://acme.snowflakecomputing.com./api",
+            "https://acme.snowflakecomputing.com:8443/api",
+            "http://acme.snowflakecomputing.com/api",
+            "https://snowflakecomputing.com/api",
+            "https://acmesnowflakecomputing.com/api",
+            "https://acme.snowflakecomputing.com.evil.test/api",
+            "https://[::1]:18080/api",
+            "https://acme.\u{0455}nowflakecomputing.com/api",
+            "https://user:pw@acme.snowflakecomputing.com/api",
+            "https://127.0.0.1:18080/api",
+            "http://127.0.0.1:18081/api",
+            "http://localhost:18080/api",
+            "https://adb-1.azuredatabricks.net.evil.test/api",
+        ] {
+            assert!(check(bad).is_err(), "{bad}");
+        }
+        assert!(TrustedHosts::new("s").origin("https://u:p@host", "s.base_url").unwrap_err().contains("s.base_url"));
+        assert!(TrustedHosts::new("s").origin("ftp://host", "s.base_url").is_err());
+    }
+
+    #[test]
+    fn a_url_that_does_not_parse_is_the_tasks_fault_and_nothing_is_sent() {
+        let c = Client::new("t", None, "", TrustedHosts::new("x.allowed").domain("example.com")).unwrap();
+        assert!(matches!(
+            c.request(reqwest::Method::GET, "https://a b.example.com/"),
+            Err(AgentError::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            c.request(reqwest::Method::GET, "https://a:99999.example.com/"),
+            Err(AgentError::InvalidArgument(_))
+        ));
+        assert!(c.request(reqwest::Method::GET, "https://a.example.com/x").is_ok());
+    }
+
+    #[test]
+    fn a_ca_bundle_without_certificates_is_refused() {
+        let path = std::env::temp_dir().join(format!("not-pem-{}", std::process::id()));
+        std::fs::write(&path, "this is not a certificate\n").unwrap();
+        let err = client("t", Some(&path), "x.ca_bundle").unwrap_err();
+        assert!(err.contains("x.ca_bundle") && err.contains("no PEM certificate"), "{err}");
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn too_large_for_the_service_is_the_inputs_fault() {
+        let e = HttpError::Status { code: 413, message: "m".into(), retry_after: None }.into_agent_error("X call", "");
+        assert!(matches!(&e, AgentError::InvalidArgument(m) if m.contains("too large")), "{e}");
+    }
 
     #[test]
     fn transient_statuses_retry_and_others_map_to_codes() {

@@ -13,6 +13,7 @@
 pub mod agent;
 #[cfg(feature = "mimalloc")]
 mod allocator;
+pub mod cache;
 pub mod config;
 mod erased;
 pub mod error;

@@ -161,6 +161,7 @@ impl TestServer {
 }
 
 pub mod arbitrary;
+pub mod hostile;
 
 /// What a Flyte 2 backend sends: `flyteidl2.connector` requests built from the same
 /// [`crate::agent::TaskRequest`] the Flyte 1 helpers use (re-encoded, as the generations'

@@ -8,6 +8,7 @@ use serde_json::{Value as Json, json};
 use agent_core::literals::Value;
 use agent_core::prelude::*;
 
+use crate::account::Allowed;
 use crate::bindings::translate;
 use crate::client::{Account, Answer, Client, to_agent_error};
 use crate::config::Config;
@@ -110,13 +111,14 @@ fn resource_for(a: &Answer, meta: &SnowflakeMeta) -> Resource {
 #[derive(Debug)]
 pub struct SnowflakeAgent {
     client: Client,
+    allowed: Allowed,
     config: Config,
 }
 
 impl SnowflakeAgent {
     /// An agent with the given settings.
     pub fn new(config: Config) -> Result<Self, String> {
-        Ok(Self { client: Client::new(&config)?, config })
+        Ok(Self { client: Client::new(&config)?, allowed: Allowed::new(&config.allowed_accounts)?, config })
     }
 }
 
@@ -146,6 +148,8 @@ impl AsyncAgent for SnowflakeAgent {
                 )));
             }
         }
+        let (account, user) = (get("account"), get("user"));
+        let account_id = self.allowed.check(&account, "template.config.account")?;
         let (statement, bindings) = translate(task.sql_statement()?, &task)?;
         let mut body = json!({"statement": statement, "database": get("database"), "schema": get("schema"), "warehouse": get("warehouse")});
         if !bindings.is_empty() {
@@ -157,8 +161,7 @@ impl AsyncAgent for SnowflakeAgent {
         if let Some(role) = &self.config.role {
             body["role"] = json!(role);
         }
-        let (account, user) = (get("account"), get("user"));
-        let who = Account { account: &account, user: &user };
+        let who = Account { account: &account_id, user: &user };
         let id = request_id(&task);
         let answer = self
             .client
@@ -186,7 +189,8 @@ impl AsyncAgent for SnowflakeAgent {
     }
 
     async fn get(&self, ctx: &Context, meta: SnowflakeMeta) -> Result<Resource, AgentError> {
-        let who = Account { account: &meta.account, user: &meta.user };
+        let account = self.allowed.check(&meta.account, "resource meta account")?;
+        let who = Account { account: &account, user: &meta.user };
         let path = format!("/api/v2/statements/{}", agent_core::http::path_id("query_id", &meta.query_id)?);
         match self.client.call(ctx, who, Method::GET, &path, &[], None).await {
             Ok(answer) => Ok(resource_for(&answer, &meta)),
@@ -197,7 +201,8 @@ impl AsyncAgent for SnowflakeAgent {
     }
 
     async fn delete(&self, ctx: &Context, meta: SnowflakeMeta) -> Result<(), AgentError> {
-        let who = Account { account: &meta.account, user: &meta.user };
+        let account = self.allowed.check(&meta.account, "resource meta account")?;
+        let who = Account { account: &account, user: &meta.user };
         let path = format!("/api/v2/statements/{}/cancel", agent_core::http::path_id("query_id", &meta.query_id)?);
         // Finished (422) and unknown (404) statements need no cancelling.
         self.client

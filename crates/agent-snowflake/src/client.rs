@@ -1,17 +1,17 @@
 //! The SQL API client: JWT bearer auth (cached, renewed before expiry), typed error
 //! classification and retries of transient failures inside the caller's deadline.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use reqwest::Method;
 use serde_json::Value as Json;
 
-use agent_core::http::HttpError;
+use agent_core::cache::TokenCache;
+use agent_core::http::{HttpError, TrustedHosts};
 use agent_core::prelude::*;
 use agent_core::retry::{RetryConfig, retry};
 
+use crate::account::{AccountId, DOMAIN};
 use crate::config::Config;
 use crate::jwt::{LIFETIME_SECS, Signer};
 
@@ -34,39 +34,50 @@ pub(crate) fn to_agent_error(e: HttpError, what: &str) -> AgentError {
     )
 }
 
-/// The HTTP client and the JWT cache.
+/// The HTTP client and the JWT cache (bounded: its keys are request data).
 #[derive(Debug)]
 pub(crate) struct Client {
-    http: reqwest::Client,
-    jwts: Mutex<HashMap<String, (Secret, Instant)>>,
+    http: agent_core::http::Client,
+    jwts: TokenCache,
     pub(crate) retry: RetryConfig,
     attempt_timeout: Duration,
     base_url: Option<String>,
 }
 
-/// Who runs statements where.
+/// Who runs statements where: a checked account (see [`AccountId`]) and a user.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Account<'a> {
-    pub(crate) account: &'a str,
+    pub(crate) account: &'a AccountId,
     pub(crate) user: &'a str,
 }
 
 impl Client {
     pub(crate) fn new(config: &Config) -> Result<Self, String> {
-        let http = agent_core::http::client(concat!("flyte-agent-snowflake/", env!("CARGO_PKG_VERSION")), None, "")?;
+        // Tokens go to account hosts below Snowflake's domain or, when the operator set
+        // one, only to the base URL (an emulator, a proxy, a private link host).
+        let trusted = match &config.base_url {
+            Some(base) => TrustedHosts::new("snowflake.base_url").origin(base, "snowflake.base_url")?,
+            None => TrustedHosts::new("snowflake.allowed_accounts").domain(DOMAIN),
+        };
+        let http = agent_core::http::Client::new(
+            concat!("flyte-agent-snowflake/", env!("CARGO_PKG_VERSION")),
+            None,
+            "",
+            trusted,
+        )?;
         Ok(Self {
             http,
-            jwts: Mutex::new(HashMap::new()),
+            jwts: TokenCache::default(),
             retry: RetryConfig { default_budget: config.retry_budget, ..RetryConfig::default() },
             attempt_timeout: config.attempt_timeout,
             base_url: config.base_url.clone().map(|u| u.trim_end_matches('/').to_owned()),
         })
     }
 
-    fn url(&self, account: &str, path: &str) -> String {
+    fn url(&self, account: &AccountId, path: &str) -> String {
         match &self.base_url {
             Some(base) => format!("{base}{path}"),
-            None => format!("https://{account}.snowflakecomputing.com{path}"),
+            None => format!("https://{}{path}", account.host()),
         }
     }
 
@@ -75,26 +86,23 @@ impl Client {
     fn jwt(&self, ctx: &Context, who: Account<'_>) -> Result<Secret, AgentError> {
         let pem = ctx.secret(KEY_SECRET)?;
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, pem.expose().as_bytes());
-        let key = format!("{}|{}|{:x?}", who.account, who.user, &digest.as_ref()[..8]);
-        let mut cache = self.jwts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((t, renew_at)) = cache.get(&key)
-            && *renew_at > Instant::now()
-        {
-            return Ok(t.clone());
+        let key = format!("{}|{}|{:x?}", who.account.as_str(), who.user, &digest.as_ref()[..8]);
+        if let Some(t) = self.jwts.get(&key) {
+            return Ok(t);
         }
         let passphrase = ctx.optional_secret(PASSPHRASE_SECRET)?;
         let signer = Signer::from_pem(pem.expose(), passphrase.as_ref().map(Secret::expose))?;
         // The fingerprint is public; operators compare it with `DESC USER`.
         tracing::debug!(
             message = "Made a Snowflake JWT.",
-            account = who.account,
+            account = who.account.as_str(),
             user = who.user,
             fingerprint = signer.fingerprint()
         );
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let token = Secret::new(signer.token(who.account, who.user, now)?);
         let renew_at = Instant::now() + Duration::from_secs(LIFETIME_SECS - 300);
-        cache.insert(key, (token.clone(), renew_at));
+        self.jwts.insert(key, token.clone(), renew_at);
         Ok(token)
     }
 
@@ -111,6 +119,9 @@ impl Client {
     ) -> Result<Answer, HttpError> {
         let deadline = self.retry.deadline(ctx);
         let url = self.url(who.account, path);
+        // The host is checked before a token is made or a byte sent; an untrusted or
+        // malformed one is the request's fault, never a transient failure.
+        self.http.request(method.clone(), &url).map_err(HttpError::Agent)?;
         let mut attempt = 0_u32;
         retry(
             &self.retry,
@@ -118,22 +129,23 @@ impl Client {
             |left| {
                 attempt += 1;
                 let jwt = self.jwt(ctx, who);
-                let mut req = self
-                    .http
-                    .request(method.clone(), &url)
-                    .header("X-Snowflake-Authorization-Token-Type", "KEYPAIR_JWT")
-                    .header("Accept", "application/json")
-                    .timeout(self.attempt_timeout.min(left))
-                    .query(query);
-                // Tell Snowflake a resubmission with the same requestId is a retry.
-                if attempt > 1 && method == Method::POST {
-                    req = req.query(&[("retry", "true")]);
-                }
-                if let Some(b) = body {
-                    req = req.json(b);
-                }
+                let req = self.http.request(method.clone(), &url).map(|req| {
+                    let mut req = req
+                        .header("X-Snowflake-Authorization-Token-Type", "KEYPAIR_JWT")
+                        .header("Accept", "application/json")
+                        .timeout(self.attempt_timeout.min(left))
+                        .query(query);
+                    // Tell Snowflake a resubmission with the same requestId is a retry.
+                    if attempt > 1 && method == Method::POST {
+                        req = req.query(&[("retry", "true")]);
+                    }
+                    if let Some(b) = body {
+                        req = req.json(b);
+                    }
+                    req
+                });
                 async move {
-                    let jwt = jwt.map_err(HttpError::Agent)?;
+                    let (jwt, req) = (jwt.map_err(HttpError::Agent)?, req.map_err(HttpError::Agent)?);
                     let reply = agent_core::http::read(req.bearer_auth(jwt.expose()).send().await).await?;
                     match (reply.status, reply.body) {
                         (status @ (200 | 202 | 404 | 422), Some(body)) => Ok(Answer { status, body }),

@@ -15,6 +15,10 @@ pub struct Config {
     pub statement_timeout_secs: u64,
     /// Role to run statements as, when not the user's default.
     pub role: Option<String>,
+    /// Accounts this agent logs in to (e.g. `myorg-prod`); a task or resource meta naming
+    /// another is refused before anything is signed or sent. Empty: any well-formed
+    /// account identifier.
+    pub allowed_accounts: Vec<String>,
     /// Longest single HTTP attempt.
     #[serde(with = "humantime_serde")]
     pub attempt_timeout: Duration,
@@ -29,6 +33,7 @@ impl Default for Config {
             base_url: std::env::var("SNOWFLAKE_BASE_URL").ok().filter(|u| !u.is_empty()),
             statement_timeout_secs: 0,
             role: None,
+            allowed_accounts: Vec::new(),
             attempt_timeout: Duration::from_secs(5),
             retry_budget: Duration::from_secs(8),
         }

@@ -11,6 +11,8 @@ use serde_json::json;
 
 use agent_core::prelude::*;
 
+use crate::account::AccountId;
+
 /// Snowflake accepts tokens valid for at most an hour.
 pub(crate) const LIFETIME_SECS: u64 = 3540;
 
@@ -66,9 +68,9 @@ impl Signer {
         &self.fingerprint
     }
 
-    /// A JWT for `account` (locator or org-account, region suffix dropped) and `user`.
-    pub(crate) fn token(&self, account: &str, user: &str, now_secs: u64) -> Result<String, AgentError> {
-        let qualified = format!("{}.{}", jwt_account(account), user.to_uppercase());
+    /// A JWT for `account` (its locator or org-account, region suffix dropped) and `user`.
+    pub(crate) fn token(&self, account: &AccountId, user: &str, now_secs: u64) -> Result<String, AgentError> {
+        let qualified = format!("{}.{}", account.jwt_account(), user.to_uppercase());
         let header = json!({"alg": "RS256", "typ": "JWT"});
         let claims = json!({
             "iss": format!("{qualified}.{}", self.fingerprint),
@@ -84,11 +86,6 @@ impl Signer {
             .map_err(|_| AgentError::internal("signing the Snowflake JWT failed"))?;
         Ok(format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig)))
     }
-}
-
-/// The account part of a JWT: upper case, without a region or cloud suffix.
-pub(crate) fn jwt_account(account: &str) -> String {
-    account.split('.').next().unwrap_or(account).to_uppercase()
 }
 
 #[cfg(test)]
@@ -118,7 +115,8 @@ mod tests {
     #[test]
     fn claims_and_signature_are_what_snowflake_checks() {
         let s = Signer::from_pem(KEY, None).unwrap();
-        let t = s.token("xy12345.us-east-1", "flyte_user", 1_700_000_000).unwrap();
+        let account = AccountId::parse("xy12345.us-east-1", "account").unwrap();
+        let t = s.token(&account, "flyte_user", 1_700_000_000).unwrap();
         let parts: Vec<&str> = t.split('.').collect();
         let claims: serde_json::Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
         assert_eq!(claims["sub"], "XY12345.FLYTE_USER");
@@ -130,6 +128,5 @@ mod tests {
         UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, &public)
             .verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &sig)
             .unwrap();
-        assert_eq!(jwt_account("myorg-myaccount"), "MYORG-MYACCOUNT");
     }
 }

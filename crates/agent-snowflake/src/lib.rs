@@ -2,6 +2,7 @@
 //! Snowflake's SQL API v2 with key-pair JWT authentication, a drop-in for flytekit's
 //! Python agent that binds inputs instead of formatting them into the SQL.
 
+mod account;
 mod agent;
 mod bindings;
 mod client;

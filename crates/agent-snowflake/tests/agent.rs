@@ -250,3 +250,45 @@ async fn hostile_metas_templates_and_inputs_are_handled() {
     let t = task("select * from t where id = %(x)s", vec![("x", Value::Integer(7))], true);
     conformance::hostile_inputs(&env.server, t, 48).await;
 }
+
+/// The red-team case: with no base URL (as in production), a task or a forged meta naming
+/// a host in disguise as its account must not make the agent sign a token for it or send
+/// anything there; and an account outside `allowed_accounts` is refused too.
+#[tokio::test]
+async fn no_token_leaves_for_a_host_a_task_or_meta_names() {
+    use agent_core::testing::hostile::{Trap, assert_refused, hostile_hosts};
+    let trap = Trap::start().await;
+    let agent = SnowflakeAgent::new(Config { base_url: None, ..Config::default() }).unwrap();
+    let service = AgentService::new(
+        Registry::builder().async_agent(agent).unwrap(),
+        secrets(&[("_FSEC_SNOWFLAKE_PRIVATE_KEY", KEY)]),
+    );
+    let server = TestServer::start_with(service, test_config()).await;
+    let mut values = hostile_hosts(trap.addr());
+    values.extend(["a b", "a:99999", "acme.snowflakecomputing.com"].map(String::from));
+    for value in values {
+        let mut t = task("select 1", vec![], false);
+        t.template.config.insert("account".into(), value.clone());
+        let meta = serde_json::json!({"user": "flyte", "account": value, "query_id": "01b2"}).to_string();
+        assert_refused(&server, TASK_TYPE, Some(&t), &[meta.into_bytes()], &format!("account {value:?}")).await;
+    }
+    assert_eq!(trap.reached(), 0, "a hostile account reached the attacker's host");
+
+    let agent = SnowflakeAgent::new(Config {
+        base_url: None,
+        allowed_accounts: vec!["myorg-prod".into()],
+        ..Config::default()
+    })
+    .unwrap();
+    let service = AgentService::new(Registry::builder().async_agent(agent).unwrap(), secrets(&[]));
+    let server = TestServer::start_with(service, test_config()).await;
+    let meta = serde_json::json!({"user": "flyte", "account": "myorg-other", "query_id": "01b2"}).to_string();
+    let status = server
+        .async_client()
+        .await
+        .get_task(agent_core::testing::get_request(TASK_TYPE, meta.as_bytes()))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("snowflake.allowed_accounts"), "{status:?}");
+}
