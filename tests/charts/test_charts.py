@@ -115,6 +115,8 @@ def test_deployment_keeps_its_promises(chart, name, values):
     deploy = objs["Deployment"]
     pod = deploy["spec"]["template"]["spec"]
     (container,) = pod["containers"]
+    # Service-link variables (AGENT_SNOWFLAKE_PORT, ...) would be unknown AGENT_* settings.
+    assert pod["enableServiceLinks"] is False
 
     # Probes: gRPC health on the gRPC port, which is what the agent serves there; with TLS
     # a TCP check (the kubelet's gRPC probe cannot speak TLS) and the certificate mounted.

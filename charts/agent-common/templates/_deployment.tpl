@@ -64,6 +64,9 @@ spec:
     spec:
       serviceAccountName: {{ include "agent-common.serviceAccountName" . }}
       automountServiceAccountToken: {{ .Values.serviceAccount.automountToken }}
+      # Kubernetes' service-link variables (e.g. AGENT_SNOWFLAKE_PORT for a Service named
+      # agent-snowflake) would read as AGENT_* settings, which the agent refuses when unknown.
+      enableServiceLinks: false
       {{- with .Values.imagePullSecrets }}
       imagePullSecrets:
         {{- toYaml . | nindent 8 }}

@@ -159,6 +159,9 @@ pub struct Settings {
     /// Server settings.
     pub server: ServerConfig,
     raw: config::Config,
+    /// Agent sections read so far, so that [`Settings::check_all_used`] can tell a
+    /// misspelled key from a section.
+    sections: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
 }
 
 impl Settings {
@@ -173,8 +176,10 @@ impl Settings {
             }
             b = b.add_source(config::File::from(path.as_path()).required(true));
         }
+        // Values stay text until a setting's type asks for a number: a secret such as
+        // `0012345678` must reach the agent verbatim, not as the number 12345678.
         let mut environment =
-            config::Environment::with_prefix("AGENT").prefix_separator("_").separator("__").try_parsing(true);
+            config::Environment::with_prefix("AGENT").prefix_separator("_").separator("__").try_parsing(false);
         if let Some(map) = env {
             environment = environment.source(Some(map.into_iter().collect()));
         }
@@ -208,12 +213,46 @@ impl Settings {
         }
         let raw = b.build().map_err(err)?;
         let server = server_config(&raw)?;
-        Ok(Self { server, raw })
+        Ok(Self { server, raw, sections: Default::default() })
+    }
+
+    /// Fails, naming them, if the settings hold top-level keys that are neither server
+    /// settings nor a section an agent read: a misspelled `max_concurent_calls` in a file
+    /// or `AGENT_MAX_CONCURENT_CALLS` must stop start-up, not be silently ignored. Call it
+    /// after every agent has read its section.
+    pub fn check_all_used(&self) -> Result<(), ConfigError> {
+        let table = self
+            .raw
+            .clone()
+            .try_deserialize::<HashMap<String, config::Value>>()
+            .map_err(|e| ConfigError(e.to_string()))?;
+        let sections = self.sections.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut unknown: Vec<&String> = table
+            .keys()
+            // `AGENT_CONFIG` names the file; it is a flag's variable, not a setting.
+            .filter(|k| !SERVER_KEYS.contains(&k.as_str()) && !sections.contains(*k) && k.as_str() != "config")
+            .collect();
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        unknown.sort();
+        let known: Vec<&str> = SERVER_KEYS.iter().copied().chain(sections.iter().map(String::as_str)).collect();
+        let shown: Vec<String> =
+            unknown.iter().map(|k| format!("{k} (AGENT_{} in the environment)", k.to_uppercase())).collect();
+        Err(ConfigError(format!(
+            "unknown setting{} {}; the settings are: {}",
+            if unknown.len() == 1 { "" } else { "s" },
+            shown.join(", "),
+            known.join(", ")
+        )))
     }
 
     /// An agent's section, e.g. `bigquery`; a missing section deserializes from nothing,
     /// so types with defaults work without any configuration.
     pub fn section<T: DeserializeOwned>(&self, key: &str) -> Result<T, ConfigError> {
+        if let Some(top) = key.split('.').next() {
+            self.sections.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(top.to_owned());
+        }
         match self.raw.get::<T>(key) {
             Ok(v) => Ok(v),
             Err(config::ConfigError::NotFound(_)) => {
@@ -373,6 +412,55 @@ mod tests {
         assert_eq!(s.section::<i64>("x.y").unwrap(), 1);
         let bad = CliArgs { overrides: vec!["novalue".into()], ..Default::default() };
         assert!(Settings::load(&bad, env(&[])).unwrap_err().to_string().contains("KEY=VALUE"));
+    }
+
+    #[test]
+    fn secrets_from_the_environment_stay_verbatim_and_numbers_still_parse() {
+        #[derive(Deserialize, Debug)]
+        struct Section {
+            client_secret: String,
+            timeout_secs: u64,
+            enabled: bool,
+        }
+        let s = Settings::load(
+            &CliArgs::default(),
+            env(&[
+                ("AGENT_X__CLIENT_SECRET", "0012345678"),
+                ("AGENT_X__TIMEOUT_SECS", "30"),
+                ("AGENT_X__ENABLED", "true"),
+                ("AGENT_MAX_CONCURRENT_CALLS", "12"),
+            ]),
+        )
+        .unwrap();
+        let x: Section = s.section("x").unwrap();
+        assert_eq!((x.client_secret.as_str(), x.timeout_secs, x.enabled), ("0012345678", 30, true));
+        assert_eq!(s.server.max_concurrent_calls, 12);
+    }
+
+    #[test]
+    fn misspelled_top_level_keys_fail_naming_them() {
+        let s = Settings::load(&CliArgs::default(), env(&[("AGENT_MAX_CONCURENT_CALLS", "8")])).unwrap();
+        let err = s.check_all_used().unwrap_err().to_string();
+        assert!(err.contains("max_concurent_calls") && err.contains("AGENT_MAX_CONCURENT_CALLS"), "{err}");
+        assert!(err.contains("max_concurrent_calls"), "the known settings are listed: {err}");
+
+        let dir = std::env::temp_dir().join(format!("cfg-unknown-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("agent.yaml");
+        std::fs::write(&file, "max_concurent_calls: 8\nsnowflake:\n  role: r\n").unwrap();
+        let cli = CliArgs { config: Some(file), ..Default::default() };
+        let s = Settings::load(&cli, env(&[("AGENT_CONFIG", "/ignored")])).unwrap();
+        #[derive(Deserialize, Debug, Default)]
+        struct Sf {
+            #[allow(dead_code)]
+            role: String,
+        }
+        let _: Sf = s.section("snowflake").unwrap();
+        let err = s.check_all_used().unwrap_err().to_string();
+        assert!(err.contains("max_concurent_calls") && !err.contains("snowflake ("), "{err}");
+        let ok = Settings::load(&CliArgs::default(), env(&[("AGENT_PORT", "8001")])).unwrap();
+        assert!(ok.check_all_used().is_ok());
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -120,14 +120,66 @@ pub(crate) fn decode_meta<M: ResourceMeta>(bytes: &[u8], agent: &str) -> Result<
             bytes.len()
         )));
     }
-    serde_json::from_slice(bytes).map_err(|e| {
+    let fail = |why: String| {
         let hint = if std::str::from_utf8(bytes).is_err() || bytes.first() == Some(&0x80) {
             " (it is not JSON; metas pickled by a Python agent cannot be read: let those tasks finish before switching)"
         } else {
             ""
         };
-        AgentError::invalid_argument(format!("resource_meta is not a valid job handle for agent '{agent}': {e}{hint}"))
-    })
+        AgentError::invalid_argument(format!(
+            "resource_meta is not a valid job handle for agent '{agent}': {why}{hint}"
+        ))
+    };
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let meta = serde_path_to_error::deserialize(&mut de).map_err(|e| fail(describe_decode_error(&e)))?;
+    de.end().map_err(|_| fail("something follows the JSON value".to_owned()))?;
+    Ok(meta)
+}
+
+/// What is wrong with a meta, without its bytes: serde's own message quotes the values it
+/// did not expect (a meta may hold a token), and unknown keys are the sender's text too.
+/// So the message names the field (only names this agent's types use) and what it expected.
+fn describe_decode_error(e: &serde_path_to_error::Error<serde_json::Error>) -> String {
+    use serde_path_to_error::Segment;
+    let inner = e.inner();
+    let mut path = String::new();
+    for segment in e.path().iter() {
+        match segment {
+            Segment::Seq { index } => path.push_str(&format!("[{index}]")),
+            Segment::Map { key } | Segment::Enum { variant: key }
+                if !key.is_empty()
+                    && key.len() <= 32
+                    && key.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') =>
+            {
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(key);
+            }
+            _ => path.push_str(if path.is_empty() { "?" } else { ".?" }),
+        }
+    }
+    let field = if path.is_empty() { String::new() } else { format!("field `{path}`: ") };
+    let text = inner.to_string();
+    // Only the parts serde writes from the type, never from the input.
+    let what = match inner.classify() {
+        serde_json::error::Category::Syntax => "it is not valid JSON".to_owned(),
+        serde_json::error::Category::Eof => "it ends too early".to_owned(),
+        serde_json::error::Category::Io => "it could not be read".to_owned(),
+        serde_json::error::Category::Data => {
+            if let Some(rest) = text.strip_prefix("missing field `") {
+                format!("missing field `{}`", rest.split('`').next().unwrap_or_default())
+            } else if text.starts_with("unknown field") {
+                "a field this agent does not write".to_owned()
+            } else if let Some((_, expected)) = text.rsplit_once(", expected ") {
+                let expected = expected.split(" at line ").next().unwrap_or(expected);
+                format!("expected {expected}")
+            } else {
+                "a value of the wrong type".to_owned()
+            }
+        }
+    };
+    format!("{field}{what}")
 }
 
 #[cfg(test)]
@@ -143,6 +195,12 @@ mod tests {
         location: Option<String>,
         #[serde(default)]
         attempts: u32,
+    }
+
+    #[derive(Debug, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Strict {
+        job_id: String,
     }
 
     #[test]
@@ -162,6 +220,19 @@ mod tests {
         assert!(matches!(&err, AgentError::InvalidArgument(m) if m.contains("missing field `job_id`")), "{err}");
         assert!(!err.message().contains("dapi-secret-value"));
         assert!(decode_meta::<Meta>(b"", "x").unwrap_err().message().contains("empty"));
+        // Values of the wrong type are not quoted either, nor are unknown keys.
+        for (bytes, says) in [
+            (&br#"{"job_id": {"auth_token": "dapi-secret-value"}}"#[..], "field `job_id`: expected a string"),
+            (br#"{"job_id": "j", "attempts": "dapi-secret-value"}"#, "field `attempts`: expected u32"),
+            (br#"{"job_id": "j", "location": 7, "dapi-secret-value": 1}"#, "field `location`: expected a string"),
+            (br#"{"job_id": "dapi-secret-value"#, "it ends too early"),
+        ] {
+            let err = decode_meta::<Meta>(bytes, "x").unwrap_err();
+            assert!(err.message().contains(says), "{err}");
+            assert!(!err.message().contains("dapi-secret-value"), "{err}");
+        }
+        let strict = decode_meta::<Strict>(br#"{"job_id": "j", "dapi-secret-value": 1}"#, "x").unwrap_err();
+        assert!(!strict.message().contains("dapi-secret") && strict.message().contains("does not write"), "{strict}");
         let pickled = [0x80, 0x05, 0x95, 0xff];
         assert!(decode_meta::<Meta>(&pickled, "x").unwrap_err().message().contains("pickled"));
         let huge = vec![b' '; MAX_META_BYTES + 1];

@@ -63,6 +63,9 @@ pub fn run(info: BinaryInfo, build: impl AsyncFnOnce(&Settings) -> Result<Regist
             Ok(r) => r,
             Err(e) => return fail(info, &e),
         };
+        if let Err(e) = settings.check_all_used() {
+            return fail(info, &e.to_string());
+        }
         let server =
             AgentServer::new(AgentService::new(registry, SecretStore::from_process_env()), settings.server.clone());
         let code = match server.serve_until(shutdown_signal()).await {
