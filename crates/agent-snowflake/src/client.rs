@@ -162,3 +162,29 @@ impl Client {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = include_str!("../tests/fixtures/rsa_key.p8");
+
+    #[test]
+    fn forged_accounts_cannot_grow_the_token_cache() {
+        let client = Client::new(&Config { base_url: Some("http://127.0.0.1:9".into()), ..Config::default() }).unwrap();
+        let ctx = Context::new(
+            TaskCategory::new("snowflake", 0),
+            agent_core::testing::secrets(&[("_FSEC_SNOWFLAKE_PRIVATE_KEY", KEY)]),
+        );
+        // Each distinct account signs a token: more than the capacity is enough to show the bound.
+        for i in 0..(agent_core::cache::DEFAULT_CAPACITY + 300) {
+            let account = AccountId::parse(&format!("forged-{i}"), "account").unwrap();
+            client.jwt(&ctx, Account { account: &account, user: "u" }).unwrap();
+        }
+        assert!(client.jwts.len() <= agent_core::cache::DEFAULT_CAPACITY, "{} tokens kept", client.jwts.len());
+        let account = AccountId::parse("forged-500", "account").unwrap();
+        let again = client.jwt(&ctx, Account { account: &account, user: "u" }).unwrap();
+        let cached = client.jwt(&ctx, Account { account: &account, user: "u" }).unwrap();
+        assert_eq!(again.expose(), cached.expose(), "a recent token is still reused");
+    }
+}
