@@ -1,6 +1,7 @@
 //! The Databricks REST client: Jobs API 2.1 calls with a bearer token, access tokens from
 //! `/oidc/v1/token` cached until shortly before they expire, one refresh on a 401, and
-//! transient failures retried inside the caller's deadline.
+//! transient failures retried inside the caller's deadline. The cache is bounded: its keys
+//! come from requests (client id, namespace), so it must not grow with them.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -20,6 +21,52 @@ use crate::config::Config;
 pub(crate) const PAT_SECRET: &str = "FLYTE_DATABRICKS_ACCESS_TOKEN";
 /// Access tokens are renewed this long before Databricks says they expire.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(60);
+/// Access tokens kept at most: far more identities than one agent serves, far less
+/// memory than a request flood could otherwise pin.
+const TOKEN_CACHE_CAP: usize = 1024;
+
+/// Access tokens by instance and identity, at most `cap` of them. Filled only after a
+/// token endpoint of an allowlisted instance issued the token, so only identities that
+/// instance accepts take room; when full, expired tokens go first, then the one that
+/// expires soonest.
+#[derive(Debug)]
+struct TokenCache {
+    tokens: HashMap<String, (Secret, Instant)>,
+    cap: usize,
+}
+
+impl TokenCache {
+    fn new(cap: usize) -> Self {
+        Self { tokens: HashMap::new(), cap: cap.max(1) }
+    }
+
+    /// A token still usable now.
+    fn get(&self, key: &str) -> Option<Secret> {
+        self.tokens.get(key).filter(|(_, expiry)| *expiry > Instant::now()).map(|(t, _)| t.clone())
+    }
+
+    fn insert(&mut self, key: String, token: Secret, expiry: Instant) {
+        if !self.tokens.contains_key(&key) && self.tokens.len() >= self.cap {
+            let now = Instant::now();
+            self.tokens.retain(|_, (_, e)| *e > now);
+            if self.tokens.len() >= self.cap
+                && let Some(soonest) = self.tokens.iter().min_by_key(|(_, (_, e))| *e).map(|(k, _)| k.clone())
+            {
+                self.tokens.remove(&soonest);
+            }
+        }
+        self.tokens.insert(key, (token, expiry));
+    }
+
+    fn remove(&mut self, key: &str) {
+        self.tokens.remove(key);
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.tokens.len()
+    }
+}
 
 /// Whether Databricks says the run does not exist.
 pub(crate) fn is_missing_run(e: &HttpError) -> bool {
@@ -43,7 +90,7 @@ pub(crate) struct Workspace<'a> {
 #[derive(Debug)]
 pub(crate) struct Client {
     http: reqwest::Client,
-    tokens: Mutex<HashMap<String, (Secret, Instant)>>,
+    tokens: Mutex<TokenCache>,
     pub(crate) retry: RetryConfig,
     attempt_timeout: Duration,
     client_secret: Option<Secret>,
@@ -58,14 +105,14 @@ impl Client {
         )?;
         Ok(Self {
             http,
-            tokens: Mutex::new(HashMap::new()),
+            tokens: Mutex::new(TokenCache::new(TOKEN_CACHE_CAP)),
             retry: RetryConfig { default_budget: config.retry_budget, ..RetryConfig::default() },
             attempt_timeout: config.attempt_timeout,
             client_secret: config.client_secret.clone(),
         })
     }
 
-    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Secret, Instant)>> {
+    fn cache(&self) -> std::sync::MutexGuard<'_, TokenCache> {
         self.tokens.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
@@ -78,10 +125,8 @@ impl Client {
             return ctx.secret(PAT_SECRET).map_err(HttpError::Agent);
         }
         let key = auth.cache_key(instance);
-        if let Some((t, expiry)) = self.cache().get(&key)
-            && *expiry > Instant::now()
-        {
-            return Ok(t.clone());
+        if let Some(t) = self.cache().get(&key) {
+            return Ok(t);
         }
         let client_id = auth.require_client_id().map_err(HttpError::Agent)?.to_owned();
         let form: Vec<(&str, String)> = match auth.kind {
@@ -145,7 +190,7 @@ impl Client {
         let lifetime = Duration::from_secs(body.get("expires_in").and_then(Json::as_u64).unwrap_or(3600));
         let usable = lifetime.checked_sub(EXPIRY_MARGIN).unwrap_or(lifetime / 2);
         let secret = Secret::new(access);
-        self.cache().insert(key, (secret.clone(), Instant::now() + usable));
+        self.cache().insert(key, secret.clone(), Instant::now() + usable);
         Ok(secret)
     }
 
@@ -211,5 +256,41 @@ async fn read(resp: Result<reqwest::Response, reqwest::Error>) -> Result<Json, H
                 (c, m) => c.or(m).map(str::to_owned),
             }
         })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_cache_stays_at_its_cap_whatever_the_keys() {
+        let mut cache = TokenCache::new(8);
+        let later = Instant::now() + Duration::from_secs(3600);
+        for i in 0..5000u64 {
+            cache.insert(
+                format!("host|oauth_m2m|client-{i}||ns-{i}"),
+                Secret::new("t"),
+                later + Duration::from_secs(i),
+            );
+            assert!(cache.len() <= 8, "{} tokens after {i} inserts", cache.len());
+        }
+        // The newest stay; the ones expiring soonest made room.
+        assert!(cache.get("host|oauth_m2m|client-4999||ns-4999").is_some());
+        assert!(cache.get("host|oauth_m2m|client-0||ns-0").is_none());
+        // Expired tokens are never served and are the first to go.
+        let mut cache = TokenCache::new(2);
+        cache.insert("old".into(), Secret::new("t"), Instant::now());
+        cache.insert("keep".into(), Secret::new("t"), later);
+        assert!(cache.get("old").is_none());
+        cache.insert("new".into(), Secret::new("t"), later);
+        assert_eq!(cache.len(), 2);
+        assert!(cache.get("keep").is_some() && cache.get("new").is_some());
+    }
+
+    #[test]
+    fn the_client_bounds_its_token_cache() {
+        let client = Client::new(&Config::default()).unwrap();
+        assert_eq!(client.cache().cap, TOKEN_CACHE_CAP);
     }
 }
