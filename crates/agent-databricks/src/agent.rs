@@ -7,7 +7,7 @@ use serde_json::{Value as Json, json};
 
 use agent_core::prelude::*;
 
-use crate::auth::{Auth, AuthType};
+use crate::auth::{Auth, AuthType, checked_token_file};
 use agent_core::http::HttpError;
 
 use crate::client::{Client, Workspace, is_missing_run, to_agent_error};
@@ -59,12 +59,18 @@ fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error>
 }
 
 impl DatabricksMeta {
-    fn auth(&self) -> Result<Auth, AgentError> {
+    /// The auth the run was started with. A meta is input like any other: the token file
+    /// it names must be the agent's own (see [`checked_token_file`]).
+    fn auth(&self, config: &Config) -> Result<Auth, AgentError> {
         Ok(Auth {
             kind: AuthType::parse(self.auth_type.as_deref().unwrap_or("pat"))?,
             client_id: self.client_id.clone(),
             oauth_secret_name: self.oauth_secret_name.clone(),
-            oidc_token_file: self.oidc_token_file.clone(),
+            oidc_token_file: checked_token_file(
+                self.oidc_token_file.as_deref(),
+                config,
+                "resource meta: oidc_token_file",
+            )?,
             oidc_audience: self.oidc_audience.clone(),
             namespace: self.namespace.clone().unwrap_or_default(),
             stored_token: self.auth_token.clone(),
@@ -84,6 +90,7 @@ impl DatabricksAgent {
     /// The agent for both of flytekit's task types, `spark` (the `Databricks` config) and
     /// `databricks` (`DatabricksV2`).
     pub fn new(config: Config) -> Result<Self, String> {
+        config.validate()?;
         let client = Client::new(&config)?;
         Ok(Self { client, config, categories: vec![TaskCategory::new("spark", 0), TaskCategory::new("databricks", 0)] })
     }
@@ -106,6 +113,19 @@ impl DatabricksAgent {
                 if allowed.is_empty() { "no instance at all".to_owned() } else { allowed.join(", ") }
             )))
         }
+    }
+}
+
+/// The run id of a meta, checked before it goes into a request: Databricks' run ids are
+/// integers, so anything else was not written by a Databricks agent.
+fn checked_run_id(run_id: &str) -> Result<&str, AgentError> {
+    if !run_id.is_empty() && run_id.len() <= 20 && run_id.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(run_id)
+    } else {
+        Err(AgentError::invalid_argument(
+            "resource meta: run_id is not a Databricks run id (an integer); the meta was not written by a \
+             Databricks agent",
+        ))
     }
 }
 
@@ -356,8 +376,9 @@ impl AsyncAgent for DatabricksAgent {
 
     async fn get(&self, ctx: &Context, meta: DatabricksMeta) -> Result<Resource, AgentError> {
         // A meta is input like any other: a forged one must not redirect credentials.
+        checked_run_id(&meta.run_id)?;
         let instance = self.check_instance(&meta.databricks_instance)?;
-        let auth = meta.auth()?;
+        let auth = meta.auth(&self.config)?;
         match self
             .client
             .call(
@@ -387,8 +408,9 @@ impl AsyncAgent for DatabricksAgent {
     }
 
     async fn delete(&self, ctx: &Context, meta: DatabricksMeta) -> Result<(), AgentError> {
+        checked_run_id(&meta.run_id)?;
         let instance = self.check_instance(&meta.databricks_instance)?;
-        let auth = meta.auth()?;
+        let auth = meta.auth(&self.config)?;
         let body = json!({"run_id": meta.run_id});
         match self
             .client
@@ -478,10 +500,10 @@ mod tests {
             let out = serde_json::to_string(&m).unwrap();
             assert!(!out.contains("auth_token") && !out.contains("dapi-"), "{out}");
             assert!(!format!("{m:?}").contains("dapi-"));
-            assert_eq!(m.auth().unwrap().kind, AuthType::Pat);
+            assert_eq!(m.auth(&Config::default()).unwrap().kind, AuthType::Pat);
         }
         let m: DatabricksMeta = serde_json::from_str(v2).unwrap();
-        assert_eq!(m.auth().unwrap().stored_token.unwrap().expose(), "dapi-secret-1");
+        assert_eq!(m.auth(&Config::default()).unwrap().stored_token.unwrap().expose(), "dapi-secret-1");
         let numeric: DatabricksMeta = serde_json::from_str(r#"{"databricks_instance": "a", "run_id": 77}"#).unwrap();
         assert_eq!(numeric.run_id, "77");
     }

@@ -1,7 +1,8 @@
 //! How the agent authenticates to a Databricks instance, as flytekit 1.16.31 offers it:
 //! a personal access token (`pat`), OAuth client credentials (`oauth_m2m`), or OIDC token
 //! federation (`oidc_federation`: a workload identity JWT exchanged for an access token).
-//! Settings come from the task's `custom`, else the agent's configuration, else defaults.
+//! Settings come from the task's `custom`, else the agent's configuration, else defaults,
+//! except file paths: the agent reads files only where its own configuration says.
 
 use serde_json::{Map, Value as Json};
 
@@ -23,9 +24,9 @@ impl AuthType {
             "pat" => Ok(Self::Pat),
             "oauth_m2m" => Ok(Self::OAuthM2m),
             "oidc_federation" => Ok(Self::OidcFederation),
-            other => Err(AgentError::invalid_argument(format!(
-                "databricksAuthType '{other}' is not one of pat, oauth_m2m, oidc_federation"
-            ))),
+            other => {
+                Err(AgentError::invalid_argument(format!("databricksAuthType '{other}' is not one of {AUTH_TYPES}")))
+            }
         }
     }
 
@@ -38,8 +39,51 @@ impl AuthType {
     }
 }
 
-/// Where the agent looks for the federation JWT when nothing names a file.
+/// The auth types, as settings and errors list them.
+pub(crate) const AUTH_TYPES: &str = "pat, oauth_m2m, oidc_federation";
+
+/// Where the agent looks for the federation JWT when its configuration names no file.
 pub(crate) const DEFAULT_OIDC_TOKEN_FILE: &str = "/var/run/secrets/databricks/token";
+
+/// The files the agent may read the federation JWT from: the configured one, else the
+/// defaults it looks for. Nothing a request says can add to them, since the file's
+/// content is sent to the token endpoint as the subject token.
+fn agent_token_files(config: &Config) -> Vec<String> {
+    config.oidc_token_file.clone().map_or_else(default_token_files, |f| vec![f])
+}
+
+/// The files looked for when the configuration names none: the workload identity token
+/// Kubernetes projects for AWS, then Databricks' conventional mount.
+fn default_token_files() -> Vec<String> {
+    std::env::var("AWS_WEB_IDENTITY_TOKEN_FILE")
+        .ok()
+        .filter(|f| !f.trim().is_empty())
+        .into_iter()
+        .chain([DEFAULT_OIDC_TOKEN_FILE.to_owned()])
+        .collect()
+}
+
+/// The token file a template or meta names, accepted only when it is one the agent's
+/// configuration already gives (a Python agent's meta stores the path it used). Anything
+/// else is refused before any file or network I/O, with one answer whatever the file is,
+/// so a request can neither read nor probe the agent's filesystem.
+pub(crate) fn checked_token_file(
+    named: Option<&str>,
+    config: &Config,
+    source: &str,
+) -> Result<Option<String>, AgentError> {
+    let Some(named) = named.map(str::trim).filter(|n| !n.is_empty()) else {
+        return Ok(config.oidc_token_file.clone());
+    };
+    if agent_token_files(config).iter().any(|f| f == named) {
+        return Ok(Some(named.to_owned()));
+    }
+    Err(AgentError::permission_denied(format!(
+        "{source} names an OIDC token file other than the agent's: this agent reads the federation token only \
+         from the file its configuration names. Set databricks.oidc_token_file (FLYTE_DATABRICKS_OIDC_TOKEN_FILE) \
+         on the agent and leave databricksOidcTokenFile off the task"
+    )))
+}
 
 /// Everything needed to (re)build credentials for one run; all of it but `stored_token`
 /// is persisted in the resource meta, so get and delete rebuild the same auth.
@@ -62,15 +106,20 @@ fn text(custom: &Map<String, Json>, key: &str) -> Option<String> {
 impl Auth {
     /// Auth settings for a new run.
     pub(crate) fn for_task(custom: &Map<String, Json>, config: &Config, namespace: &str) -> Result<Self, AgentError> {
-        let kind =
-            text(custom, "databricksAuthType").or_else(|| config.auth_type.clone()).unwrap_or_else(|| "pat".into());
+        let kind = text(custom, "databricksAuthType")
+            .or_else(|| config.auth_type.as_deref().map(|k| k.trim().to_owned()))
+            .unwrap_or_else(|| "pat".into());
         Ok(Self {
             kind: AuthType::parse(&kind)?,
             client_id: text(custom, "databricksClientId").or_else(|| config.client_id.clone()),
             oauth_secret_name: text(custom, "databricksOauthSecret")
                 .or_else(|| config.oauth_secret_name.clone())
                 .or_else(|| Some("databricks-oauth".into())),
-            oidc_token_file: text(custom, "databricksOidcTokenFile").or_else(|| config.oidc_token_file.clone()),
+            oidc_token_file: checked_token_file(
+                text(custom, "databricksOidcTokenFile").as_deref(),
+                config,
+                "template.custom.databricksOidcTokenFile",
+            )?,
             oidc_audience: text(custom, "databricksOidcAudience")
                 .or_else(|| config.oidc_audience.clone())
                 .or_else(|| Some("databricks".into())),
@@ -101,20 +150,17 @@ impl Auth {
         })
     }
 
-    /// The federation JWT file: the named one, else the first default that exists.
+    /// The federation JWT file: the one checked by [`checked_token_file`] (the configured
+    /// one), else the first default that exists.
     pub(crate) fn token_file(&self) -> Result<String, AgentError> {
         if let Some(f) = &self.oidc_token_file {
             return Ok(f.clone());
         }
-        let candidates: Vec<String> = std::env::var("AWS_WEB_IDENTITY_TOKEN_FILE")
-            .ok()
-            .into_iter()
-            .chain([DEFAULT_OIDC_TOKEN_FILE.to_owned()])
-            .collect();
+        let candidates = default_token_files();
         candidates.iter().find(|p| std::path::Path::new(p).is_file()).cloned().ok_or_else(|| {
             AgentError::failed_precondition(format!(
-                "oidc_federation needs a service account token file: set databricksOidcTokenFile on the task or \
-                 FLYTE_DATABRICKS_OIDC_TOKEN_FILE on the agent (looked for {})",
+                "oidc_federation needs a service account token file: set databricks.oidc_token_file \
+                 (FLYTE_DATABRICKS_OIDC_TOKEN_FILE) on the agent (looked for {})",
                 candidates.join(", ")
             ))
         })
@@ -135,12 +181,27 @@ mod tests {
         assert_eq!((a.kind, a.client_id.as_deref()), (AuthType::OAuthM2m, Some("agent-client")));
         assert_eq!(a.oauth_secret_name.as_deref(), Some("databricks-oauth"));
         assert_eq!(a.oidc_audience.as_deref(), Some("databricks"));
+        let config = Config { oidc_token_file: Some("/t".into()), ..config };
         let custom = json!({"databricksAuthType": "oidc_federation", "databricksClientId": "task-client", "databricksOidcTokenFile": "/t"});
         let a = Auth::for_task(custom.as_object().unwrap(), &config, "ns").unwrap();
         assert_eq!(
             (a.kind, a.client_id.as_deref(), a.token_file().unwrap().as_str()),
             (AuthType::OidcFederation, Some("task-client"), "/t")
         );
+        let a =
+            Auth::for_task(json!({"databricksAuthType": "oidc_federation"}).as_object().unwrap(), &config, "").unwrap();
+        assert_eq!(a.token_file().unwrap(), "/t", "the configured file when the task names none");
+        // A file the configuration does not name is never read, whatever the task says.
+        for path in ["/proc/self/environ", "/etc/shadow", "/t/../etc/shadow", "/no/such/file"] {
+            let custom = json!({"databricksAuthType": "oidc_federation", "databricksOidcTokenFile": path});
+            for config in [&config, &Config::default()] {
+                let err = Auth::for_task(custom.as_object().unwrap(), config, "").unwrap_err();
+                assert!(
+                    matches!(&err, AgentError::PermissionDenied(m) if m.contains("databricks.oidc_token_file") && !m.contains(path)),
+                    "{path}: {err}"
+                );
+            }
+        }
         let bad = json!({"databricksAuthType": "kerberos"});
         assert!(matches!(
             Auth::for_task(bad.as_object().unwrap(), &Config::default(), ""),

@@ -7,6 +7,8 @@ use std::time::Duration;
 use agent_core::Secret;
 use serde::Deserialize;
 
+use crate::auth::{AUTH_TYPES, AuthType};
+
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
@@ -42,6 +44,22 @@ pub struct Config {
     /// Time spent retrying when a call carries no deadline.
     #[serde(with = "humantime_serde")]
     pub retry_budget: Duration,
+}
+
+impl Config {
+    /// Checks what the types cannot, so that a bad setting stops the agent at start-up
+    /// instead of failing every task it is given.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(kind) = &self.auth_type
+            && AuthType::parse(kind.trim()).is_err()
+        {
+            return Err(format!(
+                "invalid configuration: databricks.auth_type (AGENT_DATABRICKS__AUTH_TYPE, or \
+                 FLYTE_DATABRICKS_AUTH_TYPE) is {kind:?}; allowed values: {AUTH_TYPES}"
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for Config {

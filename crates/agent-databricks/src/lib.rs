@@ -10,3 +10,11 @@ mod spec;
 
 pub use agent::{DatabricksAgent, DatabricksMeta};
 pub use config::Config;
+
+/// The agent's registry from loaded settings: what the binary serves. Fails on a setting
+/// that would fail every task, so a misconfigured agent never starts.
+pub fn registry(settings: &agent_core::config::Settings) -> Result<agent_core::Registry, String> {
+    let config: Config = settings.section("databricks").map_err(|e| e.to_string())?;
+    let agent = DatabricksAgent::new(config)?;
+    agent_core::Registry::builder().async_agent(agent).map_err(|e| e.to_string())
+}

@@ -381,3 +381,107 @@ async fn hostile_metas_templates_and_inputs_are_handled() {
     let env = pat_env().await;
     conformance::hostile_inputs(&env.server, task("databricks", classic(json!({}))), 48).await;
 }
+
+/// Counts every request the emulator receives (control endpoints aside): a zero-delay
+/// fault that never retires.
+fn record_requests(db: &Databricks) {
+    db.faults().push(FaultRule { times: None, ..FaultRule::new(FaultAction::Delay { ms: 0 }, 0) });
+}
+
+#[tokio::test]
+async fn files_named_by_templates_or_metas_are_never_read_nor_sent() {
+    // Red team: a task or a forged meta names a file; before the fix the agent read it and
+    // sent its content (the environment, with the PAT) as the subject token, and a missing
+    // file answered differently, so the filesystem could be probed.
+    let env = env_with(fast(), &[("_FSEC_FLYTE_DATABRICKS_ACCESS_TOKEN", PAT)], |c, dir| {
+        std::fs::write(dir.join("jwt"), "emulator-subject-jwt\n").unwrap();
+        c.oidc_token_file = Some(dir.join("jwt").to_string_lossy().into_owned());
+    })
+    .await;
+    let configured = env._dir.0.join("jwt").to_string_lossy().into_owned();
+    record_requests(&env.db);
+    let missing = env._dir.0.join("no-such-token").to_string_lossy().into_owned();
+    let hostile = ["/proc/self/environ", "/etc/shadow", "/etc/passwd", missing.as_str()];
+    let mut client = env.server.async_client().await;
+    let mut answers = Vec::new();
+    for path in hostile {
+        for auth_type in ["oidc_federation", "pat"] {
+            let custom = classic(json!({"databricksAuthType": auth_type,
+                "databricksClientId": "emulator-federated-client", "databricksOidcTokenFile": path}));
+            let err = create(&env, &task("databricks", custom)).await.unwrap_err();
+            answers.push(("template", err.code(), err.message().to_owned()));
+        }
+        let meta = json!({"databricks_instance": env.emulator.host(), "run_id": "1", "auth_type": "oidc_federation",
+            "client_id": "emulator-federated-client", "oidc_token_file": path, "namespace": ""})
+        .to_string();
+        let err = client.get_task(get_request("databricks", meta.as_bytes())).await.unwrap_err();
+        answers.push(("meta", err.code(), err.message().to_owned()));
+        let del = admin::DeleteTaskRequest {
+            resource_meta: meta.into_bytes(),
+            task_category: Some(admin::TaskCategory { name: "databricks".into(), version: 0 }),
+            ..Default::default()
+        };
+        let err = client.delete_task(del).await.unwrap_err();
+        answers.push(("meta", err.code(), err.message().to_owned()));
+    }
+    for (source, code, message) in &answers {
+        assert_eq!(*code, Code::PermissionDenied, "{source}: {message}");
+        assert!(message.contains("databricks.oidc_token_file"), "{message}");
+        assert!(!message.contains("/etc") && !message.contains("/proc") && !message.contains(PAT), "{message}");
+        let first = answers.iter().find(|(s, ..)| s == source).unwrap();
+        assert_eq!(message, &first.2, "one answer whatever the file, so nothing can be probed");
+    }
+    assert_eq!(env.db.request_counts(), (0, 0), "no token exchange, no submit");
+    assert_eq!(env.db.faults().injected(), 0, "the emulator saw no request at all");
+
+    // Run ids go into requests too: anything but an integer is refused before a byte is sent.
+    for run_id in ["", "1&run_id=2", "../2.0/clusters/list", "1 "] {
+        let meta = json!({"databricks_instance": env.emulator.host(), "run_id": run_id}).to_string();
+        let err = client.get_task(get_request("databricks", meta.as_bytes())).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{run_id:?}: {}", err.message());
+        assert!(err.message().contains("run_id"), "{}", err.message());
+    }
+    assert_eq!(env.db.faults().injected(), 0);
+
+    // The configured file, named or not (a Python agent's meta stores it, or null), works.
+    env.db.faults().clear();
+    let custom = classic(json!({"databricksAuthType": "oidc_federation",
+        "databricksClientId": "emulator-federated-client", "databricksOidcTokenFile": configured}));
+    let meta = create(&env, &task("databricks", custom)).await.unwrap();
+    let mut meta: serde_json::Value = serde_json::from_slice(&meta).unwrap();
+    assert_eq!(meta["oidc_token_file"], json!(configured));
+    let r = get(&env, "databricks", meta.to_string().as_bytes()).await;
+    assert_ne!(r.phase, Phase::Failed, "{}", r.message);
+    meta["oidc_token_file"] = serde_json::Value::Null;
+    let r = wait_terminal(&env, "databricks", meta.to_string().as_bytes()).await;
+    assert_eq!(r.phase, Phase::Succeeded, "{}", r.message);
+}
+
+#[tokio::test]
+async fn an_invalid_auth_type_stops_the_agent_at_start_up() {
+    use agent_core::config::{CliArgs, Settings};
+    let from_env = |value: &str| {
+        let env = HashMap::from([("AGENT_DATABRICKS__AUTH_TYPE".to_owned(), value.to_owned())]);
+        agent_databricks::registry(&Settings::load(&CliArgs::default(), Some(env)).unwrap())
+    };
+    let from_flag = |value: &str| {
+        let cli = CliArgs { overrides: vec![format!("databricks.auth_type={value}")], ..CliArgs::default() };
+        agent_databricks::registry(&Settings::load(&cli, Some(HashMap::new())).unwrap())
+    };
+    for bad in ["kerberos", "PAT", "oauth"] {
+        for result in [from_env(bad), from_flag(bad)] {
+            let err = result.unwrap_err();
+            assert!(
+                err.contains("databricks.auth_type")
+                    && err.contains("AGENT_DATABRICKS__AUTH_TYPE")
+                    && err.contains("pat, oauth_m2m, oidc_federation"),
+                "{err}"
+            );
+        }
+        let config = Config { auth_type: Some(bad.into()), ..Config::default() };
+        assert!(DatabricksAgent::new(config).is_err(), "{bad} must not start");
+    }
+    for good in ["pat", "oauth_m2m", "oidc_federation"] {
+        assert!(from_env(good).is_ok() && from_flag(good).is_ok(), "{good}");
+    }
+}
