@@ -9,14 +9,60 @@ use agent_core::prelude::*;
 use agent_core::retry::{RetryConfig, Verdict, retry};
 use async_openai::traits::RequestOptionsBuilder;
 
-use crate::client::{Clients, Failure, budget, classify};
+use crate::client::{Clients, Failure, budget, check_header_value, classify, task_organization};
 use crate::config::Config;
 
 /// The task type flytekit's `BatchEndpointTask` declares.
 pub const BATCH_TYPE: &str = "openai-batch";
 
 /// Batch metadata key recording the task attempt, so a repeated CreateTask finds its batch.
-const ATTEMPT_KEY: &str = "flyte_attempt";
+/// Its value is a digest of the attempt key: fixed length, so it fits OpenAI's 512-character
+/// limit on metadata values whatever the names in the key, and is found exactly as stored.
+const ATTEMPT_KEY: &str = "flyte_attempt_sha256";
+/// The key earlier releases stored the attempt under, raw (cut to 512 characters).
+const LEGACY_ATTEMPT_KEY: &str = "flyte_attempt";
+/// OpenAI's limit on a metadata value.
+const METADATA_VALUE_MAX: usize = 512;
+
+/// How a batch records the task attempt that created it.
+#[derive(Debug, Clone)]
+struct AttemptMark {
+    /// Hex SHA-256 of the attempt key, stored under [`ATTEMPT_KEY`].
+    digest: String,
+    /// The raw key, when short enough that an earlier release stored it whole: a create
+    /// repeated across an upgrade still finds that batch. A cut key is never matched, since
+    /// two attempts can share its first 512 characters.
+    legacy: Option<String>,
+}
+
+impl AttemptMark {
+    fn new(key: &str) -> Self {
+        let hash = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key.as_bytes());
+        let digest = hash.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        let legacy = (key.chars().count() <= METADATA_VALUE_MAX).then(|| key.to_owned());
+        Self { digest, legacy }
+    }
+
+    /// Whether `batch` was created by this attempt.
+    fn marks(&self, batch: &Json) -> bool {
+        let stored = |k: &str| batch.get("metadata").and_then(|m| m.get(k)).and_then(Json::as_str);
+        stored(ATTEMPT_KEY) == Some(self.digest.as_str())
+            || self.legacy.as_deref().is_some_and(|l| stored(LEGACY_ATTEMPT_KEY) == Some(l))
+    }
+}
+
+/// The organization a meta names, checked like the task's was: it becomes a header.
+fn meta_organization(meta: &BatchMeta) -> Result<Option<&str>, AgentError> {
+    let org = meta.openai_org.as_deref().filter(|o| !o.is_empty());
+    if let Some(o) = org {
+        check_header_value(o, |why| {
+            AgentError::invalid_argument(format!(
+                "resource meta: openai_org {why}; the meta was not written by an OpenAI Batch agent"
+            ))
+        })?;
+    }
+    Ok(org)
+}
 
 /// The job handle. flytekit pickles its `BatchEndpointMetadata`; this one is JSON with the
 /// same fields. Pickled metas get a clear error: those tasks must finish on the Python agent.
@@ -122,19 +168,18 @@ impl AsyncAgent for BatchAgent {
 
     async fn create(&self, ctx: &Context, task: TaskRequest) -> Result<BatchMeta, AgentError> {
         let custom: Custom = task.custom_as()?;
+        let org = task_organization(custom.openai_organization)?;
         let input_file_id: String = task.input("input_file_id")?;
-        let org = custom.openai_organization.filter(|o| !o.is_empty());
         let client = self.clients.client(ctx, org.as_deref())?;
-        let attempt = task.attempt_key();
+        let attempt = task.attempt_key().map(|k| AttemptMark::new(&k));
         let mut request = custom.config;
         request.entry("completion_window").or_insert_with(|| json!("24h"));
         request.entry("endpoint").or_insert_with(|| json!("/v1/chat/completions"));
         request.insert("input_file_id".into(), json!(input_file_id));
-        if let Some(key) = &attempt {
+        if let Some(mark) = &attempt {
             let metadata = request.entry("metadata").or_insert_with(|| json!({}));
             if let Json::Object(m) = metadata {
-                // OpenAI caps metadata values at 512 characters.
-                m.insert(ATTEMPT_KEY.into(), json!(key.chars().take(512).collect::<String>()));
+                m.insert(ATTEMPT_KEY.into(), json!(mark.digest));
             }
         }
         // Broken connections and lost answers are retried inside the deadline; each try
@@ -144,7 +189,8 @@ impl AsyncAgent for BatchAgent {
         let deadline = policy.deadline(ctx);
         let once = |left: std::time::Duration| {
             let limit = left.min(budget(ctx, self.config.request_timeout));
-            create_once(&client, request.clone(), attempt.as_deref(), limit, (&policy, deadline))
+            let lookback = self.config.batch_lookback;
+            create_once(&client, request.clone(), attempt.as_ref(), lookback, limit, (&policy, deadline))
         };
         match retry(&policy, deadline, once, transient).await {
             Ok(batch_id) => Ok(BatchMeta { batch_id, openai_org: org }),
@@ -155,7 +201,7 @@ impl AsyncAgent for BatchAgent {
 
     async fn get(&self, ctx: &Context, meta: BatchMeta) -> Result<Resource, AgentError> {
         agent_core::http::path_id("batch_id", &meta.batch_id)?;
-        let client = self.clients.client(ctx, meta.openai_org.as_deref())?;
+        let client = self.clients.client(ctx, meta_organization(&meta)?)?;
         let limit = budget(ctx, self.config.request_timeout);
         match tokio::time::timeout(limit, client.batches().retrieve_byot::<_, Json>(&meta.batch_id)).await {
             Ok(Ok(batch)) => resource_for(&batch),
@@ -172,7 +218,7 @@ impl AsyncAgent for BatchAgent {
 
     async fn delete(&self, ctx: &Context, meta: BatchMeta) -> Result<(), AgentError> {
         agent_core::http::path_id("batch_id", &meta.batch_id)?;
-        let client = self.clients.client(ctx, meta.openai_org.as_deref())?;
+        let client = self.clients.client(ctx, meta_organization(&meta)?)?;
         let limit = budget(ctx, self.config.request_timeout);
         match tokio::time::timeout(limit, client.batches().cancel_byot::<_, Json>(&meta.batch_id)).await {
             Ok(Ok(_)) => Ok(()),
@@ -188,9 +234,6 @@ impl AsyncAgent for BatchAgent {
     }
 }
 
-/// How far back a repeated CreateTask looks for the batch its attempt started: Propeller
-/// re-sends a create within its deadline and resync period, well inside this.
-const LOOKBACK_SECS: u64 = 5 * 60;
 /// Pages of 100 batches searched at most.
 const MAX_PAGES: usize = 20;
 
@@ -207,16 +250,17 @@ fn now_secs() -> u64 {
 async fn create_once(
     client: &async_openai::Client<async_openai::config::OpenAIConfig>,
     request: Json,
-    attempt: Option<&str>,
+    attempt: Option<&AttemptMark>,
+    lookback: std::time::Duration,
     limit: std::time::Duration,
     retry_policy: (&RetryConfig, std::time::Instant),
 ) -> Result<String, Failure> {
     let timed_out = || Failure::Transient(format!("OpenAI did not answer within {} ms", limit.as_millis()));
-    if let Some(key) = attempt {
+    if let Some(mark) = attempt {
         // Newest first, page by page, back to batches older than any retry of this attempt
         // could have made: under load more than one page of batches can arrive between a
         // lost answer and the retry.
-        let oldest_wanted = now_secs().saturating_sub(LOOKBACK_SECS);
+        let oldest_wanted = now_secs().saturating_sub(lookback.as_secs());
         let mut after: Option<String> = None;
         for _ in 0..MAX_PAGES {
             let mut params = vec![("limit", "100".to_owned())];
@@ -234,9 +278,7 @@ async fn create_once(
             };
             let page = retry(retry_policy.0, retry_policy.1, fetch, transient).await?;
             let batches = page["data"].as_array().cloned().unwrap_or_default();
-            let existing = batches
-                .iter()
-                .find(|b| b.pointer(&format!("/metadata/{ATTEMPT_KEY}")).and_then(Json::as_str) == Some(key));
+            let existing = batches.iter().find(|b| mark.marks(b));
             if let Some(id) = existing.and_then(|b| b["id"].as_str()) {
                 tracing::info!(message = "Adopted the batch an earlier CreateTask created.", batch_id = %id);
                 return Ok(id.to_owned());
@@ -292,6 +334,26 @@ mod tests {
         assert_eq!(tag, "msgpack");
         let back: Json = rmp_serde::from_slice(value).unwrap();
         assert_eq!(back, batch);
+    }
+
+    #[test]
+    fn attempts_are_marked_by_a_fixed_length_digest() {
+        let long = format!("org/proj/dev/exec/n0/{}/v1/0", "t".repeat(600));
+        let mark = AttemptMark::new(&long);
+        assert_eq!(mark.digest.len(), 64);
+        assert!(mark.digest.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert!(mark.legacy.is_none(), "a key too long to have been stored whole is never matched raw");
+        assert!(mark.marks(&json!({"metadata": {ATTEMPT_KEY: mark.digest}})));
+        // Two attempts sharing the first 512 characters are told apart.
+        let other = AttemptMark::new(&format!("{}/1", &long[..long.len() - 2]));
+        assert_ne!(mark.digest, other.digest);
+        assert!(!other.marks(&json!({"metadata": {ATTEMPT_KEY: mark.digest}})));
+        let cut: String = long.chars().take(512).collect();
+        assert!(!mark.marks(&json!({"metadata": {LEGACY_ATTEMPT_KEY: cut}})));
+        // A batch an earlier release marked with a short raw key is still found.
+        let short = AttemptMark::new("org/proj/dev/exec/n0/t/v1/0");
+        assert!(short.marks(&json!({"metadata": {LEGACY_ATTEMPT_KEY: "org/proj/dev/exec/n0/t/v1/0"}})));
+        assert!(!short.marks(&json!({"metadata": null})));
     }
 
     #[test]

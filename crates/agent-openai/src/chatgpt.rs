@@ -5,7 +5,7 @@ use serde_json::{Map, Value as Json, json};
 
 use agent_core::prelude::*;
 
-use crate::client::{Clients, Failure, budget, classify};
+use crate::client::{Clients, Failure, budget, classify, task_organization};
 use crate::config::Config;
 
 /// The task type flytekit's `ChatGPTTask` declares.
@@ -44,6 +44,7 @@ impl SyncAgent for ChatGptAgent {
 
     async fn execute(&self, ctx: &Context, task: TaskRequest) -> Result<Resource, AgentError> {
         let custom: Custom = task.custom_as()?;
+        let organization = task_organization(custom.openai_organization)?;
         let model = custom.chatgpt_config.get("model").and_then(Json::as_str).unwrap_or_default();
         if model.is_empty() {
             return Err(AgentError::invalid_argument(
@@ -56,7 +57,7 @@ impl SyncAgent for ChatGptAgent {
         let mut request = custom.chatgpt_config;
         request.insert("messages".into(), json!([{"role": "user", "content": message}]));
         request.insert("stream".into(), json!(false));
-        let client = self.clients.client(ctx, custom.openai_organization.as_deref())?;
+        let client = self.clients.client(ctx, organization.as_deref())?;
         let limit = budget(ctx, self.config.chat_timeout);
         let answer = tokio::time::timeout(limit, client.chat().create_byot::<_, Json>(Json::Object(request))).await;
         Ok(match answer {

@@ -44,8 +44,14 @@ impl Clients {
     /// A client for one call: the agent's key, the task's organization.
     pub(crate) fn client(&self, ctx: &Context, organization: Option<&str>) -> Result<Client<OpenAIConfig>, AgentError> {
         let key = ctx.secret(KEY_SECRET)?;
+        check_header_value(key.expose(), |why| {
+            AgentError::failed_precondition(format!("the agent secret {KEY_SECRET} (the OpenAI API key) {why}"))
+        })?;
         let mut config = OpenAIConfig::new().with_api_key(key.expose());
         if let Some(org) = organization.filter(|o| !o.is_empty()) {
+            // Callers check where the value came from, to name it; this keeps a value that
+            // slipped past them from reaching async-openai's panic.
+            check_header_value(org, |why| AgentError::invalid_argument(format!("the OpenAI organization {why}")))?;
             config = config.with_org_id(org);
         }
         if let Some(base) = &self.base_url {
@@ -53,6 +59,35 @@ impl Clients {
         }
         Ok(Client::build(self.http.clone(), config))
     }
+}
+
+/// Checks a value the client sends as an HTTP header (the organization, the key) before
+/// the client is built: async-openai panics on a value a header cannot hold. OpenAI's ids
+/// are short printable ASCII, so that is what is allowed; the value is never echoed, since
+/// it may hold control characters (or be a key).
+pub(crate) fn check_header_value(value: &str, invalid: impl FnOnce(String) -> AgentError) -> Result<(), AgentError> {
+    const MAX: usize = 256;
+    if value.len() <= MAX && value.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "must be at most {MAX} printable ASCII characters without spaces or control characters (it is sent as \
+             an HTTP header)"
+        )))
+    }
+}
+
+/// The organization a task names, checked: `template.custom.openai_organization`.
+pub(crate) fn task_organization(org: Option<String>) -> Result<Option<String>, AgentError> {
+    let org = org.filter(|o| !o.is_empty());
+    if let Some(o) = &org {
+        check_header_value(o, |why| {
+            AgentError::invalid_argument(format!(
+                "template.custom.openai_organization {why}; OpenAI organization ids look like org-…"
+            ))
+        })?;
+    }
+    Ok(org)
 }
 
 /// The time a call may take: the configured limit, within the caller's deadline.

@@ -17,6 +17,11 @@ pub struct Config {
     /// Longest a Batch API call may take.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// How far back a repeated CreateTask looks for the batch its attempt started: by
+    /// default the batch completion window (24h), since a create can be repeated as long
+    /// as Propeller still waits for the task.
+    #[serde(with = "humantime_serde")]
+    pub batch_lookback: Duration,
 }
 
 impl Default for Config {
@@ -25,6 +30,7 @@ impl Default for Config {
             base_url: std::env::var("OPENAI_BASE_URL").ok().filter(|u| !u.is_empty()),
             chat_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(8),
+            batch_lookback: Duration::from_secs(24 * 3600),
         }
     }
 }

@@ -22,13 +22,18 @@ struct Env {
 }
 
 async fn env_with(vars: &[(&str, &str)]) -> Env {
+    env_configured(vars, |_| {}).await
+}
+
+async fn env_configured(vars: &[(&str, &str)], tweak: impl FnOnce(&mut Config)) -> Env {
     let ai = OpenAi::new(Settings { step: Duration::from_millis(40), ..Settings::default() });
     let emulator = ai.start(([127, 0, 0, 1], 0).into()).await.unwrap();
-    let config = Config {
+    let mut config = Config {
         base_url: Some(format!("{}/v1", emulator.url())),
         chat_timeout: Duration::from_secs(3),
         ..Config::default()
     };
+    tweak(&mut config);
     let registry = Registry::builder()
         .sync_agent(ChatGptAgent::new(config.clone()).unwrap())
         .unwrap()
@@ -237,4 +242,136 @@ async fn a_repeated_create_finds_its_batch_behind_more_than_a_page_of_others() {
     let repeat = client.create_task(create_request(&attempt(0))).await.unwrap().into_inner().resource_meta;
     assert_eq!(first, repeat);
     assert_eq!(env.ai.batches().len(), 151);
+}
+
+/// A batch task for one attempt of a task named `name` in execution `exec`.
+fn batch_attempt(file: &str, exec: &str, name: &str, retry: u32) -> TaskRequest {
+    let mut t = batch_task(file);
+    t.metadata = Some(admin::TaskExecutionMetadata {
+        task_execution_id: Some(core::TaskExecutionIdentifier {
+            task_id: Some(core::Identifier { name: name.into(), version: "v1".into(), ..Default::default() }),
+            node_execution_id: Some(core::NodeExecutionIdentifier {
+                node_id: "n0".into(),
+                execution_id: Some(core::WorkflowExecutionIdentifier { name: exec.into(), ..Default::default() }),
+            }),
+            retry_attempt: retry,
+        }),
+        ..Default::default()
+    });
+    t
+}
+
+#[tokio::test]
+async fn a_long_task_name_still_makes_one_batch_per_attempt() {
+    // The attempt key was stored cut to 512 characters but looked up whole: with a long task
+    // name every repeated create started another batch.
+    let env = env().await;
+    let mut client = env.server.async_client().await;
+    let t = batch_attempt("file-long", "exec-long", &"t".repeat(600), 0);
+    let mut metas = Vec::new();
+    for _ in 0..3 {
+        metas.push(client.create_task(create_request(&t)).await.unwrap().into_inner().resource_meta);
+    }
+    assert!(metas.windows(2).all(|w| w[0] == w[1]));
+    let batches = env.ai.batches();
+    assert_eq!(batches.len(), 1, "one attempt, one batch");
+    let mark = batches[0]["metadata"]["flyte_attempt_sha256"].as_str().unwrap();
+    assert!(mark.len() == 64 && mark.bytes().all(|b| b.is_ascii_hexdigit()), "{mark}");
+    // Another attempt of the same long-named task gets its own batch.
+    let retry = batch_attempt("file-long", "exec-long", &"t".repeat(600), 1);
+    let other = client.create_task(create_request(&retry)).await.unwrap().into_inner().resource_meta;
+    assert_ne!(other, metas[0]);
+    assert_eq!(env.ai.batches().len(), 2);
+}
+
+#[tokio::test]
+async fn a_create_repeated_after_minutes_finds_its_batch_behind_a_page_of_others() {
+    // Before, the search stopped at batches older than 5 minutes: a create repeated later,
+    // with more than a page of batches made since, started a second batch.
+    let env = env().await;
+    let mut client = env.server.async_client().await;
+    let first =
+        client.create_task(create_request(&batch_attempt("file-late", "late", "t", 0))).await.unwrap().into_inner();
+    for n in 1..=100 {
+        client.create_task(create_request(&batch_attempt("file-late", "late", "t", n))).await.unwrap();
+    }
+    env.ai.age_batches(Duration::from_secs(20 * 60));
+    let repeat =
+        client.create_task(create_request(&batch_attempt("file-late", "late", "t", 0))).await.unwrap().into_inner();
+    assert_eq!(first.resource_meta, repeat.resource_meta);
+    assert_eq!(env.ai.batches().len(), 101);
+
+    // The lookback is a setting: one shorter than the batches' age does not see them.
+    let short = env_configured(&[("_FSEC_FLYTE_OPENAI_API_KEY", KEY)], |c| {
+        c.batch_lookback = Duration::from_secs(5 * 60);
+    })
+    .await;
+    let mut client = short.server.async_client().await;
+    for n in 0..=100 {
+        client.create_task(create_request(&batch_attempt("file-late", "late", "t", n))).await.unwrap();
+    }
+    short.ai.age_batches(Duration::from_secs(20 * 60));
+    client.create_task(create_request(&batch_attempt("file-late", "late", "t", 0))).await.unwrap();
+    assert_eq!(short.ai.batches().len(), 102);
+}
+
+/// Counts every request the emulator receives: a zero-delay fault that never retires.
+fn record_requests(ai: &OpenAi) {
+    ai.faults().push(FaultRule { times: None, ..FaultRule::new(FaultAction::Delay { ms: 0 }, 0) });
+}
+
+#[tokio::test]
+async fn header_values_that_cannot_be_headers_are_refused_before_any_request() {
+    // Red team: before, async-openai panicked building the OpenAI-Organization header (an
+    // INTERNAL answer and a logged backtrace).
+    let env = env().await;
+    record_requests(&env.ai);
+    let long = "o".repeat(300);
+    let hostile = ["org-a\nX-Injected: 1", "org-a\r\n", "org-\0", "org-\x7f", "org-\x1b[31m", "org a", long.as_str()];
+    let mut client = env.server.async_client().await;
+    let mut errors = Vec::new();
+    for org in hostile {
+        let mut chat = chat_task(json!({"model": "gpt-4o-mini"}), Some("hi"));
+        chat.template.custom = Some(json_to_struct(
+            json!({"openai_organization": org, "chatgpt_config": {"model": "gpt-4o-mini"}}).as_object().unwrap(),
+        ));
+        errors.push(("template", execute(&env, &chat).await.unwrap_err()));
+        let mut batch = batch_task("file-abc");
+        batch.template.custom =
+            Some(json_to_struct(json!({"openai_organization": org, "config": {}}).as_object().unwrap()));
+        errors.push(("template", client.create_task(create_request(&batch)).await.unwrap_err()));
+        let meta = json!({"batch_id": "batch_1", "openai_org": org}).to_string().into_bytes();
+        #[allow(deprecated)]
+        let get = admin::GetTaskRequest {
+            resource_meta: meta.clone(),
+            task_category: Some(admin::TaskCategory { name: BATCH_TYPE.into(), version: 0 }),
+            ..Default::default()
+        };
+        errors.push(("resource meta", client.get_task(get).await.unwrap_err()));
+        let del = admin::DeleteTaskRequest {
+            resource_meta: meta,
+            task_category: Some(admin::TaskCategory { name: BATCH_TYPE.into(), version: 0 }),
+            ..Default::default()
+        };
+        errors.push(("resource meta", client.delete_task(del).await.unwrap_err()));
+    }
+    for (source, err) in &errors {
+        let m = err.message();
+        assert_eq!(err.code(), Code::InvalidArgument, "{source}: {m}");
+        let named = if *source == "template" { "template.custom.openai_organization" } else { "openai_org" };
+        assert!(m.contains(named) && m.contains("printable ASCII"), "{m}");
+        assert!(!m.contains("org-a") && !m.contains("X-Injected") && !m.contains(&long), "echoed: {m}");
+        assert!(!m.chars().any(char::is_control), "{m:?}");
+    }
+    assert_eq!(env.ai.faults().injected(), 0, "the emulator saw no request");
+    assert_eq!(env.ai.chat_requests().0, 0);
+    assert!(env.ai.batches().is_empty());
+
+    // An API key a header cannot hold is the agent's configuration at fault.
+    let bad_key = env_with(&[("_FSEC_FLYTE_OPENAI_API_KEY", "sk-a\nb")]).await;
+    record_requests(&bad_key.ai);
+    let err = execute(&bad_key, &chat_task(json!({"model": "gpt-4o-mini"}), Some("x"))).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
+    assert!(err.message().contains("FLYTE_OPENAI_API_KEY") && !err.message().contains("sk-a"), "{}", err.message());
+    assert_eq!(bad_key.ai.faults().injected(), 0);
 }

@@ -113,6 +113,19 @@ impl OpenAi {
         st.batches.values().map(|(_, b)| self.batch_json(b, now)).collect()
     }
 
+    /// Makes every batch look `by` older to the API (`created_at` and `expires_at`), as if
+    /// it had been created that long ago; its status still moves at the emulator's pace.
+    /// Tests use it for what happens to batches older than a few minutes.
+    pub fn age_batches(&self, by: Duration) {
+        for (_, b) in self.lock().batches.values_mut() {
+            for field in ["created_at", "expires_at"] {
+                if let Some(t) = b.body[field].as_u64() {
+                    b.body[field] = json!(t.saturating_sub(by.as_secs()));
+                }
+            }
+        }
+    }
+
     /// `(chat completion requests, organizations seen)`.
     pub fn chat_requests(&self) -> (u64, Vec<String>) {
         let st = self.lock();
