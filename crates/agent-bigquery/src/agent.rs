@@ -10,6 +10,7 @@ use agent_core::prelude::*;
 use agent_core::retry::Verdict;
 
 use crate::client::{Client, describe, to_agent_error, verdict};
+use crate::ids::{check_meta, check_task};
 use crate::params::query_parameters;
 
 /// The task type flytekit's `BigQueryTask` declares.
@@ -219,6 +220,7 @@ impl AsyncAgent for BigQueryAgent {
         let settings: TaskSettings = serde_json::from_value(Json::Object(custom.clone())).map_err(|e| {
             AgentError::invalid_argument(format!("template.custom: {e}; set BigQueryConfig(ProjectID=...) on the task"))
         })?;
+        check_task(&settings.project, settings.location.as_deref(), settings.domain.as_deref())?;
         let job_id = job_id(&task);
         let job = build_job(&task, &job_id, &settings, custom)?;
         let deadline = self.client.retry.deadline(ctx);
@@ -247,6 +249,7 @@ impl AsyncAgent for BigQueryAgent {
     }
 
     async fn get(&self, ctx: &Context, meta: BigQueryMeta) -> Result<Resource, AgentError> {
+        check_meta(&meta.job_id, &meta.project, meta.location.as_deref())?;
         let deadline = self.client.retry.deadline(ctx);
         let location = meta.location.clone().unwrap_or_default();
         match self.client.get(deadline, &meta.project, &meta.job_id, &location).await {
@@ -268,6 +271,7 @@ impl AsyncAgent for BigQueryAgent {
     }
 
     async fn delete(&self, ctx: &Context, meta: BigQueryMeta) -> Result<(), AgentError> {
+        check_meta(&meta.job_id, &meta.project, meta.location.as_deref())?;
         let deadline = self.client.retry.deadline(ctx);
         let location = meta.location.clone().unwrap_or_default();
         match self.client.cancel(deadline, &meta.project, &meta.job_id, &location).await {

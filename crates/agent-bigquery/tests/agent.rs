@@ -406,3 +406,72 @@ async fn hostile_metas_templates_and_inputs_are_handled() {
     let env = env().await;
     conformance::hostile_inputs(&env.server, task("SELECT @x", custom(), vec![]), 48).await;
 }
+
+#[tokio::test]
+async fn hostile_ids_in_metas_and_templates_never_reach_bigquery() {
+    // Red team: before, a meta's job id went into the URL path as it was (`/`, `%2F`, empty:
+    // other endpoints, or INTERNAL), and a template's Domain with a line break into a header.
+    let env = env().await;
+    // Count every request the emulator receives: a zero-delay fault that never retires.
+    env.bq.faults().push(FaultRule { times: None, ..FaultRule::new(FaultAction::Delay { ms: 0 }, 0) });
+    let mut client = env.server.async_client().await;
+    let metas = [
+        ("job_id", json!({"job_id": "a/b", "project": "flyte-test", "location": "US"})),
+        ("job_id", json!({"job_id": "", "project": "flyte-test", "location": "US"})),
+        ("job_id", json!({"job_id": "j%2F..%2F..", "project": "flyte-test", "location": "US"})),
+        ("job_id", json!({"job_id": "../../projects/other/jobs/x", "project": "flyte-test"})),
+        ("job_id", json!({"job_id": "j\r\nX-Injected: 1", "project": "flyte-test"})),
+        ("project", json!({"job_id": "flyte_1", "project": "other/jobs/x", "location": "US"})),
+        ("project", json!({"job_id": "flyte_1", "project": "flyte-test%2F..", "location": "US"})),
+        ("project", json!({"job_id": "flyte_1", "project": "", "location": "US"})),
+        ("location", json!({"job_id": "flyte_1", "project": "flyte-test", "location": "US&x=1"})),
+        ("location", json!({"job_id": "flyte_1", "project": "flyte-test", "location": "US\n"})),
+    ];
+    for (key, meta) in &metas {
+        let bytes = meta.to_string().into_bytes();
+        let err = client.get_task(get_req(&bytes)).await.unwrap_err();
+        let del = admin::DeleteTaskRequest {
+            resource_meta: bytes,
+            task_category: Some(admin::TaskCategory { name: TASK_TYPE.into(), version: 0 }),
+            ..Default::default()
+        };
+        let del_err = client.delete_task(del).await.unwrap_err();
+        for e in [err, del_err] {
+            assert_eq!(e.code(), Code::InvalidArgument, "{meta}: {}", e.message());
+            assert!(e.message().contains(&format!("resource meta: {key}")), "{}", e.message());
+            assert!(
+                !e.message().chars().any(char::is_control) && !e.message().contains("X-Injected"),
+                "{}",
+                e.message()
+            );
+        }
+    }
+    let templates = [
+        ("ProjectID", json!({"ProjectID": "p\r\nX-Injected: 1", "Location": "US"})),
+        ("ProjectID", json!({"ProjectID": "other/jobs", "Location": "US"})),
+        ("ProjectID", json!({"ProjectID": "", "Location": "US"})),
+        ("Location", json!({"ProjectID": "flyte-test", "Location": "US\r\nX-Injected: 1"})),
+        ("Location", json!({"ProjectID": "flyte-test", "Location": "us/central1"})),
+        ("Domain", json!({"ProjectID": "flyte-test", "Location": "US", "Domain": "dev\r\nX-Injected: 1"})),
+        ("Domain", json!({"ProjectID": "flyte-test", "Location": "US", "Domain": "dev\n"})),
+        ("Domain", json!({"ProjectID": "flyte-test", "Location": "US", "Domain": "dev\0"})),
+        ("Domain", json!({"ProjectID": "flyte-test", "Location": "US", "Domain": "dev\u{7f}"})),
+    ];
+    for (key, custom) in templates {
+        let err = client.create_task(create_req(&task("SELECT 1", custom.clone(), vec![]))).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{custom}: {}", err.message());
+        assert!(err.message().contains(&format!("template.custom.{key}")), "{}", err.message());
+        assert!(
+            !err.message().chars().any(char::is_control) && !err.message().contains("X-Injected"),
+            "{}",
+            err.message()
+        );
+    }
+    assert_eq!(env.bq.faults().injected(), 0, "the emulator saw no request");
+    assert_eq!(env.bq.insert_requests(), 0);
+    // The legacy domain-scoped project form and ids BigQuery itself issues still pass.
+    env.bq.faults().clear();
+    let meta = json!({"job_id": "bquxjob_1a2b_3c", "project": "example.com:flyte-test", "location": "us-central1"});
+    let r = get(&env, meta.to_string().as_bytes()).await;
+    assert_eq!(r.phase, Phase::Failed, "an unknown job, asked about: {}", r.message);
+}
