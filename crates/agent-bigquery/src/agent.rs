@@ -104,10 +104,14 @@ fn job_id(task: &TaskRequest) -> String {
     format!("flyte_{}", task.attempt_id_or_random("bigquery").simple())
 }
 
+/// The flytekit version that serialized the task.
+fn runtime_version(task: &TaskRequest) -> &str {
+    task.template.metadata.as_ref().and_then(|m| m.runtime.as_ref()).map_or("", |r| r.version.as_str())
+}
+
 /// The user agent flytekit sends: `Flytekit/<sdk version> (GPN:Union;<domain>)`.
 fn user_agent(task: &TaskRequest, domain: Option<&str>) -> String {
-    let version = task.template.metadata.as_ref().and_then(|m| m.runtime.as_ref()).map_or("", |r| r.version.as_str());
-    format!("Flytekit/{version} (GPN:Union;{})", domain.unwrap_or_default())
+    format!("Flytekit/{} (GPN:Union;{})", runtime_version(task), domain.unwrap_or_default())
 }
 
 /// The job to insert: `custom`'s QueryJobConfig keys, the SQL, and the inputs as
@@ -220,7 +224,12 @@ impl AsyncAgent for BigQueryAgent {
         let settings: TaskSettings = serde_json::from_value(Json::Object(custom.clone())).map_err(|e| {
             AgentError::invalid_argument(format!("template.custom: {e}; set BigQueryConfig(ProjectID=...) on the task"))
         })?;
-        check_task(&settings.project, settings.location.as_deref(), settings.domain.as_deref())?;
+        check_task(
+            &settings.project,
+            settings.location.as_deref(),
+            settings.domain.as_deref(),
+            runtime_version(&task),
+        )?;
         let job_id = job_id(&task);
         let job = build_job(&task, &job_id, &settings, custom)?;
         let deadline = self.client.retry.deadline(ctx);

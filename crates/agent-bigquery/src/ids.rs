@@ -1,5 +1,5 @@
 //! The ids BigQuery requests are built from, checked before any request is: a template's
-//! `ProjectID`/`Location`/`Domain` and a resource meta's `job_id`/`project`/`location` come
+//! `ProjectID`/`Location`/`Domain` (and flytekit version) and a resource meta's `job_id`/`project`/`location` come
 //! from outside, and an id with `/`, `%2F` or a line break would reach another endpoint or
 //! another header. The rules are BigQuery's own; values are never echoed, since they may
 //! hold control characters.
@@ -11,7 +11,7 @@ const JOB_ID_RULE: &str = "letters, digits, '_' and '-', at most 1024 characters
 const PROJECT_RULE: &str =
     "lowercase letters, digits and '-', optionally after a legacy 'domain:' prefix, at most 128 characters";
 const LOCATION_RULE: &str = "letters, digits and '-', at most 64 characters";
-const DOMAIN_RULE: &str = "printable ASCII without control characters, at most 256 characters";
+const HEADER_RULE: &str = "printable ASCII without control characters, at most 256 characters";
 
 /// BigQuery job ids: letters, digits, `_`, `-`; at most 1024.
 fn is_job_id(id: &str) -> bool {
@@ -44,16 +44,22 @@ fn check(ok: bool, source: &str, rule: &str) -> Result<(), AgentError> {
     if ok { Ok(()) } else { Err(AgentError::invalid_argument(format!("{source} must be {rule}"))) }
 }
 
-/// A task's `ProjectID`, `Location` (absent or empty: none) and `Domain`.
-pub(crate) fn check_task(project: &str, location: Option<&str>, domain: Option<&str>) -> Result<(), AgentError> {
+/// A task's `ProjectID`, `Location` (absent or empty: none), and what goes into the user
+/// agent: `Domain` and the flytekit version of `template.metadata.runtime`.
+pub(crate) fn check_task(
+    project: &str,
+    location: Option<&str>,
+    domain: Option<&str>,
+    runtime_version: &str,
+) -> Result<(), AgentError> {
     check(is_project(project), "template.custom.ProjectID", &format!("a BigQuery project id: {PROJECT_RULE}"))?;
     if let Some(l) = location.filter(|l| !l.is_empty()) {
         check(is_location(l), "template.custom.Location", &format!("a BigQuery location: {LOCATION_RULE}"))?;
     }
     if let Some(d) = domain {
-        check(is_header_text(d), "template.custom.Domain", DOMAIN_RULE)?;
+        check(is_header_text(d), "template.custom.Domain", HEADER_RULE)?;
     }
-    Ok(())
+    check(is_header_text(runtime_version), "template.metadata.runtime.version", HEADER_RULE)
 }
 
 /// A meta's `job_id`, `project` and `location` (absent or empty: none).
@@ -101,16 +107,18 @@ mod tests {
 
     #[test]
     fn errors_name_the_key_and_never_echo_the_value() {
-        let e = check_task("p\r\nX-Evil: 1", None, None).unwrap_err();
+        let e = check_task("p\r\nX-Evil: 1", None, None, "").unwrap_err();
         assert!(
             matches!(&e, AgentError::InvalidArgument(m) if m.contains("template.custom.ProjectID") && !m.contains("Evil"))
         );
-        let e = check_task("p", Some("US"), Some("dev\nX-Evil: 1")).unwrap_err();
+        let e = check_task("p", Some("US"), Some("dev\nX-Evil: 1"), "1.16.31").unwrap_err();
         assert!(
             matches!(&e, AgentError::InvalidArgument(m) if m.contains("template.custom.Domain") && !m.contains("Evil"))
         );
         let e = check_meta("a/../b", "p", None).unwrap_err();
         assert!(matches!(&e, AgentError::InvalidArgument(m) if m.contains("job_id") && !m.contains("a/../b")));
-        assert!(check_meta("j", "p", Some("")).is_ok() && check_task("p", Some(""), None).is_ok());
+        let e = check_task("p", None, None, "1.0\r\nX-Evil: 1").unwrap_err();
+        assert!(matches!(&e, AgentError::InvalidArgument(m) if m.contains("runtime.version") && !m.contains("Evil")));
+        assert!(check_meta("j", "p", Some("")).is_ok() && check_task("p", Some(""), None, "").is_ok());
     }
 }

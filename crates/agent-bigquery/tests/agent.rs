@@ -467,6 +467,12 @@ async fn hostile_ids_in_metas_and_templates_never_reach_bigquery() {
             err.message()
         );
     }
+    // The flytekit version goes into the user agent too.
+    let mut t = task("SELECT 1", custom(), vec![]);
+    t.template.metadata.as_mut().unwrap().runtime.as_mut().unwrap().version = "1.16\r\nX-Injected: 1".into();
+    let err = client.create_task(create_req(&t)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+    assert!(err.message().contains("template.metadata.runtime.version"), "{}", err.message());
     assert_eq!(env.bq.faults().injected(), 0, "the emulator saw no request");
     assert_eq!(env.bq.insert_requests(), 0);
     // The legacy domain-scoped project form and ids BigQuery itself issues still pass.

@@ -468,8 +468,17 @@ async fn an_invalid_auth_type_stops_the_agent_at_start_up() {
         let cli = CliArgs { overrides: vec![format!("databricks.auth_type={value}")], ..CliArgs::default() };
         agent_databricks::registry(&Settings::load(&cli, Some(HashMap::new())).unwrap())
     };
+    let dir = std::env::temp_dir().join(format!("dbx-config-{}", uuid_like()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _dir = TempDir(dir.clone());
+    let from_file = |value: &str| {
+        let path = dir.join("agent.yaml");
+        std::fs::write(&path, format!("databricks:\n  auth_type: {value}\n")).unwrap();
+        let cli = CliArgs { config: Some(path), ..CliArgs::default() };
+        agent_databricks::registry(&Settings::load(&cli, Some(HashMap::new())).unwrap())
+    };
     for bad in ["kerberos", "PAT", "oauth"] {
-        for result in [from_env(bad), from_flag(bad)] {
+        for result in [from_env(bad), from_flag(bad), from_file(bad)] {
             let err = result.unwrap_err();
             assert!(
                 err.contains("databricks.auth_type")
@@ -482,6 +491,6 @@ async fn an_invalid_auth_type_stops_the_agent_at_start_up() {
         assert!(DatabricksAgent::new(config).is_err(), "{bad} must not start");
     }
     for good in ["pat", "oauth_m2m", "oidc_federation"] {
-        assert!(from_env(good).is_ok() && from_flag(good).is_ok(), "{good}");
+        assert!(from_env(good).is_ok() && from_flag(good).is_ok() && from_file(good).is_ok(), "{good}");
     }
 }
