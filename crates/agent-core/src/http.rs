@@ -234,16 +234,17 @@ impl Client {
     /// from a template or meta); an untrusted host is `PERMISSION_DENIED`. Either way
     /// nothing is sent.
     pub fn request(&self, method: reqwest::Method, url: &str) -> Result<reqwest::RequestBuilder, AgentError> {
+        Ok(self.http.request(method, self.check(url)?))
+    }
+
+    /// Checks `url` as [`Client::request`] does, without building a request: for callers
+    /// that want a refusal before they fetch a token for it.
+    pub fn check(&self, url: &str) -> Result<reqwest::Url, AgentError> {
         let parsed = reqwest::Url::parse(url).map_err(|e| {
             AgentError::invalid_argument(format!("the task names a host that does not form a URL: {e}"))
         })?;
         self.trusted.check(&parsed)?;
-        Ok(self.http.request(method, parsed))
-    }
-
-    /// The hosts this client sends to.
-    pub fn trusted(&self) -> &TrustedHosts {
-        &self.trusted
+        Ok(parsed)
     }
 }
 

@@ -99,11 +99,7 @@ impl DatabricksAgent {
     /// byte is sent.
     fn check_instance(&self, raw: &str) -> Result<String, AgentError> {
         let instance = normalize(raw);
-        let allowed: Vec<String> = if self.config.allowed_instances.is_empty() {
-            self.config.default_instance.iter().map(|i| normalize(i)).collect()
-        } else {
-            self.config.allowed_instances.iter().map(|i| normalize(i)).collect()
-        };
+        let allowed = self.config.trusted_instances();
         if allowed.iter().any(|a| a.eq_ignore_ascii_case(&instance)) {
             Ok(instance)
         } else {
@@ -129,7 +125,7 @@ fn checked_run_id(run_id: &str) -> Result<&str, AgentError> {
     }
 }
 
-fn normalize(instance: &str) -> String {
+pub(crate) fn normalize(instance: &str) -> String {
     instance.trim().trim_start_matches("https://").trim_start_matches("http://").trim_end_matches('/').to_owned()
 }
 

@@ -3,14 +3,13 @@
 //! transient failures retried inside the caller's deadline. The cache is bounded: its keys
 //! come from requests (client id, namespace), so it must not grow with them.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::Value as Json;
 
-use agent_core::http::HttpError;
+use agent_core::cache::TokenCache;
+use agent_core::http::{HttpError, TrustedHosts};
 use agent_core::prelude::*;
 use agent_core::retry::{RetryConfig, retry};
 
@@ -21,53 +20,6 @@ use crate::config::Config;
 pub(crate) const PAT_SECRET: &str = "FLYTE_DATABRICKS_ACCESS_TOKEN";
 /// Access tokens are renewed this long before Databricks says they expire.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(60);
-/// Access tokens kept at most: far more identities than one agent serves, far less
-/// memory than a request flood could otherwise pin.
-const TOKEN_CACHE_CAP: usize = 1024;
-
-/// Access tokens by instance and identity, at most `cap` of them. Filled only after a
-/// token endpoint of an allowlisted instance issued the token, so only identities that
-/// instance accepts take room; when full, expired tokens go first, then the one that
-/// expires soonest.
-#[derive(Debug)]
-struct TokenCache {
-    tokens: HashMap<String, (Secret, Instant)>,
-    cap: usize,
-}
-
-impl TokenCache {
-    fn new(cap: usize) -> Self {
-        Self { tokens: HashMap::new(), cap: cap.max(1) }
-    }
-
-    /// A token still usable now.
-    fn get(&self, key: &str) -> Option<Secret> {
-        self.tokens.get(key).filter(|(_, expiry)| *expiry > Instant::now()).map(|(t, _)| t.clone())
-    }
-
-    fn insert(&mut self, key: String, token: Secret, expiry: Instant) {
-        if !self.tokens.contains_key(&key) && self.tokens.len() >= self.cap {
-            let now = Instant::now();
-            self.tokens.retain(|_, (_, e)| *e > now);
-            if self.tokens.len() >= self.cap
-                && let Some(soonest) = self.tokens.iter().min_by_key(|(_, (_, e))| *e).map(|(k, _)| k.clone())
-            {
-                self.tokens.remove(&soonest);
-            }
-        }
-        self.tokens.insert(key, (token, expiry));
-    }
-
-    fn remove(&mut self, key: &str) {
-        self.tokens.remove(key);
-    }
-
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.tokens.len()
-    }
-}
-
 /// Whether Databricks says the run does not exist.
 pub(crate) fn is_missing_run(e: &HttpError) -> bool {
     matches!(e, HttpError::Status { code: 404, .. })
@@ -89,8 +41,8 @@ pub(crate) struct Workspace<'a> {
 /// The HTTP client and the token cache.
 #[derive(Debug)]
 pub(crate) struct Client {
-    http: reqwest::Client,
-    tokens: Mutex<TokenCache>,
+    http: agent_core::http::Client,
+    tokens: TokenCache,
     pub(crate) retry: RetryConfig,
     attempt_timeout: Duration,
     client_secret: Option<Secret>,
@@ -98,22 +50,25 @@ pub(crate) struct Client {
 
 impl Client {
     pub(crate) fn new(config: &Config) -> Result<Self, String> {
-        let http = agent_core::http::client(
+        // Credentials (tokens, the OAuth client secret, OIDC subject tokens) go only to the
+        // instances the configuration allows, whatever a template or meta names.
+        let mut trusted = TrustedHosts::new("databricks.allowed_instances");
+        for instance in config.trusted_instances() {
+            trusted = trusted.origin(&instance, "databricks.allowed_instances")?;
+        }
+        let http = agent_core::http::Client::new(
             concat!("flyte-agent-databricks/", env!("CARGO_PKG_VERSION")),
             config.ca_bundle.as_deref(),
             "databricks.ca_bundle",
+            trusted,
         )?;
         Ok(Self {
             http,
-            tokens: Mutex::new(TokenCache::new(TOKEN_CACHE_CAP)),
+            tokens: TokenCache::default(),
             retry: RetryConfig { default_budget: config.retry_budget, ..RetryConfig::default() },
             attempt_timeout: config.attempt_timeout,
             client_secret: config.client_secret.clone(),
         })
-    }
-
-    fn cache(&self) -> std::sync::MutexGuard<'_, TokenCache> {
-        self.tokens.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A bearer token for `instance`.
@@ -125,7 +80,7 @@ impl Client {
             return ctx.secret(PAT_SECRET).map_err(HttpError::Agent);
         }
         let key = auth.cache_key(instance);
-        if let Some(t) = self.cache().get(&key) {
+        if let Some(t) = self.tokens.get(&key) {
             return Ok(t);
         }
         let client_id = auth.require_client_id().map_err(HttpError::Agent)?.to_owned();
@@ -162,13 +117,17 @@ impl Client {
             AuthType::Pat => unreachable!("handled above"),
         };
         let url = format!("https://{instance}/oidc/v1/token");
+        self.http.check(&url).map_err(HttpError::Agent)?;
         let token_retry = RetryConfig { min_delay: Duration::from_millis(200), max_retries: 3, ..self.retry.clone() };
         let body: Json = retry(
             &token_retry,
             deadline,
             |left| {
-                let req = self.http.post(&url).form(&form).timeout(self.attempt_timeout.min(left));
-                async move { read(req.send().await).await }
+                let req = self
+                    .http
+                    .request(Method::POST, &url)
+                    .map(|r| r.form(&form).timeout(self.attempt_timeout.min(left)));
+                async move { read(req.map_err(HttpError::Agent)?.send().await).await }
             },
             HttpError::verdict,
         )
@@ -190,7 +149,7 @@ impl Client {
         let lifetime = Duration::from_secs(body.get("expires_in").and_then(Json::as_u64).unwrap_or(3600));
         let usable = lifetime.checked_sub(EXPIRY_MARGIN).unwrap_or(lifetime / 2);
         let secret = Secret::new(access);
-        self.cache().insert(key, secret.clone(), Instant::now() + usable);
+        self.tokens.insert(key, secret.clone(), Instant::now() + usable);
         Ok(secret)
     }
 
@@ -207,19 +166,20 @@ impl Client {
         let Workspace { instance, auth } = workspace;
         let deadline = self.retry.deadline(ctx);
         let url = format!("https://{instance}/api/2.1/jobs/{path}");
+        // The host is checked before any token is fetched or sent.
+        self.http.check(&url).map_err(HttpError::Agent)?;
         let send = |token: Secret, left: Duration| {
-            let mut req = self
-                .http
-                .request(method.clone(), &url)
-                .bearer_auth(token.expose())
-                .timeout(self.attempt_timeout.min(left));
-            if let Some(q) = query {
-                req = req.query(&[q]);
-            }
-            if let Some(b) = body {
-                req = req.json(b);
-            }
-            async move { read(req.send().await).await }
+            let req = self.http.request(method.clone(), &url).map(|req| {
+                let mut req = req.bearer_auth(token.expose()).timeout(self.attempt_timeout.min(left));
+                if let Some(q) = query {
+                    req = req.query(&[q]);
+                }
+                if let Some(b) = body {
+                    req = req.json(b);
+                }
+                req
+            });
+            async move { read(req.map_err(HttpError::Agent)?.send().await).await }
         };
         let send = &send;
         retry(
@@ -230,7 +190,7 @@ impl Client {
                 match send(token, left).await {
                     // An OAuth token can be revoked before it expires: fetch a new one, once.
                     Err(HttpError::Status { code: 401, .. }) if auth.kind != AuthType::Pat => {
-                        self.cache().remove(&auth.cache_key(instance));
+                        self.tokens.remove(&auth.cache_key(instance));
                         let fresh = self.token(ctx, instance, auth, deadline).await?;
                         send(fresh, deadline.saturating_duration_since(Instant::now())).await
                     }
@@ -264,33 +224,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_token_cache_stays_at_its_cap_whatever_the_keys() {
-        let mut cache = TokenCache::new(8);
-        let later = Instant::now() + Duration::from_secs(3600);
-        for i in 0..5000u64 {
-            cache.insert(
-                format!("host|oauth_m2m|client-{i}||ns-{i}"),
-                Secret::new("t"),
-                later + Duration::from_secs(i),
-            );
-            assert!(cache.len() <= 8, "{} tokens after {i} inserts", cache.len());
-        }
-        // The newest stay; the ones expiring soonest made room.
-        assert!(cache.get("host|oauth_m2m|client-4999||ns-4999").is_some());
-        assert!(cache.get("host|oauth_m2m|client-0||ns-0").is_none());
-        // Expired tokens are never served and are the first to go.
-        let mut cache = TokenCache::new(2);
-        cache.insert("old".into(), Secret::new("t"), Instant::now());
-        cache.insert("keep".into(), Secret::new("t"), later);
-        assert!(cache.get("old").is_none());
-        cache.insert("new".into(), Secret::new("t"), later);
-        assert_eq!(cache.len(), 2);
-        assert!(cache.get("keep").is_some() && cache.get("new").is_some());
-    }
-
-    #[test]
     fn the_client_bounds_its_token_cache() {
         let client = Client::new(&Config::default()).unwrap();
-        assert_eq!(client.cache().cap, TOKEN_CACHE_CAP);
+        let later = Instant::now() + Duration::from_secs(3600);
+        for i in 0..5000 {
+            client.tokens.insert(format!("host|oauth_m2m|client-{i}||ns-{i}"), Secret::new("token-value-1"), later);
+        }
+        assert!(client.tokens.len() <= agent_core::cache::DEFAULT_CAPACITY, "{} tokens", client.tokens.len());
     }
 }

@@ -47,6 +47,17 @@ pub struct Config {
 }
 
 impl Config {
+    /// The instances credentials may go to: `allowed_instances`, else `default_instance`,
+    /// as `host[:port]`.
+    pub(crate) fn trusted_instances(&self) -> Vec<String> {
+        let list = if self.allowed_instances.is_empty() {
+            self.default_instance.iter().collect::<Vec<_>>()
+        } else {
+            self.allowed_instances.iter().collect()
+        };
+        list.into_iter().map(|i| crate::agent::normalize(i)).filter(|i| !i.is_empty()).collect()
+    }
+
     /// Checks what the types cannot, so that a bad setting stops the agent at start-up
     /// instead of failing every task it is given.
     pub fn validate(&self) -> Result<(), String> {

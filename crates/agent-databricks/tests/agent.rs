@@ -494,3 +494,28 @@ async fn an_invalid_auth_type_stops_the_agent_at_start_up() {
         assert!(from_env(good).is_ok() && from_flag(good).is_ok() && from_file(good).is_ok(), "{good}");
     }
 }
+
+/// The red-team case: a template or forged meta naming a host in disguise as its instance
+/// gets no token, and nothing reaches that host.
+#[tokio::test]
+async fn no_token_leaves_for_a_host_a_task_or_meta_names() {
+    use agent_core::testing::hostile::{Trap, assert_refused, hostile_hosts};
+    let trap = Trap::start().await;
+    let env = pat_env().await;
+    let mut values = hostile_hosts(trap.addr());
+    // The allowed instance with something appended or prepended is another host.
+    let allowed = env.emulator.host();
+    values.extend([
+        format!("{allowed}@{}", trap.addr()),
+        format!("{}#{allowed}", trap.addr()),
+        format!("{allowed}.{}", trap.addr().ip()),
+        format!("https://{allowed}@{}", trap.addr()),
+    ]);
+    for value in values {
+        let t = task("spark", classic(json!({"databricksInstance": value})));
+        let meta = json!({"databricks_instance": value, "run_id": "1"}).to_string();
+        assert_refused(&env.server, "spark", Some(&t), &[meta.into_bytes()], &format!("instance {value:?}")).await;
+    }
+    assert_eq!(trap.reached(), 0, "a hostile instance reached the attacker's host");
+    assert!(env.db.runs().is_empty(), "nothing was submitted");
+}

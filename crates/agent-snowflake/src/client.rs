@@ -121,7 +121,7 @@ impl Client {
         let url = self.url(who.account, path);
         // The host is checked before a token is made or a byte sent; an untrusted or
         // malformed one is the request's fault, never a transient failure.
-        self.http.request(method.clone(), &url).map_err(HttpError::Agent)?;
+        self.http.check(&url).map_err(HttpError::Agent)?;
         let mut attempt = 0_u32;
         retry(
             &self.retry,
