@@ -34,10 +34,12 @@ pub(crate) enum Failure {
 
 impl Clients {
     pub(crate) fn new(config: &Config) -> Result<Self, String> {
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("flyte-agent-openai/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("openai: cannot build the HTTP client: {e}"))?;
+        // The key goes only to the configured base URL (or OpenAI's own): a plain origin,
+        // checked at start-up, and no redirect is ever followed elsewhere.
+        if let Some(base) = &config.base_url {
+            agent_core::http::TrustedHosts::new("openai.base_url").origin(base, "openai.base_url")?;
+        }
+        let http = agent_core::http::client(concat!("flyte-agent-openai/", env!("CARGO_PKG_VERSION")), None, "")?;
         Ok(Self { http, base_url: config.base_url.clone() })
     }
 

@@ -375,3 +375,34 @@ async fn header_values_that_cannot_be_headers_are_refused_before_any_request() {
     assert!(err.message().contains("FLYTE_OPENAI_API_KEY") && !err.message().contains("sk-a"), "{}", err.message());
     assert_eq!(bad_key.ai.faults().injected(), 0);
 }
+
+/// The red-team case: the key goes only to the configured base URL. Hosts in disguise in
+/// every value a template or meta carries (organization, input file, batch id) may be
+/// refused or sent to the emulator as data, but never reach another host; and a base URL
+/// with user information is refused at start-up.
+#[tokio::test]
+async fn no_key_leaves_for_a_host_a_task_or_meta_names() {
+    use agent_core::testing::hostile::{Trap, assert_contained, hostile_hosts};
+    let trap = Trap::start().await;
+    let env = env().await;
+    for value in hostile_hosts(trap.addr()) {
+        let mut chat = chat_task(json!({"model": "gpt-4o-mini"}), Some("hi"));
+        chat.template.custom = Some(json_to_struct(
+            json!({"openai_organization": value, "chatgpt_config": {"model": "m"}}).as_object().unwrap(),
+        ));
+        let _ = execute(&env, &chat).await;
+        let mut batch = batch_task(&value);
+        batch.template.custom =
+            Some(json_to_struct(json!({"openai_organization": value, "config": {}}).as_object().unwrap()));
+        let metas = [
+            json!({"batch_id": value, "openai_org": "org-flyte"}).to_string().into_bytes(),
+            json!({"batch_id": "batch_1", "openai_org": value}).to_string().into_bytes(),
+        ];
+        assert_contained(&env.server, BATCH_TYPE, Some(&batch), &metas, &format!("{value:?}")).await;
+    }
+    assert_eq!(trap.reached(), 0, "a hostile value reached the attacker's host");
+    let err =
+        ChatGptAgent::new(Config { base_url: Some(format!("http://user:pw@{}/v1", trap.addr())), ..Config::default() })
+            .unwrap_err();
+    assert!(err.contains("openai.base_url"), "{err}");
+}

@@ -136,3 +136,50 @@ pub async fn assert_refused(
         assert!(d.as_ref().is_err_and(refused), "Flyte 2 DeleteTask with {what}: {d:?}");
     }
 }
+
+/// For agents whose hosts come from configuration only (the value lands in a header, a
+/// path or a body, never in a host): sends `task` as CreateTask and each of `metas` as
+/// GetTask and DeleteTask, over both generations. Each call may be served or refused, but
+/// never with `INTERNAL` or `UNKNOWN`; the caller then checks its [`Trap`] saw nothing.
+#[allow(deprecated)]
+pub async fn assert_contained(
+    server: &TestServer,
+    task_type: &str,
+    task: Option<&TaskRequest>,
+    metas: &[Vec<u8>],
+    what: &str,
+) {
+    let bad = |r: &Result<(), tonic::Status>| {
+        r.as_ref().is_err_and(|s| matches!(s.code(), tonic::Code::Internal | tonic::Code::Unknown))
+    };
+    let mut v1 = server.async_client().await;
+    let mut v2 = server.connector_client().await;
+    if let Some(task) = task {
+        let a = v1.create_task(super::create_request(task)).await.map(|_| ());
+        assert!(!bad(&a), "Flyte 1 CreateTask with {what}: {a:?}");
+        let b = v2.create_task(flyte2::create_request(task, None)).await.map(|_| ());
+        assert!(!bad(&b), "Flyte 2 CreateTask with {what}: {b:?}");
+    }
+    for meta in metas {
+        let category = Some(TaskCategory::new(task_type, 0).to_proto());
+        let get = admin::GetTaskRequest {
+            resource_meta: meta.clone(),
+            task_category: category.clone(),
+            task_type: task_type.to_owned(),
+            ..Default::default()
+        };
+        let a = v1.get_task(get).await.map(|_| ());
+        assert!(!bad(&a), "Flyte 1 GetTask with {what}: {a:?}");
+        let del = admin::DeleteTaskRequest {
+            resource_meta: meta.clone(),
+            task_category: category,
+            task_type: task_type.to_owned(),
+        };
+        let b = v1.delete_task(del).await.map(|_| ());
+        assert!(!bad(&b), "Flyte 1 DeleteTask with {what}: {b:?}");
+        let c = v2.get_task(flyte2::get_request(task_type, meta, None)).await.map(|_| ());
+        assert!(!bad(&c), "Flyte 2 GetTask with {what}: {c:?}");
+        let d = v2.delete_task(flyte2::delete_request(task_type, meta, None)).await.map(|_| ());
+        assert!(!bad(&d), "Flyte 2 DeleteTask with {what}: {d:?}");
+    }
+}
