@@ -481,3 +481,28 @@ async fn hostile_ids_in_metas_and_templates_never_reach_bigquery() {
     let r = get(&env, meta.to_string().as_bytes()).await;
     assert_eq!(r.phase, Phase::Failed, "an unknown job, asked about: {}", r.message);
 }
+
+/// The red-team case: BigQuery's host comes from configuration only. Hosts in disguise in
+/// every value a template or meta carries (project, location, domain, job id) may be
+/// refused or sent to the emulator as data, but never reach another host.
+#[tokio::test]
+async fn no_credential_leaves_for_a_host_a_task_or_meta_names() {
+    use agent_core::testing::hostile::{Trap, assert_contained, hostile_hosts};
+    let trap = Trap::start().await;
+    let env = env().await;
+    for value in hostile_hosts(trap.addr()) {
+        for key in ["ProjectID", "Location", "Domain"] {
+            let mut custom = json!({"ProjectID": "flyte-project", "Location": "US", "Domain": "flyte.org"});
+            custom[key] = json!(value);
+            let t = task("select 1", custom, vec![]);
+            assert_contained(&env.server, TASK_TYPE, Some(&t), &[], &format!("{key} {value:?}")).await;
+        }
+        let metas = ["job_id", "project", "location"].map(|key| {
+            let mut meta = json!({"job_id": "j1", "project": "flyte-project", "location": "US"});
+            meta[key] = json!(value);
+            meta.to_string().into_bytes()
+        });
+        assert_contained(&env.server, TASK_TYPE, None, &metas, &format!("meta {value:?}")).await;
+    }
+    assert_eq!(trap.reached(), 0, "a hostile value reached the attacker's host");
+}
