@@ -77,12 +77,24 @@ pub(crate) fn generate(root: &Path) -> Result<BTreeMap<String, Vec<u8>>> {
     }
 
     let out = scratch_dir()?;
-    tonic_prost_build::configure()
-        .build_client(true)
+    // Clients and servers differ in one thing: the servers' codec reports a request that
+    // does not decode as INVALID_ARGUMENT (tonic's prost codec says INTERNAL), while a
+    // client that cannot decode a response keeps the prost codec's INTERNAL. tonic-build
+    // takes one codec per run, so each service goes through two generators.
+    let clients = tonic_prost_build::configure().build_client(true).build_server(false).service_generator();
+    let servers = tonic_prost_build::configure()
+        .build_client(false)
         .build_server(true)
+        .codec_path(SERVER_CODEC)
+        .service_generator();
+    let mut config = tonic_prost_build::Config::new();
+    config.service_generator(Box::new(Both(clients, servers)));
+    tonic_prost_build::configure()
+        .build_client(false)
+        .build_server(false)
         .emit_rerun_if_changed(false)
         .out_dir(&out)
-        .compile_fds(fds.clone())
+        .compile_fds_with_config(fds.clone(), config)
         .context("generating Rust code")?;
 
     let mut files = BTreeMap::new();
@@ -94,6 +106,30 @@ pub(crate) fn generate(root: &Path) -> Result<BTreeMap<String, Vec<u8>>> {
     fs::remove_dir_all(&out)?;
     files.insert(DESCRIPTOR_FILE.to_owned(), fds.encode_to_vec());
     Ok(files)
+}
+
+/// The codec of the generated servers (`crates/agent-core/src/grpc/codec.rs`).
+const SERVER_CODEC: &str = "crate::grpc::codec::RequestCodec";
+
+/// Runs two service generators over each service, in order: a service's client, then its
+/// server, as one tonic-build run with both would.
+struct Both(Box<dyn prost_build::ServiceGenerator>, Box<dyn prost_build::ServiceGenerator>);
+
+impl prost_build::ServiceGenerator for Both {
+    fn generate(&mut self, service: prost_build::Service, buf: &mut String) {
+        self.0.generate(service.clone(), buf);
+        self.1.generate(service, buf);
+    }
+
+    fn finalize(&mut self, buf: &mut String) {
+        self.0.finalize(buf);
+        self.1.finalize(buf);
+    }
+
+    fn finalize_package(&mut self, package: &str, buf: &mut String) {
+        self.0.finalize_package(package, buf);
+        self.1.finalize_package(package, buf);
+    }
 }
 
 fn scratch_dir() -> Result<PathBuf> {

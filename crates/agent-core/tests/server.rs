@@ -447,3 +447,90 @@ async fn hostile_metas_templates_and_inputs_are_handled() {
     conformance::hostile_inputs(&server, task(ASYNC_TYPE, serde_json::json!({}), &[]), 96).await;
     conformance::hostile_inputs(&server, task(SYNC_TYPE, serde_json::json!({}), &[]), 96).await;
 }
+
+/// Raw bytes in and out, so a test can send what no generated client would.
+#[derive(Debug, Clone, Default)]
+struct RawCodec;
+
+#[derive(Debug, Clone, Default)]
+struct RawCoder;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCoder;
+    type Decoder = RawCoder;
+    fn encoder(&mut self) -> RawCoder {
+        RawCoder
+    }
+    fn decoder(&mut self) -> RawCoder {
+        RawCoder
+    }
+}
+
+impl tonic::codec::Encoder for RawCoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Vec<u8>, buf: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        prost::bytes::BufMut::put_slice(buf, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(&mut self, buf: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let n = prost::bytes::Buf::remaining(buf);
+        Ok(Some(prost::bytes::Buf::copy_to_bytes(buf, n).to_vec()))
+    }
+}
+
+#[tokio::test]
+async fn undecodable_requests_to_every_rpc_of_both_generations_are_invalid_arguments() {
+    use prost::Message as _;
+    let server = TestServer::start(test_agent::registry()).await;
+    let mut grpc = tonic::client::Grpc::new(server.channel().await);
+    // Eleven 0xff bytes: a varint longer than protobuf allows, so no message type decodes it.
+    let garbage = vec![0xff_u8; 11];
+    let fds = prost_types::FileDescriptorSet::decode(agent_core::pb::FILE_DESCRIPTOR_SET).unwrap();
+    let mut checked = Vec::new();
+    for file in &fds.file {
+        if !matches!(file.package(), "flyteidl.service" | "flyteidl2.connector") {
+            continue;
+        }
+        for service in &file.service {
+            for method in &service.method {
+                let path = format!("/{}.{}/{}", file.package(), service.name(), method.name());
+                grpc.ready().await.unwrap();
+                let request = tonic::Request::new(tokio_stream::once(garbage.clone()));
+                let result = grpc
+                    .streaming(
+                        request,
+                        tonic::codegen::http::uri::PathAndQuery::try_from(path.clone()).unwrap(),
+                        RawCodec,
+                    )
+                    .await;
+                // A streaming answer may start before the request is read: the error then
+                // ends the stream.
+                let status = match result {
+                    Err(status) => status,
+                    Ok(response) => response.into_inner().message().await.expect_err(&path),
+                };
+                let input = method.input_type().trim_start_matches('.');
+                assert_eq!(status.code(), Code::InvalidArgument, "{path}: {status:?}");
+                assert!(
+                    status.message().contains(&format!("the request could not be decoded as {input}")),
+                    "{path}: {}",
+                    status.message()
+                );
+                assert!(!status.message().contains("\u{ff}") && !status.message().contains("255"), "{path}");
+                checked.push(path);
+            }
+        }
+    }
+    // Both generations: Flyte 1's 8 RPCs (create, get, delete, metrics, logs, sync, get
+    // agent, list) and Flyte 2's 7.
+    assert_eq!(checked.len(), 15, "{checked:?}");
+    assert!(checked.iter().any(|p| p.starts_with("/flyteidl2.connector.AsyncConnectorService/")), "{checked:?}");
+}

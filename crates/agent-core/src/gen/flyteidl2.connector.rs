@@ -590,7 +590,7 @@ pub mod async_connector_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = CreateTaskSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::grpc::codec::RequestCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -636,7 +636,7 @@ pub mod async_connector_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = GetTaskSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::grpc::codec::RequestCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -682,7 +682,7 @@ pub mod async_connector_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = DeleteTaskSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::grpc::codec::RequestCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -731,7 +731,7 @@ pub mod async_connector_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = GetTaskMetricsSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::grpc::codec::RequestCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -778,7 +778,7 @@ pub mod async_connector_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = GetTaskLogsSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::grpc::codec::RequestCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -1125,7 +1125,7 @@ pub mod connector_metadata_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = GetConnectorSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::grpc::codec::RequestCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -1174,7 +1174,7 @@ pub mod connector_metadata_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = ListConnectorsSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::grpc::codec::RequestCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,

@@ -3,6 +3,7 @@
 //! speaks tonic.
 
 pub(crate) mod client;
+pub(crate) mod codec;
 mod status;
 mod tls;
 mod v1;
