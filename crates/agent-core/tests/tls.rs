@@ -45,6 +45,17 @@ fn leaf(ca: &Ca, names: &[&str]) -> (String, String) {
     (cert.pem(), key.serialize_pem())
 }
 
+/// Like [`leaf`], valid only between `from` and `until` (calendar dates).
+fn leaf_valid(ca: &Ca, names: &[&str], from: (i32, u8, u8), until: (i32, u8, u8)) -> (String, String) {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, names[0]);
+    params.not_before = rcgen::date_time_ymd(from.0, from.1, from.2);
+    params.not_after = rcgen::date_time_ymd(until.0, until.1, until.2);
+    let cert = params.signed_by(&key, &ca.issuer).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
 fn write(dir: &Path, name: &str, content: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, content).unwrap();
@@ -253,4 +264,65 @@ async fn a_renewed_certificate_is_served_without_a_restart_and_a_broken_one_is_n
     std::fs::write(&cert_file, &other_cert).unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(answers(trusting(&new_ca)).await, "a broken renewal replaced the working certificate");
+}
+
+#[tokio::test]
+async fn an_expired_or_not_yet_valid_certificate_stops_the_server_naming_the_setting_and_dates() {
+    let dir = temp_dir("expired");
+    let authority = ca("test CA");
+    let (cert, key) = leaf_valid(&authority, &["localhost"], (2020, 1, 1), (2021, 1, 1));
+    let err = start(TlsConfig {
+        cert_file: write(&dir, "expired.pem", &cert),
+        key_file: write(&dir, "expired-key.pem", &key),
+        client_ca_file: None,
+        reload_interval: RELOAD,
+    })
+    .await
+    .unwrap_err();
+    assert!(err.contains("tls.cert_file") && err.contains("expired.pem"), "{err}");
+    assert!(err.contains("expired on Fri, 01 Jan 2021"), "{err}");
+
+    let (cert, key) = leaf_valid(&authority, &["localhost"], (2999, 1, 1), (3000, 1, 1));
+    let err = start(TlsConfig {
+        cert_file: write(&dir, "future.pem", &cert),
+        key_file: write(&dir, "future-key.pem", &key),
+        client_ca_file: None,
+        reload_interval: RELOAD,
+    })
+    .await
+    .unwrap_err();
+    assert!(err.contains("tls.cert_file") && err.contains("not valid until") && err.contains("2999"), "{err}");
+}
+
+#[tokio::test]
+async fn a_renewal_to_an_expired_certificate_keeps_serving_the_current_one() {
+    let dir = temp_dir("renew-expired");
+    let (current_ca, expired_ca) = (ca("current CA"), ca("expired CA"));
+    let (cert, key) = leaf(&current_ca, &["localhost"]);
+    let (cert_file, key_file) = (write(&dir, "cert.pem", &cert), write(&dir, "key.pem", &key));
+    let tls = TlsConfig {
+        cert_file: cert_file.clone(),
+        key_file: key_file.clone(),
+        client_ca_file: None,
+        reload_interval: Duration::from_millis(100),
+    };
+    let port = start(tls).await.unwrap();
+    let trusting =
+        |ca: &Ca| Some(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca.pem)).domain_name("localhost"));
+    let answers = |tls: Option<ClientTlsConfig>| async move {
+        match connect(port, tls).await {
+            Ok(ch) => list_agents(ch).await.is_ok(),
+            Err(_) => false,
+        }
+    };
+    assert!(answers(trusting(&current_ca)).await);
+
+    // A matching pair, but expired: rustls alone would serve it and every client would
+    // fail its handshake.
+    let (cert, key) = leaf_valid(&expired_ca, &["localhost"], (2020, 1, 1), (2021, 1, 1));
+    std::fs::write(&cert_file, &cert).unwrap();
+    std::fs::write(&key_file, &key).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(answers(trusting(&current_ca)).await, "an expired renewal replaced the working certificate");
+    assert!(!answers(trusting(&expired_ca)).await, "the expired certificate is being served");
 }

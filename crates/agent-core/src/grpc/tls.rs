@@ -7,6 +7,11 @@
 //! logged and the previous one kept, so a half-written rotation cannot take the agent
 //! down. The client CA bundle (mutual TLS) is read at start-up only.
 //!
+//! A certificate outside its validity period is refused too: rustls serves whatever it
+//! is given, and clients would then fail every handshake with an error about the server.
+//! At start-up that stops the agent naming `tls.cert_file` and the dates; on renewal the
+//! last good pair stays and a warning says why.
+//!
 //! Handshakes run on their own tasks with a timeout, so a client that stalls in the
 //! handshake delays nobody else.
 
@@ -57,6 +62,47 @@ fn certified_key(cert: &[u8], key: &[u8]) -> Result<CertifiedKey, String> {
     Ok(certified)
 }
 
+/// Why a certificate cannot be served now, judged by its validity period.
+#[derive(Debug, PartialEq, Eq)]
+enum Validity {
+    /// Valid now.
+    Current,
+    /// Not valid yet: may become usable later without the files changing.
+    NotYet(String),
+    /// Expired (or unreadable dates): never usable.
+    Never(String),
+}
+
+/// Checks the leaf certificate (the chain's first) against the clock.
+fn validity(certified: &CertifiedKey) -> Validity {
+    let Some(leaf) = certified.cert.first() else {
+        return Validity::Never("cert_file holds no certificate".into());
+    };
+    let cert = match x509_parser::parse_x509_certificate(leaf.as_ref()) {
+        Ok((_, cert)) => cert,
+        Err(e) => return Validity::Never(format!("cert_file's first certificate cannot be read: {e}")),
+    };
+    let period = cert.validity();
+    let show = |t: x509_parser::time::ASN1Time| t.to_rfc2822().unwrap_or_else(|_| t.to_string());
+    let now = x509_parser::time::ASN1Time::now();
+    if now > period.not_after {
+        Validity::Never(format!(
+            "the certificate in tls.cert_file expired on {} (valid from {}); install a renewed certificate",
+            show(period.not_after),
+            show(period.not_before)
+        ))
+    } else if now < period.not_before {
+        Validity::NotYet(format!(
+            "the certificate in tls.cert_file is not valid until {} (expires {}); check the issuer's and this \
+             machine's clocks",
+            show(period.not_before),
+            show(period.not_after)
+        ))
+    } else {
+        Validity::Current
+    }
+}
+
 /// What the files held when last read, to notice a change without keeping the key's bytes.
 fn fingerprint(cert: &[u8], key: &[u8]) -> u64 {
     let mut h = DefaultHasher::new();
@@ -75,9 +121,14 @@ pub(crate) struct Reloading {
 impl Reloading {
     fn load(config: &TlsConfig) -> Result<Self, String> {
         let (cert, key) = (read("cert_file", &config.cert_file)?, read("key_file", &config.key_file)?);
-        let certified = certified_key(&cert, &key).map_err(|e| {
+        let located = |e: String| {
             format!("tls: {e} (cert_file {}, key_file {})", config.cert_file.display(), config.key_file.display())
-        })?;
+        };
+        let certified = certified_key(&cert, &key).map_err(located)?;
+        match validity(&certified) {
+            Validity::Current => {}
+            Validity::NotYet(e) | Validity::Never(e) => return Err(located(e)),
+        }
         Ok(Self {
             cert_file: config.cert_file.clone(),
             key_file: config.key_file.clone(),
@@ -98,24 +149,39 @@ impl Reloading {
         if self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).1 == seen {
             return false;
         }
-        match certified_key(&cert, &key) {
-            Ok(certified) => {
-                *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = (Arc::new(certified), seen);
-                tracing::info!(message = "Loaded the renewed TLS certificate.", cert_file = %self.cert_file.display());
-                true
-            }
-            Err(e) => {
-                // Remember the broken pair so it is reported once, not every interval.
-                let mut current = self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-                current.1 = seen;
+        let certified = match certified_key(&cert, &key) {
+            Ok(certified) => certified,
+            Err(e) => return self.refuse(seen, &e),
+        };
+        match validity(&certified) {
+            Validity::Current => {}
+            Validity::Never(e) => return self.refuse(seen, &e),
+            Validity::NotYet(e) => {
+                // Not remembered as seen: the same files are checked again next time, and
+                // served once their period starts.
                 tracing::warn!(
-                    message = "The TLS files changed but are not a usable pair; keeping the current certificate.",
+                    message = "The renewed TLS certificate is not valid yet; keeping the current certificate.",
                     error = %e,
                     cert_file = %self.cert_file.display()
                 );
-                false
+                return false;
             }
         }
+        *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = (Arc::new(certified), seen);
+        tracing::info!(message = "Loaded the renewed TLS certificate.", cert_file = %self.cert_file.display());
+        true
+    }
+
+    /// Keeps the current pair over files that cannot be served, and remembers them so the
+    /// warning comes once, not every interval.
+    fn refuse(&self, seen: u64, error: &str) -> bool {
+        self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner).1 = seen;
+        tracing::warn!(
+            message = "The TLS files changed but are not a usable pair; keeping the current certificate.",
+            error = %error,
+            cert_file = %self.cert_file.display()
+        );
+        false
     }
 }
 
