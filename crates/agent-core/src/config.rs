@@ -53,6 +53,52 @@ pub struct ServerConfig {
     /// TLS for the gRPC port; plaintext when absent (Propeller's default is `insecure: true`).
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// Limits on HTTP/2 connections and calls, so idle or stalled clients cannot hold
+    /// connections and memory forever.
+    #[serde(default)]
+    pub http2: Http2Config,
+}
+
+/// HTTP/2 connection and call limits (`http2.*`).
+///
+/// Propeller is unaffected by the defaults: it sends every call with a deadline (3–10 s
+/// by default), starts a call as soon as it connects (ListAgents every 10 s), and uses
+/// far fewer than `max_concurrent_streams` calls at once per connection (a client past
+/// the limit queues its calls, it does not fail them).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http2Config {
+    /// How often the server pings an HTTP/2 connection to check that the peer is alive.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    /// How long a ping may go unanswered before the connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
+    /// Calls (streams) open at once on one connection (HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`).
+    pub max_concurrent_streams: u32,
+    /// Time a new connection has to finish its TLS handshake (with TLS), the HTTP/2
+    /// preface and the headers of its first call; connections that do not are closed.
+    /// Clients reconnect by themselves for their next call.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Longest a call without a deadline (`grpc-timeout`) may run before it ends with
+    /// DEADLINE_EXCEEDED; agents see it as the call's deadline. Calls that carry a
+    /// deadline keep theirs, however long.
+    #[serde(with = "humantime_serde")]
+    pub max_call_duration: Duration,
+}
+
+impl Default for Http2Config {
+    /// The same values as [`DEFAULTS`] (a test keeps them equal).
+    fn default() -> Self {
+        Self {
+            keepalive_interval: Duration::from_secs(60),
+            keepalive_timeout: Duration::from_secs(20),
+            max_concurrent_streams: 256,
+            header_read_timeout: Duration::from_secs(20),
+            max_call_duration: Duration::from_secs(600),
+        }
+    }
 }
 
 /// Server TLS, and mutual TLS when a client CA is given (Propeller's `insecure: false`).
@@ -88,6 +134,12 @@ grace_period: 25s
 shutdown_delay: 0s
 log_format: human
 log_level: info
+http2:
+  keepalive_interval: 60s
+  keepalive_timeout: 20s
+  max_concurrent_streams: 256
+  header_read_timeout: 20s
+  max_call_duration: 10m
 ";
 
 /// Keys of [`ServerConfig`]; anything else at the top level must be an agent section.
@@ -102,6 +154,7 @@ const SERVER_KEYS: &[&str] = &[
     "log_format",
     "log_level",
     "tls",
+    "http2",
 ];
 
 /// Command-line flags common to every agent binary.
@@ -292,6 +345,12 @@ fn server_config(raw: &config::Config) -> Result<ServerConfig, ConfigError> {
                  as AGENT_TLS__CERT_FILE and AGENT_TLS__KEY_FILE, or with --tls-cert and --tls-key)"
             ));
         }
+        if key == "http2" {
+            return ConfigError(format!(
+                "http2: {e} (set http2.<setting> in the config file, as AGENT_HTTP2__<SETTING> or with \
+                 --set http2.<setting>=VALUE)"
+            ));
+        }
         ConfigError(format!(
             "{key}: {e} (set in the config file, as AGENT_{} or with --{})",
             key.to_uppercase(),
@@ -303,6 +362,21 @@ fn server_config(raw: &config::Config) -> Result<ServerConfig, ConfigError> {
     }
     if parsed.max_concurrent_calls == 0 {
         return Err(ConfigError("max_concurrent_calls: must be at least 1".into()));
+    }
+    let h = &parsed.http2;
+    for (key, value) in [
+        ("keepalive_interval", h.keepalive_interval),
+        ("keepalive_timeout", h.keepalive_timeout),
+        ("header_read_timeout", h.header_read_timeout),
+        ("max_call_duration", h.max_call_duration),
+    ] {
+        // Zero would mean "never" for some and "at once" for others; neither is a limit.
+        if value.is_zero() {
+            return Err(ConfigError(format!("http2.{key}: must be longer than 0s")));
+        }
+    }
+    if h.max_concurrent_streams == 0 {
+        return Err(ConfigError("http2.max_concurrent_streams: must be at least 1".into()));
     }
     Ok(parsed)
 }
@@ -402,6 +476,28 @@ mod tests {
         let half = CliArgs { tls_cert: Some("/c.pem".into()), ..Default::default() };
         let err = Settings::load(&half, env(&[])).unwrap_err().to_string();
         assert!(err.contains("key_file") && err.contains("--tls-key"), "{err}");
+    }
+
+    #[test]
+    fn http2_limits_default_as_documented_and_are_set_by_key() {
+        let s = Settings::load(&CliArgs::default(), env(&[])).unwrap();
+        assert_eq!(s.server.http2, Http2Config::default(), "DEFAULTS and Http2Config::default() disagree");
+        let s = Settings::load(
+            &CliArgs { overrides: vec!["http2.max_call_duration=90s".into()], ..Default::default() },
+            env(&[("AGENT_HTTP2__MAX_CONCURRENT_STREAMS", "16")]),
+        )
+        .unwrap();
+        assert_eq!(s.server.http2.max_call_duration, Duration::from_secs(90));
+        assert_eq!(s.server.http2.max_concurrent_streams, 16);
+        assert_eq!(s.server.http2.header_read_timeout, Http2Config::default().header_read_timeout);
+        for (k, v, name) in [
+            ("AGENT_HTTP2__KEEPALIVE_INTERVAL", "often", "http2"),
+            ("AGENT_HTTP2__HEADER_READ_TIMEOUT", "0s", "http2.header_read_timeout"),
+            ("AGENT_HTTP2__MAX_CONCURRENT_STREAMS", "0", "http2.max_concurrent_streams"),
+        ] {
+            let err = Settings::load(&CliArgs::default(), env(&[(k, v)])).unwrap_err().to_string();
+            assert!(err.contains(name), "{k}={v}: {err}");
+        }
     }
 
     #[test]

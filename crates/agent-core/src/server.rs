@@ -156,6 +156,7 @@ impl AgentServer {
             grace_period: self.config.grace_period,
             shutdown_delay: self.config.shutdown_delay,
             tls,
+            http2: self.config.http2.clone(),
         };
         grpc::serve(self.service, listener, options, shutdown).await.map_err(|e| format!("gRPC server failed: {e}"))?;
         tracing::info!(message = "Stopped.");

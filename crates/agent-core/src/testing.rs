@@ -37,6 +37,7 @@ pub fn test_config() -> ServerConfig {
         log_format: LogFormat::Human,
         log_level: "info".into(),
         tls: None,
+        http2: crate::config::Http2Config::default(),
     }
 }
 

@@ -207,3 +207,93 @@ async fn the_callers_grpc_timeout_bounds_the_wait_for_a_slot() {
     assert_eq!(holder.await.unwrap().unwrap().phase, Phase::Succeeded);
     assert_eq!(sync.calls.load(Ordering::SeqCst), 1);
 }
+
+/// A server whose HTTP/2 limits are `http2`, with the slow agents above.
+async fn limited(http2: agent_core::config::Http2Config) -> TestServer {
+    let (svc, _, _) = service(64, Duration::from_millis(10));
+    TestServer::start_with(svc, agent_core::config::ServerConfig { http2, ..test_config() }).await
+}
+
+/// An ExecuteTaskSync whose headers are sent but whose request body never is.
+async fn stalled_sync_call(
+    server: &TestServer,
+    timeout: Option<Duration>,
+) -> Result<tonic::Response<tonic::Streaming<agent_core::pb::admin::ExecuteTaskSyncResponse>>, tonic::Status> {
+    let never = futures_util::stream::pending::<agent_core::pb::admin::ExecuteTaskSyncRequest>();
+    let mut request = tonic::Request::new(never);
+    if let Some(t) = timeout {
+        request.set_timeout(t);
+    }
+    server.sync_client().await.execute_task_sync(request).await
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_half_a_preface_is_closed_after_the_header_read_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let limit = Duration::from_millis(300);
+    let server = limited(agent_core::config::Http2Config { header_read_timeout: limit, ..Default::default() }).await;
+    let mut conns = Vec::new();
+    for _ in 0..3 {
+        let mut tcp = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+        tcp.write_all(&b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..12]).await.unwrap();
+        conns.push(tcp);
+    }
+    let started = std::time::Instant::now();
+    for mut tcp in conns {
+        // The server's SETTINGS may come first; then the connection must end.
+        let mut sink = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut sink)).await;
+        assert!(read.is_ok(), "a half-open connection was still open after {:?}", started.elapsed());
+    }
+    assert!(started.elapsed() >= limit - Duration::from_millis(100), "closed too early: {:?}", started.elapsed());
+    // A client that completes its call in time is served as usual.
+    server.metadata_client().await.list_agents(agent_core::pb::admin::ListAgentsRequest {}).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_call_without_a_deadline_whose_request_never_arrives_ends_after_max_call_duration() {
+    let max = Duration::from_millis(500);
+    let server = limited(agent_core::config::Http2Config { max_call_duration: max, ..Default::default() }).await;
+    let started = std::time::Instant::now();
+    let status = tokio::time::timeout(Duration::from_secs(10), stalled_sync_call(&server, None))
+        .await
+        .expect("a call without a deadline was never ended")
+        .unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    assert!(status.message().contains("http2.max_call_duration"), "{}", status.message());
+    assert!(took >= max && took < max + Duration::from_secs(2), "ended after {took:?}");
+
+    // A caller's own deadline is kept, even a longer one.
+    let started = std::time::Instant::now();
+    let status = stalled_sync_call(&server, Some(Duration::from_millis(1500))).await.unwrap_err();
+    assert!(matches!(status.code(), tonic::Code::Cancelled | tonic::Code::DeadlineExceeded), "{status:?}");
+    assert!(started.elapsed() >= Duration::from_millis(1400), "cut short after {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn a_connection_cannot_open_more_than_max_concurrent_streams() {
+    let server = limited(agent_core::config::Http2Config { max_concurrent_streams: 2, ..Default::default() }).await;
+    let channel = server.channel().await;
+    let sync = agent_core::pb::service::sync_agent_service_client::SyncAgentServiceClient::new(channel.clone());
+    let hold = |mut client: agent_core::pb::service::sync_agent_service_client::SyncAgentServiceClient<_>| {
+        tokio::spawn(async move {
+            let never = futures_util::stream::pending::<agent_core::pb::admin::ExecuteTaskSyncRequest>();
+            client.execute_task_sync(never).await
+        })
+    };
+    let (first, second) = (hold(sync.clone()), hold(sync.clone()));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // The server's SETTINGS allow two streams on this connection: a third call waits.
+    let mut metadata = agent_core::pb::service::agent_metadata_service_client::AgentMetadataServiceClient::new(channel);
+    let third = tokio::spawn(async move { metadata.list_agents(agent_core::pb::admin::ListAgentsRequest {}).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!third.is_finished(), "a third stream was opened beside two held ones");
+
+    // Ending one held call frees a stream for it.
+    first.abort();
+    let listed = tokio::time::timeout(Duration::from_secs(5), third).await.expect("the third call never ran");
+    assert!(listed.unwrap().is_ok());
+    second.abort();
+}

@@ -70,9 +70,14 @@ fn temp_dir(tag: &str) -> PathBuf {
 
 /// Starts a server with `tls`; returns its port, or the start-up error.
 async fn start(tls: TlsConfig) -> Result<u16, String> {
+    start_with(tls, agent_core::config::Http2Config::default()).await
+}
+
+/// [`start`] with the HTTP/2 limits `http2`.
+async fn start_with(tls: TlsConfig, http2: agent_core::config::Http2Config) -> Result<u16, String> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let config = agent_core::config::ServerConfig { tls: Some(tls), ..test_config() };
+    let config = agent_core::config::ServerConfig { tls: Some(tls), http2, ..test_config() };
     let server = AgentServer::new(AgentService::new(support::test_agent::registry(), secrets(&[])), config);
     let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
@@ -325,4 +330,43 @@ async fn a_renewal_to_an_expired_certificate_keeps_serving_the_current_one() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(answers(trusting(&current_ca)).await, "an expired renewal replaced the working certificate");
     assert!(!answers(trusting(&expired_ca)).await, "the expired certificate is being served");
+}
+
+#[tokio::test]
+async fn a_tls_connection_that_sends_half_a_preface_is_closed_after_the_header_read_timeout() {
+    use rustls::pki_types::pem::PemObject as _;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = temp_dir("half-preface");
+    let authority = ca("test CA");
+    let (cert, key) = leaf(&authority, &["localhost"]);
+    let tls = TlsConfig {
+        cert_file: write(&dir, "cert.pem", &cert),
+        key_file: write(&dir, "key.pem", &key),
+        client_ca_file: None,
+        reload_interval: RELOAD,
+    };
+    let limit = Duration::from_millis(400);
+    let http2 = agent_core::config::Http2Config { header_read_timeout: limit, ..Default::default() };
+    let port = start_with(tls, http2).await.unwrap();
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from_pem_slice(authority.pem.as_bytes()).unwrap()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    client.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client));
+    let started = std::time::Instant::now();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut stream = connector.connect(name, tcp).await.expect("the TLS handshake itself succeeds");
+    stream.write_all(&b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..12]).await.unwrap();
+    stream.flush().await.unwrap();
+    let mut sink = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut sink)).await;
+    assert!(read.is_ok(), "a half-open TLS connection was still open after {:?}", started.elapsed());
+    assert!(started.elapsed() >= limit - Duration::from_millis(100), "closed too early: {:?}", started.elapsed());
 }

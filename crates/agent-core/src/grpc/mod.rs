@@ -4,6 +4,7 @@
 
 pub(crate) mod client;
 pub(crate) mod codec;
+mod http2;
 mod status;
 mod tls;
 mod v1;
@@ -114,6 +115,7 @@ pub(crate) struct ServeOptions {
     pub(crate) grace_period: Duration,
     pub(crate) shutdown_delay: Duration,
     pub(crate) tls: Option<tls::ServerTls>,
+    pub(crate) http2: crate::config::Http2Config,
 }
 
 /// Serves on `listener` until `shutdown` resolves, then drains: health goes NOT_SERVING,
@@ -144,7 +146,12 @@ pub(crate) async fn serve(
     // Flyte 2 on the same port: one deployment serves both backends, e.g. during a migration.
     let front2 = v2::V2::new(svc);
     let size = options.max_message_size;
+    let limits = &options.http2;
     let router = Server::builder()
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .layer(http2::max_call_duration(limits.max_call_duration))
         .trace_fn(crate::telemetry::grpc_span)
         .add_service(health)
         .add_service(reflection_v1)
@@ -191,13 +198,22 @@ pub(crate) async fn serve(
     let incoming = tonic::transport::server::TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(Duration::from_secs(60)));
+    // Every connection must reach its first call within header_read_timeout (with TLS,
+    // counting the handshake), or it is closed.
+    let first_headers = limits.header_read_timeout;
     let mut _watcher = None;
     let mut serving: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
         match &options.tls {
-            None => Box::pin(router.serve_with_incoming_shutdown(incoming, signal)),
+            None => {
+                use futures_util::StreamExt as _;
+                let incoming = incoming.map(move |conn| {
+                    conn.map(|tcp| http2::FirstHeadersBy::new(tcp, tokio::time::Instant::now() + first_headers))
+                });
+                Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
+            }
             Some(tls) => {
                 _watcher = tls.watch().map(AbortOnDrop);
-                Box::pin(router.serve_with_incoming_shutdown(tls.incoming(incoming), signal))
+                Box::pin(router.serve_with_incoming_shutdown(tls.incoming(incoming, first_headers), signal))
             }
         };
     let grace = options.grace_period;

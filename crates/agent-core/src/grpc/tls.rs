@@ -30,6 +30,7 @@ use rustls::sign::CertifiedKey;
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
+use super::http2::FirstHeadersBy;
 use crate::config::TlsConfig;
 
 /// How long a client may take to finish its TLS handshake.
@@ -263,11 +264,14 @@ impl ServerTls {
         }))
     }
 
-    /// TLS connections from plain TCP ones, each handshake on its own task.
+    /// TLS connections from plain TCP ones, each handshake on its own task. Each must
+    /// finish its handshake and send its first call's headers within `first_headers` of
+    /// being accepted.
     pub(crate) fn incoming<S>(
         &self,
         tcp: S,
-    ) -> impl Stream<Item = Result<TlsStream<TcpStream>, std::io::Error>> + use<S>
+        first_headers: Duration,
+    ) -> impl Stream<Item = Result<FirstHeadersBy<TlsStream<TcpStream>>, std::io::Error>> + use<S>
     where
         S: Stream<Item = Result<TcpStream, std::io::Error>> + Send + 'static,
     {
@@ -285,9 +289,12 @@ impl ServerTls {
                 let Ok(stream) = conn else { continue };
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    let accepted = tokio::time::Instant::now();
+                    let deadline = accepted + first_headers;
+                    let handshake_by = deadline.min(accepted + HANDSHAKE_TIMEOUT);
+                    match tokio::time::timeout_at(handshake_by, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
-                            let _ = tx.send(Ok(tls)).await;
+                            let _ = tx.send(Ok(FirstHeadersBy::new(tls, deadline))).await;
                         }
                         Ok(Err(e)) => tracing::debug!(message = "TLS handshake failed.", error = %e),
                         Err(_) => tracing::debug!(message = "TLS handshake timed out."),
