@@ -35,6 +35,13 @@ pub struct ServerConfig {
     /// Prometheus `/metrics` port; 0 turns the endpoint off.
     pub metrics_port: u16,
     /// Largest gRPC message accepted or sent, in bytes. Propeller sends inputs inline.
+    ///
+    /// 16 MiB by default: four times the 4 MiB that flytekit's Python agent server (gRPC's
+    /// default) accepts, so any task Propeller could send to a Python agent fits. A
+    /// request costs about twice its size while it is decoded (tonic's receive buffer, then
+    /// the decoded message; the Flyte 2 front end's re-encoding frees the original first),
+    /// so one maximum-size request peaks under 90 MiB against the charts' 256 MiB memory
+    /// limit; raise that limit with this setting (`tests/limits.rs` measures both).
     pub max_message_size: usize,
     /// Calls in flight per agent towards its external service; more wait for a slot within
     /// their deadline, so a burst of Propeller calls cannot exhaust the service's quota.
@@ -128,7 +135,7 @@ pub const DEFAULTS: &str = "\
 listen_address: 0.0.0.0
 port: 8000
 metrics_port: 9090
-max_message_size: 67108864
+max_message_size: 16777216
 max_concurrent_calls: 64
 grace_period: 25s
 shutdown_delay: 0s
@@ -172,7 +179,7 @@ pub struct CliArgs {
     /// Address to listen on [default: 0.0.0.0].
     #[arg(long, value_name = "IP")]
     pub listen_address: Option<IpAddr>,
-    /// Largest gRPC message in bytes [default: 67108864].
+    /// Largest gRPC message in bytes [default: 16777216].
     #[arg(long, value_name = "BYTES")]
     pub max_message_size: Option<usize>,
     /// Calls in flight per agent towards its service [default: 64].

@@ -3,6 +3,7 @@
 //! waiting gets the answer Propeller handles best (GetTask: still running; ExecuteTaskSync:
 //! a retryable failure; CreateTask: UNAVAILABLE), never a failed job.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -296,4 +297,151 @@ async fn a_connection_cannot_open_more_than_max_concurrent_streams() {
     let listed = tokio::time::timeout(Duration::from_secs(5), third).await.expect("the third call never ran");
     assert!(listed.unwrap().is_ok());
     second.abort();
+}
+
+/// The smallest memory limit any chart gives an agent, in bytes, from the charts' values.
+fn chart_memory_limit() -> u64 {
+    let charts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../charts");
+    let mut limits = Vec::new();
+    for entry in std::fs::read_dir(&charts).unwrap() {
+        let values = entry.unwrap().path().join("values.yaml");
+        if !values.is_file() {
+            continue;
+        }
+        let parsed = config::Config::builder()
+            .add_source(config::File::from(values.as_path()).format(config::FileFormat::Yaml))
+            .build()
+            .unwrap();
+        let Ok(limit) = parsed.get_string("resources.limits.memory") else { continue };
+        let (number, unit) = limit.split_at(limit.find(|c: char| !c.is_ascii_digit()).unwrap_or(limit.len()));
+        let scale: u64 = match unit {
+            "Ki" => 1 << 10,
+            "Mi" => 1 << 20,
+            "Gi" => 1 << 30,
+            "" => 1,
+            other => panic!("{}: unexpected memory unit {other:?}", values.display()),
+        };
+        limits.push(number.parse::<u64>().unwrap() * scale);
+    }
+    limits.into_iter().min().expect("no chart sets resources.limits.memory")
+}
+
+/// The test agent binary (`examples/test_agent.rs`), built as `cargo test --workspace
+/// --all-features` and the e2e suite build it (so the same artifacts: a no-op there).
+fn test_agent_binary() -> std::path::PathBuf {
+    let status = std::process::Command::new(env!("CARGO"))
+        .args(["build", "--workspace", "--all-features", "--example", "test_agent"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "building the test agent failed");
+    // target/<profile>/deps/limits-… → target/<profile>/examples/test_agent
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().join("examples").join("test_agent")
+}
+
+/// Stops the agent process when the test ends, however it ends.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Peak resident memory of process `pid` so far (VmHWM), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
+
+/// Runs the test agent in a process of its own, calls `send` with a channel to it, and
+/// returns the process's peak resident memory (bytes) before and after the call.
+async fn peak_rss_of<F: Future<Output = ()>>(
+    binary: &std::path::Path,
+    send: impl FnOnce(tonic::transport::Channel) -> F,
+) -> (u64, u64) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let agent = Child(
+        std::process::Command::new(binary)
+            .args(["--listen-address", "127.0.0.1", "--port", &port.to_string(), "--metrics-port", "0"])
+            .args(["--log-level", "warn"])
+            .env_remove("AGENT_CONFIG")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = agent.0.id();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let channel = loop {
+        match tonic::transport::Endpoint::from_shared(endpoint.clone()).unwrap().connect().await {
+            Ok(c) => break c,
+            Err(e) => assert!(std::time::Instant::now() < deadline, "the test agent never listened: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let idle = peak_rss(pid);
+    send(channel).await;
+    (idle, peak_rss(pid))
+}
+
+#[tokio::test]
+async fn one_maximum_size_request_of_either_generation_fits_the_charts_memory_limit() {
+    use agent_core::literals::Value;
+    let limit = chart_memory_limit();
+    let defaults = agent_core::config::Settings::load(&Default::default(), Some(Default::default())).unwrap();
+    let max = defaults.server.max_message_size;
+    let binary = test_agent_binary();
+
+    // Inputs as one large string literal, the request as close to max_message_size as fits.
+    let sized = |payload: usize| {
+        let mut task = task("test_async");
+        task.inputs =
+            agent_core::literals::values_to_literal_map([("blob".to_owned(), Value::String("x".repeat(payload)))]);
+        task
+    };
+    let overhead = prost::Message::encoded_len(&agent_core::testing::create_request(&sized(0)))
+        .max(prost::Message::encoded_len(&agent_core::testing::flyte2::create_request(&sized(0), None)));
+    // Length prefixes of the large fields grow by a few bytes each: leave room for them.
+    let task = sized(max - overhead - 64);
+    let v1 = agent_core::testing::create_request(&task);
+    let v2 = agent_core::testing::flyte2::create_request(&task, None);
+    drop(task);
+    assert!(prost::Message::encoded_len(&v1) <= max && prost::Message::encoded_len(&v1) > max - 1024);
+    assert!(prost::Message::encoded_len(&v2) <= max && prost::Message::encoded_len(&v2) > max - 1024);
+
+    let (idle, flyte1) = peak_rss_of(&binary, |channel| async move {
+        let mut client = agent_core::pb::service::async_agent_service_client::AsyncAgentServiceClient::new(channel)
+            .max_encoding_message_size(usize::MAX);
+        let mut request = tonic::Request::new(v1);
+        request.set_timeout(Duration::from_secs(60));
+        client.create_task(request).await.expect("Flyte 1 CreateTask");
+    })
+    .await;
+    let (_, flyte2) = peak_rss_of(&binary, |channel| async move {
+        let mut client =
+            agent_core::pb::v2::connector::async_connector_service_client::AsyncConnectorServiceClient::new(channel)
+                .max_encoding_message_size(usize::MAX);
+        let mut request = tonic::Request::new(v2);
+        request.set_timeout(Duration::from_secs(60));
+        client.create_task(request).await.expect("Flyte 2 CreateTask");
+    })
+    .await;
+
+    let mib = |b: u64| b as f64 / f64::from(1 << 20);
+    let report = format!(
+        "max_message_size {:.0} MiB; peak RSS idle {:.1} MiB, with one Flyte 1 CreateTask {:.1} MiB, with one \
+         Flyte 2 CreateTask {:.1} MiB; chart limit {:.0} MiB",
+        mib(max as u64),
+        mib(idle),
+        mib(flyte1),
+        mib(flyte2),
+        mib(limit)
+    );
+    // Shown with --nocapture: the figures the README quotes.
+    println!("{report}");
+    assert!(flyte1.max(flyte2) < limit, "{report}");
 }

@@ -40,6 +40,15 @@ pub(crate) fn recode<A: prost::Message, B: prost::Message + Default>(from: &A) -
     B::decode(from.encode_to_vec().as_slice())
 }
 
+/// [`recode`] for a message that is not needed afterwards: it is freed before its copy is
+/// decoded, so a large message (a task's inputs) is held twice at the most, not three
+/// times (see `max_message_size` in the README).
+pub(crate) fn recode_owned<A: prost::Message, B: prost::Message + Default>(from: A) -> Result<B, prost::DecodeError> {
+    let bytes = from.encode_to_vec();
+    drop(from);
+    B::decode(bytes.as_slice())
+}
+
 /// The caller's deadline from the `grpc-timeout` header.
 pub(crate) fn deadline<T>(req: &tonic::Request<T>) -> Option<Instant> {
     let raw = req.metadata().get("grpc-timeout")?.to_str().ok()?;

@@ -21,7 +21,7 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::status::to_status;
-use super::{deadline, recode, stream_logs};
+use super::{deadline, recode, recode_owned, stream_logs};
 use crate::agent::{LogsQuery, MetricsQuery, TaskCategory, TaskRequest};
 use crate::error::AgentError;
 use crate::pb::v2::connector::{self as c, async_connector_service_server, connector_metadata_service_server};
@@ -90,7 +90,7 @@ pub(crate) fn from_named(named: Vec<task::NamedLiteral>, what: &str) -> Result<c
         let Some(value) = n.value else {
             return Err(invalid(format!("{what}.literals[{i}] ('{}') has no value", n.name)));
         };
-        let value: core::Literal = recode(&value)
+        let value: core::Literal = recode_owned(value)
             .map_err(|e| invalid(format!("{what}.literals[{i}] ('{}') could not be read: {e}", n.name)))?;
         if literals.insert(n.name.clone(), value).is_some() {
             return Err(invalid(format!("{what}: '{}' is given more than once", n.name)));
