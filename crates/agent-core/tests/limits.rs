@@ -442,6 +442,9 @@ async fn one_maximum_size_request_of_either_generation_fits_the_charts_memory_li
         mib(limit)
     );
     // Shown with --nocapture: the figures the README quotes.
-    println!("{report}");
+    #[allow(clippy::print_stdout)]
+    {
+        println!("{report}");
+    }
     assert!(flyte1.max(flyte2) < limit, "{report}");
 }
