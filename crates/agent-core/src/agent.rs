@@ -354,7 +354,7 @@ mod tests {
     fn secrets_sent_with_the_request_win_over_the_pods() {
         let pod =
             crate::testing::secrets(&[("_FSEC_SNOWFLAKE_PRIVATE_KEY", "pod-key-value"), ("_FSEC_OTHER", "pod-other")]);
-        let sent = ConnectionSecrets::new([("snowflake_private_key".to_owned(), "sent-key-value".to_owned())]);
+        let sent = ConnectionSecrets::new([("snowflake_private_key".to_owned(), "sent-key-value".to_owned())]).unwrap();
         let ctx = Context::new(TaskCategory::new("snowflake", 0), pod.clone()).with_connection(sent);
         assert_eq!(ctx.secret("snowflake_private_key").unwrap().expose(), "sent-key-value");
         assert_eq!(ctx.optional_secret("SNOWFLAKE_PRIVATE_KEY").unwrap().unwrap().expose(), "sent-key-value");

@@ -8,6 +8,7 @@ use serde_json::{Map, Value as Json};
 use crate::json::json_to_struct;
 use crate::literals::Value;
 use crate::pb::{admin, core};
+use crate::secrets::Scrubber;
 
 /// The phase of a job, in Flyte's terms. There is deliberately no "undefined": the
 /// server always sends a phase, because Propeller reads an unset phase through the
@@ -340,6 +341,119 @@ impl Resource {
             None => Ok(HashMap::new()),
             Some(map) => crate::literals::literal_map_to_values(map, "outputs").map(|m| m.into_iter().collect()),
         }
+    }
+}
+
+impl Resource {
+    /// Scrubs every text the resource carries (message, links, outputs, custom info,
+    /// failure code) with `scrubber`. The service does this for every result it hands out.
+    pub(crate) fn scrub(&mut self, scrubber: &Scrubber) {
+        scrubber.scrub_in_place(&mut self.message);
+        for link in &mut self.log_links {
+            scrubber.scrub_in_place(&mut link.name);
+            scrubber.scrub_in_place(&mut link.uri);
+        }
+        if let Some(outputs) = &mut self.outputs {
+            scrub_literal_map(outputs, scrubber);
+        }
+        if let Some(info) = &mut self.custom_info {
+            scrub_json_map(info, scrubber);
+        }
+        if let Some(failure) = &mut self.failure {
+            scrubber.scrub_in_place(&mut failure.code);
+        }
+    }
+}
+
+/// Scrubs the names and every text inside the literals of `map`.
+pub(crate) fn scrub_literal_map(map: &mut core::LiteralMap, scrubber: &Scrubber) {
+    let literals = std::mem::take(&mut map.literals);
+    map.literals = literals
+        .into_iter()
+        .map(|(mut name, mut literal)| {
+            scrubber.scrub_in_place(&mut name);
+            scrub_literal(&mut literal, scrubber);
+            (name, literal)
+        })
+        .collect();
+}
+
+fn scrub_literal(literal: &mut core::Literal, scrubber: &Scrubber) {
+    use core::literal::Value as L;
+    use core::scalar::Value as S;
+    for value in literal.metadata.values_mut() {
+        scrubber.scrub_in_place(value);
+    }
+    match &mut literal.value {
+        Some(L::Scalar(scalar)) => match &mut scalar.value {
+            Some(S::Primitive(core::Primitive { value: Some(core::primitive::Value::StringValue(text)) })) => {
+                scrubber.scrub_in_place(text);
+            }
+            Some(S::Blob(b)) => scrubber.scrub_in_place(&mut b.uri),
+            // Encoded bytes (msgpack): a value is masked in place, keeping every length.
+            Some(S::Binary(b)) => scrubber.mask_bytes(&mut b.value),
+            Some(S::Schema(s)) => scrubber.scrub_in_place(&mut s.uri),
+            Some(S::Error(e)) => {
+                scrubber.scrub_in_place(&mut e.message);
+                scrubber.scrub_in_place(&mut e.failed_node_id);
+            }
+            Some(S::Generic(st)) => scrub_struct(st, scrubber),
+            Some(S::StructuredDataset(d)) => scrubber.scrub_in_place(&mut d.uri),
+            Some(S::Union(u)) => {
+                if let Some(inner) = u.value.as_mut() {
+                    scrub_literal(inner, scrubber);
+                }
+            }
+            Some(S::Primitive(_) | S::NoneType(_)) | None => {}
+        },
+        Some(L::Collection(c)) => c.literals.iter_mut().for_each(|l| scrub_literal(l, scrubber)),
+        Some(L::Map(m)) => scrub_literal_map(m, scrubber),
+        Some(L::OffloadedMetadata(o)) => scrubber.scrub_in_place(&mut o.uri),
+        None => {}
+    }
+}
+
+/// Scrubs the keys and strings of a protobuf `Struct` (generic literals, metric data).
+pub(crate) fn scrub_struct(st: &mut prost_types::Struct, scrubber: &Scrubber) {
+    let fields = std::mem::take(&mut st.fields);
+    st.fields = fields
+        .into_iter()
+        .map(|(mut k, mut v)| {
+            scrubber.scrub_in_place(&mut k);
+            scrub_struct_value(&mut v, scrubber);
+            (k, v)
+        })
+        .collect();
+}
+
+fn scrub_struct_value(v: &mut prost_types::Value, scrubber: &Scrubber) {
+    use prost_types::value::Kind;
+    match &mut v.kind {
+        Some(Kind::StringValue(s)) => scrubber.scrub_in_place(s),
+        Some(Kind::StructValue(st)) => scrub_struct(st, scrubber),
+        Some(Kind::ListValue(l)) => l.values.iter_mut().for_each(|v| scrub_struct_value(v, scrubber)),
+        _ => {}
+    }
+}
+
+fn scrub_json_map(map: &mut Map<String, Json>, scrubber: &Scrubber) {
+    let entries = std::mem::take(map);
+    *map = entries
+        .into_iter()
+        .map(|(mut k, mut v)| {
+            scrubber.scrub_in_place(&mut k);
+            scrub_json(&mut v, scrubber);
+            (k, v)
+        })
+        .collect();
+}
+
+fn scrub_json(v: &mut Json, scrubber: &Scrubber) {
+    match v {
+        Json::String(s) => scrubber.scrub_in_place(s),
+        Json::Array(items) => items.iter_mut().for_each(|v| scrub_json(v, scrubber)),
+        Json::Object(m) => scrub_json_map(m, scrubber),
+        _ => {}
     }
 }
 

@@ -3,19 +3,30 @@
 //! rules and records flytekit's Prometheus metrics. The gRPC front ends translate
 //! protocol messages to and from these calls and nothing more, so another protocol
 //! generation can serve the same agents.
+//!
+//! Every call's result passes through here, so this is where its texts are scrubbed of
+//! secrets (see [`crate::secrets`]): resources (messages, links, outputs, custom info),
+//! metas, metric data, log lines and error messages, against the pod's secrets, live
+//! derived credentials and the call's own connection secrets. The agent's work runs in
+//! the call's scope, so its log lines are scrubbed of the call's secrets too.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Instant;
+
+use futures_util::Stream;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::agent::{Context, Logs, LogsQuery, MetricsQuery, TaskCategory, TaskRequest};
+use crate::agent::{Context, LogLine, LogLineStream, Logs, LogsQuery, MetricsQuery, TaskCategory, TaskRequest};
 use crate::error::AgentError;
 use crate::pb::core;
 use crate::registry::{AgentInfo, Entry, Registry};
-use crate::resource::{Phase, Resource};
-use crate::secrets::{ConnectionSecrets, SecretStore};
+use crate::resource::{Phase, Resource, scrub_struct};
+use crate::secrets::{ConnectionSecrets, SecretStore, Scrubber, scoped};
 use crate::telemetry::metrics as m;
 
 /// The agents of a binary plus what every call needs.
@@ -141,46 +152,52 @@ impl AgentService {
     pub async fn create(&self, task: TaskRequest, call: CallInfo) -> Result<Vec<u8>, AgentError> {
         let category = task.category();
         m::observe_input_bytes(self.metric_label(&category), prost::Message::encoded_len(&task.inputs));
-        self.measured(&category, "create", call.protocol, async {
+        let result = self.measured(&category, "create", call.protocol, async {
             if category.name.is_empty() {
                 return Err(AgentError::invalid_argument("template.type is empty; the template names no task type"));
             }
             let agent = self.async_agent(&category, "CreateTask")?;
             let _slot = self.slot(&category, &call).await.map_err(AgentError::unavailable)?;
-            agent.create(&self.context(&category, &call), task).await
+            scoped(call.connection.clone(), agent.create(&self.context(&category, &call), task)).await
         })
-        .await
+        .await;
+        let scrubber = call.connection.scrubber();
+        // A meta holding a secret is an agent's bug; the value still never leaves.
+        result.map(|meta| scrubber.scrub_bytes(&meta).into_owned()).map_err(|e| scrub_error(e, &scrubber))
     }
 
     /// Reports a job: `GetTask`.
     pub async fn get(&self, category: TaskCategory, meta: &[u8], call: CallInfo) -> Result<Resource, AgentError> {
-        self.measured(&category, "get", call.protocol, async {
+        let result = self.measured(&category, "get", call.protocol, async {
             let agent = self.async_agent(&category, "GetTask")?;
             // Busy is not the job's failure: report it still running, Propeller polls again.
             let _slot = match self.slot(&category, &call).await {
                 Ok(slot) => slot,
                 Err(busy) => return Ok(Resource::running().with_message(format!("{busy}; will check again"))),
             };
-            agent.get(&self.context(&category, &call), meta).await
+            scoped(call.connection.clone(), agent.get(&self.context(&category, &call), meta)).await
         })
-        .await
+        .await;
+        scrubbed(&call.connection, result)
     }
 
     /// Cancels a job: `DeleteTask`.
     pub async fn delete(&self, category: TaskCategory, meta: &[u8], call: CallInfo) -> Result<(), AgentError> {
-        self.measured(&category, "delete", call.protocol, async {
-            let agent = self.async_agent(&category, "DeleteTask")?;
-            let _slot = self.slot(&category, &call).await.map_err(AgentError::unavailable)?;
-            agent.delete(&self.context(&category, &call), meta).await
-        })
-        .await
+        let result = self
+            .measured(&category, "delete", call.protocol, async {
+                let agent = self.async_agent(&category, "DeleteTask")?;
+                let _slot = self.slot(&category, &call).await.map_err(AgentError::unavailable)?;
+                scoped(call.connection.clone(), agent.delete(&self.context(&category, &call), meta)).await
+            })
+            .await;
+        result.map_err(|e| scrub_error(e, &call.connection.scrubber()))
     }
 
     /// Runs a sync task: `ExecuteTaskSync`. The result is always terminal.
     pub async fn execute(&self, task: TaskRequest, call: CallInfo) -> Result<Resource, AgentError> {
         let category = task.category();
         m::observe_input_bytes(self.metric_label(&category), prost::Message::encoded_len(&task.inputs));
-        self.measured(&category, "do", call.protocol, async {
+        let result = self.measured(&category, "do", call.protocol, async {
             let agent = match self.inner.registry.lookup(&category)? {
                 Entry::Sync(s) => s.clone(),
                 Entry::Async(_) => {
@@ -193,10 +210,11 @@ impl AgentService {
                 Ok(slot) => slot,
                 Err(busy) => return Ok(Resource::retryable_failure(busy)),
             };
-            let resource = agent.execute(&self.context(&category, &call), task).await?;
+            let resource = scoped(call.connection.clone(), agent.execute(&self.context(&category, &call), task)).await?;
             Ok(ensure_terminal(resource))
         })
-        .await
+        .await;
+        scrubbed(&call.connection, result)
     }
 
     /// Execution metrics of a job: `GetTaskMetrics`.
@@ -207,9 +225,20 @@ impl AgentService {
         query: MetricsQuery,
         call: CallInfo,
     ) -> Result<Vec<core::ExecutionMetricResult>, AgentError> {
+        let scrubber = || call.connection.scrubber();
         let agent = self.async_agent(&category, "GetTaskMetrics")?;
         let ctx = self.context(&category, &call);
-        agent.get_metrics(&ctx, meta, query).await
+        let mut results = scoped(call.connection.clone(), agent.get_metrics(&ctx, meta, query))
+            .await
+            .map_err(|e| scrub_error(e, &scrubber()))?;
+        let scrubber = scrubber();
+        for r in &mut results {
+            scrubber.scrub_in_place(&mut r.metric);
+            if let Some(data) = &mut r.data {
+                scrub_struct(data, &scrubber);
+            }
+        }
+        Ok(results)
     }
 
     /// Logs of a job: `GetTaskLogs`.
@@ -222,7 +251,13 @@ impl AgentService {
     ) -> Result<Logs, AgentError> {
         let agent = self.async_agent(&category, "GetTaskLogs")?;
         let ctx = self.context(&category, &call);
-        agent.get_logs(&ctx, meta, query).await
+        let connection = call.connection;
+        let logs = scoped(connection.clone(), agent.get_logs(&ctx, meta, query))
+            .await
+            .map_err(|e| scrub_error(e, &connection.scrubber()))?;
+        let mut next_token = logs.next_token;
+        connection.scrubber().scrub_in_place(&mut next_token);
+        Ok(Logs { next_token, lines: Box::pin(ScrubbedLines { lines: logs.lines, connection }) })
     }
 
     /// The `task_type` metric label: the category's name when this binary serves it.
@@ -254,6 +289,65 @@ impl AgentService {
         self.inner.registry.agents().iter().find(|a| a.name == name).ok_or_else(|| {
             let names: Vec<&str> = self.inner.registry.agents().iter().map(|a| a.name.as_str()).collect();
             AgentError::not_found(format!("no agent is named '{name}'; this deployment has: {}", names.join(", ")))
+        })
+    }
+}
+
+/// A call's resource, or its error, scrubbed of every secret value the call could expose.
+fn scrubbed(connection: &ConnectionSecrets, result: Result<Resource, AgentError>) -> Result<Resource, AgentError> {
+    let scrubber = connection.scrubber();
+    match result {
+        Ok(mut resource) => {
+            resource.scrub(&scrubber);
+            Ok(resource)
+        }
+        Err(e) => Err(scrub_error(e, &scrubber)),
+    }
+}
+
+/// The same error with its message scrubbed.
+pub(crate) fn scrub_error(e: AgentError, scrubber: &Scrubber) -> AgentError {
+    let changed = match scrubber.scrub(e.message()) {
+        Cow::Owned(m) => Some(m),
+        Cow::Borrowed(_) => None,
+    };
+    let Some(m) = changed else { return e };
+    match e {
+        AgentError::NotFound(_) => AgentError::NotFound(m),
+        AgentError::InvalidArgument(_) => AgentError::InvalidArgument(m),
+        AgentError::FailedPrecondition(_) => AgentError::FailedPrecondition(m),
+        AgentError::PermissionDenied(_) => AgentError::PermissionDenied(m),
+        AgentError::Unavailable(_) => AgentError::Unavailable(m),
+        AgentError::DeadlineExceeded(_) => AgentError::DeadlineExceeded(m),
+        AgentError::Unimplemented(_) => AgentError::Unimplemented(m),
+        AgentError::Internal(_) => AgentError::Internal(m),
+    }
+}
+
+/// A job's log lines, scrubbed as they stream; the agent's reader runs in the call's
+/// scope, so what it logs meanwhile is scrubbed too.
+struct ScrubbedLines {
+    lines: LogLineStream,
+    connection: ConnectionSecrets,
+}
+
+impl Stream for ScrubbedLines {
+    type Item = Result<LogLine, AgentError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        let polled = crate::secrets::sync_scoped(&this.connection, || this.lines.as_mut().poll_next(cx));
+        polled.map(|item| {
+            item.map(|line| {
+                let scrubber = this.connection.scrubber();
+                match line {
+                    Ok(mut line) => {
+                        scrubber.scrub_in_place(&mut line.message);
+                        Ok(line)
+                    }
+                    Err(e) => Err(scrub_error(e, &scrubber)),
+                }
+            })
         })
     }
 }

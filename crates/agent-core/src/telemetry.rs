@@ -1,5 +1,9 @@
 //! Logs (`tracing`, human or JSON), Prometheus metrics with flytekit's names, and
 //! OpenTelemetry traces exported over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+//!
+//! Every formatted log line is scrubbed of secret values before it is written
+//! ([`Scrubbed`]); traces carry spans only, not log events, so service text reaches no
+//! exporter unscrubbed; a panic is logged through the same path instead of being printed.
 
 use std::net::SocketAddr;
 
@@ -9,6 +13,7 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::{LogFormat, ServerConfig};
@@ -40,9 +45,9 @@ pub fn init(config: &ServerConfig, service_name: &str) -> Result<Telemetry, Stri
             .json()
             .flatten_event(true)
             .with_current_span(false)
-            .with_writer(std::io::stderr)
+            .with_writer(Scrubbed(std::io::stderr))
             .boxed(),
-        LogFormat::Human => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed(),
+        LogFormat::Human => tracing_subscriber::fmt::layer().with_writer(Scrubbed(std::io::stderr)).boxed(),
     };
 
     let endpoint_set = ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
@@ -59,7 +64,10 @@ pub fn init(config: &ServerConfig, service_name: &str) -> Result<Telemetry, Stri
         let tracer = provider.tracer("flyte-agent");
         opentelemetry::global::set_tracer_provider(provider.clone());
         telemetry.tracer = Some(provider);
-        Some(tracing_opentelemetry::layer().with_tracer(tracer))
+        // Spans only: log events carry service text, which is scrubbed on its way to the
+        // log writer but would reach the exporter as it was.
+        let spans_only = tracing_subscriber::filter::filter_fn(|meta| meta.is_span());
+        Some(tracing_opentelemetry::layer().with_tracer(tracer).with_filter(spans_only))
     } else {
         None
     };
@@ -72,7 +80,54 @@ pub fn init(config: &ServerConfig, service_name: &str) -> Result<Telemetry, Stri
         .with(otel)
         .try_init()
         .map_err(|e| format!("could not install the log subscriber: {e}"))?;
+    // The default hook prints the panic message (which may quote a credential) as it is.
+    std::panic::set_hook(Box::new(|info| tracing::error!(message = "Panicked.", panic = %info)));
     Ok(telemetry)
+}
+
+/// A log writer that scrubs every formatted line of secret values (see
+/// [`crate::secrets::redact`]: the pod's secrets, live derived credentials and, while an
+/// agent works on a call, that call's own secrets) before handing it to `M`'s writer.
+#[derive(Debug, Clone, Copy)]
+pub struct Scrubbed<M>(pub M);
+
+impl<'a, M: MakeWriter<'a>> MakeWriter<'a> for Scrubbed<M> {
+    type Writer = ScrubbingWriter<M::Writer>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        ScrubbingWriter { line: Vec::new(), inner: self.0.make_writer() }
+    }
+}
+
+/// Collects one formatted event and writes it, scrubbed, when dropped (the formatter drops
+/// it right after writing the event, on the thread that logged it).
+#[derive(Debug)]
+pub struct ScrubbingWriter<W: std::io::Write> {
+    line: Vec<u8>,
+    inner: W,
+}
+
+impl<W: std::io::Write> std::io::Write for ScrubbingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.line.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<W: std::io::Write> Drop for ScrubbingWriter<W> {
+    fn drop(&mut self) {
+        if self.line.is_empty() {
+            return;
+        }
+        let text = String::from_utf8_lossy(&self.line);
+        let clean = crate::secrets::redact_cow(&text);
+        let _ = self.inner.write_all(clean.as_bytes());
+        let _ = self.inner.flush();
+    }
 }
 
 struct HeaderExtractor<'a>(&'a tonic::codegen::http::HeaderMap);
@@ -226,6 +281,60 @@ pub fn serve_metrics(addr: SocketAddr) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::Scrubbed;
+    use crate::secrets::{ConnectionSecrets, SecretStore, scoped};
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+        type Writer = Captured;
+        fn make_writer(&'a self) -> Captured {
+            self.clone()
+        }
+    }
+
+    #[test]
+    fn every_log_line_is_scrubbed_human_and_json() {
+        let pod = SecretStore::new(crate::secrets::EnvSource::Map(Arc::new(
+            [("_FSEC_FLYTE_LOG_KEY".to_owned(), "pod-key-in-a-log-line-31".to_owned())].into(),
+        )));
+        pod.get("flyte_log_key").unwrap();
+        let conn = ConnectionSecrets::new([("k".to_owned(), "conn-key-in-a-log\nline-47".to_owned())]).unwrap();
+        for json in [false, true] {
+            let out = Captured::default();
+            let layer = tracing_subscriber::fmt::layer().with_ansi(false).with_writer(Scrubbed(out.clone()));
+            let subscriber: Box<dyn tracing::Subscriber + Send + Sync> = if json {
+                Box::new(tracing_subscriber::registry().with(layer.json()))
+            } else {
+                Box::new(tracing_subscriber::registry().with(layer))
+            };
+            let _guard = tracing::subscriber::set_default(subscriber);
+            tracing::warn!(message = "Retrying.", error = "503: key pod-key-in-a-log-line-31 refused");
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            rt.block_on(scoped(conn.clone(), async {
+                tracing::warn!(message = "Retrying.", error = %"echo conn-key-in-a-log\nline-47 and pod-key-in-a-log-line-31");
+            }));
+            let logged = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+            assert_eq!(logged.matches("[REDACTED]").count(), 3, "{logged}");
+            assert!(!logged.contains("pod-key-in") && !logged.contains("conn-key-in"), "{logged}");
+        }
+    }
+
     #[test]
     fn spans_name_the_protocol_generation() {
         assert_eq!(super::protocol_of("/flyteidl2.connector.AsyncConnectorService/GetTask"), "flyteidl2");

@@ -28,8 +28,8 @@ use crate::pb::v2::connector::{self as c, async_connector_service_server, connec
 use crate::pb::v2::{core as core2, logs, task};
 use crate::pb::{admin, core};
 use crate::registry::AgentInfo;
-use crate::resource::{Phase, Resource};
-use crate::secrets::ConnectionSecrets;
+use crate::resource::{Phase, Resource, scrub_literal_map, scrub_struct};
+use crate::secrets::{ConnectionSecrets, Scrubber};
 use crate::service::{AgentService, CallInfo, Protocol};
 
 /// Largest finished sync result carried as a resource meta. The Flyte 2 backend stores
@@ -48,15 +48,15 @@ impl V2 {
         Self { svc }
     }
 
-    fn call<T>(req: &Request<T>, connection: Option<&core2::Connection>) -> CallInfo {
-        CallInfo {
-            deadline: deadline(req),
-            protocol: Protocol::Flyteidl2,
-            connection: connection
-                .map(|c| ConnectionSecrets::new(c.secrets.iter().map(|(k, v)| (k.clone(), v.clone()))))
-                .unwrap_or_default(),
-            ..CallInfo::default()
-        }
+    /// The call of a request, with the secrets its `connection` carries: too many or too
+    /// large are refused here, before anything else is done with the request.
+    fn call<T>(req: &Request<T>, connection: Option<&core2::Connection>) -> Result<CallInfo, Status> {
+        let connection = match connection {
+            Some(c) => ConnectionSecrets::new(c.secrets.iter().map(|(k, v)| (k.clone(), v.clone())))
+                .map_err(|e| to_status(&e))?,
+            None => ConnectionSecrets::default(),
+        };
+        Ok(CallInfo { deadline: deadline(req), protocol: Protocol::Flyteidl2, connection, ..CallInfo::default() })
     }
 
     fn category(c: Option<&c::TaskCategory>) -> Result<TaskCategory, Status> {
@@ -233,6 +233,24 @@ fn read_sync_result(meta: &[u8]) -> Result<c::Resource, AgentError> {
     Ok(resource)
 }
 
+/// Scrubs the texts of a Flyte 2 resource: message, links, custom info and outputs.
+fn scrub_v2_resource(resource: &mut c::Resource, scrubber: &Scrubber) -> Result<(), Status> {
+    scrubber.scrub_in_place(&mut resource.message);
+    for link in &mut resource.log_links {
+        scrubber.scrub_in_place(&mut link.name);
+        scrubber.scrub_in_place(&mut link.uri);
+    }
+    if let Some(info) = &mut resource.custom_info {
+        scrub_struct(info, scrubber);
+    }
+    if let Some(outputs) = &mut resource.outputs {
+        let mut map = from_named(std::mem::take(&mut outputs.literals), "outputs").map_err(|e| to_status(&e))?;
+        scrub_literal_map(&mut map, scrubber);
+        outputs.literals = to_named(&map).map_err(|e| invalid(format!("the outputs could not be written: {e}")))?;
+    }
+    Ok(())
+}
+
 fn connector(a: &AgentInfo) -> c::Connector {
     c::Connector {
         name: a.name.clone(),
@@ -243,7 +261,7 @@ fn connector(a: &AgentInfo) -> c::Connector {
 #[tonic::async_trait]
 impl async_connector_service_server::AsyncConnectorService for V2 {
     async fn create_task(&self, req: Request<c::CreateTaskRequest>) -> Result<Response<c::CreateTaskResponse>, Status> {
-        let call = Self::call(&req, req.get_ref().connection.as_ref());
+        let call = Self::call(&req, req.get_ref().connection.as_ref())?;
         let r = req.into_inner();
         let task = task_request(r.template, r.inputs, r.output_prefix, r.task_execution_metadata)?;
         let category = task.category();
@@ -257,12 +275,20 @@ impl async_connector_service_server::AsyncConnectorService for V2 {
     }
 
     async fn get_task(&self, req: Request<c::GetTaskRequest>) -> Result<Response<c::GetTaskResponse>, Status> {
-        let mut call = Self::call(&req, req.get_ref().connection.as_ref());
+        let mut call = Self::call(&req, req.get_ref().connection.as_ref())?;
         let r = req.into_inner();
         let category = Self::category(r.task_category.as_ref())?;
         let resource = if self.svc.registry().is_sync(&category) == Some(true) {
             let read = async { read_sync_result(&r.resource_meta) };
-            self.svc.measured(&category, "get", Protocol::Flyteidl2, read).await.map_err(|e| to_status(&e))?
+            let mut resource =
+                self.svc.measured(&category, "get", Protocol::Flyteidl2, read).await.map_err(|e| to_status(&e))?;
+            // Scrubbed when it was made; a meta written before then (or one a caller made
+            // up) is scrubbed again, with this call's secrets.
+            let scrubber = call.connection.scrubber();
+            if scrubber.matches(&r.resource_meta) {
+                scrub_v2_resource(&mut resource, &scrubber)?;
+            }
+            resource
         } else {
             call.output_prefix = Some(r.output_prefix);
             let resource = self.svc.get(category, &r.resource_meta, call).await.map_err(|e| to_status(&e))?;
@@ -272,7 +298,7 @@ impl async_connector_service_server::AsyncConnectorService for V2 {
     }
 
     async fn delete_task(&self, req: Request<c::DeleteTaskRequest>) -> Result<Response<c::DeleteTaskResponse>, Status> {
-        let call = Self::call(&req, req.get_ref().connection.as_ref());
+        let call = Self::call(&req, req.get_ref().connection.as_ref())?;
         let r = req.into_inner();
         let category = Self::category(r.task_category.as_ref())?;
         // A sync call finished inside CreateTask: there is nothing left to cancel.
@@ -286,7 +312,7 @@ impl async_connector_service_server::AsyncConnectorService for V2 {
         &self,
         req: Request<c::GetTaskMetricsRequest>,
     ) -> Result<Response<c::GetTaskMetricsResponse>, Status> {
-        let call = Self::call(&req, None);
+        let call = Self::call(&req, None)?;
         let r = req.into_inner();
         let category = Self::category(r.task_category.as_ref())?;
         let query = MetricsQuery { queries: r.queries, start_time: r.start_time, end_time: r.end_time, step: r.step };
@@ -302,7 +328,7 @@ impl async_connector_service_server::AsyncConnectorService for V2 {
         req: Request<c::GetTaskLogsRequest>,
     ) -> Result<Response<Self::GetTaskLogsStream>, Status> {
         use c::get_task_logs_response::Part;
-        let call = Self::call(&req, None);
+        let call = Self::call(&req, None)?;
         let r = req.into_inner();
         let category = Self::category(r.task_category.as_ref())?;
         let query = LogsQuery { lines: r.lines, token: r.token };
