@@ -26,7 +26,7 @@ use crate::error::AgentError;
 use crate::pb::core;
 use crate::registry::{AgentInfo, Entry, Registry};
 use crate::resource::{Phase, Resource, scrub_struct};
-use crate::secrets::{ConnectionSecrets, SecretStore, Scrubber, scoped};
+use crate::secrets::{ConnectionSecrets, Scrubber, SecretStore, scoped};
 use crate::telemetry::metrics as m;
 
 /// The agents of a binary plus what every call needs.
@@ -152,15 +152,18 @@ impl AgentService {
     pub async fn create(&self, task: TaskRequest, call: CallInfo) -> Result<Vec<u8>, AgentError> {
         let category = task.category();
         m::observe_input_bytes(self.metric_label(&category), prost::Message::encoded_len(&task.inputs));
-        let result = self.measured(&category, "create", call.protocol, async {
-            if category.name.is_empty() {
-                return Err(AgentError::invalid_argument("template.type is empty; the template names no task type"));
-            }
-            let agent = self.async_agent(&category, "CreateTask")?;
-            let _slot = self.slot(&category, &call).await.map_err(AgentError::unavailable)?;
-            scoped(call.connection.clone(), agent.create(&self.context(&category, &call), task)).await
-        })
-        .await;
+        let result = self
+            .measured(&category, "create", call.protocol, async {
+                if category.name.is_empty() {
+                    return Err(AgentError::invalid_argument(
+                        "template.type is empty; the template names no task type",
+                    ));
+                }
+                let agent = self.async_agent(&category, "CreateTask")?;
+                let _slot = self.slot(&category, &call).await.map_err(AgentError::unavailable)?;
+                scoped(call.connection.clone(), agent.create(&self.context(&category, &call), task)).await
+            })
+            .await;
         let scrubber = call.connection.scrubber();
         // A meta holding a secret is an agent's bug; the value still never leaves.
         result.map(|meta| scrubber.scrub_bytes(&meta).into_owned()).map_err(|e| scrub_error(e, &scrubber))
@@ -168,16 +171,17 @@ impl AgentService {
 
     /// Reports a job: `GetTask`.
     pub async fn get(&self, category: TaskCategory, meta: &[u8], call: CallInfo) -> Result<Resource, AgentError> {
-        let result = self.measured(&category, "get", call.protocol, async {
-            let agent = self.async_agent(&category, "GetTask")?;
-            // Busy is not the job's failure: report it still running, Propeller polls again.
-            let _slot = match self.slot(&category, &call).await {
-                Ok(slot) => slot,
-                Err(busy) => return Ok(Resource::running().with_message(format!("{busy}; will check again"))),
-            };
-            scoped(call.connection.clone(), agent.get(&self.context(&category, &call), meta)).await
-        })
-        .await;
+        let result = self
+            .measured(&category, "get", call.protocol, async {
+                let agent = self.async_agent(&category, "GetTask")?;
+                // Busy is not the job's failure: report it still running, Propeller polls again.
+                let _slot = match self.slot(&category, &call).await {
+                    Ok(slot) => slot,
+                    Err(busy) => return Ok(Resource::running().with_message(format!("{busy}; will check again"))),
+                };
+                scoped(call.connection.clone(), agent.get(&self.context(&category, &call), meta)).await
+            })
+            .await;
         scrubbed(&call.connection, result)
     }
 
@@ -197,23 +201,25 @@ impl AgentService {
     pub async fn execute(&self, task: TaskRequest, call: CallInfo) -> Result<Resource, AgentError> {
         let category = task.category();
         m::observe_input_bytes(self.metric_label(&category), prost::Message::encoded_len(&task.inputs));
-        let result = self.measured(&category, "do", call.protocol, async {
-            let agent = match self.inner.registry.lookup(&category)? {
-                Entry::Sync(s) => s.clone(),
-                Entry::Async(_) => {
-                    return Err(AgentError::failed_precondition(format!(
-                        "task category {category} is served by an async agent; call CreateTask, then GetTask"
-                    )));
-                }
-            };
-            let _slot = match self.slot(&category, &call).await {
-                Ok(slot) => slot,
-                Err(busy) => return Ok(Resource::retryable_failure(busy)),
-            };
-            let resource = scoped(call.connection.clone(), agent.execute(&self.context(&category, &call), task)).await?;
-            Ok(ensure_terminal(resource))
-        })
-        .await;
+        let result = self
+            .measured(&category, "do", call.protocol, async {
+                let agent = match self.inner.registry.lookup(&category)? {
+                    Entry::Sync(s) => s.clone(),
+                    Entry::Async(_) => {
+                        return Err(AgentError::failed_precondition(format!(
+                            "task category {category} is served by an async agent; call CreateTask, then GetTask"
+                        )));
+                    }
+                };
+                let _slot = match self.slot(&category, &call).await {
+                    Ok(slot) => slot,
+                    Err(busy) => return Ok(Resource::retryable_failure(busy)),
+                };
+                let resource =
+                    scoped(call.connection.clone(), agent.execute(&self.context(&category, &call), task)).await?;
+                Ok(ensure_terminal(resource))
+            })
+            .await;
         scrubbed(&call.connection, result)
     }
 

@@ -346,7 +346,8 @@ async fn junk_connection_secrets_cannot_flush_the_pods_key_from_the_redaction_li
 #[tokio::test]
 async fn a_request_with_60000_connection_secrets_is_refused_before_they_are_looked_at() {
     let (server, _, _) = server("sk-pod-openai-key-60k-5f6e7d").await;
-    let many: Vec<(String, String)> = (0..60_000).map(|i| (format!("k{i}"), format!("junk-60k-secret-{i:06}"))).collect();
+    let many: Vec<(String, String)> =
+        (0..60_000).map(|i| (format!("k{i}"), format!("junk-60k-secret-{i:06}"))).collect();
     let pairs: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let mut v2 = server.connector_client().await;
     let req = flyte2::get_request(ECHO_ASYNC, b"{}", Some(connection(ECHO_ASYNC, &pairs)));

@@ -149,6 +149,23 @@ pub(crate) fn error_body(status: StatusCode, message: &str) -> Json {
     }})
 }
 
+/// For echo faults: the job of `jobs.get` (or `jobs.insert`) at `path`, failed with `text`
+/// as its `errorResult` message, which the agent reports as the task's failure.
+pub(crate) fn echo_body(path: &str, text: &str) -> Option<Json> {
+    let mut segments = path.split('/').skip_while(|s| *s != "projects").skip(1);
+    let project = segments.next()?;
+    segments.next().filter(|s| *s == "jobs")?;
+    let job_id = segments.next().unwrap_or("echo");
+    let error = json!({"reason": "invalid", "message": text});
+    Some(json!({
+        "kind": "bigquery#job",
+        "id": format!("{project}:US.{job_id}"),
+        "jobReference": {"projectId": project, "jobId": job_id, "location": "US"},
+        "status": {"state": "DONE", "errorResult": error, "errors": [error]},
+        "statistics": {"creationTime": "0", "startTime": "0", "endTime": "0"},
+    }))
+}
+
 fn error(status: StatusCode, message: &str) -> Response<Body> {
     json_response(status, &error_body(status, message))
 }
@@ -162,7 +179,13 @@ impl BigQuery {
     /// Serves on `addr` (port 0 for any free port).
     pub async fn start(&self, addr: SocketAddr) -> std::io::Result<Running> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
-        Ok(crate::http::serve(listener, self.router(), self.faults.clone(), error_body, None))
+        Ok(crate::http::serve(
+            listener,
+            self.router(),
+            self.faults.clone(),
+            crate::http::Formats { error: error_body, echo: echo_body },
+            None,
+        ))
     }
 
     /// The fault rules.

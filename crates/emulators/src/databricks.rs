@@ -138,6 +138,20 @@ pub(crate) fn error_body(status: StatusCode, message: &str) -> Json {
     json!({"error_code": code, "message": message})
 }
 
+/// For echo faults: the run of `runs/get`, failed with `text` as its state message, which
+/// the agent reports as the task's failure.
+pub(crate) fn echo_body(path: &str, text: &str) -> Option<Json> {
+    path.ends_with("/runs/get").then(|| {
+        json!({
+            "job_id": 1, "run_id": 1, "run_name": "echo",
+            "state": {"life_cycle_state": "TERMINATED", "result_state": "FAILED", "state_message": text,
+                      "user_cancelled_or_timedout": false},
+            "status": {"state": "TERMINATED",
+                       "termination_details": {"code": "RUN_EXECUTION_ERROR", "type": "CLIENT_ERROR", "message": text}},
+        })
+    })
+}
+
 fn error(status: StatusCode, message: &str) -> Response<Body> {
     json_response(status, &error_body(status, message))
 }
@@ -171,7 +185,13 @@ impl Databricks {
     /// Serves on `addr` over HTTPS with certificates from `ca` (or plain HTTP without).
     pub async fn start(&self, addr: SocketAddr, ca: Option<&TestCa>) -> std::io::Result<Running> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
-        Ok(crate::http::serve(listener, self.router(), self.faults.clone(), error_body, ca.map(TestCa::acceptor)))
+        Ok(crate::http::serve(
+            listener,
+            self.router(),
+            self.faults.clone(),
+            crate::http::Formats { error: error_body, echo: echo_body },
+            ca.map(TestCa::acceptor),
+        ))
     }
 
     /// The fault rules.

@@ -1,5 +1,8 @@
 //! Fault injection shared by every emulator: answer chosen requests with an error status
-//! (optionally with `Retry-After`), a delay, a malformed body, or a dropped connection.
+//! (optionally with `Retry-After`), a delay, a malformed body, a dropped connection, or an
+//! echo of what the client sent (its credentials included), as a careless service does in
+//! its error messages; the secret-hygiene tests use it to check that agents never pass such
+//! text on.
 //!
 //! Faults are rules: which requests (method, path substring), what to do, and how many
 //! times (or with what probability). They are set in-process through [`Faults`] or over
@@ -33,6 +36,17 @@ pub enum FaultAction {
     DropResponse,
     /// Answer 200 with a body that is not valid JSON.
     Malformed,
+    /// Answer with this status and a message repeating the request's credentials
+    /// (`Authorization` and every header naming a key, token, secret or auth) and its body:
+    /// for an error status in the service's error format (where agents read the service's
+    /// message), for a 2xx status in the shape the service answers the request with, the
+    /// echo in the text an agent turns into a result (a chat completion's content, a
+    /// failed job's or run's message); emulators without such a shape for the request use
+    /// their error format.
+    Echo {
+        /// HTTP status code, e.g. 400, 401, 503, or 200.
+        code: u16,
+    },
 }
 
 /// A fault and the requests it applies to.
@@ -164,6 +178,14 @@ mod tests {
         assert_eq!(f.injected(), 2);
         f.push(FaultRule::new(FaultAction::Drop, 1));
         assert_eq!(f.take("GET", "/_emulator/faults"), None, "control endpoints are exempt");
+    }
+
+    #[test]
+    fn echo_rules_read_as_json() {
+        let rule: FaultRule =
+            serde_json::from_str(r#"{"action": {"kind": "echo", "code": 401}, "path_contains": "/jobs"}"#).unwrap();
+        assert_eq!(rule.action, FaultAction::Echo { code: 401 });
+        assert!(rule.times.is_none());
     }
 
     #[test]

@@ -20,6 +20,21 @@ use crate::faults::{FaultAction, Faults};
 /// Formats an error body in the emulated service's own shape.
 pub(crate) type ErrorBody = fn(StatusCode, &str) -> serde_json::Value;
 
+/// The emulated service's successful answer to the request at this path, carrying `text`
+/// where agents read the service's text (see [`FaultAction::Echo`]); `None` when the
+/// emulator has no such shape for the path.
+pub(crate) type EchoBody = fn(&str, &str) -> Option<serde_json::Value>;
+
+/// The emulated service's formats, for faults.
+#[derive(Clone, Copy)]
+pub(crate) struct Formats {
+    pub(crate) error: ErrorBody,
+    pub(crate) echo: EchoBody,
+}
+
+/// Largest request body an echo repeats.
+const MAX_ECHOED_BODY: usize = 64 * 1024;
+
 /// A running emulator. Dropping it stops the server.
 #[derive(Debug)]
 pub struct Running {
@@ -70,7 +85,7 @@ pub(crate) fn serve(
     listener: TcpListener,
     router: Router,
     faults: Faults,
-    error_body: ErrorBody,
+    formats: Formats,
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) -> Running {
     let addr = listener.local_addr().expect("a bound listener has an address");
@@ -90,7 +105,7 @@ pub(crate) fn serve(
             let tls = tls.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                    handle(req, router.clone(), faults.clone(), error_body)
+                    handle(req, router.clone(), faults.clone(), formats)
                 });
                 let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                 match tls {
@@ -113,7 +128,7 @@ async fn handle(
     req: Request<hyper::body::Incoming>,
     router: Router,
     faults: Faults,
-    error_body: ErrorBody,
+    formats: Formats,
 ) -> Result<Response<Body>, std::io::Error> {
     match faults.take(req.method().as_str(), req.uri().path()) {
         Some(FaultAction::Drop) => {
@@ -122,7 +137,7 @@ async fn handle(
         }
         Some(FaultAction::Status { code, retry_after_secs }) => {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            let body = error_body(status, &format!("fault injected: HTTP {code}"));
+            let body = (formats.error)(status, &format!("fault injected: HTTP {code}"));
             let mut resp = json_response(status, &body);
             if let Some(secs) = retry_after_secs {
                 resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
@@ -133,6 +148,15 @@ async fn handle(
             let mut resp = Response::new(Body::from("{\"kind\": \"truncated"));
             resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
             return Ok(resp);
+        }
+        Some(FaultAction::Echo { code }) => {
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let path = req.uri().path().to_owned();
+            let (parts, body) = req.into_parts();
+            let body = axum::body::to_bytes(Body::new(body), MAX_ECHOED_BODY).await.unwrap_or_default();
+            let text = echo_text(&parts.headers, &body);
+            let json = if status.is_success() { (formats.echo)(&path, &text) } else { None };
+            return Ok(json_response(status, &json.unwrap_or_else(|| (formats.error)(status, &text))));
         }
         Some(FaultAction::Delay { ms }) => tokio::time::sleep(Duration::from_millis(ms)).await,
         Some(FaultAction::DropResponse) => {
@@ -145,9 +169,62 @@ async fn handle(
     Ok(resp.unwrap_or_else(|e: Infallible| match e {}))
 }
 
+/// What a careless service says back: the request's credentials and body.
+fn echo_text(headers: &axum::http::HeaderMap, body: &[u8]) -> String {
+    let mut text = String::from("echo of your request:");
+    for (name, value) in headers {
+        let n = name.as_str();
+        if ["auth", "key", "token", "secret"].iter().any(|w| n.contains(w)) {
+            text.push_str(&format!(" {n}: {};", String::from_utf8_lossy(value.as_bytes())));
+        }
+    }
+    text.push_str(&format!(" body: {}", String::from_utf8_lossy(body)));
+    text
+}
+
 pub(crate) fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
     let mut resp = Response::new(Body::from(body.to_string()));
     *resp.status_mut() = status;
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=UTF-8"));
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::{HeaderMap, HeaderValue, StatusCode};
+
+    use super::echo_text;
+
+    #[test]
+    fn an_echo_repeats_credentials_and_body_in_each_services_format() {
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", HeaderValue::from_static("Bearer sk-echoed-123"));
+        headers.insert("x-api-key", HeaderValue::from_static("key-456"));
+        headers.insert("content-type", HeaderValue::from_static("application/json"));
+        let text = echo_text(&headers, b"client_secret=s3cr3t");
+        assert!(
+            text.contains("authorization: Bearer sk-echoed-123;") && text.contains("x-api-key: key-456;"),
+            "{text}"
+        );
+        assert!(text.ends_with("body: client_secret=s3cr3t") && !text.contains("application/json"), "{text}");
+        // Where each agent reads the service's message.
+        let status = StatusCode::UNAUTHORIZED;
+        assert_eq!(crate::bigquery::error_body(status, &text)["error"]["message"], text.as_str());
+        assert_eq!(crate::databricks::error_body(status, &text)["message"], text.as_str());
+        assert_eq!(crate::snowflake::error_body(status, &text)["message"], text.as_str());
+        assert_eq!(crate::openai::error_body(status, &text)["error"]["message"], text.as_str());
+        // And the 200 answers that carry service text into a result.
+        let chat = crate::openai::echo_body("/v1/chat/completions", &text).unwrap();
+        assert_eq!(chat["choices"][0]["message"]["content"], text.as_str());
+        let batch = crate::openai::echo_body("/v1/batches/batch_1", &text).unwrap();
+        assert_eq!(batch["errors"]["data"][0]["message"], text.as_str());
+        let job = crate::bigquery::echo_body("/bigquery/v2/projects/p/jobs/j1", &text).unwrap();
+        assert_eq!(
+            (job["status"]["errorResult"]["message"].as_str(), job["jobReference"]["jobId"].as_str()),
+            (Some(text.as_str()), Some("j1"))
+        );
+        let run = crate::databricks::echo_body("/api/2.1/jobs/runs/get", &text).unwrap();
+        assert_eq!(run["state"]["state_message"], text.as_str());
+        assert!(crate::databricks::echo_body("/api/2.1/jobs/runs/submit", &text).is_none());
+    }
 }

@@ -85,6 +85,26 @@ pub(crate) fn error_body(status: StatusCode, message: &str) -> Json {
     json!({"error": {"message": message, "type": ty, "param": null, "code": code}})
 }
 
+/// For echo faults: a chat completion whose content is `text` (the ChatGPT agent's output),
+/// or a batch that failed with `text` as its first error (the batch agent's message).
+pub(crate) fn echo_body(path: &str, text: &str) -> Option<Json> {
+    if path.ends_with("/chat/completions") {
+        return Some(json!({
+            "id": "chatcmpl-echo", "object": "chat.completion", "created": now_secs(), "model": "echo",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": null},
+                         "logprobs": null, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        }));
+    }
+    let id = path.split_once("/batches/")?.1.split('/').next()?;
+    Some(json!({
+        "id": id, "object": "batch", "endpoint": "/v1/chat/completions", "input_file_id": "file-echo",
+        "errors": {"object": "list", "data": [{"code": "echo", "message": text, "param": null, "line": null}]},
+        "completion_window": "24h", "status": "failed", "output_file_id": null, "error_file_id": null,
+        "created_at": now_secs(), "failed_at": now_secs(), "request_counts": {"total": 0, "completed": 0, "failed": 0},
+    }))
+}
+
 fn error(status: StatusCode, message: &str) -> Response<Body> {
     json_response(status, &error_body(status, message))
 }
@@ -98,7 +118,13 @@ impl OpenAi {
     /// Serves plain HTTP on `addr` (agents reach it through `OPENAI_BASE_URL`).
     pub async fn start(&self, addr: SocketAddr) -> std::io::Result<Running> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
-        Ok(crate::http::serve(listener, self.router(), self.faults.clone(), error_body, None))
+        Ok(crate::http::serve(
+            listener,
+            self.router(),
+            self.faults.clone(),
+            crate::http::Formats { error: error_body, echo: echo_body },
+            None,
+        ))
     }
 
     /// The fault rules.

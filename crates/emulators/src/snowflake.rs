@@ -115,6 +115,12 @@ pub(crate) fn error_body(status: StatusCode, message: &str) -> Json {
     json!({"code": code, "message": message, "sqlState": "", "statementHandle": ""})
 }
 
+/// For echo faults: the SQL API has no success answer carrying free text an agent passes
+/// on (a 422, in the error format, is how a statement's failure message comes back).
+pub(crate) fn echo_body(_path: &str, _text: &str) -> Option<Json> {
+    None
+}
+
 fn error(status: StatusCode, message: &str) -> Response<Body> {
     json_response(status, &error_body(status, message))
 }
@@ -138,7 +144,13 @@ impl Snowflake {
     /// Serves plain HTTP on `addr` (agents reach it through `SNOWFLAKE_BASE_URL`).
     pub async fn start(&self, addr: SocketAddr) -> std::io::Result<Running> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
-        Ok(crate::http::serve(listener, self.router(), self.faults.clone(), error_body, None))
+        Ok(crate::http::serve(
+            listener,
+            self.router(),
+            self.faults.clone(),
+            crate::http::Formats { error: error_body, echo: echo_body },
+            None,
+        ))
     }
 
     /// The fault rules.
