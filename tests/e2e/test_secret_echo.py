@@ -275,7 +275,7 @@ def test_openai_batch_echoes(openai):
     from flytekitplugins.openai import BatchEndpointTask
 
     agent, emulator = openai
-    template = test_openai.serialize(BatchEndpointTask(name="batch.echo", openai_organization="org-echo"))
+    template = test_openai.serialize(BatchEndpointTask(name="batch.echo", openai_organization="org-echo", config={}))
     values = test_openai.string_inputs(input_file_id="file-echo123")
     conn = connection("openai-batch", flyte_openai_api_key=CONN_KEY)
     create1 = agent_pb2.CreateTaskRequest(template=template, inputs=values, output_prefix="s3://b/o/0",
