@@ -73,22 +73,23 @@ class Seen:
 
 def drive_async(agent: Agent, faults: Faults, paths: dict, create1, create2, conn, seen: Seen,
                 get_codes=(200,)) -> None:
-    """Flyte 1 and Flyte 2 create/get/delete, each call of the agent's service echoed once
-    (refused with 400, 401 and 503, and the status read answered with the echo)."""
+    """Flyte 1 and Flyte 2 create/get/delete, each call of the agent's service echoed (refused
+    with 400, 401 and 503, once or until the deadline, and the status read answered with the
+    echo)."""
     task_type = create1.template.type
     stub1 = agent_pb2_grpc.AsyncAgentServiceStub(agent.channel)
     stub2 = s2.AsyncConnectorServiceStub(agent.channel)
     cat1 = agent_pb2.TaskCategory(name=task_type, version=0)
     flyte1 = dict(
         create=lambda: stub1.CreateTask(create1, timeout=20),
-        get=lambda meta: stub1.GetTask(agent_pb2.GetTaskRequest(task_type=task_type, resource_meta=meta,
-                                                                task_category=cat1), timeout=20),
+        get=lambda meta, timeout=20: stub1.GetTask(agent_pb2.GetTaskRequest(task_type=task_type, resource_meta=meta,
+                                                                            task_category=cat1), timeout=timeout),
         delete=lambda meta: stub1.DeleteTask(agent_pb2.DeleteTaskRequest(task_type=task_type, resource_meta=meta,
                                                                          task_category=cat1), timeout=20))
     flyte2 = dict(
         create=lambda: stub2.CreateTask(create2, timeout=20),
-        get=lambda meta: stub2.GetTask(c2.GetTaskRequest(resource_meta=meta, task_category=category(task_type),
-                                                         connection=conn), timeout=20),
+        get=lambda meta, timeout=20: stub2.GetTask(c2.GetTaskRequest(resource_meta=meta, task_category=category(task_type),
+                                                                     connection=conn), timeout=timeout),
         delete=lambda meta: stub2.DeleteTask(c2.DeleteTaskRequest(resource_meta=meta, task_category=category(task_type),
                                                                   connection=conn), timeout=20))
     create_method, create_path = paths["create"]
@@ -104,6 +105,10 @@ def drive_async(agent: Agent, faults: Faults, paths: dict, create1, create2, con
         faults.clear()
         assert created is not None, seen.texts[-1]
         meta = created.resource_meta
+        # A status check the service keeps refusing until the deadline: reported as still
+        # running, with why, and logged as a warning.
+        faults.echo(503, get_method, get_path, times=50)
+        seen.call(calls["get"], meta, timeout=3)
         for code in (503, *get_codes):
             faults.echo(code, get_method, get_path)
             seen.call(calls["get"], meta)
@@ -255,7 +260,7 @@ def test_chatgpt_echoes(openai):
     conn = connection("chatgpt", flyte_openai_api_key=CONN_KEY)
     stub2 = s2.AsyncConnectorServiceStub(agent.channel)
     seen = Seen()
-    for code, times in ((200, 1), (400, 1), (401, 1), (503, 2)):
+    for code, times in ((200, 1), (400, 1), (401, 1), (503, 2), (503, 50)):
         # Flyte 1: ExecuteTaskSync, the answer (or the refusal) in the resource.
         faults.echo(code, "POST", "/chat/completions", times)
         seen.call(test_openai.execute_sync, agent, template, message)

@@ -271,7 +271,8 @@ impl Scrubber {
             patterns.push(v.clone());
             // How the value looks in a JSON log line or body, in `{:?}` output, and in a
             // form-encoded body or query string a service may echo.
-            let json = serde_json::to_string(v).unwrap_or_default();
+            // Writing a string as JSON cannot fail; the fallback keeps the slicing below sound.
+            let json = serde_json::to_string(v).unwrap_or_else(|_| format!("{v:?}"));
             let debug = format!("{v:?}");
             for spelled in [&json[1..json.len() - 1], &debug[1..debug.len() - 1], &form_encoded(v)] {
                 if spelled != v && spelled.len() >= MIN_REDACTED_LEN {
