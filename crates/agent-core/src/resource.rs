@@ -516,6 +516,27 @@ mod tests {
     }
 
     #[test]
+    fn scrubbing_reaches_every_text_and_keeps_binary_lengths() {
+        use crate::literals::Value as V;
+        let key = crate::secrets::ConnectionSecrets::new([("k".to_owned(), "resource-key-5a4b3c".to_owned())]).unwrap();
+        let k = "resource-key-5a4b3c";
+        let packed = [&[0xa0 + 19][..], k.as_bytes()].concat();
+        let mut r = Resource::failed(format!("bad {k}"))
+            .with_output("text", format!("said {k}"))
+            .with_output("list", V::Collection(vec![V::Map([("m".to_owned(), V::String(k.into()))].into())]))
+            .with_output("bin", V::Binary { value: packed.clone(), tag: "msgpack".into() })
+            .with_log_link(LogLink::new(k, format!("https://x/?t={k}")))
+            .with_custom_info(serde_json::json!({"deep": [{"k": k}], k: 1}).as_object().unwrap().clone())
+            .with_failure(FailureDetail { code: k.into(), recoverable: false, origin: FailureOrigin::System });
+        r.scrub(&key.scrubber());
+        let shown = format!("{:?}", r.to_proto());
+        assert!(!shown.contains(k), "{shown}");
+        assert_eq!(r.message, "bad [REDACTED]");
+        let bin = r.output_values().unwrap().remove("bin").unwrap();
+        assert!(matches!(bin, V::Binary { value, .. } if value.len() == packed.len() && value[1..] == [b'*'; 19]));
+    }
+
+    #[test]
     fn long_messages_are_truncated_on_a_char_boundary() {
         let s = "é".repeat(5000);
         let t = truncate(&s, 100);

@@ -224,8 +224,8 @@ pub fn redact(text: &str) -> String {
 /// [`redact`] without a copy when there is nothing to scrub.
 pub(crate) fn redact_cow(text: &str) -> Cow<'_, str> {
     match CALL.try_with(ConnectionSecrets::scrubber) {
-        Ok(scrubber) => scrubber.scrub_owned(text),
-        Err(_) => global().1.scrub_owned(text),
+        Ok(scrubber) => scrubber.scrub(text),
+        Err(_) => global().1.scrub(text),
     }
 }
 
@@ -357,11 +357,6 @@ impl Scrubber {
                 Err(_) => Cow::Borrowed(bytes),
             },
         }
-    }
-
-    /// Like [`Scrubber::scrub`], for a scrubber held only for this call.
-    fn scrub_owned<'a>(self: Arc<Self>, text: &'a str) -> Cow<'a, str> {
-        self.scrub(text)
     }
 
     /// Overwrites every value in `bytes` with `*`, keeping the length (for encoded data
@@ -595,7 +590,7 @@ impl ConnectionSecrets {
     /// `text` with every secret value replaced: the pod's, live derived credentials, and
     /// the ones this request carried.
     pub fn redact<'a>(&self, text: &'a str) -> Cow<'a, str> {
-        self.scrubber().scrub_owned(text)
+        self.scrubber().scrub(text)
     }
 
     /// The scrubber of this request, rebuilt only when the process-wide values changed.
