@@ -58,8 +58,9 @@ class Emulator:
 
 
 # Secret hygiene across the whole suite: every secret value any test hands an agent
-# (environment or secrets directory) is remembered, and no response message, error
-# message, log line or metric label of any agent may contain it.
+# (environment, secrets directory, or a Flyte 2 request's connection) is remembered, and no
+# response message, error message, log line or metric label of any agent may contain it, nor
+# a bearer credential made from one (test_secret_echo.py makes the services repeat them).
 SECRETS: set[str] = set()
 LEAKS: list[str] = []
 AGENTS: list["Agent"] = []
@@ -81,11 +82,18 @@ def remember_secrets(env: dict[str, str]) -> None:
                 SECRETS.add(line)
 
 
+# Credentials the agents make from their secrets (OAuth access tokens, Snowflake JWTs) are
+# not among SECRETS; a service that repeats its Authorization header shows them after "Bearer".
+_BEARER = re.compile(r"[Bb]earer (?!\[REDACTED\])[A-Za-z0-9._~+/=-]{12,}")
+
+
 def find_leaks(where: str, text: str | bytes) -> None:
     blob = text if isinstance(text, str) else text.decode("latin-1")
     for secret in SECRETS:
         if secret in blob:
             LEAKS.append(f"{where}: contains the secret {secret[:4]}…")
+    if (token := _BEARER.search(blob)) is not None:
+        LEAKS.append(f"{where}: contains a bearer credential {token.group(0)[:11]}…")
 
 
 class _Hygiene(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
