@@ -84,6 +84,12 @@ impl Client {
             return Ok(t);
         }
         let client_id = auth.require_client_id().map_err(HttpError::Agent)?.to_owned();
+        // The host first: nothing is read or sent for an instance the agent does not trust.
+        let url = format!("https://{instance}/oidc/v1/token");
+        self.http.check(&url).map_err(HttpError::Agent)?;
+        // The subject token read from the file is a credential too: held as a `Secret` until
+        // the exchange is over, so an echo of it in any answer or log line is scrubbed.
+        let mut _subject: Option<Secret> = None;
         let form: Vec<(&str, String)> = match auth.kind {
             AuthType::OAuthM2m => {
                 let secret = self.client_secret.as_ref().ok_or_else(|| {
@@ -106,18 +112,19 @@ impl Client {
                         "cannot read the OIDC token file {file}: {e}"
                     )))
                 })?;
+                let subject = Secret::new(jwt.trim());
+                let value = subject.expose().to_owned();
+                _subject = Some(subject);
                 vec![
                     ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange".into()),
                     ("scope", "all-apis".into()),
                     ("client_id", client_id.clone()),
-                    ("subject_token", jwt.trim().to_owned()),
+                    ("subject_token", value),
                     ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt".into()),
                 ]
             }
             AuthType::Pat => unreachable!("handled above"),
         };
-        let url = format!("https://{instance}/oidc/v1/token");
-        self.http.check(&url).map_err(HttpError::Agent)?;
         let token_retry = RetryConfig { min_delay: Duration::from_millis(200), max_retries: 3, ..self.retry.clone() };
         let body: Json = retry(
             &token_retry,
@@ -132,12 +139,18 @@ impl Client {
             HttpError::verdict,
         )
         .await
+        // The endpoint's message is scrubbed here, while the subject token is still held:
+        // once this returns, the token is no longer known to the scrubber.
         .map_err(|e| match e {
             HttpError::Status { code: 400 | 401 | 403, message, .. } => {
                 HttpError::Agent(AgentError::permission_denied(format!(
-                    "Databricks refused OAuth client '{client_id}' ({}): {message}",
-                    auth.kind.as_str()
+                    "Databricks refused OAuth client '{client_id}' ({}): {}",
+                    auth.kind.as_str(),
+                    agent_core::secrets::redact(&message)
                 )))
+            }
+            HttpError::Status { code, message, retry_after } => {
+                HttpError::Status { code, message: agent_core::secrets::redact(&message), retry_after }
             }
             other => other,
         })?;

@@ -263,6 +263,12 @@ async fn oidc_federation_exchanges_the_workload_token() {
     let err = create(&env, &task("databricks", wrong)).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
     assert!(err.message().contains("someone-else"), "{}", err.message());
+    // A token endpoint that repeats the request: the workload's subject token is scrubbed.
+    env.db.faults().push(FaultRule::new(FaultAction::Echo { code: 400 }, 1).path("/oidc/v1/token"));
+    let other = classic(json!({"databricksAuthType": "oidc_federation", "databricksClientId": "another-client"}));
+    let err = create(&env, &task("databricks", other)).await.unwrap_err();
+    assert!(err.message().contains("[REDACTED]"), "the echo came back: {}", err.message());
+    assert!(!err.message().contains("emulator-subject-jwt"), "{}", err.message());
 }
 
 #[tokio::test]
