@@ -281,32 +281,12 @@ pub fn serve_metrics(addr: SocketAddr) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
 
     use tracing_subscriber::layer::SubscriberExt;
 
     use super::Scrubbed;
     use crate::secrets::{ConnectionSecrets, SecretStore, scoped};
-
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-        type Writer = Captured;
-        fn make_writer(&'a self) -> Captured {
-            self.clone()
-        }
-    }
 
     #[test]
     fn every_log_line_is_scrubbed_human_and_json() {
@@ -316,7 +296,7 @@ mod tests {
         pod.get("flyte_log_key").unwrap();
         let conn = ConnectionSecrets::new([("k".to_owned(), "conn-key-in-a-log\nline-47".to_owned())]).unwrap();
         for json in [false, true] {
-            let out = Captured::default();
+            let out = crate::testing::CapturedLogs::default();
             let layer = tracing_subscriber::fmt::layer().with_ansi(false).with_writer(Scrubbed(out.clone()));
             let subscriber: Box<dyn tracing::Subscriber + Send + Sync> = if json {
                 Box::new(tracing_subscriber::registry().with(layer.json()))
@@ -329,7 +309,7 @@ mod tests {
             rt.block_on(scoped(conn.clone(), async {
                 tracing::warn!(message = "Retrying.", error = %"echo conn-key-in-a-log\nline-47 and pod-key-in-a-log-line-31");
             }));
-            let logged = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+            let logged = out.text();
             assert_eq!(logged.matches("[REDACTED]").count(), 3, "{logged}");
             assert!(!logged.contains("pod-key-in") && !logged.contains("conn-key-in"), "{logged}");
         }

@@ -164,6 +164,35 @@ impl TestServer {
 pub mod arbitrary;
 pub mod hostile;
 
+/// A log writer that keeps what it is given, for tests that check log lines (put it behind
+/// [`crate::telemetry::Scrubbed`] to see what an agent's logs would hold).
+#[derive(Clone, Debug, Default)]
+pub struct CapturedLogs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl CapturedLogs {
+    /// Everything written so far, as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)).into_owned()
+    }
+}
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for CapturedLogs {
+    type Writer = CapturedLogs;
+    fn make_writer(&'a self) -> CapturedLogs {
+        self.clone()
+    }
+}
+
 /// What a Flyte 2 backend sends: `flyteidl2.connector` requests built from the same
 /// [`crate::agent::TaskRequest`] the Flyte 1 helpers use (re-encoded, as the generations'
 /// shared types allow), with an optional `connection`.

@@ -4,14 +4,14 @@
 //! on the redaction list (flushing it with junk connection secrets, and a request with
 //! 60,000 of them).
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use agent_core::pb::admin::{self, execute_task_sync_request as sync_req, execute_task_sync_response as sync_resp};
 use agent_core::pb::v2::connector as c;
 use agent_core::prelude::*;
 use agent_core::testing::flyte2::{self, connection};
-use agent_core::testing::{Code, TestServer, secrets, test_config};
+use agent_core::testing::{CapturedLogs, Code, TestServer, secrets, test_config};
 use agent_core::{AgentService, LogLine, Logs};
 use prost::Message;
 use serde::{Deserialize, Serialize};
@@ -128,30 +128,10 @@ impl AsyncAgent for EchoAsync {
 }
 
 /// Every log line of this test binary, through the scrubbing writer the agents use.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Captured {
-        self.clone()
-    }
-}
-
-fn logs() -> &'static Captured {
-    static LOGS: OnceLock<Captured> = OnceLock::new();
+fn logs() -> &'static CapturedLogs {
+    static LOGS: OnceLock<CapturedLogs> = OnceLock::new();
     LOGS.get_or_init(|| {
-        let out = Captured::default();
+        let out = CapturedLogs::default();
         let writer = agent_core::telemetry::Scrubbed(out.clone());
         tracing_subscriber::fmt().json().with_writer(writer).with_max_level(tracing::Level::INFO).init();
         out
@@ -267,9 +247,9 @@ async fn flyte1_results_errors_metas_metrics_and_log_lines_carry_no_pod_secret()
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
     assert_clean("DeleteTask error", err.message().as_bytes(), &[POD]);
-    let logged = logs().0.lock().unwrap().clone();
-    assert!(String::from_utf8_lossy(&logged).contains("Retrying after 503."), "the agent's warning was logged");
-    assert_clean("logs", &logged, &[POD]);
+    let logged = logs().text();
+    assert!(logged.contains("Retrying after 503."), "the agent's warning was logged");
+    assert_clean("logs", logged.as_bytes(), &[POD]);
 }
 
 #[tokio::test]
@@ -310,7 +290,7 @@ async fn flyte2_connection_secrets_stay_out_of_metas_results_errors_and_log_line
     assert!(err.message().contains("[REDACTED]"), "{}", err.message());
 
     // The agent's log lines (JSON, as in production) while serving these calls.
-    assert_clean("logs", &logs().0.lock().unwrap(), &[POD, SENT]);
+    assert_clean("logs", logs().text().as_bytes(), &[POD, SENT]);
     // And the request's secret was never made known process-wide.
     assert_eq!(agent_core::secrets::redact(SENT), SENT);
 }

@@ -89,15 +89,19 @@ pub fn hostile_hosts(trap: SocketAddr) -> Vec<String> {
 
 /// Whether a status is the refusal the credential invariant asks for: the request's fault
 /// (`INVALID_ARGUMENT`) or a host the agent does not trust (`PERMISSION_DENIED`).
-fn refused(status: &tonic::Status) -> bool {
-    matches!(status.code(), tonic::Code::InvalidArgument | tonic::Code::PermissionDenied)
+fn refused(result: &Result<(), tonic::Status>) -> bool {
+    result.as_ref().is_err_and(|s| matches!(s.code(), tonic::Code::InvalidArgument | tonic::Code::PermissionDenied))
+}
+
+/// Whether an answer is anything but a failure of the agent itself.
+fn contained(result: &Result<(), tonic::Status>) -> bool {
+    !result.as_ref().is_err_and(|s| matches!(s.code(), tonic::Code::Internal | tonic::Code::Unknown))
 }
 
 /// Sends `task` as CreateTask over both protocol generations, and each of `metas` (of
 /// version 0 of `task_type`) as GetTask and DeleteTask over both; every call must be
 /// refused with `INVALID_ARGUMENT` or `PERMISSION_DENIED`. `what` names the case in the
 /// panic message.
-#[allow(deprecated)]
 pub async fn assert_refused(
     server: &TestServer,
     task_type: &str,
@@ -105,43 +109,13 @@ pub async fn assert_refused(
     metas: &[Vec<u8>],
     what: &str,
 ) {
-    let mut v1 = server.async_client().await;
-    let mut v2 = server.connector_client().await;
-    if let Some(task) = task {
-        let a = v1.create_task(super::create_request(task)).await.map(|_| ());
-        assert!(a.as_ref().is_err_and(refused), "Flyte 1 CreateTask with {what}: {a:?}");
-        let b = v2.create_task(flyte2::create_request(task, None)).await.map(|_| ());
-        assert!(b.as_ref().is_err_and(refused), "Flyte 2 CreateTask with {what}: {b:?}");
-    }
-    for meta in metas {
-        let category = Some(TaskCategory::new(task_type, 0).to_proto());
-        let get = admin::GetTaskRequest {
-            resource_meta: meta.clone(),
-            task_category: category.clone(),
-            task_type: task_type.to_owned(),
-            ..Default::default()
-        };
-        let a = v1.get_task(get).await.map(|_| ());
-        assert!(a.as_ref().is_err_and(refused), "Flyte 1 GetTask with {what}: {a:?}");
-        let del = admin::DeleteTaskRequest {
-            resource_meta: meta.clone(),
-            task_category: category,
-            task_type: task_type.to_owned(),
-        };
-        let b = v1.delete_task(del).await.map(|_| ());
-        assert!(b.as_ref().is_err_and(refused), "Flyte 1 DeleteTask with {what}: {b:?}");
-        let c = v2.get_task(flyte2::get_request(task_type, meta, None)).await.map(|_| ());
-        assert!(c.as_ref().is_err_and(refused), "Flyte 2 GetTask with {what}: {c:?}");
-        let d = v2.delete_task(flyte2::delete_request(task_type, meta, None)).await.map(|_| ());
-        assert!(d.as_ref().is_err_and(refused), "Flyte 2 DeleteTask with {what}: {d:?}");
-    }
+    send_all(server, task_type, task, metas, what, refused).await;
 }
 
 /// For agents whose hosts come from configuration only (the value lands in a header, a
-/// path or a body, never in a host): sends `task` as CreateTask and each of `metas` as
-/// GetTask and DeleteTask, over both generations. Each call may be served or refused, but
-/// never with `INTERNAL` or `UNKNOWN`; the caller then checks its [`Trap`] saw nothing.
-#[allow(deprecated)]
+/// path or a body, never in a host): sends the same calls as [`assert_refused`]. Each call
+/// may be served or refused, but never with `INTERNAL` or `UNKNOWN`; the caller then
+/// checks its [`Trap`] saw nothing.
 pub async fn assert_contained(
     server: &TestServer,
     task_type: &str,
@@ -149,16 +123,25 @@ pub async fn assert_contained(
     metas: &[Vec<u8>],
     what: &str,
 ) {
-    let bad = |r: &Result<(), tonic::Status>| {
-        r.as_ref().is_err_and(|s| matches!(s.code(), tonic::Code::Internal | tonic::Code::Unknown))
-    };
+    send_all(server, task_type, task, metas, what, contained).await;
+}
+
+#[allow(deprecated)]
+async fn send_all(
+    server: &TestServer,
+    task_type: &str,
+    task: Option<&TaskRequest>,
+    metas: &[Vec<u8>],
+    what: &str,
+    ok: fn(&Result<(), tonic::Status>) -> bool,
+) {
     let mut v1 = server.async_client().await;
     let mut v2 = server.connector_client().await;
     if let Some(task) = task {
         let a = v1.create_task(super::create_request(task)).await.map(|_| ());
-        assert!(!bad(&a), "Flyte 1 CreateTask with {what}: {a:?}");
+        assert!(ok(&a), "Flyte 1 CreateTask with {what}: {a:?}");
         let b = v2.create_task(flyte2::create_request(task, None)).await.map(|_| ());
-        assert!(!bad(&b), "Flyte 2 CreateTask with {what}: {b:?}");
+        assert!(ok(&b), "Flyte 2 CreateTask with {what}: {b:?}");
     }
     for meta in metas {
         let category = Some(TaskCategory::new(task_type, 0).to_proto());
@@ -169,17 +152,17 @@ pub async fn assert_contained(
             ..Default::default()
         };
         let a = v1.get_task(get).await.map(|_| ());
-        assert!(!bad(&a), "Flyte 1 GetTask with {what}: {a:?}");
+        assert!(ok(&a), "Flyte 1 GetTask with {what}: {a:?}");
         let del = admin::DeleteTaskRequest {
             resource_meta: meta.clone(),
             task_category: category,
             task_type: task_type.to_owned(),
         };
         let b = v1.delete_task(del).await.map(|_| ());
-        assert!(!bad(&b), "Flyte 1 DeleteTask with {what}: {b:?}");
+        assert!(ok(&b), "Flyte 1 DeleteTask with {what}: {b:?}");
         let c = v2.get_task(flyte2::get_request(task_type, meta, None)).await.map(|_| ());
-        assert!(!bad(&c), "Flyte 2 GetTask with {what}: {c:?}");
+        assert!(ok(&c), "Flyte 2 GetTask with {what}: {c:?}");
         let d = v2.delete_task(flyte2::delete_request(task_type, meta, None)).await.map(|_| ());
-        assert!(!bad(&d), "Flyte 2 DeleteTask with {what}: {d:?}");
+        assert!(ok(&d), "Flyte 2 DeleteTask with {what}: {d:?}");
     }
 }
