@@ -2,7 +2,9 @@
 //! Databricks OAuth access tokens). Its keys come from request data (an account, a user,
 //! an instance), so a caller sending many distinct keys must not grow the process: the
 //! cache holds at most a fixed number of entries, dropping expired ones first, then the
-//! one that expires soonest. Agents fill it only after the key has been validated.
+//! one that expires soonest. Keys are kept as SHA-256 digests, so a key's size (a huge
+//! namespace or client id) costs nothing either. Agents fill it only after the key has
+//! been validated.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -14,10 +16,19 @@ use crate::secrets::Secret;
 /// accounts or instances one deployment talks to.
 pub const DEFAULT_CAPACITY: usize = 256;
 
+/// A key's digest.
+type Digest = [u8; 32];
+
+fn digest(key: &str) -> Digest {
+    let mut out = [0; 32];
+    out.copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key.as_bytes()).as_ref());
+    out
+}
+
 /// Tokens by key, each usable until its instant.
 #[derive(Debug)]
 pub struct TokenCache {
-    entries: Mutex<HashMap<String, (Secret, Instant)>>,
+    entries: Mutex<HashMap<Digest, (Secret, Instant)>>,
     capacity: usize,
 }
 
@@ -33,24 +44,25 @@ impl TokenCache {
         Self { entries: Mutex::new(HashMap::new()), capacity: capacity.max(1) }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Secret, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, (Secret, Instant)>> {
         self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The token for `key`, unless it is missing or past its instant.
     pub fn get(&self, key: &str) -> Option<Secret> {
         let entries = self.lock();
-        entries.get(key).filter(|(_, until)| *until > Instant::now()).map(|(t, _)| t.clone())
+        entries.get(&digest(key)).filter(|(_, until)| *until > Instant::now()).map(|(t, _)| t.clone())
     }
 
     /// Keeps `token` for `key` until `until`, making room if the cache is full.
     pub fn insert(&self, key: String, token: Secret, until: Instant) {
+        let key = digest(&key);
         let mut entries = self.lock();
         if entries.len() >= self.capacity && !entries.contains_key(&key) {
             let now = Instant::now();
             entries.retain(|_, (_, u)| *u > now);
             if entries.len() >= self.capacity
-                && let Some(soonest) = entries.iter().min_by_key(|(_, (_, u))| *u).map(|(k, _)| k.clone())
+                && let Some(soonest) = entries.iter().min_by_key(|(_, (_, u))| *u).map(|(k, _)| *k)
             {
                 entries.remove(&soonest);
             }
@@ -60,7 +72,7 @@ impl TokenCache {
 
     /// Forgets the token for `key` (e.g. after the service refused it).
     pub fn remove(&self, key: &str) {
-        self.lock().remove(key);
+        self.lock().remove(&digest(key));
     }
 
     /// How many tokens are kept.

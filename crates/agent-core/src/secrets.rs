@@ -83,14 +83,24 @@ impl Secret {
     pub fn expose(&self) -> &str {
         self.0.value.expose_secret()
     }
+
+    /// `text` with this value replaced by `[REDACTED]`, for a value the process-wide
+    /// scrubber does not know (one read from a request, see the `Deserialize` impl).
+    pub fn scrub_from(&self, text: &str) -> String {
+        let value = self.expose();
+        if value.len() < MIN_REDACTED_LEN { text.to_owned() } else { text.replace(value, REDACTED) }
+    }
 }
 
 /// Secrets can be read from JSON (e.g. the token a Python agent stored in its resource
 /// meta) but deliberately not written: a struct holding one cannot be serialized back out
-/// unless that field is skipped.
+/// unless that field is skipped. A value read this way comes from a request, so it never
+/// joins the process-wide scrub list: a forged meta could otherwise make every other
+/// caller's results, links and metas lose whatever text it names. The agent that uses it
+/// scrubs it from its own answers ([`Secret::scrub_from`]).
 impl<'de> serde::Deserialize<'de> for Secret {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        <String as serde::Deserialize>::deserialize(d).map(Secret::new)
+        <String as serde::Deserialize>::deserialize(d).map(Secret::untracked)
     }
 }
 
@@ -621,6 +631,13 @@ impl std::fmt::Debug for ConnectionSecrets {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_read_from_a_request_never_joins_the_process_wide_list() {
+        let forged: Secret = serde_json::from_str(r#""databricks_instance""#).unwrap();
+        assert_eq!(redact("{\"databricks_instance\": \"x\"}"), "{\"databricks_instance\": \"x\"}", "while it is alive");
+        assert_eq!(forged.scrub_from("token databricks_instance echoed"), "token [REDACTED] echoed");
+    }
 
     #[test]
     fn connection_secrets_match_any_case_and_never_print() {

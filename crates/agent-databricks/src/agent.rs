@@ -389,11 +389,15 @@ impl AsyncAgent for DatabricksAgent {
         {
             Ok(run) => {
                 let (phase, message) = phase_of(&run);
-                Ok(Resource::new(phase).with_message(message).with_log_link(console_link(
-                    &run,
-                    &instance,
-                    &meta.run_id,
-                )))
+                let mut link = console_link(&run, &instance, &meta.run_id);
+                // A token stored in a Python agent's meta is this request's value, which the
+                // process-wide scrubber does not know: the service's text is scrubbed of it here.
+                let (message, uri) = match &auth.stored_token {
+                    Some(t) => (t.scrub_from(&message), t.scrub_from(&link.uri)),
+                    None => (message, link.uri.clone()),
+                };
+                link.uri = uri;
+                Ok(Resource::new(phase).with_message(message).with_log_link(link))
             }
             Err(e) if is_missing_run(&e) => {
                 Ok(Resource::failed(format!("Databricks has no run {} on {instance}: {}", meta.run_id, e.describe())))

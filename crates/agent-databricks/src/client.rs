@@ -192,7 +192,10 @@ impl Client {
                 }
                 req
             });
-            async move { read(req.map_err(HttpError::Agent)?.send().await).await }
+            async move {
+                let answer = read(req.map_err(HttpError::Agent)?.send().await).await;
+                answer.map_err(|e| without_stored_token(e, auth.stored_token.as_ref()))
+            }
         };
         let send = &send;
         retry(
@@ -213,6 +216,18 @@ impl Client {
             HttpError::verdict,
         )
         .await
+    }
+}
+
+/// A token stored in a Python agent's meta is a request's value, unknown to the
+/// process-wide scrubber: an echo of it is scrubbed here, before the error is logged by a
+/// retry or returned.
+fn without_stored_token(e: HttpError, token: Option<&Secret>) -> HttpError {
+    match (e, token) {
+        (HttpError::Status { code, message, retry_after }, Some(t)) => {
+            HttpError::Status { code, message: t.scrub_from(&message), retry_after }
+        }
+        (e, _) => e,
     }
 }
 

@@ -525,3 +525,22 @@ async fn no_token_leaves_for_a_host_a_task_or_meta_names() {
     assert_eq!(trap.reached(), 0, "a hostile instance reached the attacker's host");
     assert!(env.db.runs().is_empty(), "nothing was submitted");
 }
+
+/// A token stored in a Python agent's meta is the request's own value: an echo of it is
+/// scrubbed from that call's answer, and the value never joins the process-wide scrub
+/// list, so a forged meta cannot make other callers' results lose text it names.
+#[tokio::test]
+async fn a_token_stored_in_a_meta_is_scrubbed_from_its_own_answers_only() {
+    let env = env_with(fast(), &[], |_, _| {}).await;
+    env.db.faults().push(FaultRule::new(FaultAction::Echo { code: 503 }, 1000).path("runs/get"));
+    let meta =
+        json!({"databricks_instance": env.emulator.host(), "run_id": "1", "auth_token": PAT, "auth_type": "pat"});
+    let r = env.server.get_resource("spark", meta.to_string().as_bytes()).await;
+    assert!(r.message.contains("[REDACTED]"), "the echo came back: {}", r.message);
+    assert!(!r.message.contains(PAT), "{}", r.message);
+    // A forged "token" naming ordinary text leaves other texts alone.
+    let forged =
+        json!({"databricks_instance": env.emulator.host(), "run_id": "1", "auth_token": "databricks_instance"});
+    let _ = env.server.get_resource("spark", forged.to_string().as_bytes()).await;
+    assert_eq!(agent_core::secrets::redact("databricks_instance"), "databricks_instance");
+}

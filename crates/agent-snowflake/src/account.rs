@@ -70,6 +70,23 @@ impl AccountId {
     }
 }
 
+/// `value`, a user, warehouse, database or schema name from a template or meta, checked:
+/// it goes into the token's claims and the `results` URI
+/// (`snowflake://{user}:{account}/{warehouse}/{database}/{schema}/{query_id}`), where a
+/// `:`, `/` or control character would move the fields a reader splits on, and its size
+/// into the token cache. Snowflake identifiers are at most 255 characters.
+pub(crate) fn check_name<'a>(value: &'a str, field: &str) -> Result<&'a str, AgentError> {
+    let ok = value.len() <= 255 && !value.chars().any(|c| c.is_control() || matches!(c, ':' | '/' | '\\' | '?' | '#'));
+    if ok {
+        Ok(value)
+    } else {
+        Err(AgentError::invalid_argument(format!(
+            "{field} is not a Snowflake name: at most 255 characters, without ':', '/', '\\', '?', '#' or control \
+             characters"
+        )))
+    }
+}
+
 /// The accounts this agent may log in to (`snowflake.allowed_accounts`); empty allows
 /// any well-formed account.
 #[derive(Debug, Clone, Default)]
@@ -144,6 +161,17 @@ mod tests {
             assert!(matches!(e, AgentError::InvalidArgument(_)), "{bad}: {e}");
             assert!(e.message().contains("resource meta account"), "{e}");
             assert!(!e.message().contains('\n'), "{e}");
+        }
+    }
+
+    #[test]
+    fn names_that_would_move_the_results_uri_are_refused() {
+        for ok in ["FLYTE", "john.doe@example.com", "MY_WH", "\"Quoted Db\"", ""] {
+            assert_eq!(check_name(ok, "f").unwrap(), ok);
+        }
+        for bad in ["u:evil", "a/b", "a\nb", "a\\b", "a?b", "a#b", &"u".repeat(256)] {
+            let e = check_name(bad, "template.config.user").unwrap_err();
+            assert!(matches!(&e, AgentError::InvalidArgument(m) if m.contains("template.config.user")), "{bad}");
         }
     }
 

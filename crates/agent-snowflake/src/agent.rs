@@ -8,7 +8,7 @@ use serde_json::{Value as Json, json};
 use agent_core::literals::Value;
 use agent_core::prelude::*;
 
-use crate::account::Allowed;
+use crate::account::{Allowed, check_name};
 use crate::bindings::translate;
 use crate::client::{Account, Answer, Client, to_agent_error};
 use crate::config::Config;
@@ -37,6 +37,22 @@ pub struct SnowflakeMeta {
     /// Whether the task declares the `results` output.
     #[serde(default)]
     pub has_output: bool,
+}
+
+impl SnowflakeMeta {
+    /// The names a forged meta could abuse, checked as the template's are.
+    fn check_names(&self) -> Result<(), AgentError> {
+        let names = [
+            ("user", &self.user),
+            ("warehouse", &self.warehouse),
+            ("database", &self.database),
+            ("schema", &self.schema),
+        ];
+        for (key, value) in names {
+            check_name(value, &format!("resource meta {key}"))?;
+        }
+        Ok(())
+    }
 }
 
 /// What a status answer says.
@@ -150,6 +166,9 @@ impl AsyncAgent for SnowflakeAgent {
         }
         let (account, user) = (get("account"), get("user"));
         let account_id = self.allowed.check(&account, "template.config.account")?;
+        for key in ["user", "warehouse", "database", "schema"] {
+            check_name(&get(key), &format!("template.config.{key}"))?;
+        }
         let (statement, bindings) = translate(task.sql_statement()?, &task)?;
         let mut body = json!({"statement": statement, "database": get("database"), "schema": get("schema"), "warehouse": get("warehouse")});
         if !bindings.is_empty() {
@@ -190,6 +209,7 @@ impl AsyncAgent for SnowflakeAgent {
 
     async fn get(&self, ctx: &Context, meta: SnowflakeMeta) -> Result<Resource, AgentError> {
         let account = self.allowed.check(&meta.account, "resource meta account")?;
+        meta.check_names()?;
         let who = Account { account: &account, user: &meta.user };
         let path = format!("/api/v2/statements/{}", agent_core::http::path_id("query_id", &meta.query_id)?);
         match self.client.call(ctx, who, Method::GET, &path, &[], None).await {
@@ -202,6 +222,7 @@ impl AsyncAgent for SnowflakeAgent {
 
     async fn delete(&self, ctx: &Context, meta: SnowflakeMeta) -> Result<(), AgentError> {
         let account = self.allowed.check(&meta.account, "resource meta account")?;
+        meta.check_names()?;
         let who = Account { account: &account, user: &meta.user };
         let path = format!("/api/v2/statements/{}/cancel", agent_core::http::path_id("query_id", &meta.query_id)?);
         // Finished (422) and unknown (404) statements need no cancelling.

@@ -272,6 +272,16 @@ async fn no_token_leaves_for_a_host_a_task_or_meta_names() {
         let meta = serde_json::json!({"user": "flyte", "account": value, "query_id": "01b2"}).to_string();
         assert_refused(&server, TASK_TYPE, Some(&t), &[meta.into_bytes()], &format!("account {value:?}")).await;
     }
+    // Names that would move the fields of the results URI, or grow the token cache.
+    for (key, value) in
+        [("user", "flyte:evil/x".to_owned()), ("user", "u".repeat(1 << 20)), ("warehouse", "wh/../x".into())]
+    {
+        let mut t = task("select 1", vec![], false);
+        t.template.config.insert(key.into(), value.clone());
+        let mut meta = serde_json::json!({"user": "flyte", "account": "xy12345-us-east-1", "query_id": "01b2"});
+        meta[key] = serde_json::json!(value);
+        assert_refused(&server, TASK_TYPE, Some(&t), &[meta.to_string().into_bytes()], key).await;
+    }
     assert_eq!(trap.reached(), 0, "a hostile account reached the attacker's host");
 
     let agent = SnowflakeAgent::new(Config {
