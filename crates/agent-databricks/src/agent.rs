@@ -340,6 +340,14 @@ impl AsyncAgent for DatabricksAgent {
         let namespace = task.metadata.as_ref().map(|m| m.namespace.clone()).unwrap_or_default();
         let auth = Auth::for_task(&custom, &self.config, &namespace)?;
         let mut spec = job_spec(&task, &custom, self.config.service_credential_provider.as_deref())?;
+        // Tokens starting `flyte-` are the agent's (one per task attempt): a task that chose
+        // one could make another task's CreateTask adopt a run it prepared.
+        if spec.get("idempotency_token").and_then(Json::as_str).is_some_and(|t| t.starts_with("flyte-")) {
+            return Err(AgentError::invalid_argument(
+                "template.custom.databricksConf.idempotency_token: tokens starting with 'flyte-' are the agent's own \
+                 (one per task attempt); choose another or leave it unset",
+            ));
+        }
         if !spec.contains_key("idempotency_token")
             && let Some(t) = idempotency_token(&task)
         {

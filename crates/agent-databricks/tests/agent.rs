@@ -544,3 +544,18 @@ async fn a_token_stored_in_a_meta_is_scrubbed_from_its_own_answers_only() {
     let _ = env.server.get_resource("spark", forged.to_string().as_bytes()).await;
     assert_eq!(agent_core::secrets::redact("databricks_instance"), "databricks_instance");
 }
+
+/// Idempotency tokens starting `flyte-` are the agent's: a task choosing one could make
+/// another task's create adopt a run it prepared.
+#[tokio::test]
+async fn a_task_cannot_choose_the_agents_idempotency_tokens() {
+    let env = pat_env().await;
+    let mut custom = classic(json!({}));
+    custom["databricksConf"]["idempotency_token"] = json!("flyte-0123456789abcdef");
+    let err = create(&env, &task("spark", custom)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(env.db.runs().is_empty());
+    let mut own = classic(json!({}));
+    own["databricksConf"]["idempotency_token"] = json!("my-own-token");
+    assert!(create(&env, &task("spark", own)).await.is_ok(), "a user's own token still works");
+}

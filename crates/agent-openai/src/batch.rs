@@ -173,6 +173,16 @@ impl AsyncAgent for BatchAgent {
         let client = self.clients.client(ctx, org.as_deref())?;
         let attempt = task.attempt_key().map(|k| AttemptMark::new(&k));
         let mut request = custom.config;
+        // The attempt marks are the agent's: a task that set them could make another
+        // task's CreateTask adopt a batch it prepared.
+        if let Some(Json::Object(m)) = request.get("metadata")
+            && let Some(key) = [ATTEMPT_KEY, LEGACY_ATTEMPT_KEY].into_iter().find(|k| m.contains_key(*k))
+        {
+            return Err(AgentError::invalid_argument(format!(
+                "template.custom.config.metadata.{key} is set by the agent to find a repeated create's batch; \
+                 remove it from the task's metadata"
+            )));
+        }
         request.entry("completion_window").or_insert_with(|| json!("24h"));
         request.entry("endpoint").or_insert_with(|| json!("/v1/chat/completions"));
         request.insert("input_file_id".into(), json!(input_file_id));

@@ -406,3 +406,17 @@ async fn no_key_leaves_for_a_host_a_task_or_meta_names() {
             .unwrap_err();
     assert!(err.contains("openai.base_url"), "{err}");
 }
+
+/// The attempt marks in a batch's metadata are the agent's: a task setting them could make
+/// another task's create adopt a batch it prepared.
+#[tokio::test]
+async fn a_task_cannot_set_the_agents_attempt_marks() {
+    let env = env().await;
+    for key in ["flyte_attempt_sha256", "flyte_attempt"] {
+        let mut t = batch_task("file-1");
+        t.template.custom = Some(json_to_struct(json!({"config": {"metadata": {key: "victim"}}}).as_object().unwrap()));
+        let err = env.server.async_client().await.create_task(create_request(&t)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains(key), "{}", err.message());
+    }
+}
