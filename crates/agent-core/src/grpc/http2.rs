@@ -25,15 +25,23 @@ const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const FRAME_HEADER: usize = 9;
 /// Frame type of HEADERS, which opens a stream (a call).
 const HEADERS: u8 = 0x1;
+/// Frame type of CONTINUATION, the rest of a header block.
+const CONTINUATION: u8 = 0x9;
+/// The flag that ends a header block.
+const END_HEADERS: u8 = 0x4;
 
-/// Follows the bytes a client sends until the first HEADERS frame: the preface, then
-/// frame headers, skipping payloads (SETTINGS, WINDOW_UPDATE, PING, …).
+/// Follows the bytes a client sends until its first header block is complete: the
+/// preface, then frame headers, skipping payloads (SETTINGS, WINDOW_UPDATE, PING, …),
+/// until a HEADERS or CONTINUATION frame with END_HEADERS has arrived whole. Only then
+/// does a call exist that `max_call_duration` bounds; a frame header alone is not enough.
 #[derive(Debug, Default)]
 struct Scan {
     preface: usize,
     header: [u8; FRAME_HEADER],
     header_len: usize,
     skip: usize,
+    /// The payload being skipped ends the first header block.
+    last: bool,
 }
 
 impl Scan {
@@ -51,19 +59,23 @@ impl Scan {
                 let n = self.skip.min(bytes.len());
                 self.skip -= n;
                 bytes = &bytes[n..];
+                if self.skip == 0 && self.last {
+                    return true;
+                }
             } else {
                 let n = (FRAME_HEADER - self.header_len).min(bytes.len());
                 self.header[self.header_len..self.header_len + n].copy_from_slice(&bytes[..n]);
                 self.header_len += n;
                 bytes = &bytes[n..];
                 if self.header_len == FRAME_HEADER {
-                    if self.header[3] == HEADERS {
-                        return true;
-                    }
                     self.skip = usize::from(self.header[0]) << 16
                         | usize::from(self.header[1]) << 8
                         | usize::from(self.header[2]);
+                    self.last = matches!(self.header[3], HEADERS | CONTINUATION) && self.header[4] & END_HEADERS != 0;
                     self.header_len = 0;
+                    if self.last && self.skip == 0 {
+                        return true;
+                    }
                 }
             }
         }
@@ -258,8 +270,16 @@ mod tests {
                 }
             }
             assert!(done, "chunk {chunk}");
-            assert!(fed > headers_at, "chunk {chunk}: done before the HEADERS frame");
+            assert!(fed >= bytes.len(), "chunk {chunk}: done before the whole header block");
         }
+        // A HEADERS frame header whose block never arrives, or a block without END_HEADERS,
+        // is not a call yet.
+        assert!(!Scan::default().done_after(&bytes[..headers_at + FRAME_HEADER + 2]));
+        let mut split = bytes[..headers_at].to_vec();
+        split.extend_from_slice(&[0, 0, 1, HEADERS, 0, 0, 0, 0, 1, 0x82]);
+        let mut scan = Scan::default();
+        assert!(!scan.done_after(&split), "HEADERS without END_HEADERS");
+        assert!(scan.done_after(&[0, 0, 2, CONTINUATION, END_HEADERS, 0, 0, 0, 1, 0x86, 0x84]));
         // Half a preface, or a preface with settings only, is not done.
         assert!(!Scan::default().done_after(&PREFACE[..12]));
         assert!(!Scan::default().done_after(&bytes[..headers_at]));
