@@ -93,7 +93,17 @@ impl Reply {
 /// Reads an answer. Only transport failures are errors here; the caller decides which
 /// statuses are results. reqwest errors lose their URL, which can carry query parameters.
 pub async fn read(resp: Result<reqwest::Response, reqwest::Error>) -> Result<Reply, HttpError> {
-    let resp = resp.map_err(|e| HttpError::Transport(format!("request failed: {}", e.without_url())))?;
+    let resp = resp.map_err(|e| {
+        // A request that cannot even be built (a header value with a line break, say) came
+        // from a bad value, not from a service in trouble: retrying cannot help.
+        if e.is_builder() {
+            return HttpError::Agent(AgentError::invalid_argument(
+                "the request could not be built: a value from the task or its resource meta is not valid in an HTTP \
+                 request (e.g. a control character in a header value)",
+            ));
+        }
+        HttpError::Transport(format!("request failed: {}", e.without_url()))
+    })?;
     let status = resp.status().as_u16();
     let retry_after = resp
         .headers()

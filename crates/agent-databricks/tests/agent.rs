@@ -559,3 +559,14 @@ async fn a_task_cannot_choose_the_agents_idempotency_tokens() {
     own["databricksConf"]["idempotency_token"] = json!("my-own-token");
     assert!(create(&env, &task("spark", own)).await.is_ok(), "a user's own token still works");
 }
+
+/// A stored token that cannot be a header value is the meta's fault, not a transient
+/// failure that would keep the task running forever.
+#[tokio::test]
+async fn a_stored_token_that_cannot_be_sent_is_an_invalid_argument() {
+    let env = pat_env().await;
+    let meta = json!({"databricks_instance": env.emulator.host(), "run_id": "1", "auth_token": "dapi-x\nInjected: 1"});
+    let err =
+        env.server.async_client().await.get_task(get_request("spark", meta.to_string().as_bytes())).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+}
