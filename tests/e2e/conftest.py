@@ -241,3 +241,13 @@ def no_secret_leaks(request):
     if whole_suite:
         assert len(SECRETS) >= 5, f"the hygiene check saw too few secrets to mean anything: {len(SECRETS)}"
     assert not LEAKS, "secret values leaked:\n" + "\n".join(sorted(set(LEAKS)))
+
+
+@pytest.fixture(scope="module")
+def bigquery():
+    """agent-bigquery against the BigQuery emulator (anonymous credentials), per module."""
+    e = Emulator("bigquery", "--pending-ms", "50", "--running-ms", "150")
+    a = Agent(workspace_binary("agent-bigquery"), env={"BIGQUERY_EMULATOR_HOST": e.host})
+    yield a, e
+    assert a.stop() == 0, a.logs()
+    e.stop()

@@ -189,15 +189,6 @@ def test_one_binary_serves_flyte1_and_flyte2_at_once(agent):
 
 # --- the real agents against their emulators ----------------------------------------------
 
-@pytest.fixture(scope="module")
-def bigquery():
-    e = Emulator("bigquery", "--pending-ms", "50", "--running-ms", "150")
-    a = Agent(workspace_binary("agent-bigquery"), env={"BIGQUERY_EMULATOR_HOST": e.host})
-    yield a, e
-    assert a.stop() == 0, a.logs()
-    e.stop()
-
-
 def test_bigquery_over_flyte2(bigquery):
     from flytekit import StructuredDataset, kwtypes
 

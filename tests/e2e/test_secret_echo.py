@@ -128,15 +128,6 @@ def check_scrubbed(seen: Seen, credentials_in_echo: bool = True) -> None:
 
 # --- BigQuery: anonymous credentials against the emulator; the request's body is echoed ----
 
-@pytest.fixture(scope="module")
-def bigquery():
-    e = Emulator("bigquery", "--pending-ms", "50", "--running-ms", "150")
-    a = Agent(workspace_binary("agent-bigquery"), env={"BIGQUERY_EMULATOR_HOST": e.host})
-    yield a, e
-    assert a.stop() == 0, a.logs()
-    e.stop()
-
-
 def test_bigquery_echoes(bigquery):
     agent, emulator = bigquery
     task = test_bigquery.bigquery_task(name="bq.echo", query_template="SELECT 1")

@@ -226,27 +226,39 @@ async fn bad_tls_files_stop_the_server_naming_the_setting_not_the_content() {
     assert!(err.contains("tls.client_ca_file") && err.contains("holds no certificate"), "{err}");
 }
 
-#[tokio::test]
-async fn a_renewed_certificate_is_served_without_a_restart_and_a_broken_one_is_not() {
-    let dir = temp_dir("renew");
-    let (old_ca, new_ca) = (ca("old CA"), ca("new CA"));
-    let (cert, key) = leaf(&old_ca, &["localhost"]);
-    let (cert_file, key_file) = (write(&dir, "cert.pem", &cert), write(&dir, "key.pem", &key));
+/// A server on `cert`/`key` written to `dir`, checking them for renewals every 100 ms:
+/// the two files and the port.
+async fn renewing(dir: &Path, cert: &str, key: &str) -> (PathBuf, PathBuf, u16) {
+    let (cert_file, key_file) = (write(dir, "cert.pem", cert), write(dir, "key.pem", key));
     let tls = TlsConfig {
         cert_file: cert_file.clone(),
         key_file: key_file.clone(),
         client_ca_file: None,
         reload_interval: Duration::from_millis(100),
     };
-    let port = start(tls).await.unwrap();
-    let trusting =
-        |ca: &Ca| Some(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca.pem)).domain_name("localhost"));
-    let answers = |tls: Option<ClientTlsConfig>| async move {
-        match connect(port, tls).await {
-            Ok(ch) => list_agents(ch).await.is_ok(),
-            Err(_) => false,
-        }
-    };
+    (cert_file, key_file, start(tls).await.unwrap())
+}
+
+/// A client trusting `ca` for `localhost`.
+fn trusting(ca: &Ca) -> Option<ClientTlsConfig> {
+    Some(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca.pem)).domain_name("localhost"))
+}
+
+/// Whether a new connection with `tls` gets an answer.
+async fn answers(port: u16, tls: Option<ClientTlsConfig>) -> bool {
+    match connect(port, tls).await {
+        Ok(ch) => list_agents(ch).await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+#[tokio::test]
+async fn a_renewed_certificate_is_served_without_a_restart_and_a_broken_one_is_not() {
+    let dir = temp_dir("renew");
+    let (old_ca, new_ca) = (ca("old CA"), ca("new CA"));
+    let (cert, key) = leaf(&old_ca, &["localhost"]);
+    let (cert_file, key_file, port) = renewing(&dir, &cert, &key).await;
+    let answers = |tls: Option<ClientTlsConfig>| answers(port, tls);
     let before = connect(port, trusting(&old_ca)).await.unwrap();
     assert_eq!(list_agents(before.clone()).await.unwrap(), 2);
     assert!(!answers(trusting(&new_ca)).await);
@@ -304,22 +316,8 @@ async fn a_renewal_to_an_expired_certificate_keeps_serving_the_current_one() {
     let dir = temp_dir("renew-expired");
     let (current_ca, expired_ca) = (ca("current CA"), ca("expired CA"));
     let (cert, key) = leaf(&current_ca, &["localhost"]);
-    let (cert_file, key_file) = (write(&dir, "cert.pem", &cert), write(&dir, "key.pem", &key));
-    let tls = TlsConfig {
-        cert_file: cert_file.clone(),
-        key_file: key_file.clone(),
-        client_ca_file: None,
-        reload_interval: Duration::from_millis(100),
-    };
-    let port = start(tls).await.unwrap();
-    let trusting =
-        |ca: &Ca| Some(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca.pem)).domain_name("localhost"));
-    let answers = |tls: Option<ClientTlsConfig>| async move {
-        match connect(port, tls).await {
-            Ok(ch) => list_agents(ch).await.is_ok(),
-            Err(_) => false,
-        }
-    };
+    let (cert_file, key_file, port) = renewing(&dir, &cert, &key).await;
+    let answers = |tls: Option<ClientTlsConfig>| answers(port, tls);
     assert!(answers(trusting(&current_ca)).await);
 
     // A matching pair, but expired: rustls alone would serve it and every client would
