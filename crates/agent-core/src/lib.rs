@@ -13,7 +13,10 @@
 pub mod agent;
 #[cfg(feature = "mimalloc")]
 mod allocator;
-pub mod cache;
+/// The token cache, now part of the REST kit in [`http`]; kept here while agents move.
+pub mod cache {
+    pub use crate::http::{DEFAULT_CAPACITY, TokenCache};
+}
 pub mod config;
 mod erased;
 pub mod error;

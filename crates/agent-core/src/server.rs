@@ -31,6 +31,24 @@ struct Cli {
     args: CliArgs,
 }
 
+/// The `main` of an agent binary: `agent_core::main!("one line for --help", registry)`,
+/// where `registry` is the agent crate's `async fn registry(&Settings) -> Result<Registry,
+/// String>`. The binary's name and version come from its package. The allocator is the
+/// binary's own choice (`#[global_allocator]` beside this).
+#[macro_export]
+macro_rules! main {
+    ($about:expr, $registry:path) => {
+        fn main() -> ::std::process::ExitCode {
+            let info = $crate::server::BinaryInfo {
+                name: env!("CARGO_PKG_NAME"),
+                about: $about,
+                version: env!("CARGO_PKG_VERSION"),
+            };
+            $crate::server::run(info, $registry)
+        }
+    };
+}
+
 /// Runs an agent binary: parses flags, loads settings, calls `build` to register the
 /// agents (it may read its own config section), serves until SIGTERM or SIGINT, drains,
 /// and exits 0. Bad flags or settings exit 2 with a message naming the setting.

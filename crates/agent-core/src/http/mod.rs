@@ -1,0 +1,471 @@
+//! The REST agent kit: what every agent's client of its external service shares.
+//!
+//! - [`RestSettings`]: `attempt_timeout`, `retry_budget`, `ca_bundle`, flattened into
+//!   every agent's settings section.
+//! - [`RestClient`]: one pooled reqwest client (rustls, the extra CA bundle, the agent's
+//!   user agent, no redirects) that sends only to [`TrustedHosts`], with a per-attempt
+//!   timeout and retries inside the caller's deadline (`Retry-After` in both forms).
+//! - [`Service`] and [`Failure`]: one classification of a service's answer, declared once
+//!   per agent, with one poll/cancel policy ([`Failure::into_poll`],
+//!   [`Failure::into_cancel`]).
+//! - [`Auth`] and [`TokenCache`]: where a call's bearer token comes from, refreshed once
+//!   on a 401, cached with single-flight refresh.
+
+mod failure;
+mod legacy;
+mod tokens;
+mod trust;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, RequestBuilder};
+use serde::Deserialize;
+use serde_json::Value as Json;
+
+use crate::agent::Context;
+use crate::error::AgentError;
+use crate::retry::{RetryConfig, retry};
+use crate::secrets::Secret;
+
+pub use failure::{Failure, Service, retry_after};
+pub use legacy::{HttpError, Reply, read};
+pub use tokens::{DEFAULT_CAPACITY, TokenCache};
+pub use trust::{Client, TrustedHosts, client, path_id};
+
+/// How an agent talks to its service over HTTP; every agent's settings section embeds
+/// it with `#[serde(flatten)]`, so the keys sit beside the agent's own
+/// (`databricks.attempt_timeout`, `AGENT_DATABRICKS__ATTEMPT_TIMEOUT`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RestSettings {
+    /// Longest single HTTP attempt.
+    #[serde(with = "humantime_serde")]
+    pub attempt_timeout: Duration,
+    /// Time spent retrying when a call carries no deadline.
+    #[serde(with = "humantime_serde")]
+    pub retry_budget: Duration,
+    /// Extra CA certificates (PEM) to trust, e.g. a private CA or a proxy's;
+    /// `SSL_CERT_FILE` works too.
+    pub ca_bundle: Option<PathBuf>,
+}
+
+impl Default for RestSettings {
+    fn default() -> Self {
+        Self { attempt_timeout: Duration::from_secs(5), retry_budget: Duration::from_secs(8), ca_bundle: None }
+    }
+}
+
+impl RestSettings {
+    /// The retry policy these settings give.
+    pub fn retry(&self) -> RetryConfig {
+        RetryConfig { default_budget: self.retry_budget, ..RetryConfig::default() }
+    }
+
+    /// Runs `attempt` (given its timeout: `attempt_timeout`, or less when the deadline
+    /// is nearer) until it succeeds, fails for good, or the caller's deadline would pass.
+    /// For agents on a vendor SDK, whose errors the attempt classifies into a [`Failure`].
+    pub async fn retried<T, Fut>(&self, ctx: &Context, mut attempt: impl FnMut(Duration) -> Fut) -> Result<T, Failure>
+    where
+        Fut: Future<Output = Result<T, Failure>>,
+    {
+        let policy = self.retry();
+        let deadline = policy.deadline(ctx);
+        retry(&policy, deadline, |left| attempt(self.attempt_timeout.min(left)), Failure::verdict).await
+    }
+}
+
+/// Where a call's bearer token comes from.
+pub trait Auth: Sync {
+    /// The token for one attempt (`None`: send no `Authorization` header). `refused` is
+    /// the token the service just answered 401 to; a source that can fetch a new one
+    /// does so (once, see [`TokenCache::get_or_fetch`]).
+    fn bearer(
+        &self,
+        ctx: &Context,
+        refused: Option<&Secret>,
+    ) -> impl Future<Output = Result<Option<Secret>, Failure>> + Send;
+
+    /// Whether a 401 is worth one more try with a token fetched again.
+    fn refreshable(&self) -> bool {
+        false
+    }
+}
+
+/// No credentials.
+#[derive(Debug, Clone, Copy)]
+pub struct Anonymous;
+
+impl Auth for Anonymous {
+    async fn bearer(&self, _: &Context, _: Option<&Secret>) -> Result<Option<Secret>, Failure> {
+        Ok(None)
+    }
+}
+
+/// An API key read from the named secret for each call (so rotations and per-request
+/// connection secrets apply).
+#[derive(Debug, Clone, Copy)]
+pub struct SecretKey(pub &'static str);
+
+impl Auth for SecretKey {
+    async fn bearer(&self, ctx: &Context, _: Option<&Secret>) -> Result<Option<Secret>, Failure> {
+        Ok(Some(ctx.secret(self.0)?))
+    }
+}
+
+/// A service's answer that is a result: a 2xx, or a status the [`Service`] declared.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    /// HTTP status.
+    pub status: u16,
+    /// The JSON body; `null` when the body was empty.
+    pub body: Json,
+}
+
+/// One call, as [`RestClient::call`] sends it.
+#[derive(Debug, Clone, Copy)]
+pub struct Call<'a> {
+    /// Names the call in messages, e.g. `"runs/get"`.
+    pub what: &'a str,
+    /// HTTP method.
+    pub method: &'a Method,
+    /// Full URL, checked against the trusted hosts before anything else happens.
+    pub url: &'a str,
+    /// Query parameters.
+    pub query: &'a [(&'a str, &'a str)],
+    /// JSON body.
+    pub body: Option<&'a Json>,
+}
+
+impl<'a> Call<'a> {
+    /// A call without query or body.
+    pub fn new(what: &'a str, method: &'a Method, url: &'a str) -> Self {
+        Self { what, method, url, query: &[], body: None }
+    }
+
+    /// With query parameters.
+    #[must_use]
+    pub fn query(mut self, query: &'a [(&'a str, &'a str)]) -> Self {
+        self.query = query;
+        self
+    }
+
+    /// With a JSON body.
+    #[must_use]
+    pub fn json(mut self, body: &'a Json) -> Self {
+        self.body = Some(body);
+        self
+    }
+}
+
+/// The one client agents reach their service with (see the module docs).
+#[derive(Debug, Clone)]
+pub struct RestClient {
+    http: reqwest::Client,
+    trusted: TrustedHosts,
+    service: Service,
+    policy: RetryConfig,
+    attempt_timeout: Duration,
+}
+
+impl RestClient {
+    /// A client for `service` with `settings`, sending only to `trusted` hosts. `section`
+    /// is the agent's settings section (`databricks`), named in configuration errors;
+    /// `user_agent` is e.g. `flyte-agent-databricks/0.1.0`.
+    pub fn new(
+        service: Service,
+        section: &str,
+        user_agent: &str,
+        settings: &RestSettings,
+        trusted: TrustedHosts,
+    ) -> Result<Self, String> {
+        let http = client(user_agent, settings.ca_bundle.as_deref(), &format!("{section}.ca_bundle"))?;
+        Ok(Self { http, trusted, service, policy: settings.retry(), attempt_timeout: settings.attempt_timeout })
+    }
+
+    /// The service this client classifies answers for.
+    pub fn service(&self) -> &Service {
+        &self.service
+    }
+
+    /// The pooled reqwest client, for an SDK that takes one (async-openai): the CA
+    /// bundle, user agent and redirect policy then apply to it too.
+    pub fn reqwest(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// When retries must stop for this call.
+    pub fn deadline(&self, ctx: &Context) -> Instant {
+        self.policy.deadline(ctx)
+    }
+
+    /// Checks `url` against the trusted hosts: `INVALID_ARGUMENT` when it does not parse
+    /// (it was built from a template or meta), `PERMISSION_DENIED` when the host is not
+    /// trusted. Callers that derive credentials for a host check it first.
+    pub fn check(&self, url: &str) -> Result<reqwest::Url, AgentError> {
+        let parsed = reqwest::Url::parse(url).map_err(|e| {
+            AgentError::invalid_argument(format!("the task names a host that does not form a URL: {e}"))
+        })?;
+        self.trusted.check(&parsed)?;
+        Ok(parsed)
+    }
+
+    /// Sends `call` with the token `auth` gives, retrying transient failures inside the
+    /// caller's deadline and fetching the token again once on a 401 when `auth` can.
+    /// `shape` adds what is particular to the service to each attempt (headers; the
+    /// attempt number, from 1, lets a service mark resubmissions).
+    pub async fn call(
+        &self,
+        ctx: &Context,
+        call: Call<'_>,
+        auth: &impl Auth,
+        shape: impl Fn(RequestBuilder, u32) -> RequestBuilder + Sync,
+    ) -> Result<Answer, Failure> {
+        // The host is checked before any token is fetched or any byte sent.
+        let url = self.check(call.url)?;
+        let attempts = AtomicU32::new(0);
+        let (url, shape, attempts) = (&url, &shape, &attempts);
+        let attempt = |left: Duration| async move {
+            let n = attempts.fetch_add(1, Ordering::Relaxed) + 1;
+            let token = auth.bearer(ctx, None).await?;
+            match self.send(call, url, token.as_ref(), left, |r| shape(r, n)).await {
+                // An OAuth token can be revoked before it expires: fetch a new one, once.
+                Err(Failure::Unauthenticated(_)) if auth.refreshable() => {
+                    let fresh = auth.bearer(ctx, token.as_ref()).await?;
+                    self.send(call, url, fresh.as_ref(), left, |r| shape(r, n)).await
+                }
+                other => other,
+            }
+        };
+        retry(&self.policy, self.deadline(ctx), attempt, Failure::verdict).await
+    }
+
+    /// One attempt: send, read, classify.
+    async fn send(
+        &self,
+        call: Call<'_>,
+        url: &reqwest::Url,
+        token: Option<&Secret>,
+        left: Duration,
+        shape: impl FnOnce(RequestBuilder) -> RequestBuilder,
+    ) -> Result<Answer, Failure> {
+        let mut req = self.http.request(call.method.clone(), url.clone()).timeout(self.attempt_timeout.min(left));
+        if let Some(t) = token {
+            req = req.bearer_auth(t.expose());
+        }
+        if !call.query.is_empty() {
+            req = req.query(call.query);
+        }
+        if let Some(b) = call.body {
+            req = req.json(b);
+        }
+        let what = call.what;
+        let resp = shape(req).send().await.map_err(|e| {
+            // A request that cannot even be built (a header value with a line break, say)
+            // came from a bad value, not from a service in trouble: retrying cannot help.
+            if e.is_builder() {
+                return Failure::Rejected(AgentError::invalid_argument(format!(
+                    "{} {what}: the request could not be built: a value from the task or its resource meta is not \
+                     valid in an HTTP request (e.g. a control character in a header value)",
+                    self.service.name
+                )));
+            }
+            // reqwest errors lose their URL, which can carry query parameters.
+            self.service.unreachable(what, format_args!("request failed: {}", e.without_url()))
+        })?;
+        let status = resp.status().as_u16();
+        let wait = resp.headers().get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(retry_after);
+        let bytes = resp.bytes().await.map_err(|e| {
+            self.service.unreachable(what, format_args!("reading the answer failed: {}", e.without_url()))
+        })?;
+        let body = if bytes.iter().all(u8::is_ascii_whitespace) {
+            Some(Json::Null)
+        } else {
+            serde_json::from_slice(&bytes).ok()
+        };
+        if (200..300).contains(&status) || self.service.answers.contains(&status) {
+            return body.map(|body| Answer { status, body }).ok_or_else(|| {
+                self.service.unreachable(what, format_args!("HTTP {status} with a body that is not JSON"))
+            });
+        }
+        // A service may echo what it was sent; a token the process-wide scrubber does not
+        // know (one stored in a meta, say) is scrubbed here.
+        let message = self.service.message_in(body.as_ref());
+        let message = token.map_or(message.clone(), |t| t.scrub_from(&message));
+        let transient = status == 429 || status >= 500;
+        Err(self.service.status(what, status, &message, wait.filter(|_| transient)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use serde_json::json;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::agent::TaskCategory;
+
+    /// A loopback server answering each request with the next scripted response (status,
+    /// extra headers, body) and recording the requests it got.
+    async fn scripted(script: Vec<(u16, &'static str, String)>) -> (String, Arc<Mutex<Vec<String>>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            for (status, headers, body) in script {
+                let (mut sock, _) = listener.accept().await.unwrap();
+                let mut buf = vec![0; 64 * 1024];
+                let n = sock.read(&mut buf).await.unwrap();
+                log.lock().unwrap().push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                let reply = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n{headers}\r\n{body}",
+                    body.len()
+                );
+                sock.write_all(reply.as_bytes()).await.unwrap();
+            }
+        });
+        (format!("http://{addr}"), seen)
+    }
+
+    const SVC: Service = Service::new("Svc", "check the key").with_answers(&[422]);
+
+    fn client(base: &str) -> RestClient {
+        let trusted = TrustedHosts::new("svc.base_url").origin(base, "svc.base_url").unwrap();
+        RestClient::new(SVC, "svc", "test-agent/1", &RestSettings::default(), trusted).unwrap()
+    }
+
+    fn ctx() -> Context {
+        let env = crate::secrets::EnvSource::Map(Arc::new(
+            [("FLYTE_SECRETS_DEFAULT_DIR".to_owned(), "/nonexistent-secrets-dir".to_owned())].into(),
+        ));
+        Context::new(TaskCategory::new("t", 0), crate::secrets::SecretStore::new(env))
+            .with_deadline(Some(Instant::now() + Duration::from_secs(5)))
+    }
+
+    /// A token source that hands out a new token each time it is asked after a refusal.
+    struct Rotating(AtomicU32);
+
+    impl Auth for Rotating {
+        async fn bearer(&self, _: &Context, refused: Option<&Secret>) -> Result<Option<Secret>, Failure> {
+            let n = if refused.is_some() {
+                self.0.fetch_add(1, Ordering::SeqCst) + 1
+            } else {
+                self.0.load(Ordering::SeqCst)
+            };
+            Ok(Some(Secret::new(format!("rotating-token-{n}"))))
+        }
+        fn refreshable(&self) -> bool {
+            true
+        }
+    }
+
+    #[tokio::test]
+    async fn transient_answers_are_retried_honouring_retry_after_in_both_forms() {
+        let date = httpdate::fmt_http_date(std::time::SystemTime::now());
+        let (base, seen) = scripted(vec![
+            (503, "retry-after: 0\r\n", "{\"message\":\"busy\"}".into()),
+            (429, Box::leak(format!("retry-after: {date}\r\n").into_boxed_str()), String::new()),
+            (200, "", "{\"ok\":1}".into()),
+        ])
+        .await;
+        let c = client(&base);
+        let url = format!("{base}/v1/jobs");
+        let answer = c
+            .call(&ctx(), Call::new("submit", &Method::POST, &url), &Anonymous, |r, n| {
+                r.header("x-attempt", n.to_string())
+            })
+            .await;
+        assert_eq!(answer.unwrap(), Answer { status: 200, body: json!({"ok": 1}) });
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 3);
+        assert!(seen[2].contains("x-attempt: 3") && seen[0].contains("user-agent: test-agent/1"), "{}", seen[2]);
+    }
+
+    #[tokio::test]
+    async fn a_refused_token_is_fetched_again_once_and_echoes_are_scrubbed() {
+        let (base, seen) = scripted(vec![
+            (401, "", "{\"message\":\"token rotating-token-0 expired\"}".into()),
+            (200, "", "{}".into()),
+        ])
+        .await;
+        let url = format!("{base}/x");
+        let auth = Rotating(AtomicU32::new(0));
+        client(&base).call(&ctx(), Call::new("get", &Method::GET, &url), &auth, |r, _| r).await.unwrap();
+        assert!(seen.lock().unwrap()[1].contains("Bearer rotating-token-1"));
+
+        let (base, _) =
+            scripted(vec![(401, "", "{\"message\":\"bad token rotating-token-0\"}".into()), (401, "", "{}".into())])
+                .await;
+        let url = format!("{base}/x");
+        let e = client(&base).call(&ctx(), Call::new("get", &Method::GET, &url), &SecretStatic, |r, _| r).await;
+        let e = e.unwrap_err();
+        assert!(matches!(e, Failure::Unauthenticated(_)), "{e:?}");
+        assert!(!e.message().contains("rotating-token-0") && e.message().contains("check the key"), "{}", e.message());
+    }
+
+    /// A fixed token that cannot be refreshed.
+    struct SecretStatic;
+
+    impl Auth for SecretStatic {
+        async fn bearer(&self, _: &Context, _: Option<&Secret>) -> Result<Option<Secret>, Failure> {
+            Ok(Some(Secret::new("rotating-token-0")))
+        }
+    }
+
+    #[tokio::test]
+    async fn declared_statuses_are_answers_and_the_rest_is_classified_once() {
+        let (base, _) = scripted(vec![
+            (422, "", "{\"code\":\"002003\"}".into()),
+            (404, "", "{\"error\":{\"message\":\"no such job\"}}".into()),
+            (200, "", "not json".into()),
+        ])
+        .await;
+        let c = client(&base);
+        let url = format!("{base}/s");
+        let call = Call::new("status", &Method::GET, &url);
+        assert_eq!(c.call(&ctx(), call, &Anonymous, |r, _| r).await.unwrap().status, 422);
+        let missing = c.call(&ctx(), call, &Anonymous, |r, _| r).await.unwrap_err();
+        assert_eq!(missing, Failure::Missing("Svc status failed: HTTP 404: no such job".into()));
+        // A 2xx that is not JSON is transient; the deadline ends the retries.
+        let short = ctx().with_deadline(Some(Instant::now() + Duration::from_millis(800)));
+        assert!(c.call(&short, call, &Anonymous, |r, _| r).await.unwrap_err().is_transient());
+    }
+
+    #[tokio::test]
+    async fn untrusted_hosts_get_nothing_not_even_a_token_fetch() {
+        struct Panics;
+        impl Auth for Panics {
+            async fn bearer(&self, _: &Context, _: Option<&Secret>) -> Result<Option<Secret>, Failure> {
+                panic!("no token may be fetched for an untrusted host")
+            }
+        }
+        let c = client("http://127.0.0.1:9");
+        for (url, code) in [("https://evil.test/x", "PermissionDenied"), ("http://a b/", "InvalidArgument")] {
+            let e = c.call(&ctx(), Call::new("get", &Method::GET, url), &Panics, |r, _| r).await.unwrap_err();
+            assert!(format!("{e:?}").contains(code), "{url}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn settings_flatten_into_an_agent_section_and_refuse_unknown_keys() {
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Section {
+            base_url: String,
+            #[serde(flatten)]
+            rest: RestSettings,
+        }
+        let s: Section = serde_json::from_value(json!({"base_url": "u", "attempt_timeout": "2s"})).unwrap();
+        assert_eq!(
+            (s.base_url.as_str(), s.rest.attempt_timeout, s.rest.retry_budget),
+            ("u", Duration::from_secs(2), Duration::from_secs(8))
+        );
+        let e = serde_json::from_value::<Section>(json!({"base_url": "u", "atempt_timeout": "2s"})).unwrap_err();
+        assert!(e.to_string().contains("atempt_timeout"), "{e}");
+    }
+}
