@@ -130,7 +130,7 @@ impl<W: std::io::Write> Drop for ScrubbingWriter<W> {
     }
 }
 
-struct HeaderExtractor<'a>(&'a tonic::codegen::http::HeaderMap);
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
 
 impl Extractor for HeaderExtractor<'_> {
     fn get(&self, key: &str) -> Option<&str> {
@@ -143,7 +143,7 @@ impl Extractor for HeaderExtractor<'_> {
 
 /// The span of one gRPC call, continuing the caller's trace when the request carries
 /// W3C trace context (`traceparent`).
-pub(crate) fn grpc_span<B>(req: &tonic::codegen::http::Request<B>) -> tracing::Span {
+pub(crate) fn grpc_span<B>(req: &http::Request<B>) -> tracing::Span {
     let path = req.uri().path();
     let span = tracing::info_span!(
         "grpc",
