@@ -148,7 +148,7 @@ mod tests {
     /// Fails when someone edits `proto/` without regenerating (or edits `gen/` by hand).
     #[test]
     fn generated_code_is_fresh() {
-        let root = crate::workspace_root();
+        let root = crate::workspace::root();
         let generated = generate(&root).unwrap();
         let stale = stale_files(&root.join(GEN_DIR), &generated).unwrap();
         assert!(stale.is_empty(), "stale generated files: {stale:?}; run `cargo xtask codegen`");

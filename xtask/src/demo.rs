@@ -5,14 +5,14 @@
 //! (`agentctl run --flyte2`), prints a summary table and stops everything with SIGTERM.
 
 use std::io::{BufRead as _, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::tasks::{cargo, run};
+use crate::exec::{cargo, run};
+use crate::workspace::free_port;
 
 /// A child process stopped with SIGTERM (then killed) when dropped.
 struct Proc {
@@ -62,10 +62,6 @@ fn emulator(bin: &Path, service: &str, args: &[&str]) -> Result<(Proc, String)> 
         bail!("the {service} emulator did not start");
     }
     Ok((Proc { name: format!("{service} emulator"), child }, host))
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// Starts an agent binary on a loopback port with `env` and waits until it is SERVING.

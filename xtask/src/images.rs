@@ -9,7 +9,7 @@
 
 use std::fmt::Write as _;
 use std::io::{Read as _, Write as _};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 
-use crate::tasks::{cargo, run};
-use crate::tools;
+use crate::exec::{cargo, output, run};
+use crate::workspace::free_port;
+use crate::{tools, workspace};
 
 /// The default registry images are tagged for.
 pub(crate) const DEFAULT_REGISTRY: &str = "ghcr.io/flyte-agents-rs";
@@ -100,24 +101,9 @@ fn host_platform() -> Result<(&'static str, &'static str)> {
     })
 }
 
-/// Every agent crate: `crates/agent-NAME` except agent-core.
-pub(crate) fn all_agents(root: &Path) -> Result<Vec<String>> {
-    let mut agents = Vec::new();
-    for entry in std::fs::read_dir(root.join("crates"))? {
-        let name = entry?.file_name().to_string_lossy().into_owned();
-        if let Some(agent) = name.strip_prefix("agent-")
-            && agent != "core"
-        {
-            agents.push(agent.to_owned());
-        }
-    }
-    agents.sort();
-    Ok(agents)
-}
-
 /// The agents named on the command line (all if none), checked against the crates.
 fn select_agents(root: &Path, wanted: &[String]) -> Result<Vec<String>> {
-    let all = all_agents(root)?;
+    let all = workspace::agents(root)?;
     if wanted.is_empty() || wanted.iter().any(|w| w == "all") {
         return Ok(all);
     }
@@ -126,23 +112,6 @@ fn select_agents(root: &Path, wanted: &[String]) -> Result<Vec<String>> {
         ensure!(all.iter().any(|a| a == name), "no agent {w:?}; the agents are {}", all.join(", "));
     }
     Ok(wanted.iter().map(|w| w.strip_prefix("agent-").unwrap_or(w).to_owned()).collect())
-}
-
-/// The workspace version, from the root manifest.
-pub(crate) fn workspace_version(root: &Path) -> Result<String> {
-    let manifest = std::fs::read_to_string(root.join("Cargo.toml"))?;
-    manifest
-        .lines()
-        .skip_while(|l| l.trim() != "[workspace.package]")
-        .find_map(|l| l.trim().strip_prefix("version = ").map(|v| v.trim_matches('"').to_owned()))
-        .context("no version in [workspace.package]")
-}
-
-/// Output of a command that must succeed, trimmed.
-fn output(cmd: &mut Command) -> Result<String> {
-    let out = cmd.output().with_context(|| format!("could not start {cmd:?}"))?;
-    ensure!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 /// One built image.
@@ -155,7 +124,7 @@ pub(crate) struct Built {
 /// `cargo xtask build-images`.
 pub(crate) fn build(root: &Path, args: &BuildArgs) -> Result<Vec<Built>> {
     let agents = select_agents(root, &args.agents)?;
-    let version = workspace_version(root)?;
+    let version = workspace::version(root)?;
     let tag = args.tag.clone().unwrap_or_else(|| version.clone());
     let (target, platform) = host_platform()?;
     let engine = match args.engine {
@@ -588,7 +557,7 @@ fn probe(
         .filter_map(|c| c["name"].as_str().map(str::to_owned))
         .collect();
     task_types.sort();
-    let mut expected = crate::charts::task_types(root, agent)?;
+    let mut expected = workspace::task_types(root, agent)?;
     expected.sort();
     ensure!(task_types == expected, "the image lists {task_types:?}; its chart routes {expected:?}");
 
@@ -599,10 +568,6 @@ fn probe(
     conn.read_to_string(&mut body)?;
     ensure!(body.starts_with("HTTP/1.1 200"), "metrics endpoint answered {}", body.lines().next().unwrap_or(""));
     Ok((ready, task_types))
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 fn dir_size(dir: &Path) -> Result<u64> {

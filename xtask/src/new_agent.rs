@@ -13,7 +13,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail, ensure};
 
-use crate::tasks::run;
+use crate::exec::run;
 use crate::tools;
 
 /// The spellings of an agent's name the templates use.
@@ -113,7 +113,7 @@ pub(crate) fn check(root: &Path) -> Result<()> {
     copy_worktree(root, &copy)?;
     scaffold(&copy, "example-service")?;
     let cargo = |args: &[&str]| {
-        let mut c = crate::tasks::cargo(&copy);
+        let mut c = crate::exec::cargo(&copy);
         // Share the main build's dependencies; only the copy's workspace crates build again.
         c.env("CARGO_TARGET_DIR", root.join("target")).args(args);
         c
@@ -121,13 +121,15 @@ pub(crate) fn check(root: &Path) -> Result<()> {
     run(&mut cargo(&["fmt", "--package", "agent-example-service", "--check"]))?;
     run(&mut cargo(&["clippy", "--package", "agent-example-service", "--all-targets", "--", "-D", "warnings"]))?;
     run(&mut cargo(&["test", "--package", "agent-example-service"]))?;
-    crate::charts::check_in(root, &copy, &["-k", "agent-example-service"])?;
+    // The chart suite, as `cargo xtask charts` runs it, narrowed to the new chart.
+    let tools_venv = tools::tools_venv(root)?;
+    run(tools::pytest(&tools_venv, &copy, "tests/charts").args(["-k", "agent-example-service"]))?;
     // The chart's configuration starts the binary, which lists the task types the chart routes.
     run(&mut cargo(&["build", "--package", "agent-example-service", "--bin", "agent-example-service"]))?;
     let e2e = tools::venv(root, "e2e-venv", &root.join("tests/e2e/requirements.txt"))?;
-    run(tools::venv_command(&e2e, "python").current_dir(&copy).env("AGENT_BIN_DIR", root.join("target/debug")).args(
-        ["-m", "pytest", "tests/e2e/test_charts_agree.py", "-q", "-p", "no:cacheprovider", "-k", "example-service"],
-    ))?;
+    run(tools::pytest(&e2e, &copy, "tests/e2e/test_charts_agree.py")
+        .env("AGENT_BIN_DIR", root.join("target/debug"))
+        .args(["-k", "example-service"]))?;
     println!(
         "The scaffolded agent builds, passes clippy, rustfmt and its tests, its chart passes the chart checks, \
          and its binary serves what its chart routes."

@@ -1,13 +1,13 @@
 //! Getting the tools the tasks need onto a fresh machine: Python virtual environments
-//! from pinned requirement files, Debian packages, rustup targets. CI runs on a clean
-//! clone, so every task installs what it uses instead of assuming it is there.
+//! from pinned requirement files, Debian packages, rustup targets and components. CI runs on a clean clone, so every task installs what it uses instead of
+//! assuming it is there. The tools layer: it imports only the leaves (`exec`, `workspace`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::tasks::run;
+use crate::exec::{cargo, run};
 
 /// A virtual environment under `target/` with `requirements` installed; reinstalled only
 /// when the requirements file changes.
@@ -44,6 +44,14 @@ pub(crate) fn venv_command(venv: &Path, program: &str) -> Command {
     let mut cmd = Command::new(bin.join(program));
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
     cmd.env("PATH", path);
+    cmd
+}
+
+/// `python -m pytest SUITE` from `venv`, run in `tree` (the workspace, or a copy of it),
+/// quiet and leaving no `.pytest_cache` behind.
+pub(crate) fn pytest(venv: &Path, tree: &Path, suite: &str) -> Command {
+    let mut cmd = venv_command(venv, "python");
+    cmd.current_dir(tree).args(["-m", "pytest", suite, "-q", "-p", "no:cacheprovider"]);
     cmd
 }
 
@@ -84,4 +92,13 @@ pub(crate) fn ensure_rust_target(target: &str) -> Result<()> {
         return Ok(());
     }
     run(Command::new("rustup").args(["target", "add", target]))
+}
+
+/// A minimal rustup profile lacks rustfmt and clippy; add them rather than fail.
+pub(crate) fn ensure_components(root: &Path) -> Result<()> {
+    let have = |sub: &str| cargo(root).args([sub, "--version"]).output().is_ok_and(|o| o.status.success());
+    if have("fmt") && have("clippy") {
+        return Ok(());
+    }
+    run(Command::new("rustup").args(["component", "add", "rustfmt", "clippy"]))
 }
