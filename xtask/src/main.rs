@@ -4,7 +4,7 @@
 //! The modules stand in layers, every import pointing down (the test at the bottom of
 //! this file holds them there):
 //! - leaves, importing nothing from the crate: `exec` (running commands, capturing their
-//!   output) and `workspace` (the root, version, agents, chart task
+//!   output) and `workspace` (the root, version, `rust-version`, agents, chart task
 //!   types, a free port);
 //! - tools, importing only leaves: `tools` (venvs, apt packages, rustup targets and
 //!   components);
@@ -54,7 +54,8 @@ enum Command {
     /// Run every test: lint, Rust tests, chart checks, the end-to-end suite with the official
     /// Python client, and an image built, run and probed.
     Test,
-    /// Check formatting, run clippy with warnings denied, lint the Dockerfile and workflows.
+    /// Check formatting, run clippy with warnings denied, check the workspace rust-version
+    /// against the dependencies', lint the Dockerfile and workflows.
     Lint,
     /// Run the Rust tests (unit, integration, doc).
     Unit,

@@ -1,5 +1,5 @@
-//! Facts about the workspace that several commands read: where it is, its version,
-//! its agents and the task types their charts route, and a free loopback
+//! Facts about the workspace that several commands read: where it is, its version and
+//! `rust-version`, its agents and the task types their charts route, and a free loopback
 //! port. A leaf: it imports nothing from the crate, so any command may use it without
 //! importing another command (see the layer table in `main.rs`).
 
@@ -29,6 +29,11 @@ fn package_field(root: &Path, key: &str) -> Result<String> {
 /// The workspace version, from the root manifest.
 pub(crate) fn version(root: &Path) -> Result<String> {
     package_field(root, "version")
+}
+
+/// The workspace's `rust-version` (the oldest Rust it promises to build with).
+pub(crate) fn rust_version(root: &Path) -> Result<String> {
+    package_field(root, "rust-version")
 }
 
 /// Every agent crate: `crates/agent-NAME` except agent-core.
@@ -78,6 +83,7 @@ mod tests {
     fn reads_the_root_manifest() {
         let root = root();
         assert!(!version(&root).unwrap().is_empty());
+        assert!(rust_version(&root).unwrap().starts_with("1."));
         let agents = agents(&root).unwrap();
         assert!(agents.iter().any(|a| a == "openai"), "{agents:?}");
         assert!(!agents.iter().any(|a| a == "core"), "agent-core is the library, not an agent");
