@@ -1,4 +1,4 @@
-//! `cargo xtask lint` and `unit`: the static checks and the Rust tests.
+//! `cargo xtask lint`, `unit` and `check-crates`: the static checks and the Rust tests.
 //!
 //! `lint` also holds the workspace's `rust-version` to what the dependency tree needs:
 //! cargo only warns (or fails on an old toolchain with a confusing error) when a
@@ -27,10 +27,38 @@ pub(crate) fn unit(root: &Path) -> Result<()> {
     run(cargo(root).args(["test", "--workspace", "--all-features"]))
 }
 
+/// `cargo xtask check-crates`: `cargo check` of each workspace crate on its own, once for
+/// its library and binaries and once with its tests, examples and benches. A workspace
+/// build unifies features across crates, so a crate that uses a feature only a sibling
+/// turns on (agent-core's `mimalloc` or `test-util`, a tokio feature) builds there and
+/// breaks for whoever builds it alone, as `cargo install` or a release of one agent does.
+pub(crate) fn check_crates(root: &Path) -> Result<()> {
+    let metadata = metadata(root)?;
+    let crates = workspace_crates(&metadata)?;
+    for name in &crates {
+        run(cargo(root).args(["check", "--quiet", "--package", name]))?;
+        run(cargo(root).args(["check", "--quiet", "--package", name, "--all-targets"]))?;
+    }
+    println!("each of {} crates checks on its own: {}", crates.len(), crates.join(", "));
+    Ok(())
+}
+
 /// `cargo metadata` of the workspace, dependencies resolved from Cargo.lock.
 fn metadata(root: &Path) -> Result<Value> {
     let json = output(cargo(root).args(["metadata", "--format-version", "1", "--locked"]))?;
     serde_json::from_str(&json).context("reading cargo metadata")
+}
+
+/// The names of the workspace's own crates, sorted.
+fn workspace_crates(metadata: &Value) -> Result<Vec<String>> {
+    let members = members(metadata)?;
+    let mut names: Vec<String> = packages(metadata)?
+        .iter()
+        .filter(|p| p["id"].as_str().is_some_and(|id| members.contains(&id)))
+        .filter_map(|p| p["name"].as_str().map(str::to_owned))
+        .collect();
+    names.sort();
+    Ok(names)
 }
 
 /// The package ids of the workspace's own crates.
@@ -145,6 +173,7 @@ mod tests {
         assert!(newer_than("1.91", &tree()).unwrap().is_empty(), "1.91 and 1.91.0 are the same floor");
         assert!(newer_than("1.92.1", &tree()).unwrap().is_empty());
         assert!(newer_than("1.x", &tree()).is_err());
+        assert_eq!(workspace_crates(&tree()).unwrap(), ["agent-core"]);
     }
 
     /// The real tree: the root Cargo.toml's `rust-version` is at least every dependency's

@@ -57,6 +57,8 @@ enum Command {
     /// Check formatting, run clippy with warnings denied, check the workspace rust-version
     /// against the dependencies', lint the Dockerfile and workflows.
     Lint,
+    /// `cargo check` each workspace crate on its own (no feature unification across crates).
+    CheckCrates,
     /// Run the Rust tests (unit, integration, doc).
     Unit,
     /// Lint, render and validate every Helm chart offline.
@@ -110,6 +112,7 @@ fn main() -> Result<()> {
         Command::Demo => demo::demo(&root),
         Command::Test => test(&root),
         Command::Lint => lint::lint(&root),
+        Command::CheckCrates => lint::check_crates(&root),
         Command::Unit => lint::unit(&root),
         Command::Charts => charts::check(&root),
         Command::PackageCharts { version, out } => charts::package(&root, version.as_deref(), &root.join(out)),
@@ -124,12 +127,13 @@ fn main() -> Result<()> {
     }
 }
 
-/// Every test: lint, the Rust tests, the charts, the
+/// Every test: lint, each crate checked alone, the Rust tests, the charts, the
 /// end-to-end suite against the official Python client, the demo, a short soak, a
 /// scaffolded agent's checks, and one image built and run (the CI workflow tests every
 /// image).
 fn test(root: &Path) -> Result<()> {
     lint::lint(root)?;
+    lint::check_crates(root)?;
     lint::unit(root)?;
     charts::check(root)?;
     e2e::e2e(root, &[])?;
