@@ -52,8 +52,9 @@ enum Command {
     /// Run the demo: every agent against its local emulator, one sample task each through
     /// agentctl, like Propeller would run them.
     Demo,
-    /// Run every test: lint, Rust tests, chart checks, the end-to-end suite with the official
-    /// Python client, and an image built, run and probed.
+    /// Run every test: lint, each crate checked alone, cargo-deny, Rust tests, chart checks,
+    /// the end-to-end suite with the official Python client, the demo, a short soak, the
+    /// scaffold check, and an image built, run and probed.
     Test,
     /// Check formatting, run clippy with warnings denied, check the workspace rust-version
     /// against the dependencies', lint the Dockerfile and workflows.
