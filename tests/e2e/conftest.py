@@ -27,7 +27,7 @@ def free_port() -> int:
 
 
 def agent_binary() -> str:
-    path = os.environ.get("AGENT_TEST_BINARY") or str(ROOT / "target/debug/examples/test_agent")
+    path = os.environ.get("AGENT_TEST_BINARY") or str(ROOT / "target/debug/test_agent")
     if not os.path.exists(path):
         raise RuntimeError(f"{path} does not exist: run `cargo xtask e2e`, which builds it")
     return path

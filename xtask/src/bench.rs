@@ -10,17 +10,8 @@ use crate::exec::{cargo, run};
 
 /// Builds the test agent and the benchmark in release mode and runs the benchmark.
 pub(crate) fn bench(root: &Path, args: &[String]) -> Result<()> {
-    run(cargo(root).args([
-        "build",
-        "--release",
-        "--workspace",
-        "--bins",
-        "--example",
-        "test_agent",
-        "--example",
-        "bench",
-    ]))?;
-    run(Command::new(root.join("target/release/examples/bench")).args(args))
+    run(cargo(root).args(["build", "--release", "--workspace", "--bins"]))?;
+    run(Command::new(root.join("target/release/bench")).args(args))
 }
 
 /// The soak harness (`bench --soak`): release binaries for the full run, or the debug
@@ -28,10 +19,10 @@ pub(crate) fn bench(root: &Path, args: &[String]) -> Result<()> {
 pub(crate) fn soak(root: &Path, args: &[String], release: bool) -> Result<()> {
     let profile = if release { "release" } else { "debug" };
     let mut build = cargo(root);
-    build.args(["build", "--workspace", "--all-features", "--bins", "--example", "bench"]);
+    build.args(["build", "--workspace", "--all-features", "--bins"]);
     if release {
         build.arg("--release");
     }
     run(&mut build)?;
-    run(Command::new(root.join("target").join(profile).join("examples/bench")).arg("--soak").args(args))
+    run(Command::new(root.join("target").join(profile).join("bench")).arg("--soak").args(args))
 }

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use agent_bigquery::{BigQueryAgent, Config, TASK_TYPE};
-use agent_core::executor::Outcome;
 use agent_core::json::json_to_struct;
 use agent_core::literals::{Value, values_to_literal_map};
 use agent_core::pb::{admin, core};
@@ -12,6 +11,8 @@ use agent_core::prelude::*;
 use agent_core::testing::{Code, TestServer, conformance, create_request as create_req, get_request};
 use emulators::bigquery::{BigQuery, ForcedState, JobError, OutcomeRule, Timing};
 use emulators::{FaultAction, FaultRule, Running};
+use executor::Outcome;
+use executor::testing::TestServerExt as _;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 

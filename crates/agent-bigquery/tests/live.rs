@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use agent_bigquery::{BigQueryAgent, Config, TASK_TYPE};
 use agent_core::AgentService;
-use agent_core::executor::{ExecutorOptions, LocalExecutor, Outcome};
 use agent_core::json::json_to_struct;
 use agent_core::pb::core;
 use agent_core::prelude::*;
 use agent_core::testing::secrets;
+use executor::{ExecutorOptions, LocalExecutor, Outcome};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test]

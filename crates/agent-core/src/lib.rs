@@ -4,7 +4,8 @@
 //! (execute) in flytekit's vocabulary, registers it in a [`Registry`], and calls
 //! [`server::run`] from `main`. This crate owns the protocol ([`pb`], generated from
 //! `proto/`), the gRPC front end, health and reflection, configuration, secrets,
-//! telemetry, literal helpers, and a Propeller-like [`executor`] for local runs and tests.
+//! telemetry and literal helpers: the SDK an agent is written against and the runtime that
+//! serves it, nothing else.
 //!
 //! Agent crates never touch tonic: only this crate speaks gRPC.
 
@@ -20,7 +21,6 @@ pub mod cache {
 pub mod config;
 mod erased;
 pub mod error;
-pub mod executor;
 mod grpc;
 pub mod http;
 pub mod json;
@@ -40,7 +40,6 @@ pub use agent::{
     AsyncAgent, Context, LogLine, Logs, LogsQuery, MetricsQuery, ResourceMeta, SyncAgent, TaskCategory, TaskRequest,
 };
 pub use error::AgentError;
-pub use grpc::client::GrpcBackend;
 /// Protobuf well-known types (`Timestamp`, `Duration`, `Struct`) used in the protocol messages.
 pub use prost_types;
 pub use registry::Registry;

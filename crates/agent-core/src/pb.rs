@@ -3,8 +3,9 @@
 //! [`v2`]).
 //!
 //! Agent crates use the Flyte 1 message types (`core::TaskTemplate`, `core::LiteralMap`,
-//! …) whichever protocol a call arrived on; the gRPC client and server modules in
-//! [`service`] and [`v2::connector`] are for agent-core alone.
+//! …) whichever protocol a call arrived on. The gRPC server modules in [`service`] and
+//! [`v2::connector`] are for agent-core alone; their clients (and [`convert`]) are for the
+//! `executor` crate and tests.
 
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic, rust_2018_idioms)]
 mod generated {
@@ -47,6 +48,32 @@ pub use generated::flyteidl::{admin, core, service};
 /// hand agents Flyte 1 types (see `grpc/v2.rs`).
 pub mod v2 {
     pub use super::generated::flyteidl2::{common, connector, core, logs, task};
+}
+
+/// Between the generations for a client of an agent that speaks Flyte 2 (the `executor`
+/// crate): what a Flyte 2 backend sends for a [`TaskRequest`](crate::TaskRequest) and what
+/// its answer means as a [`Resource`](crate::Resource). The same re-encoding the Flyte 2
+/// front end does on the way in, so a client cannot drift from the server.
+pub mod convert {
+    use super::v2::{connector, core};
+    use crate::{AgentError, Resource, TaskRequest};
+
+    /// The `CreateTaskRequest` a Flyte 2 backend sends for `task`: inputs named and sorted
+    /// by name, template and metadata re-encoded, `connection` as given. Fails only when a
+    /// message does not re-encode (the generations share these types' fields, so a
+    /// well-formed task always does).
+    pub fn v2_create_request(
+        task: &TaskRequest,
+        connection: Option<core::Connection>,
+    ) -> Result<connector::CreateTaskRequest, prost::DecodeError> {
+        crate::grpc::v2::create_request(task, connection)
+    }
+
+    /// A Flyte 2 `Resource` (a `GetTask` answer) as [`Resource`]. An answer that cannot be
+    /// read (duplicate output names, undecodable literals) is an error naming the field.
+    pub fn resource_from_v2(resource: &connector::Resource) -> Result<Resource, AgentError> {
+        crate::grpc::v2::resource_from_v2(resource)
+    }
 }
 
 /// Encoded `FileDescriptorSet` of every file in `proto/` (both generations) and the

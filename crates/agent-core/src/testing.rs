@@ -12,8 +12,6 @@ use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
 use crate::config::{LogFormat, ServerConfig};
-use crate::executor::{ExecutorOptions, LocalExecutor};
-use crate::grpc::client::GrpcBackend;
 use crate::pb::service::agent_metadata_service_client::AgentMetadataServiceClient;
 use crate::pb::service::async_agent_service_client::AsyncAgentServiceClient;
 use crate::pb::service::sync_agent_service_client::SyncAgentServiceClient;
@@ -102,12 +100,6 @@ impl TestServer {
     /// An `AgentMetadataService` client.
     pub async fn metadata_client(&self) -> AgentMetadataServiceClient<Channel> {
         AgentMetadataServiceClient::new(self.channel().await)
-    }
-
-    /// A Propeller-like executor over gRPC, polling every `poll_interval`.
-    pub async fn executor(&self, poll_interval: Duration) -> LocalExecutor<GrpcBackend> {
-        let backend = GrpcBackend::connect(&self.endpoint(), Duration::from_secs(10)).await.expect("connect");
-        LocalExecutor::new(backend, ExecutorOptions { poll_interval, ..Default::default() })
     }
 
     /// Starts the graceful shutdown without waiting for it.

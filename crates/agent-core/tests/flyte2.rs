@@ -2,8 +2,6 @@
 //! discovery, the async lifecycle, sync agents through the async service, per-request
 //! secrets, precise errors, and both generations served at once.
 
-mod support;
-
 use std::time::Duration;
 
 use agent_core::AgentService;
@@ -14,8 +12,8 @@ use agent_core::pb::{admin, core};
 use agent_core::prelude::*;
 use agent_core::testing::flyte2::{self, connection};
 use agent_core::testing::{Code, TestServer, secrets, test_config};
-use support::task;
-use support::test_agent::{self, ASYNC_TYPE, SYNC_TYPE};
+use testbed::task;
+use testbed::test_agent::{self, ASYNC_TYPE, SYNC_TYPE};
 
 /// The named outputs of a Flyte 2 resource as plain values.
 fn outputs(r: &c::Resource) -> Vec<(String, Value)> {

@@ -9,10 +9,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use agent_core::AgentService;
-use agent_core::executor::Backend;
 use agent_core::prelude::*;
 use agent_core::service::CallInfo;
 use agent_core::testing::{TestServer, secrets, test_config};
+use executor::Backend;
 use serde::{Deserialize, Serialize};
 
 /// Counts the calls in flight and remembers the most seen at once.
@@ -162,7 +162,7 @@ async fn the_server_applies_its_configured_limit() {
     let (svc, sync, _) = service(64, Duration::from_millis(40));
     let config = agent_core::config::ServerConfig { max_concurrent_calls: 2, ..test_config() };
     let server = TestServer::start_with(svc, config).await;
-    let backend = agent_core::GrpcBackend::connect(&server.endpoint(), Duration::from_secs(10)).await.unwrap();
+    let backend = executor::GrpcBackend::connect(&server.endpoint(), Duration::from_secs(10)).await.unwrap();
     let calls: Vec<_> = (0..8)
         .map(|_| {
             let backend = backend.clone();
@@ -181,7 +181,7 @@ async fn the_callers_grpc_timeout_bounds_the_wait_for_a_slot() {
     let (svc, sync, _) = service(1, Duration::from_secs(2));
     let config = agent_core::config::ServerConfig { max_concurrent_calls: 1, ..test_config() };
     let server = TestServer::start_with(svc, config).await;
-    let backend = agent_core::GrpcBackend::connect(&server.endpoint(), Duration::from_secs(10)).await.unwrap();
+    let backend = executor::GrpcBackend::connect(&server.endpoint(), Duration::from_secs(10)).await.unwrap();
     let holder = tokio::spawn(async move { backend.execute(task("slow_sync")).await });
     tokio::time::sleep(Duration::from_millis(100)).await;
 
@@ -326,18 +326,18 @@ fn chart_memory_limit() -> u64 {
     limits.into_iter().min().expect("no chart sets resources.limits.memory")
 }
 
-/// The test agent binary (`examples/test_agent.rs`), built as `cargo test --workspace
+/// The test agent binary (testbed's `test_agent`), built as `cargo test --workspace
 /// --all-features` and the e2e suite build it (so the same artifacts: a no-op there).
 fn test_agent_binary() -> std::path::PathBuf {
     let status = std::process::Command::new(env!("CARGO"))
-        .args(["build", "--workspace", "--all-features", "--example", "test_agent"])
+        .args(["build", "--workspace", "--all-features", "--bin", "test_agent"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .status()
         .unwrap();
     assert!(status.success(), "building the test agent failed");
-    // target/<profile>/deps/limits-… → target/<profile>/examples/test_agent
+    // target/<profile>/deps/limits-… → target/<profile>/test_agent
     let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().join("examples").join("test_agent")
+    exe.parent().unwrap().parent().unwrap().join("test_agent")
 }
 
 /// Stops the agent process when the test ends, however it ends.

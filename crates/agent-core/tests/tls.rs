@@ -4,8 +4,6 @@
 //! setting and never the file's content, and a renewed certificate is picked up without a
 //! restart (a broken renewal is not).
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -78,7 +76,7 @@ async fn start_with(tls: TlsConfig, http2: agent_core::config::Http2Config) -> R
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let config = agent_core::config::ServerConfig { tls: Some(tls), http2, ..test_config() };
-    let server = AgentServer::new(AgentService::new(support::test_agent::registry(), secrets(&[])), config);
+    let server = AgentServer::new(AgentService::new(testbed::test_agent::registry(), secrets(&[])), config);
     let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         let _ = tx.send(server.serve_on(listener, std::future::pending()).await);

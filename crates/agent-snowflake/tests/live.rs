@@ -5,11 +5,11 @@
 use std::time::Duration;
 
 use agent_core::AgentService;
-use agent_core::executor::{ExecutorOptions, LocalExecutor, Outcome};
 use agent_core::pb::core;
 use agent_core::prelude::*;
 use agent_core::testing::secrets;
 use agent_snowflake::{Config, SnowflakeAgent};
+use executor::{ExecutorOptions, LocalExecutor, Outcome};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test]

@@ -7,9 +7,9 @@ use std::fmt::Write as _;
 use std::io::IsTerminal as _;
 use std::time::{Duration, Instant};
 
-use agent_core::executor::Progress as Event;
 use agent_core::pb::admin;
 use agent_core::{Phase, Resource};
+use executor::Progress as Event;
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// `agentctl list`: one row per agent.

@@ -20,10 +20,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use agent_core::executor::{ExecutorOptions, LocalExecutor, Outcome};
 use agent_core::literals::literal_map_to_json;
-use agent_core::{AgentError, GrpcBackend, Phase, TaskRequest};
+use agent_core::{AgentError, Phase, TaskRequest};
 use clap::{Parser, Subcommand};
+use executor::{ExecutorOptions, GrpcBackend, LocalExecutor, Outcome};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]

@@ -2,7 +2,6 @@
 //! reflection on one port. This module and its children are the only code that
 //! speaks tonic.
 
-pub(crate) mod client;
 pub(crate) mod codec;
 mod http2;
 mod status;

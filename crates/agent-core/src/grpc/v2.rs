@@ -108,8 +108,8 @@ pub(crate) fn to_named(map: &core::LiteralMap) -> Result<Vec<task::NamedLiteral>
         .collect()
 }
 
-/// The CreateTaskRequest a Flyte 2 backend sends for `task` (the executor's client and the
-/// test helpers send it).
+/// The CreateTaskRequest a Flyte 2 backend sends for `task` (the `executor` crate's client
+/// and the test helpers send it, through [`crate::pb::convert`]).
 pub(crate) fn create_request(
     task: &TaskRequest,
     connection: Option<core2::Connection>,
@@ -123,7 +123,8 @@ pub(crate) fn create_request(
     })
 }
 
-/// A Flyte 2 resource as [`Resource`] (what the executor's client reads).
+/// A Flyte 2 resource as [`Resource`] (what the `executor` crate's client reads, through
+/// [`crate::pb::convert`]).
 pub(crate) fn resource_from_v2(r: &c::Resource) -> Result<Resource, AgentError> {
     let unreadable = |e: prost::DecodeError| AgentError::internal(format!("the agent's answer could not be read: {e}"));
     let v1 = admin::Resource {

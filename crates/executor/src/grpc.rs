@@ -1,5 +1,5 @@
-//! A gRPC client for the agent services, used by the local executor to drive a running
-//! agent the way Propeller does (Flyte 1) or a Flyte 2 backend does (`flyteidl2.connector`,
+//! A gRPC client for the agent services, used by the [`LocalExecutor`](crate::LocalExecutor)
+//! to drive a running agent the way Propeller does (Flyte 1) or a Flyte 2 backend does (`flyteidl2.connector`,
 //! with per-request secrets).
 
 use std::time::Duration;
@@ -8,16 +8,16 @@ use futures_util::future::BoxFuture;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
-use crate::agent::{TaskCategory, TaskRequest};
-use crate::error::AgentError;
-use crate::executor::Backend;
-use crate::pb::admin::{self, execute_task_sync_request as sync_req, execute_task_sync_response as sync_resp};
-use crate::pb::service::agent_metadata_service_client::AgentMetadataServiceClient;
-use crate::pb::service::async_agent_service_client::AsyncAgentServiceClient;
-use crate::pb::service::sync_agent_service_client::SyncAgentServiceClient;
-use crate::pb::v2;
-use crate::pb::v2::connector::async_connector_service_client::AsyncConnectorServiceClient;
-use crate::resource::Resource;
+use agent_core::pb::admin::{self, execute_task_sync_request as sync_req, execute_task_sync_response as sync_resp};
+use agent_core::pb::convert;
+use agent_core::pb::service::agent_metadata_service_client::AgentMetadataServiceClient;
+use agent_core::pb::service::async_agent_service_client::AsyncAgentServiceClient;
+use agent_core::pb::service::sync_agent_service_client::SyncAgentServiceClient;
+use agent_core::pb::v2;
+use agent_core::pb::v2::connector::async_connector_service_client::AsyncConnectorServiceClient;
+use agent_core::{AgentError, Resource, TaskCategory, TaskRequest};
+
+use crate::Backend;
 
 /// An agent reached over gRPC.
 #[derive(Debug, Clone)]
@@ -99,7 +99,7 @@ impl GrpcBackend {
 }
 
 /// A status from an agent, back in the error type.
-pub(crate) fn from_status(s: &Status) -> AgentError {
+fn from_status(s: &Status) -> AgentError {
     let m = s.message().to_owned();
     match s.code() {
         Code::NotFound => AgentError::NotFound(m),
@@ -139,7 +139,7 @@ impl Backend for GrpcBackend {
         Box::pin(async move {
             if self.flyte2.is_some() {
                 let connection = self.connection(&task.category());
-                let req = super::v2::create_request(&task, connection)
+                let req = convert::v2_create_request(&task, connection)
                     .map_err(|e| AgentError::invalid_argument(format!("the task cannot be sent over Flyte 2: {e}")))?;
                 let mut client = AsyncConnectorServiceClient::new(self.channel.clone());
                 let r = client.create_task(self.request(req)).await.map_err(|s| from_status(&s))?;
@@ -174,7 +174,7 @@ impl Backend for GrpcBackend {
                 };
                 let mut client = AsyncConnectorServiceClient::new(self.channel.clone());
                 let r = client.get_task(self.request(req)).await.map_err(|s| from_status(&s))?;
-                return super::v2::resource_from_v2(&r.into_inner().resource.unwrap_or_default());
+                return convert::resource_from_v2(&r.into_inner().resource.unwrap_or_default());
             }
             let mut client = AsyncAgentServiceClient::new(self.channel.clone());
             let req = admin::GetTaskRequest {

@@ -1,10 +1,6 @@
 //! An agent binary hosting the test agents (`test_async`, `test_sync`), for the
 //! end-to-end tests, the demo and the benchmark. Not shipped.
 
-#[path = "../tests/support/test_agent.rs"]
-#[allow(dead_code)]
-mod test_agent;
-
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -13,5 +9,5 @@ fn main() -> ExitCode {
         about: "Flyte agent server hosting the test agents (test_async, test_sync)",
         version: env!("CARGO_PKG_VERSION"),
     };
-    agent_core::server::run(info, async |_settings| Ok(test_agent::registry()))
+    agent_core::server::run(info, async |_settings| Ok(testbed::test_agent::registry()))
 }

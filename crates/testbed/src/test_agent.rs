@@ -19,25 +19,30 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
 /// Task type of the async test agent.
-pub(crate) const ASYNC_TYPE: &str = "test_async";
+pub const ASYNC_TYPE: &str = "test_async";
 /// Task type of the sync test agent.
-pub(crate) const SYNC_TYPE: &str = "test_sync";
+pub const SYNC_TYPE: &str = "test_sync";
 
 /// The job handle. `outcome` and the defaults let metas written by flytekit's Python
 /// `ResourceMeta.encode()` (with `null`s and missing fields) decode.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) struct TestMeta {
-    pub(crate) job_id: String,
-    pub(crate) started_at_ms: u64,
+pub struct TestMeta {
+    /// A fresh id per job.
+    pub job_id: String,
+    /// When the job started (Unix milliseconds).
+    pub started_at_ms: u64,
+    /// How long the job runs.
     #[serde(default)]
-    pub(crate) duration_ms: u64,
+    pub duration_ms: u64,
+    /// The requested `outcome` (`None`: succeed).
     #[serde(default)]
-    pub(crate) outcome: Option<String>,
+    pub outcome: Option<String>,
+    /// The task's input `x`, doubled into the output `y`.
     #[serde(default)]
-    pub(crate) x: i64,
+    pub x: i64,
     /// The name of the secret every call needs, like an agent that authenticates each call.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) secret_key: Option<String>,
+    pub secret_key: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -78,7 +83,7 @@ fn x_input(task: &TaskRequest) -> Result<i64, AgentError> {
 
 /// The async test agent.
 #[derive(Debug, Default)]
-pub(crate) struct TestAsyncAgent;
+pub struct TestAsyncAgent;
 
 impl AsyncAgent for TestAsyncAgent {
     type Meta = TestMeta;
@@ -183,7 +188,7 @@ impl AsyncAgent for TestAsyncAgent {
 
 /// The sync test agent: echoes its inputs and greets `name`.
 #[derive(Debug, Default)]
-pub(crate) struct TestSyncAgent;
+pub struct TestSyncAgent;
 
 impl SyncAgent for TestSyncAgent {
     fn name(&self) -> &str {
@@ -215,7 +220,7 @@ impl SyncAgent for TestSyncAgent {
 }
 
 /// Both test agents.
-pub(crate) fn registry() -> Registry {
+pub fn registry() -> Registry {
     Registry::builder()
         .async_agent(TestAsyncAgent)
         .and_then(|r| r.sync_agent(TestSyncAgent))

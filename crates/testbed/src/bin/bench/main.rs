@@ -9,7 +9,6 @@
 // A benchmark reports on stdout.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-#[path = "soak/mod.rs"]
 mod soak;
 
 use std::path::PathBuf;
@@ -120,6 +119,8 @@ fn usage() -> ! {
     std::process::exit(2)
 }
 
+/// A workspace binary next to this one (`target/<profile>/NAME`): the test agent, the agents,
+/// the emulators.
 fn sibling(name: &str) -> PathBuf {
     std::env::current_exe().expect("own path").with_file_name(name)
 }
@@ -156,7 +157,7 @@ fn spawn_agent(no_metrics: bool) -> Proc {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("start test_agent (build it with `cargo build --release --examples`)");
+        .expect("start test_agent (build it with `cargo build --release -p testbed --bins`)");
     Proc { child, port }
 }
 
@@ -539,12 +540,6 @@ async fn bare_server(port: u16) {
         .expect("bare server");
 }
 
-/// A workspace binary next to the examples directory (`target/<profile>/NAME`).
-fn workspace_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("own path");
-    exe.parent().and_then(|p| p.parent()).map(|p| p.join(name)).expect("examples live under target/<profile>")
-}
-
 /// An agent binary benchmarked against its service's emulator binary.
 struct External {
     title: &'static str,
@@ -633,7 +628,7 @@ fn databricks_setup(host: &str, dir: &std::path::Path) -> External {
 /// Starts `emulators ARGS` and returns it with the `host:port` it prints first.
 fn start_emulator(args: &[String]) -> (Child, String) {
     use std::io::BufRead;
-    let mut emulator = Command::new(workspace_bin("emulators"))
+    let mut emulator = Command::new(sibling("emulators"))
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -647,7 +642,7 @@ fn start_emulator(args: &[String]) -> (Child, String) {
 /// Starts an agent binary of the workspace on a free loopback port with `env`.
 fn spawn_workspace_agent(agent: &str, env: &[(String, String)], log_level: &str) -> Proc {
     let port = free_port();
-    let child = Command::new(workspace_bin(agent))
+    let child = Command::new(sibling(agent))
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .args(["--listen-address", "127.0.0.1", "--port", &port.to_string()])
         .args(["--metrics-port", &free_port().to_string(), "--log-level", log_level])

@@ -1,17 +1,24 @@
-//! A local executor that drives an agent the way FlytePropeller does: for an async agent,
-//! create → poll get until a terminal phase → outputs, and delete on cancellation; for a
-//! sync agent, one execute. It runs in-process (against an [`AgentService`]) or over
-//! gRPC against a running agent ([`crate::grpc::client::GrpcBackend`]).
+//! executor: a local executor that drives an agent the way FlytePropeller does: for an
+//! async agent, create → poll get until a terminal phase → outputs, and delete on
+//! cancellation; for a sync agent, one execute. It runs in-process (against an
+//! [`AgentService`]) or over gRPC against a running agent ([`GrpcBackend`]).
+//!
+//! agentctl, the tests and the soak use it; agent binaries never link it, so it lives
+//! beside agent-core rather than in it.
 
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::{TaskCategory, TaskRequest};
-use crate::error::AgentError;
-use crate::resource::Resource;
-use crate::service::{AgentService, CallInfo};
+use agent_core::service::{AgentService, CallInfo};
+use agent_core::{AgentError, Resource, TaskCategory, TaskRequest};
+
+mod grpc;
+#[cfg(feature = "test-util")]
+pub mod testing;
+
+pub use grpc::GrpcBackend;
 
 /// Where calls go: an in-process service or a remote agent.
 pub trait Backend: Send + Sync {

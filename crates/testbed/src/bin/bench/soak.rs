@@ -12,11 +12,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use agent_core::GrpcBackend;
-use agent_core::executor::Backend as _;
 use agent_core::pb::admin;
 use agent_core::pb::core::{Identifier, NodeExecutionIdentifier, TaskExecutionIdentifier, WorkflowExecutionIdentifier};
 use agent_core::prelude::{TaskCategory, TaskRequest};
+use executor::Backend as _;
+use executor::GrpcBackend;
 use hdrhistogram::Histogram;
 
 use super::{External, Options, free_port, rss_kib, spawn_workspace_agent, start_emulator, wait_serving};
