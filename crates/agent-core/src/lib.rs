@@ -12,8 +12,6 @@
 #![warn(missing_docs)]
 
 pub mod agent;
-#[cfg(feature = "mimalloc")]
-mod allocator;
 /// The token cache, now part of the REST kit in [`http`]; kept here while agents move.
 pub mod cache {
     pub use crate::http::{DEFAULT_CAPACITY, TokenCache};

@@ -26,6 +26,11 @@ use clap::{Parser, Subcommand};
 use executor::{ExecutorOptions, GrpcBackend, LocalExecutor, Outcome};
 use tokio_util::sync::CancellationToken;
 
+// The agents' allocator: agentctl ran with it in every workspace build (the demo, the
+// end-to-end suite) through agent-core's former `mimalloc` feature, and keeps it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "agentctl", version, about = "Run Flyte tasks against a Flyte agent over gRPC, like FlytePropeller")]
 struct Cli {

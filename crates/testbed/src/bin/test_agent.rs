@@ -3,6 +3,10 @@
 
 use std::process::ExitCode;
 
+// The allocator of the agent binaries, so the benchmark measures what ships.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let info = agent_core::server::BinaryInfo {
         name: "test-agent",

@@ -30,6 +30,11 @@ use tonic::{Request, Response, Status, Streaming};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
+// The allocator of the agent binaries: the client shares the cores with the agent, so it
+// runs with the same one, as it always has.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 struct Options {
     duration: Duration,
     concurrency: usize,
