@@ -7,7 +7,8 @@
 //! telemetry and literal helpers: the SDK an agent is written against and the runtime that
 //! serves it, nothing else.
 //!
-//! Agent crates never touch tonic: only this crate speaks gRPC.
+//! Agent crates never touch tonic: only this crate serves gRPC (the `executor` crate holds
+//! the client that drives an agent from outside).
 
 #![warn(missing_docs)]
 
