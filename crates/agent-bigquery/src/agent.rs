@@ -1,17 +1,15 @@
 //! The BigQuery agent: `create` inserts a query job, `get` maps its state to a phase,
 //! `delete` cancels it.
 
+use agent_core::http::Failure;
+use agent_core::literals::Value;
+use agent_core::prelude::*;
 use google_cloud_bigquery_v2::model::{ErrorProto, Job};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json, json};
 
-use agent_core::literals::Value;
-use agent_core::prelude::*;
-use agent_core::retry::Verdict;
-
-use crate::client::{Client, describe, to_agent_error, verdict};
-use crate::ids::{check_meta, check_task};
-use crate::params::query_parameters;
+use crate::client::{Client, SERVICE};
+use crate::params::{check_meta, check_task, query_parameters};
 
 /// The task type flytekit's `BigQueryTask` declares.
 pub const TASK_TYPE: &str = "bigquery_query_job_task";
@@ -67,23 +65,14 @@ const USER_REASONS: &[&str] =
 
 /// BigQuery's job states. Anything else is kept and waited on, never an error: BigQuery
 /// may add states, and a task must not fail because the agent is older than the API.
-#[derive(Debug, PartialEq, Eq)]
-enum JobState<'a> {
+#[derive(Debug, PartialEq, Eq, strum::EnumString)]
+#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
+enum JobState {
     Pending,
     Running,
     Done,
-    Unknown(&'a str),
-}
-
-impl<'a> JobState<'a> {
-    fn parse(s: &'a str) -> Self {
-        match s {
-            "PENDING" => Self::Pending,
-            "RUNNING" => Self::Running,
-            "DONE" => Self::Done,
-            other => Self::Unknown(other),
-        }
-    }
+    #[strum(default)]
+    Unknown(String),
 }
 
 /// The agent.
@@ -99,38 +88,19 @@ impl BigQueryAgent {
     }
 }
 
-/// A stable job id per task attempt, so a repeated CreateTask finds the job it created.
-fn job_id(task: &TaskRequest) -> String {
-    format!("flyte_{}", task.attempt_id_or_random("bigquery").simple())
-}
-
 /// The flytekit version that serialized the task.
 fn runtime_version(task: &TaskRequest) -> &str {
     task.template.metadata.as_ref().and_then(|m| m.runtime.as_ref()).map_or("", |r| r.version.as_str())
 }
 
-/// The user agent flytekit sends: `Flytekit/<sdk version> (GPN:Union;<domain>)`.
-fn user_agent(task: &TaskRequest, domain: Option<&str>) -> String {
-    format!("Flytekit/{} (GPN:Union;{})", runtime_version(task), domain.unwrap_or_default())
-}
-
 /// The job to insert: `custom`'s QueryJobConfig keys, the SQL, and the inputs as
 /// parameters. Google's model types check every key.
-fn build_job(
-    task: &TaskRequest,
-    job_id: &str,
-    settings: &TaskSettings,
-    mut custom: Map<String, Json>,
-) -> Result<Job, AgentError> {
+fn build_job(task: &TaskRequest, meta: &BigQueryMeta, mut custom: Map<String, Json>) -> Result<Job, AgentError> {
     for k in ["ProjectID", "Location", "Domain"] {
         custom.remove(k);
     }
-    let mut configuration = Map::new();
-    for k in JOB_LEVEL_KEYS {
-        if let Some(v) = custom.remove(*k) {
-            configuration.insert((*k).to_owned(), v);
-        }
-    }
+    let mut configuration: Map<_, _> =
+        JOB_LEVEL_KEYS.iter().filter_map(|k| Some(((*k).to_owned(), custom.remove(*k)?))).collect();
     let mut query = custom;
     query.insert("query".into(), json!(task.sql_statement()?));
     let params = query_parameters(task)?;
@@ -141,8 +111,8 @@ fn build_job(
     // The REST API defaults to legacy SQL; flytekit's Python client defaults to standard SQL.
     query.entry("useLegacySql").or_insert(json!(false));
     configuration.insert("query".into(), Json::Object(query));
-    let mut reference = json!({"projectId": settings.project, "jobId": job_id});
-    if let Some(l) = settings.location.as_deref().filter(|l| !l.is_empty()) {
+    let mut reference = json!({"projectId": meta.project, "jobId": meta.job_id});
+    if let Some(l) = meta.location.as_deref().filter(|l| !l.is_empty()) {
         reference["location"] = json!(l);
     }
     serde_json::from_value(json!({"jobReference": reference, "configuration": configuration})).map_err(|e| {
@@ -150,13 +120,12 @@ fn build_job(
     })
 }
 
-fn console_link(project: &str, location: &str, job_id: &str) -> LogLink {
-    LogLink::new(
-        "BigQuery Console",
-        format!(
-            "https://console.cloud.google.com/bigquery?project={project}&j=bq:{location}:{job_id}&page=queryresults"
-        ),
-    )
+fn console_link(meta: &BigQueryMeta, location: &str) -> LogLink {
+    let (project, job_id) = (&meta.project, &meta.job_id);
+    let uri = format!(
+        "https://console.cloud.google.com/bigquery?project={project}&j=bq:{location}:{job_id}&page=queryresults"
+    );
+    LogLink::new("BigQuery Console", uri)
 }
 
 fn failure(e: &ErrorProto) -> Resource {
@@ -172,33 +141,24 @@ fn failure(e: &ErrorProto) -> Resource {
 
 /// The resource for a job BigQuery reported.
 fn resource_for(job: &Job, meta: &BigQueryMeta) -> Resource {
-    let status = job.status.as_ref();
-    let location = job
-        .job_reference
-        .as_ref()
-        .and_then(|r| r.location.as_ref())
-        .cloned()
-        .filter(|l| !l.is_empty())
-        .or_else(|| meta.location.clone())
-        .unwrap_or_default();
-    let link = console_link(&meta.project, &location, &meta.job_id);
-    let resource = match JobState::parse(status.map_or("", |s| s.state.as_str())) {
+    let status = job.status.clone().unwrap_or_default();
+    let reported = job.job_reference.as_ref().and_then(|r| r.location.clone()).filter(|l| !l.is_empty());
+    let link = console_link(meta, &reported.or_else(|| meta.location.clone()).unwrap_or_default());
+    let resource = match status.state.parse().unwrap_or_else(|_| JobState::Unknown(status.state.clone())) {
         JobState::Pending => Resource::initializing("PENDING"),
         JobState::Running => Resource::running().with_message("RUNNING"),
-        JobState::Done => match status.and_then(|s| s.error_result.as_ref()) {
+        JobState::Done => match &status.error_result {
             Some(e) => failure(e),
             None => {
-                let mut r = Resource::succeeded().with_message("DONE");
-                let table = job
-                    .configuration
-                    .as_ref()
-                    .and_then(|c| c.query.as_ref())
-                    .and_then(|q| q.destination_table.as_ref());
-                if let (true, Some(t)) = (meta.results, table) {
-                    let uri = format!("bq://{}:{}.{}", t.project_id, t.dataset_id, t.table_id);
-                    r = r.with_output("results", Value::StructuredDataset { uri, format: String::new() });
+                let done = Resource::succeeded().with_message("DONE");
+                let query = job.configuration.as_ref().and_then(|c| c.query.as_ref());
+                match query.and_then(|q| q.destination_table.as_ref()).filter(|_| meta.results) {
+                    Some(t) => {
+                        let uri = format!("bq://{}:{}.{}", t.project_id, t.dataset_id, t.table_id);
+                        done.with_output("results", Value::StructuredDataset { uri, format: String::new() })
+                    }
+                    None => done,
                 }
-                r
             }
         },
         JobState::Unknown(state) => Resource::running().with_message(format!(
@@ -224,71 +184,50 @@ impl AsyncAgent for BigQueryAgent {
         let settings: TaskSettings = serde_json::from_value(Json::Object(custom.clone())).map_err(|e| {
             AgentError::invalid_argument(format!("template.custom: {e}; set BigQueryConfig(ProjectID=...) on the task"))
         })?;
-        check_task(
-            &settings.project,
-            settings.location.as_deref(),
-            settings.domain.as_deref(),
-            runtime_version(&task),
-        )?;
-        let job_id = job_id(&task);
-        let job = build_job(&task, &job_id, &settings, custom)?;
-        let deadline = self.client.retry.deadline(ctx);
-        let ua = user_agent(&task, settings.domain.as_deref());
-        let location = match self.client.insert(deadline, &settings.project, job, &ua).await {
-            Ok(job) => job.job_reference.and_then(|r| r.location),
-            // Already created by an earlier attempt of this CreateTask: adopt it.
-            Err(e) if e.http_status_code() == Some(409) => {
-                let loc = settings.location.clone().unwrap_or_default();
-                let existing = self
-                    .client
-                    .get(deadline, &settings.project, &job_id, &loc)
-                    .await
-                    .map_err(|e| to_agent_error(&e, "lookup of the job created by an earlier attempt"))?;
-                tracing::info!(message = "Adopted the job an earlier CreateTask created.", job_id = %job_id);
-                existing.job_reference.and_then(|r| r.location)
-            }
-            Err(e) => return Err(to_agent_error(&e, "job insert")),
-        };
-        Ok(BigQueryMeta {
+        let (location, domain) = (settings.location.as_deref(), settings.domain.as_deref());
+        check_task(&settings.project, location, domain, runtime_version(&task))?;
+        // A stable job id per task attempt, so a repeated CreateTask finds the job it created.
+        let job_id = format!("flyte_{}", task.attempt_id_or_random("bigquery").simple());
+        let mut meta = BigQueryMeta {
             job_id,
             project: settings.project,
-            location: settings.location.or(location).filter(|l| !l.is_empty()),
+            location: settings.location,
             results: task.declares_output("results"),
-        })
+        };
+        let job = build_job(&task, &meta, custom)?;
+        // The user agent flytekit sends: `Flytekit/<sdk version> (GPN:Union;<domain>)`.
+        let ua = format!("Flytekit/{} (GPN:Union;{})", runtime_version(&task), settings.domain.unwrap_or_default());
+        let created = match self.client.insert(ctx, &meta.project, &job, &ua).await.map_err(Failure::into_error)? {
+            Some(job) => job,
+            // Already created by an earlier attempt of this CreateTask: adopt it.
+            None => {
+                let what = "lookup of the job created by an earlier attempt";
+                let job = self.client.get(ctx, what, &meta).await.map_err(Failure::into_error)?;
+                tracing::info!(message = "Adopted the job an earlier CreateTask created.", job_id = %meta.job_id);
+                job
+            }
+        };
+        let reported = created.job_reference.and_then(|r| r.location);
+        meta.location = meta.location.or(reported).filter(|l| !l.is_empty());
+        Ok(meta)
     }
 
     async fn get(&self, ctx: &Context, meta: BigQueryMeta) -> Result<Resource, AgentError> {
         check_meta(&meta.job_id, &meta.project, meta.location.as_deref())?;
-        let deadline = self.client.retry.deadline(ctx);
-        let location = meta.location.clone().unwrap_or_default();
-        match self.client.get(deadline, &meta.project, &meta.job_id, &location).await {
+        match self.client.get(ctx, "job status check", &meta).await {
             Ok(job) => Ok(resource_for(&job, &meta)),
-            Err(e) if e.http_status_code() == Some(404) => Ok(Resource::failed(format!(
-                "BigQuery has no job {} in project {} (location '{location}'): {}",
-                meta.job_id,
-                meta.project,
-                describe(&e)
-            ))),
-            Err(e) if matches!(verdict(&e), Verdict::Retry(_)) => Ok(Resource::unreachable(
-                "BigQuery",
-                "job",
-                &describe(&e),
-            )
-            .with_log_link(console_link(&meta.project, &location, &meta.job_id))),
-            Err(e) => Err(to_agent_error(&e, "job status check")),
+            Err(f) => {
+                let link = console_link(&meta, meta.location.as_deref().unwrap_or_default());
+                let job = format!("job {} in project {}", meta.job_id, meta.project);
+                f.into_poll(SERVICE.name, &job).map(|r| r.with_log_link(link))
+            }
         }
     }
 
     async fn delete(&self, ctx: &Context, meta: BigQueryMeta) -> Result<(), AgentError> {
         check_meta(&meta.job_id, &meta.project, meta.location.as_deref())?;
-        let deadline = self.client.retry.deadline(ctx);
-        let location = meta.location.clone().unwrap_or_default();
-        match self.client.cancel(deadline, &meta.project, &meta.job_id, &location).await {
-            // Unknown (never created, or expired) is as cancelled as it gets.
-            Err(e) if e.http_status_code() == Some(404) => Ok(()),
-            Err(e) => Err(to_agent_error(&e, "job cancel")),
-            Ok(()) => Ok(()),
-        }
+        // A job BigQuery does not know (never created, or expired) is as cancelled as it gets.
+        self.client.cancel(ctx, &meta).await.or_else(Failure::into_cancel)
     }
 }
 

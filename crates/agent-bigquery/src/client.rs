@@ -1,29 +1,41 @@
-//! BigQuery's JobService (insert, get, cancel) through Google's client, with transient
-//! failures retried inside the caller's deadline.
+//! BigQuery's JobService (insert, get, cancel) through Google's client. Its errors are
+//! adapted to the kit's [`Failure`] by [`SERVICE`], the one declaration of how BigQuery
+//! answers; transient ones are retried inside the caller's deadline.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use agent_core::http::{Failure, RestSettings, Service, retry_after};
 use agent_core::prelude::*;
-use agent_core::retry::{RetryConfig, Verdict, retry};
 use google_cloud_bigquery_v2::client::JobService;
 use google_cloud_bigquery_v2::model::Job;
 use google_cloud_gax::error::Error as ApiError;
 use google_cloud_gax::options::RequestOptionsBuilder;
 use google_cloud_gax::retry_policy::NeverRetry;
 
+use crate::agent::BigQueryMeta;
 use crate::config::Config;
+
+/// How BigQuery answers: Google's error statuses, 404 for a job it does not know.
+pub(crate) const SERVICE: Service =
+    Service::new("BigQuery", "Check the agent's Google credentials and their BigQuery roles");
 
 /// The JobService client and how to retry it.
 #[derive(Debug, Clone)]
 pub(crate) struct Client {
     jobs: JobService,
-    pub(crate) retry: RetryConfig,
-    attempt_timeout: Duration,
+    rest: RestSettings,
 }
 
 impl Client {
     pub(crate) async fn new(config: &Config) -> Result<Self, String> {
-        // Retries happen in `retry` below, where the deadline and Retry-After are known.
+        // Google's client builds its own HTTP client and has no way to add CA certificates.
+        if config.rest.ca_bundle.is_some() {
+            return Err("bigquery.ca_bundle: Google's BigQuery client cannot add CA certificates; unset it and \
+                        point SSL_CERT_FILE at a PEM bundle holding your CA and the system's (it replaces the \
+                        system store)"
+                .into());
+        }
+        // Retries happen in `call` below, where the deadline and Retry-After are known.
         let mut builder = JobService::builder().with_retry_policy(NeverRetry);
         if let Some(host) = &config.emulator_host {
             builder = builder
@@ -38,120 +50,79 @@ impl Client {
                  (workload identity or GOOGLE_APPLICATION_CREDENTIALS), or set BIGQUERY_EMULATOR_HOST for an emulator"
             )
         })?;
-        let retry = RetryConfig { default_budget: config.retry_budget, ..RetryConfig::default() };
-        Ok(Self { jobs, retry, attempt_timeout: config.attempt_timeout })
+        Ok(Self { jobs, rest: config.rest.clone() })
     }
 
-    /// Runs one JobService call with the shared retry policy; `call` gets the timeout of
-    /// its attempt (the attempt limit, or less when the deadline is nearer).
-    async fn retried<T, Fut>(&self, deadline: Instant, mut call: impl FnMut(Duration) -> Fut) -> Result<T, ApiError>
+    /// Runs call `what` with the shared retry policy; `attempt` gets the timeout of its try.
+    async fn call<T, Fut>(&self, ctx: &Context, what: &str, attempt: impl Fn(Duration) -> Fut) -> Result<T, Failure>
     where
         Fut: Future<Output = Result<T, ApiError>>,
     {
-        retry(&self.retry, deadline, |left| call(self.attempt_timeout.min(left)), verdict).await
+        self.rest
+            .retried(ctx, |timeout| {
+                // Boxed: Google's request futures are large, and nested in the retry loop
+                // they would overflow a thread's stack in debug builds.
+                let sent = Box::pin(attempt(timeout));
+                async move { sent.await.map_err(|e| failure(what, &e)) }
+            })
+            .await
     }
 
-    /// `jobs.insert`. Safe to retry: the job id is fixed, so a repeat is a 409.
+    /// `jobs.insert`; `None` when the job exists already (409), made by an earlier attempt
+    /// of the same CreateTask. Safe to retry: the job id is fixed, so a repeat is a 409.
     pub(crate) async fn insert(
         &self,
-        deadline: Instant,
+        ctx: &Context,
         project: &str,
-        job: Job,
-        user_agent: &str,
-    ) -> Result<Job, ApiError> {
-        self.retried(deadline, |timeout| {
-            self.jobs
-                .insert_job()
-                .set_project_id(project)
-                .set_job(job.clone())
-                .with_user_agent(user_agent)
-                .with_attempt_timeout(timeout)
-                .send()
+        job: &Job,
+        ua: &str,
+    ) -> Result<Option<Job>, Failure> {
+        let conflict = |e: ApiError| if e.http_status_code() == Some(409) { Ok(None) } else { Err(e) };
+        self.call(ctx, "job insert", |timeout| {
+            let call = self.jobs.insert_job().set_project_id(project).set_job(job.clone()).with_user_agent(ua);
+            async move { call.with_attempt_timeout(timeout).send().await.map(Some).or_else(conflict) }
         })
         .await
     }
 
-    /// `jobs.get`.
-    pub(crate) async fn get(
-        &self,
-        deadline: Instant,
-        project: &str,
-        job_id: &str,
-        location: &str,
-    ) -> Result<Job, ApiError> {
-        self.retried(deadline, |timeout| {
-            self.jobs
-                .get_job()
-                .set_project_id(project)
-                .set_job_id(job_id)
-                .set_location(location)
-                .with_attempt_timeout(timeout)
-                .send()
+    /// `jobs.get` of `meta`'s job, for call `what`.
+    pub(crate) async fn get(&self, ctx: &Context, what: &str, meta: &BigQueryMeta) -> Result<Job, Failure> {
+        let (project, id, location) = (&meta.project, &meta.job_id, meta.location.as_deref().unwrap_or_default());
+        self.call(ctx, what, |timeout| {
+            let call = self.jobs.get_job().set_project_id(project).set_job_id(id).set_location(location);
+            call.with_attempt_timeout(timeout).send()
         })
         .await
     }
 
-    /// `jobs.cancel`.
-    pub(crate) async fn cancel(
-        &self,
-        deadline: Instant,
-        project: &str,
-        job_id: &str,
-        location: &str,
-    ) -> Result<(), ApiError> {
-        self.retried(deadline, |timeout| {
-            self.jobs
-                .cancel_job()
-                .set_project_id(project)
-                .set_job_id(job_id)
-                .set_location(location)
-                .with_attempt_timeout(timeout)
-                .send()
+    /// `jobs.cancel` of `meta`'s job.
+    pub(crate) async fn cancel(&self, ctx: &Context, meta: &BigQueryMeta) -> Result<(), Failure> {
+        let (project, id, location) = (&meta.project, &meta.job_id, meta.location.as_deref().unwrap_or_default());
+        self.call(ctx, "job cancel", |timeout| {
+            let call = self.jobs.cancel_job().set_project_id(project).set_job_id(id).set_location(location);
+            call.with_attempt_timeout(timeout).send()
         })
         .await
-        .map(|_| ())
+        .map(drop)
     }
 }
 
-/// Transient: throttling, server errors, timeouts, broken connections, garbled answers.
-pub(crate) fn verdict(e: &ApiError) -> Verdict {
-    match e.http_status_code() {
-        Some(408 | 429 | 500 | 502 | 503 | 504) => Verdict::Retry(retry_after(e)),
-        Some(_) => Verdict::Fail,
-        None if e.is_timeout() || e.is_io() || e.is_connect() || e.is_transport() || e.is_deserialization() => {
-            Verdict::Retry(None)
-        }
-        None => Verdict::Fail,
+/// Google's error for call `what` as a [`Failure`]: an HTTP status is classified by
+/// [`SERVICE`]; no answer at all (timeouts, broken connections, garbled bodies) is
+/// transient; credentials the agent could not get are a precondition the operator fixes.
+fn failure(what: &str, e: &ApiError) -> Failure {
+    if let Some(code) = e.http_status_code() {
+        let message = e.status().map(|s| s.message.as_str()).filter(|m| !m.is_empty()).unwrap_or("no message");
+        let after = e.http_headers().and_then(|h| h.get("retry-after")?.to_str().ok()).and_then(retry_after);
+        return SERVICE.status(what, code, message, after);
     }
-}
-
-fn retry_after(e: &ApiError) -> Option<Duration> {
-    let v = e.http_headers()?.get("retry-after")?.to_str().ok()?;
-    v.trim().parse::<u64>().ok().map(Duration::from_secs)
-}
-
-/// A short description for users: status code and BigQuery's message.
-pub(crate) fn describe(e: &ApiError) -> String {
-    match (e.http_status_code(), e.status()) {
-        (Some(code), Some(s)) if !s.message.is_empty() => format!("HTTP {code}: {}", s.message),
-        (Some(code), _) => format!("HTTP {code}"),
-        _ => e.to_string(),
+    if e.is_timeout() || e.is_io() || e.is_connect() || e.is_transport() || e.is_deserialization() {
+        return SERVICE.unreachable(what, e);
     }
-}
-
-/// The error for a call that failed for good (after retries, when transient).
-pub(crate) fn to_agent_error(e: &ApiError, what: &str) -> AgentError {
-    let msg = format!("BigQuery {what} failed: {}", describe(e));
-    match e.http_status_code() {
-        Some(400) => AgentError::invalid_argument(msg),
-        Some(401 | 403) => AgentError::permission_denied(format!(
-            "{msg}. Check the agent's Google credentials and their BigQuery roles"
-        )),
-        Some(404) => AgentError::not_found(msg),
-        _ if matches!(verdict(e), Verdict::Retry(_)) => AgentError::unavailable(msg),
-        _ if e.is_authentication() => {
-            AgentError::failed_precondition(format!("{msg}. The agent has no usable Google credentials"))
-        }
-        _ => AgentError::internal(msg),
-    }
+    let message = format!("{} {what} failed: {e}", SERVICE.name);
+    Failure::Rejected(if e.is_authentication() {
+        AgentError::failed_precondition(format!("{message}. The agent has no usable Google credentials"))
+    } else {
+        AgentError::internal(message)
+    })
 }

@@ -1,10 +1,10 @@
-//! Settings of the BigQuery agent: the `bigquery` section of the agent's configuration.
+//! Settings of the BigQuery agent: the `bigquery` section of the agent's configuration
+//! (`AGENT_BIGQUERY__<KEY>` in the environment).
 
-use std::time::Duration;
-
+use agent_core::http::RestSettings;
 use serde::Deserialize;
 
-/// `bigquery.*` settings (`AGENT_BIGQUERY__<KEY>` in the environment).
+/// `bigquery.*` settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -13,21 +13,15 @@ pub struct Config {
     pub emulator_host: Option<String>,
     /// Another API endpoint (e.g. a private service connect address); ignored with an emulator.
     pub endpoint: Option<String>,
-    /// Longest single HTTP attempt.
-    #[serde(with = "humantime_serde")]
-    pub attempt_timeout: Duration,
-    /// Time spent retrying when Propeller's call carries no deadline.
-    #[serde(with = "humantime_serde")]
-    pub retry_budget: Duration,
+    /// Timeouts and retries (`attempt_timeout`, `retry_budget`). `ca_bundle` is refused at
+    /// start-up: Google's client takes no extra CA certificates (see `SSL_CERT_FILE`).
+    #[serde(flatten)]
+    pub rest: RestSettings,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Self {
-            emulator_host: std::env::var("BIGQUERY_EMULATOR_HOST").ok().filter(|h| !h.is_empty()),
-            endpoint: None,
-            attempt_timeout: Duration::from_secs(5),
-            retry_budget: Duration::from_secs(8),
-        }
+        let emulator_host = std::env::var("BIGQUERY_EMULATOR_HOST").ok().filter(|h| !h.is_empty());
+        Self { emulator_host, endpoint: None, rest: RestSettings::default() }
     }
 }

@@ -25,8 +25,8 @@ struct Env {
 async fn env_with(timing: Timing, config: impl FnOnce(&mut Config)) -> Env {
     let bq = BigQuery::new(timing);
     let emulator = bq.start(([127, 0, 0, 1], 0).into()).await.unwrap();
-    let mut cfg =
-        Config { emulator_host: Some(emulator.host()), attempt_timeout: Duration::from_secs(2), ..Config::default() };
+    let mut cfg = Config { emulator_host: Some(emulator.host()), ..Config::default() };
+    cfg.rest.attempt_timeout = Duration::from_secs(2);
     config(&mut cfg);
     let agent = BigQueryAgent::new(&cfg).await.unwrap();
     let server = TestServer::start(Registry::builder().async_agent(agent).unwrap()).await;
