@@ -186,10 +186,9 @@ impl AsyncAgent for BigQueryAgent {
         })?;
         let (location, domain) = (settings.location.as_deref(), settings.domain.as_deref());
         check_task(&settings.project, location, domain, runtime_version(&task))?;
-        // A stable job id per task attempt, so a repeated CreateTask finds the job it created.
-        let job_id = format!("flyte_{}", task.attempt_id_or_random("bigquery").simple());
         let mut meta = BigQueryMeta {
-            job_id,
+            // Stable per task attempt, so a repeated CreateTask finds the job it created.
+            job_id: format!("flyte_{}", task.attempt_id_or_random("bigquery").simple()),
             project: settings.project,
             location: settings.location,
             results: task.declares_output("results"),
