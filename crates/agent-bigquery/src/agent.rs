@@ -96,9 +96,7 @@ fn runtime_version(task: &TaskRequest) -> &str {
 /// The job to insert: `custom`'s QueryJobConfig keys, the SQL, and the inputs as
 /// parameters. Google's model types check every key.
 fn build_job(task: &TaskRequest, meta: &BigQueryMeta, mut custom: Map<String, Json>) -> Result<Job, AgentError> {
-    for k in ["ProjectID", "Location", "Domain"] {
-        custom.remove(k);
-    }
+    custom.retain(|k, _| !matches!(k.as_str(), "ProjectID" | "Location" | "Domain"));
     let mut configuration: Map<_, _> =
         JOB_LEVEL_KEYS.iter().filter_map(|k| Some(((*k).to_owned(), custom.remove(*k)?))).collect();
     let mut query = custom;
@@ -111,10 +109,8 @@ fn build_job(task: &TaskRequest, meta: &BigQueryMeta, mut custom: Map<String, Js
     // The REST API defaults to legacy SQL; flytekit's Python client defaults to standard SQL.
     query.entry("useLegacySql").or_insert(json!(false));
     configuration.insert("query".into(), Json::Object(query));
-    let mut reference = json!({"projectId": meta.project, "jobId": meta.job_id});
-    if let Some(l) = meta.location.as_deref().filter(|l| !l.is_empty()) {
-        reference["location"] = json!(l);
-    }
+    let location = meta.location.as_deref().filter(|l| !l.is_empty());
+    let reference = json!({"projectId": meta.project, "jobId": meta.job_id, "location": location});
     serde_json::from_value(json!({"jobReference": reference, "configuration": configuration})).map_err(|e| {
         AgentError::invalid_argument(format!("template.custom: not a valid BigQuery query job configuration: {e}"))
     })
@@ -144,22 +140,17 @@ fn resource_for(job: &Job, meta: &BigQueryMeta) -> Resource {
     let status = job.status.clone().unwrap_or_default();
     let reported = job.job_reference.as_ref().and_then(|r| r.location.clone()).filter(|l| !l.is_empty());
     let link = console_link(meta, &reported.or_else(|| meta.location.clone()).unwrap_or_default());
+    let table = job.configuration.as_ref().and_then(|c| c.query.as_ref()?.destination_table.as_ref());
     let resource = match status.state.parse().unwrap_or_else(|_| JobState::Unknown(status.state.clone())) {
         JobState::Pending => Resource::initializing("PENDING"),
         JobState::Running => Resource::running().with_message("RUNNING"),
-        JobState::Done => match &status.error_result {
-            Some(e) => failure(e),
-            None => {
-                let done = Resource::succeeded().with_message("DONE");
-                let query = job.configuration.as_ref().and_then(|c| c.query.as_ref());
-                match query.and_then(|q| q.destination_table.as_ref()).filter(|_| meta.results) {
-                    Some(t) => {
-                        let uri = format!("bq://{}:{}.{}", t.project_id, t.dataset_id, t.table_id);
-                        done.with_output("results", Value::StructuredDataset { uri, format: String::new() })
-                    }
-                    None => done,
-                }
-            }
+        JobState::Done => match (&status.error_result, table.filter(|_| meta.results)) {
+            (Some(e), _) => failure(e),
+            (None, None) => Resource::succeeded().with_message("DONE"),
+            (None, Some(t)) => Resource::succeeded().with_message("DONE").with_output("results", {
+                let uri = format!("bq://{}:{}.{}", t.project_id, t.dataset_id, t.table_id);
+                Value::StructuredDataset { uri, format: String::new() }
+            }),
         },
         JobState::Unknown(state) => Resource::running().with_message(format!(
             "BigQuery reports state '{state}', which this agent does not know; waiting for DONE"
@@ -215,11 +206,10 @@ impl AsyncAgent for BigQueryAgent {
         check_meta(&meta.job_id, &meta.project, meta.location.as_deref())?;
         match self.client.get(ctx, "job status check", &meta).await {
             Ok(job) => Ok(resource_for(&job, &meta)),
-            Err(f) => {
-                let link = console_link(&meta, meta.location.as_deref().unwrap_or_default());
-                let job = format!("job {} in project {}", meta.job_id, meta.project);
-                f.into_poll(SERVICE.name, &job).map(|r| r.with_log_link(link))
-            }
+            // Still running while BigQuery is unreachable: keep the link to the console.
+            Err(f) => f
+                .into_poll(SERVICE.name, &format!("job {} in project {}", meta.job_id, meta.project))
+                .map(|r| r.with_log_link(console_link(&meta, meta.location.as_deref().unwrap_or_default()))),
         }
     }
 
@@ -232,6 +222,8 @@ impl AsyncAgent for BigQueryAgent {
 
 #[cfg(test)]
 mod tests {
+    use agent_core::pb::core::Sql;
+    use agent_core::pb::core::task_template::Target;
     use google_cloud_bigquery_v2::model::{JobConfiguration, JobConfigurationQuery, JobStatus, TableReference};
 
     use super::*;
@@ -285,6 +277,19 @@ mod tests {
             Value::StructuredDataset { uri: "bq://p:d.t".into(), format: String::new() }
         );
         assert!(resource_for(&job("DONE", None), &meta(false)).outputs.is_none());
+    }
+
+    #[test]
+    fn a_job_names_its_location_only_when_the_task_does() {
+        let mut task = TaskRequest::default();
+        task.template.target = Some(Target::Sql(Sql { statement: "SELECT 1".into(), dialect: 1 }));
+        for (location, want) in [(Some("US"), Some("US")), (Some(""), None), (None, None)] {
+            let meta = BigQueryMeta { location: location.map(str::to_owned), ..meta(true) };
+            let job = build_job(&task, &meta, Map::new()).unwrap();
+            let reference = job.job_reference.unwrap();
+            assert_eq!((reference.project_id.as_str(), reference.job_id.as_str()), ("p", "j1"));
+            assert_eq!(reference.location.as_deref(), want, "{location:?}");
+        }
     }
 
     #[test]

@@ -30,10 +30,9 @@ impl Client {
     pub(crate) async fn new(config: &Config) -> Result<Self, String> {
         // Google's client builds its own HTTP client and has no way to add CA certificates.
         if config.rest.ca_bundle.is_some() {
-            return Err("bigquery.ca_bundle: Google's BigQuery client cannot add CA certificates; unset it and \
-                        point SSL_CERT_FILE at a PEM bundle holding your CA and the system's (it replaces the \
-                        system store)"
-                .into());
+            let why = "Google's BigQuery client takes no extra CA certificates: unset it and point SSL_CERT_FILE \
+                       at a PEM bundle of your CA plus the system's (it replaces the system's store)";
+            return Err(format!("bigquery.ca_bundle: {why}"));
         }
         // Retries happen in `call` below, where the deadline and Retry-After are known.
         let mut builder = JobService::builder().with_retry_policy(NeverRetry);
@@ -125,4 +124,60 @@ fn failure(what: &str, e: &ApiError) -> Failure {
     } else {
         AgentError::internal(message)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use agent_core::retry::Verdict;
+    use google_cloud_gax::error::CredentialsError;
+    use google_cloud_gax::error::rpc::Status;
+    use reqwest::header::{HeaderMap, HeaderValue};
+
+    use super::*;
+
+    fn http(code: u16, message: &str, retry_after: Option<&str>) -> ApiError {
+        let mut headers = HeaderMap::new();
+        if let Some(v) = retry_after {
+            headers.insert("retry-after", HeaderValue::from_str(v).unwrap());
+        }
+        ApiError::service_with_http_metadata(Status::default().set_message(message), Some(code), Some(headers))
+    }
+
+    #[test]
+    fn retry_after_is_honoured_in_both_forms() {
+        let f = failure("job status check", &http(429, "slow down", Some("3")));
+        assert_eq!(f.verdict(), Verdict::Retry(Some(Duration::from_secs(3))));
+        // Before the kit, an HTTP date was ignored and BigQuery was called again at once.
+        let at = SystemTime::now() + Duration::from_secs(30);
+        let f = failure("job status check", &http(503, "busy", Some(&httpdate::fmt_http_date(at))));
+        let Verdict::Retry(Some(wait)) = f.verdict() else { panic!("{f:?}") };
+        assert!(wait > Duration::from_secs(25) && wait <= Duration::from_secs(30), "{wait:?}");
+    }
+
+    #[test]
+    fn googles_errors_become_failures() {
+        let f = failure("job status check", &http(404, "Not found: Job p:US.j", None));
+        assert!(
+            matches!(&f, Failure::Missing(m) if m == "BigQuery job status check failed: HTTP 404: Not found: Job p:US.j")
+        );
+        let e = failure("job insert", &http(403, "Access Denied", None)).into_error();
+        assert!(matches!(&e, AgentError::PermissionDenied(m) if m.contains("BigQuery roles")), "{e}");
+        let e = failure("job insert", &http(400, "", None)).into_error();
+        assert!(matches!(&e, AgentError::InvalidArgument(m) if m.ends_with("HTTP 400: no message")), "{e}");
+        assert!(failure("job cancel", &ApiError::io("connection reset")).is_transient());
+        assert!(failure("job cancel", &ApiError::timeout("attempt timeout")).is_transient());
+        let no_credentials = ApiError::authentication(CredentialsError::from_msg(false, "no ADC"));
+        let e = failure("job insert", &no_credentials).into_error();
+        assert!(matches!(&e, AgentError::FailedPrecondition(m) if m.contains("no usable Google credentials")), "{e}");
+    }
+
+    #[tokio::test]
+    async fn an_extra_ca_bundle_is_refused_at_start_up() {
+        let mut config = Config { emulator_host: Some("127.0.0.1:9".into()), ..Config::default() };
+        config.rest.ca_bundle = Some("/etc/ssl/private-ca.pem".into());
+        let err = Client::new(&config).await.unwrap_err();
+        assert!(err.starts_with("bigquery.ca_bundle: ") && err.contains("SSL_CERT_FILE"), "{err}");
+    }
 }

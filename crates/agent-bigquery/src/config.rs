@@ -25,3 +25,22 @@ impl Default for Config {
         Self { emulator_host, endpoint: None, rest: RestSettings::default() }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn the_keys_stay_where_they_were() {
+        let json = serde_json::json!({"emulator_host": "h:1", "attempt_timeout": "3s", "retry_budget": "20s"});
+        let config: Config = serde_json::from_value(json).unwrap();
+        assert_eq!(config.emulator_host.as_deref(), Some("h:1"));
+        assert_eq!(
+            (config.rest.attempt_timeout, config.rest.retry_budget),
+            (Duration::from_secs(3), Duration::from_secs(20))
+        );
+        assert!(serde_json::from_value::<Config>(serde_json::json!({"attempt_timeot": "3s"})).is_err());
+    }
+}

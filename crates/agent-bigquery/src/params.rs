@@ -99,14 +99,12 @@ pub(crate) fn query_parameters(task: &TaskRequest) -> Result<Vec<Json>, AgentErr
 fn parameter(value: &Value, declared: Option<&LiteralType>) -> Result<(Json, Json), String> {
     match value {
         Value::Collection(items) => {
-            let element = declared.and_then(|t| match &t.r#type {
-                Some(literal_type::Type::CollectionType(inner)) => Some(inner.as_ref()),
-                _ => None,
-            });
-            let element_type = match items.first() {
-                Some(first) => scalar(first).map(|(t, _)| t)?,
-                None => element.and_then(declared_scalar_type).ok_or("an empty list of unknown element type")?,
-            };
+            let element_type = match (items.first(), declared.and_then(|t| t.r#type.as_ref())) {
+                (Some(first), _) => Some(scalar(first)?.0),
+                (None, Some(literal_type::Type::CollectionType(inner))) => declared_scalar_type(inner),
+                (None, _) => None,
+            }
+            .ok_or("an empty list of unknown element type")?;
             let mut values = Vec::with_capacity(items.len());
             for item in items {
                 let (t, v) = scalar(item).map_err(|e| format!("list element: {e}"))?;
@@ -147,13 +145,12 @@ fn scalar(value: &Value) -> Result<(&'static str, String), String> {
 }
 
 fn float(f: f64) -> String {
-    if f.is_nan() {
-        "NaN".into()
-    } else if f.is_infinite() {
-        if f > 0.0 { "Infinity".into() } else { "-Infinity".into() }
-    } else {
+    match f {
+        _ if f.is_nan() => "NaN".into(),
+        f64::INFINITY => "Infinity".into(),
+        f64::NEG_INFINITY => "-Infinity".into(),
         // Rust prints the shortest representation that round-trips.
-        format!("{f:?}")
+        _ => format!("{f:?}"),
     }
 }
 
