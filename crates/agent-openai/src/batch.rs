@@ -1,19 +1,22 @@
 //! The OpenAI Batch agent (async): `create` starts a batch, `get` maps its status, `delete`
 //! cancels it.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json, json};
 
+use agent_core::http::{Failure, path_id};
 use agent_core::literals::Value;
 use agent_core::prelude::*;
-use agent_core::retry::{RetryConfig, Verdict, retry};
+use async_openai::error::OpenAIError;
 use async_openai::traits::RequestOptionsBuilder;
 
-use crate::client::{Clients, Failure, budget, check_header_value, classify, task_organization};
+use crate::client::{Client, SERVICE, Sdk, check_header_value, task_organization, timed};
 use crate::config::Config;
 
 /// The task type flytekit's `BatchEndpointTask` declares.
-pub const BATCH_TYPE: &str = "openai-batch";
+pub const TASK_TYPE: &str = "openai-batch";
 
 /// Batch metadata key recording the task attempt, so a repeated CreateTask finds its batch.
 /// Its value is a digest of the attempt key: fixed length, so it fits OpenAI's 512-character
@@ -84,9 +87,11 @@ struct Custom {
     config: Map<String, Json>,
 }
 
-/// OpenAI's batch statuses; others are waited on, never errors.
-#[derive(Debug, PartialEq, Eq)]
-enum BatchStatus<'a> {
+/// OpenAI's batch statuses; `Unknown` keeps one this agent does not know yet (by name),
+/// so a new status keeps the task waiting instead of failing it.
+#[derive(Debug, PartialEq, Eq, strum::EnumString)]
+#[strum(serialize_all = "snake_case")]
+enum BatchStatus {
     Validating,
     InProgress,
     Finalizing,
@@ -95,36 +100,21 @@ enum BatchStatus<'a> {
     Expired,
     Cancelling,
     Cancelled,
-    Unknown(&'a str),
-}
-
-impl<'a> BatchStatus<'a> {
-    fn parse(s: &'a str) -> Self {
-        match s {
-            "validating" => Self::Validating,
-            "in_progress" => Self::InProgress,
-            "finalizing" => Self::Finalizing,
-            "completed" => Self::Completed,
-            "failed" => Self::Failed,
-            "expired" => Self::Expired,
-            "cancelling" => Self::Cancelling,
-            "cancelled" => Self::Cancelled,
-            other => Self::Unknown(other),
-        }
-    }
+    #[strum(default)]
+    Unknown(String),
 }
 
 /// The agent.
 #[derive(Debug, Clone)]
 pub struct BatchAgent {
-    clients: Clients,
-    config: Config,
+    client: Client,
+    lookback: Duration,
 }
 
 impl BatchAgent {
     /// An agent with the given settings.
     pub fn new(config: Config) -> Result<Self, String> {
-        Ok(Self { clients: Clients::new(&config)?, config })
+        Ok(Self { client: Client::new(&config, config.batch_rest())?, lookback: config.batch_lookback })
     }
 }
 
@@ -135,21 +125,19 @@ fn result_literal(batch: &Json) -> Result<Value, AgentError> {
     Ok(Value::Binary { value: bytes, tag: "msgpack".into() })
 }
 
+/// What a batch's status means for the task.
 fn resource_for(batch: &Json) -> Result<Resource, AgentError> {
-    let status = batch.get("status").and_then(Json::as_str).unwrap_or_default();
-    let first_error = batch.pointer("/errors/data/0/message").and_then(Json::as_str);
-    Ok(match BatchStatus::parse(status) {
+    let text = batch["status"].as_str().unwrap_or_default();
+    let error = batch.pointer("/errors/data/0/message").and_then(Json::as_str);
+    let why = error.map_or_else(|| format!("the batch is {text}"), |m| format!("the batch is {text}: {m}"));
+    Ok(match text.parse().unwrap_or_else(|_| BatchStatus::Unknown(text.to_owned())) {
         BatchStatus::Validating | BatchStatus::InProgress | BatchStatus::Finalizing => {
-            Resource::running().with_message(status)
+            Resource::running().with_message(text)
         }
-        BatchStatus::Completed => {
-            Resource::succeeded().with_message(status).with_output("result", result_literal(batch)?)
-        }
-        BatchStatus::Failed | BatchStatus::Expired | BatchStatus::Cancelling | BatchStatus::Cancelled => {
-            Resource::failed(
-                first_error.map_or_else(|| format!("the batch is {status}"), |m| format!("the batch is {status}: {m}")),
-            )
-        }
+        BatchStatus::Completed => Resource::succeeded().with_message(text).with_output("result", result_literal(batch)?),
+        BatchStatus::Failed | BatchStatus::Expired => Resource::failed(why),
+        // A cancelling batch only ever ends cancelled.
+        BatchStatus::Cancelling | BatchStatus::Cancelled => Resource::aborted(why),
         BatchStatus::Unknown(s) => Resource::running()
             .with_message(format!("OpenAI reports batch status '{s}', which this agent does not know; waiting")),
     })
@@ -163,14 +151,14 @@ impl AsyncAgent for BatchAgent {
     }
 
     fn task_categories(&self) -> Vec<TaskCategory> {
-        vec![TaskCategory::new(BATCH_TYPE, 0)]
+        vec![TaskCategory::new(TASK_TYPE, 0)]
     }
 
     async fn create(&self, ctx: &Context, task: TaskRequest) -> Result<BatchMeta, AgentError> {
         let custom: Custom = task.custom_as()?;
         let org = task_organization(custom.openai_organization)?;
         let input_file_id: String = task.input("input_file_id")?;
-        let client = self.clients.client(ctx, org.as_deref())?;
+        let sdk = self.client.sdk(ctx, org.as_deref())?;
         let attempt = task.attempt_key().map(|k| AttemptMark::new(&k));
         let mut request = custom.config;
         // The attempt marks are the agent's: a task that set them could make another
@@ -186,112 +174,90 @@ impl AsyncAgent for BatchAgent {
         request.entry("completion_window").or_insert_with(|| json!("24h"));
         request.entry("endpoint").or_insert_with(|| json!("/v1/chat/completions"));
         request.insert("input_file_id".into(), json!(input_file_id));
-        if let Some(mark) = &attempt {
-            let metadata = request.entry("metadata").or_insert_with(|| json!({}));
-            if let Json::Object(m) = metadata {
-                m.insert(ATTEMPT_KEY.into(), json!(mark.digest));
-            }
+        if let Some(mark) = &attempt
+            && let Json::Object(m) = request.entry("metadata").or_insert_with(|| json!({}))
+        {
+            m.insert(ATTEMPT_KEY.into(), json!(mark.digest));
         }
         // Broken connections and lost answers are retried inside the deadline; each try
         // first looks for the batch an earlier one may have created, so none is doubled.
-        let policy = RetryConfig { default_budget: self.config.request_timeout, ..RetryConfig::default() };
         let request = Json::Object(request);
-        let deadline = policy.deadline(ctx);
-        let once = |left: std::time::Duration| {
-            let limit = left.min(budget(ctx, self.config.request_timeout));
-            let lookback = self.config.batch_lookback;
-            create_once(&client, request.clone(), attempt.as_ref(), lookback, limit, (&policy, deadline))
-        };
-        match retry(&policy, deadline, once, transient).await {
-            Ok(batch_id) => Ok(BatchMeta { batch_id, openai_org: org }),
-            Err(Failure::Rejected(m) | Failure::NotFound(m)) => Err(AgentError::invalid_argument(m)),
-            Err(Failure::Transient(m)) => Err(AgentError::unavailable(m)),
-        }
+        let once = |limit| self.create_once(ctx, &sdk, &request, attempt.as_ref(), limit);
+        let batch_id = self.client.rest.retried(ctx, once).await.map_err(Failure::into_error)?;
+        Ok(BatchMeta { batch_id, openai_org: org })
     }
 
     async fn get(&self, ctx: &Context, meta: BatchMeta) -> Result<Resource, AgentError> {
-        agent_core::http::path_id("batch_id", &meta.batch_id)?;
-        let client = self.clients.client(ctx, meta_organization(&meta)?)?;
-        let limit = budget(ctx, self.config.request_timeout);
-        match tokio::time::timeout(limit, client.batches().retrieve_byot::<_, Json>(&meta.batch_id)).await {
-            Ok(Ok(batch)) => resource_for(&batch),
-            Ok(Err(e)) => match classify(&e) {
-                Failure::NotFound(m) => Ok(Resource::failed(m)),
-                Failure::Transient(m) => Ok(Resource::unreachable("OpenAI", "batch", &m)),
-                Failure::Rejected(m) => Err(AgentError::permission_denied(m)),
-            },
-            Err(_) => {
-                Ok(Resource::running().with_message("OpenAI did not answer the status check in time; will check again"))
-            }
+        let (id, sdk) = (path_id("batch_id", &meta.batch_id)?, &self.client.sdk(ctx, meta_organization(&meta)?)?);
+        let status = |limit| timed("batch status check", limit, async move { sdk.batches().retrieve_byot(id).await });
+        match self.client.rest.retried(ctx, status).await {
+            Ok(batch) => resource_for(&batch),
+            Err(f) => f.into_poll(SERVICE.name, &format!("batch {id}")),
         }
     }
 
     async fn delete(&self, ctx: &Context, meta: BatchMeta) -> Result<(), AgentError> {
-        agent_core::http::path_id("batch_id", &meta.batch_id)?;
-        let client = self.clients.client(ctx, meta_organization(&meta)?)?;
-        let limit = budget(ctx, self.config.request_timeout);
-        match tokio::time::timeout(limit, client.batches().cancel_byot::<_, Json>(&meta.batch_id)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(async_openai::error::OpenAIError::ApiError(r))) if matches!(r.status_code.as_u16(), 404 | 409) => {
-                Ok(())
-            }
-            Ok(Err(e)) => Err(match classify(&e) {
-                Failure::Transient(m) => AgentError::unavailable(m),
-                Failure::Rejected(m) | Failure::NotFound(m) => AgentError::internal(m),
-            }),
-            Err(_) => Err(AgentError::unavailable("OpenAI did not answer the batch cancellation in time")),
-        }
+        let (id, sdk) = (path_id("batch_id", &meta.batch_id)?, &self.client.sdk(ctx, meta_organization(&meta)?)?);
+        let cancel = |limit| {
+            timed("batch cancellation", limit, async move {
+                match sdk.batches().cancel_byot::<_, Json>(id).await {
+                    // OpenAI answers 409 for a batch that has already finished: nothing to cancel.
+                    Err(OpenAIError::ApiError(r)) if r.status_code.as_u16() == 409 => Ok(Json::Null),
+                    other => other,
+                }
+            })
+        };
+        self.client.rest.retried(ctx, cancel).await.map(drop).or_else(Failure::into_cancel)
     }
 }
 
 /// Pages of 100 batches searched at most.
 const MAX_PAGES: usize = 20;
 
-fn transient(f: &Failure) -> Verdict {
-    if matches!(f, Failure::Transient(_)) { Verdict::Retry(None) } else { Verdict::Fail }
-}
-
 fn now_secs() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// One try at starting the batch: adopt the one this task attempt already started, if
-/// any, else create it. Returns the batch id.
-async fn create_once(
-    client: &async_openai::Client<async_openai::config::OpenAIConfig>,
-    request: Json,
-    attempt: Option<&AttemptMark>,
-    lookback: std::time::Duration,
-    limit: std::time::Duration,
-    retry_policy: (&RetryConfig, std::time::Instant),
-) -> Result<String, Failure> {
-    let timed_out = || Failure::Transient(format!("OpenAI did not answer within {} ms", limit.as_millis()));
-    if let Some(mark) = attempt {
-        // Newest first, page by page, back to batches older than any retry of this attempt
-        // could have made: under load more than one page of batches can arrive between a
-        // lost answer and the retry.
-        let oldest_wanted = now_secs().saturating_sub(lookback.as_secs());
+impl BatchAgent {
+    /// One try at starting the batch: adopt the one this task attempt already started, if
+    /// any, else create it. Returns the batch id.
+    async fn create_once(
+        &self,
+        ctx: &Context,
+        sdk: &Sdk,
+        request: &Json,
+        attempt: Option<&AttemptMark>,
+        limit: Duration,
+    ) -> Result<String, Failure> {
+        if let Some(mark) = attempt
+            && let Some(id) = self.started(ctx, sdk, mark).await?
+        {
+            tracing::info!(message = "Adopted the batch an earlier CreateTask created.", batch_id = %id);
+            return Ok(id);
+        }
+        let batch = timed("batch creation", limit, sdk.batches().create_byot::<_, Json>(request.clone())).await?;
+        let id = batch["id"].as_str().filter(|i| !i.is_empty()).map(str::to_owned);
+        id.ok_or_else(|| AgentError::internal("OpenAI created a batch without an id").into())
+    }
+
+    /// The batch `mark`'s attempt started, if any: newest first, page by page, back to
+    /// batches older than any retry of this attempt could have made (under load more than
+    /// one page of batches can arrive between a lost answer and the retry).
+    async fn started(&self, ctx: &Context, sdk: &Sdk, mark: &AttemptMark) -> Result<Option<String>, Failure> {
+        let oldest_wanted = now_secs().saturating_sub(self.lookback.as_secs());
         let mut after: Option<String> = None;
         for _ in 0..MAX_PAGES {
             let mut params = vec![("limit", "100".to_owned())];
             params.extend(after.iter().map(|a| ("after", a.clone())));
             // Each page is retried on its own, so one fault does not restart the walk.
-            let fetch = |left: std::time::Duration| {
-                let params = params.clone();
-                async move {
-                    let query = client.batches().query(&params).map_err(|e| Failure::Rejected(e.to_string()))?;
-                    tokio::time::timeout(left.min(limit), query.list_byot::<Json>())
-                        .await
-                        .map_err(|_| timed_out())?
-                        .map_err(|e| classify(&e))
-                }
+            let params = &params;
+            let list = |limit| {
+                timed("batch list", limit, async move { sdk.batches().query(params)?.list_byot::<Json>().await })
             };
-            let page = retry(retry_policy.0, retry_policy.1, fetch, transient).await?;
-            let batches = page["data"].as_array().cloned().unwrap_or_default();
-            let existing = batches.iter().find(|b| mark.marks(b));
-            if let Some(id) = existing.and_then(|b| b["id"].as_str()) {
-                tracing::info!(message = "Adopted the batch an earlier CreateTask created.", batch_id = %id);
-                return Ok(id.to_owned());
+            let page = self.client.rest.retried(ctx, list).await?;
+            let batches = page["data"].as_array().map(Vec::as_slice).unwrap_or_default();
+            if let Some(id) = batches.iter().find(|b| mark.marks(b)).and_then(|b| b["id"].as_str()) {
+                return Ok(Some(id.to_owned()));
             }
             let last = batches.last();
             let older_than_wanted = last.and_then(|b| b["created_at"].as_u64()).is_some_and(|t| t < oldest_wanted);
@@ -300,16 +266,8 @@ async fn create_once(
             }
             after = last.and_then(|b| b["id"].as_str()).map(str::to_owned);
         }
+        Ok(None)
     }
-    let batch = tokio::time::timeout(limit, client.batches().create_byot::<_, Json>(request))
-        .await
-        .map_err(|_| timed_out())?
-        .map_err(|e| classify(&e))?;
-    batch["id"]
-        .as_str()
-        .filter(|i| !i.is_empty())
-        .map(str::to_owned)
-        .ok_or_else(|| Failure::Rejected("OpenAI created a batch without an id".into()))
 }
 
 #[cfg(test)]
@@ -325,8 +283,8 @@ mod tests {
             ("completed", Phase::Succeeded),
             ("failed", Phase::Failed),
             ("expired", Phase::Failed),
-            ("cancelling", Phase::Failed),
-            ("cancelled", Phase::Failed),
+            ("cancelling", Phase::Aborted),
+            ("cancelled", Phase::Aborted),
             ("paused", Phase::Running),
         ];
         for (status, phase) in cases {

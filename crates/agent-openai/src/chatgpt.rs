@@ -5,11 +5,11 @@ use serde_json::{Map, Value as Json, json};
 
 use agent_core::prelude::*;
 
-use crate::client::{Clients, Failure, budget, classify, task_organization};
+use crate::client::{Client, task_organization, timed};
 use crate::config::Config;
 
 /// The task type flytekit's `ChatGPTTask` declares.
-pub const CHATGPT_TYPE: &str = "chatgpt";
+pub const TASK_TYPE: &str = "chatgpt";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -22,14 +22,13 @@ struct Custom {
 /// The agent.
 #[derive(Debug, Clone)]
 pub struct ChatGptAgent {
-    clients: Clients,
-    config: Config,
+    client: Client,
 }
 
 impl ChatGptAgent {
     /// An agent with the given settings.
     pub fn new(config: Config) -> Result<Self, String> {
-        Ok(Self { clients: Clients::new(&config)?, config })
+        Ok(Self { client: Client::new(&config, config.chat_rest())? })
     }
 }
 
@@ -39,7 +38,7 @@ impl SyncAgent for ChatGptAgent {
     }
 
     fn task_categories(&self) -> Vec<TaskCategory> {
-        vec![TaskCategory::new(CHATGPT_TYPE, 0)]
+        vec![TaskCategory::new(TASK_TYPE, 0)]
     }
 
     async fn execute(&self, ctx: &Context, task: TaskRequest) -> Result<Resource, AgentError> {
@@ -57,23 +56,17 @@ impl SyncAgent for ChatGptAgent {
         let mut request = custom.chatgpt_config;
         request.insert("messages".into(), json!([{"role": "user", "content": message}]));
         request.insert("stream".into(), json!(false));
-        let client = self.clients.client(ctx, organization.as_deref())?;
-        let limit = budget(ctx, self.config.chat_timeout);
-        let answer = tokio::time::timeout(limit, client.chat().create_byot::<_, Json>(Json::Object(request))).await;
-        Ok(match answer {
-            Ok(Ok(completion)) => {
-                let content = completion
-                    .pointer("/choices/0/message/content")
-                    .and_then(Json::as_str)
-                    .unwrap_or_default()
-                    .to_owned();
-                Resource::succeeded().with_output("o0", content)
+        let (sdk, request) = (&self.client.sdk(ctx, organization.as_deref())?, &Json::Object(request));
+        let chat = |limit| timed("chat completion", limit, async move { sdk.chat().create_byot::<_, Json>(request.clone()).await });
+        // A failed completion is the task's result, not an RPC error: Propeller retries a
+        // transient one as a new attempt.
+        Ok(match self.client.rest.retried(ctx, chat).await {
+            Ok(completion) => {
+                let content = completion.pointer("/choices/0/message/content").and_then(Json::as_str);
+                Resource::succeeded().with_output("o0", content.unwrap_or_default().to_owned())
             }
-            Ok(Err(e)) => match classify(&e) {
-                Failure::Transient(m) => Resource::retryable_failure(m),
-                Failure::Rejected(m) | Failure::NotFound(m) => Resource::failed(m),
-            },
-            Err(_) => Resource::retryable_failure(format!("OpenAI did not answer within {} ms", limit.as_millis())),
+            Err(f) if f.is_transient() => Resource::retryable_failure(f.message()),
+            Err(f) => Resource::failed(f.message()),
         })
     }
 }

@@ -1,50 +1,52 @@
-//! OpenAI clients sharing one connection pool; the key and organization are set per call,
-//! since they come from the task and the (rotatable) secret.
+//! OpenAI through async-openai on the kit's pooled client (its CA bundle, user agent and
+//! redirect policy apply); the key and organization are set per call, since they come
+//! from the (rotatable) secret and the task. async-openai's errors are adapted into the
+//! kit's [`Failure`], classified once by [`SERVICE`].
 
+use std::future::Future;
 use std::time::Duration;
 
-use async_openai::Client;
+use agent_core::http::{Failure, RestClient, RestSettings, Service, TrustedHosts};
+use agent_core::prelude::*;
 use async_openai::config::OpenAIConfig;
 use async_openai::error::OpenAIError;
-
-use agent_core::prelude::*;
 
 use crate::config::Config;
 
 /// The secret holding the API key, named as flytekit names it.
 pub(crate) const KEY_SECRET: &str = "FLYTE_OPENAI_API_KEY";
 
-/// What shared state the agents need.
+/// How OpenAI answers: `{"error": {"message": ...}}`; 404 is an object it does not know.
+pub(crate) const SERVICE: Service =
+    Service::new("OpenAI", "Check the agent's FLYTE_OPENAI_API_KEY secret and the task's OpenAI organization");
+
+/// An OpenAI SDK client for one call.
+pub(crate) type Sdk = async_openai::Client<OpenAIConfig>;
+
+/// What the agents share: the pooled HTTP client, where it sends, how calls are retried.
 #[derive(Debug, Clone)]
-pub(crate) struct Clients {
+pub(crate) struct Client {
     http: reqwest::Client,
     base_url: Option<String>,
+    /// How calls are timed and retried.
+    pub(crate) rest: RestSettings,
 }
 
-/// How a failed call should be reported.
-#[derive(Debug)]
-pub(crate) enum Failure {
-    /// OpenAI refused the request (4xx other than 429): the task's fault.
-    Rejected(String),
-    /// Throttling, server errors, timeouts, broken connections: worth retrying.
-    Transient(String),
-    /// OpenAI does not know the object (404).
-    NotFound(String),
-}
-
-impl Clients {
-    pub(crate) fn new(config: &Config) -> Result<Self, String> {
+impl Client {
+    /// A client whose calls are timed and retried by `rest`.
+    pub(crate) fn new(config: &Config, rest: RestSettings) -> Result<Self, String> {
         // The key goes only to the configured base URL (or OpenAI's own): a plain origin,
         // checked at start-up, and no redirect is ever followed elsewhere.
-        if let Some(base) = &config.base_url {
-            agent_core::http::TrustedHosts::new("openai.base_url").origin(base, "openai.base_url")?;
-        }
-        let http = agent_core::http::client(concat!("flyte-agent-openai/", env!("CARGO_PKG_VERSION")), None, "")?;
-        Ok(Self { http, base_url: config.base_url.clone() })
+        let setting = "openai.base_url";
+        let base = config.base_url.as_deref().unwrap_or("https://api.openai.com");
+        let trusted = TrustedHosts::new(setting).origin(base, setting)?;
+        let user_agent = concat!("flyte-agent-openai/", env!("CARGO_PKG_VERSION"));
+        let http = RestClient::new(SERVICE, "openai", user_agent, &rest, trusted)?.reqwest().clone();
+        Ok(Self { http, base_url: config.base_url.clone(), rest })
     }
 
-    /// A client for one call: the agent's key, the task's organization.
-    pub(crate) fn client(&self, ctx: &Context, organization: Option<&str>) -> Result<Client<OpenAIConfig>, AgentError> {
+    /// The SDK for one call: the agent's key, the task's organization.
+    pub(crate) fn sdk(&self, ctx: &Context, organization: Option<&str>) -> Result<Sdk, AgentError> {
         let key = ctx.secret(KEY_SECRET)?;
         check_header_value(key.expose(), |why| {
             AgentError::failed_precondition(format!("the agent secret {KEY_SECRET} (the OpenAI API key) {why}"))
@@ -59,7 +61,29 @@ impl Clients {
         if let Some(base) = &self.base_url {
             config = config.with_api_base(base.trim_end_matches('/'));
         }
-        Ok(Client::build(self.http.clone(), config))
+        Ok(Sdk::build(self.http.clone(), config))
+    }
+}
+
+/// One SDK call `what` bounded by `limit`, its error adapted: the SDK sets no timeout of
+/// its own.
+pub(crate) async fn timed<T>(
+    what: &str,
+    limit: Duration,
+    call: impl Future<Output = Result<T, OpenAIError>>,
+) -> Result<T, Failure> {
+    let answer = tokio::time::timeout(limit, call).await;
+    let answer = answer.map_err(|_| SERVICE.unreachable(what, format_args!("no answer within {} ms", limit.as_millis())))?;
+    answer.map_err(|e| failure(what, &e))
+}
+
+/// What an async-openai error of call `what` means; messages are OpenAI's, never the key.
+pub(crate) fn failure(what: &str, e: &OpenAIError) -> Failure {
+    match e {
+        OpenAIError::ApiError(r) => SERVICE.status(what, r.status_code.as_u16(), &r.api_error.message, None),
+        OpenAIError::Reqwest(e) => SERVICE.unreachable(what, format_args!("request failed: {e}")),
+        OpenAIError::JSONDeserialize(e, _) => SERVICE.unreachable(what, format_args!("the answer is unreadable: {e}")),
+        other => Failure::Rejected(AgentError::invalid_argument(format!("{} {what} failed: {other}", SERVICE.name))),
     }
 }
 
@@ -90,28 +114,4 @@ pub(crate) fn task_organization(org: Option<String>) -> Result<Option<String>, A
         })?;
     }
     Ok(org)
-}
-
-/// The time a call may take: the configured limit, within the caller's deadline.
-pub(crate) fn budget(ctx: &Context, limit: Duration) -> Duration {
-    let margin = Duration::from_millis(300);
-    ctx.time_left().map_or(limit, |left| left.saturating_sub(margin).min(limit))
-}
-
-/// Classifies an error; messages are OpenAI's, never the key.
-pub(crate) fn classify(e: &OpenAIError) -> Failure {
-    match e {
-        OpenAIError::ApiError(resp) => {
-            let code = resp.status_code.as_u16();
-            let msg = format!("OpenAI answered {code}: {}", resp.api_error.message);
-            match code {
-                404 => Failure::NotFound(msg),
-                408 | 429 | 500..=599 => Failure::Transient(msg),
-                _ => Failure::Rejected(msg),
-            }
-        }
-        OpenAIError::Reqwest(err) => Failure::Transient(format!("OpenAI could not be reached: {err}")),
-        OpenAIError::JSONDeserialize(err, _) => Failure::Transient(format!("OpenAI's answer could not be read: {err}")),
-        other => Failure::Rejected(format!("OpenAI request failed: {other}")),
-    }
 }

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use agent_core::http::RestSettings;
 use serde::Deserialize;
 
 /// `openai.*` settings (`AGENT_OPENAI__<KEY>` in the environment).
@@ -14,14 +15,18 @@ pub struct Config {
     /// Longest a ChatGPT call may take (flytekit: 10 s); the RPC deadline also bounds it.
     #[serde(with = "humantime_serde")]
     pub chat_timeout: Duration,
-    /// Longest a Batch API call may take.
+    /// The older name of `attempt_timeout` (the longest Batch API call), still accepted;
+    /// when set, it wins.
     #[serde(with = "humantime_serde")]
-    pub request_timeout: Duration,
+    pub request_timeout: Option<Duration>,
     /// How far back a repeated CreateTask looks for the batch its attempt started: by
     /// default the batch completion window (24h), since a create can be repeated as long
     /// as Propeller still waits for the task.
     #[serde(with = "humantime_serde")]
     pub batch_lookback: Duration,
+    /// Timeouts, retries and the extra CA bundle (`attempt_timeout`, `retry_budget`, `ca_bundle`).
+    #[serde(flatten)]
+    pub rest: RestSettings,
 }
 
 impl Default for Config {
@@ -29,8 +34,38 @@ impl Default for Config {
         Self {
             base_url: std::env::var("OPENAI_BASE_URL").ok().filter(|u| !u.is_empty()),
             chat_timeout: Duration::from_secs(10),
-            request_timeout: Duration::from_secs(8),
+            request_timeout: None,
             batch_lookback: Duration::from_secs(24 * 3600),
+            rest: RestSettings::default(),
         }
+    }
+}
+
+impl Config {
+    /// How Batch API calls are timed and retried.
+    pub(crate) fn batch_rest(&self) -> RestSettings {
+        RestSettings { attempt_timeout: self.request_timeout.unwrap_or(self.rest.attempt_timeout), ..self.rest.clone() }
+    }
+
+    /// How a chat completion is timed and retried: `chat_timeout` per attempt, and at least
+    /// that long in all when the caller set no deadline.
+    pub(crate) fn chat_rest(&self) -> RestSettings {
+        let retry_budget = self.rest.retry_budget.max(self.chat_timeout);
+        RestSettings { attempt_timeout: self.chat_timeout, retry_budget, ..self.rest.clone() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_timeout_is_still_the_batch_attempt_timeout() {
+        let c: Config = serde_json::from_value(serde_json::json!({"request_timeout": "3s", "chat_timeout": "20s"})).unwrap();
+        assert_eq!(c.batch_rest().attempt_timeout, Duration::from_secs(3));
+        assert_eq!((c.chat_rest().attempt_timeout, c.chat_rest().retry_budget), (Duration::from_secs(20), Duration::from_secs(20)));
+        let c: Config = serde_json::from_value(serde_json::json!({"attempt_timeout": "2s", "ca_bundle": "/x.pem"})).unwrap();
+        assert_eq!(c.batch_rest().attempt_timeout, Duration::from_secs(2));
+        assert!(serde_json::from_value::<Config>(serde_json::json!({"request_timout": "3s"})).is_err());
     }
 }

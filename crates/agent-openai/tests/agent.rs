@@ -195,8 +195,9 @@ async fn batch_failures_cancels_repeats_and_pickles() {
     };
     client.delete_task(del(&m1)).await.unwrap();
     client.delete_task(del(&m1)).await.unwrap();
+    // Issue 15: a cancelled (or cancelling) batch is ABORTED, no longer FAILED.
     let r = Resource::from_proto(&client.get_task(get(&m1)).await.unwrap().into_inner().resource.unwrap());
-    assert_eq!(r.phase, Phase::Failed);
+    assert_eq!(r.phase, Phase::Aborted, "{}", r.message);
     client.delete_task(del(&bad)).await.unwrap();
 
     // The Python agent's cloudpickled meta cannot be read; the error says what to do.
