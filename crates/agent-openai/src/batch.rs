@@ -12,11 +12,13 @@ use agent_core::prelude::*;
 use async_openai::error::OpenAIError;
 use async_openai::traits::RequestOptionsBuilder;
 
-use crate::client::{Client, SERVICE, Sdk, check_header_value, task_organization, timed};
+use crate::client::{Client, ORG_FIELD, SERVICE, Sdk, timed};
 use crate::config::Config;
 
 /// The task type flytekit's `BatchEndpointTask` declares.
 pub const TASK_TYPE: &str = "openai-batch";
+/// Where a meta names the organization (a header, so checked like the template's).
+const META_ORG: &str = "resource meta: openai_org";
 
 /// Batch metadata key recording the task attempt, so a repeated CreateTask finds its batch.
 /// Its value is a digest of the attempt key: fixed length, so it fits OpenAI's 512-character
@@ -52,19 +54,6 @@ impl AttemptMark {
         stored(ATTEMPT_KEY) == Some(self.digest.as_str())
             || self.legacy.as_deref().is_some_and(|l| stored(LEGACY_ATTEMPT_KEY) == Some(l))
     }
-}
-
-/// The organization a meta names, checked like the task's was: it becomes a header.
-fn meta_organization(meta: &BatchMeta) -> Result<Option<&str>, AgentError> {
-    let org = meta.openai_org.as_deref().filter(|o| !o.is_empty());
-    if let Some(o) = org {
-        check_header_value(o, |why| {
-            AgentError::invalid_argument(format!(
-                "resource meta: openai_org {why}; the meta was not written by an OpenAI Batch agent"
-            ))
-        })?;
-    }
-    Ok(org)
 }
 
 /// The job handle. flytekit pickles its `BatchEndpointMetadata`; this one is JSON with the
@@ -114,15 +103,11 @@ pub struct BatchAgent {
 impl BatchAgent {
     /// An agent with the given settings.
     pub fn new(config: Config) -> Result<Self, String> {
-        Ok(Self { client: Client::new(&config, config.batch_rest())?, lookback: config.batch_lookback })
+        Ok(Self {
+            client: Client::new(&config, config.request_timeout.unwrap_or(config.rest.attempt_timeout))?,
+            lookback: config.batch_lookback,
+        })
     }
-}
-
-/// The batch object as flytekit encodes an untyped `dict` output: msgpack, tag "msgpack".
-fn result_literal(batch: &Json) -> Result<Value, AgentError> {
-    let bytes =
-        rmp_serde::to_vec_named(batch).map_err(|e| AgentError::internal(format!("cannot encode the batch: {e}")))?;
-    Ok(Value::Binary { value: bytes, tag: "msgpack".into() })
 }
 
 /// What a batch's status means for the task.
@@ -134,7 +119,14 @@ fn resource_for(batch: &Json) -> Result<Resource, AgentError> {
         BatchStatus::Validating | BatchStatus::InProgress | BatchStatus::Finalizing => {
             Resource::running().with_message(text)
         }
-        BatchStatus::Completed => Resource::succeeded().with_message(text).with_output("result", result_literal(batch)?),
+        BatchStatus::Completed => {
+            // The batch object, as flytekit encodes an untyped `dict` output.
+            let bytes = rmp_serde::to_vec_named(batch)
+                .map_err(|e| AgentError::internal(format!("cannot encode the batch: {e}")))?;
+            Resource::succeeded()
+                .with_message(text)
+                .with_output("result", Value::Binary { value: bytes, tag: "msgpack".into() })
+        }
         BatchStatus::Failed | BatchStatus::Expired => Resource::failed(why),
         // A cancelling batch only ever ends cancelled.
         BatchStatus::Cancelling | BatchStatus::Cancelled => Resource::aborted(why),
@@ -156,9 +148,9 @@ impl AsyncAgent for BatchAgent {
 
     async fn create(&self, ctx: &Context, task: TaskRequest) -> Result<BatchMeta, AgentError> {
         let custom: Custom = task.custom_as()?;
-        let org = task_organization(custom.openai_organization)?;
+        let org = custom.openai_organization.filter(|o| !o.is_empty());
         let input_file_id: String = task.input("input_file_id")?;
-        let sdk = self.client.sdk(ctx, org.as_deref())?;
+        let sdk = self.client.sdk(ctx, org.as_deref(), ORG_FIELD)?;
         let attempt = task.attempt_key().map(|k| AttemptMark::new(&k));
         let mut request = custom.config;
         // The attempt marks are the agent's: a task that set them could make another
@@ -181,14 +173,25 @@ impl AsyncAgent for BatchAgent {
         }
         // Broken connections and lost answers are retried inside the deadline; each try
         // first looks for the batch an earlier one may have created, so none is doubled.
-        let request = Json::Object(request);
-        let once = |limit| self.create_once(ctx, &sdk, &request, attempt.as_ref(), limit);
+        let (sdk, request, attempt) = (&sdk, &Json::Object(request), attempt.as_ref());
+        let once = |limit| async move {
+            if let Some(mark) = attempt
+                && let Some(id) = self.started(ctx, sdk, mark).await?
+            {
+                tracing::info!(message = "Adopted the batch an earlier CreateTask created.", batch_id = %id);
+                return Ok(id);
+            }
+            let batch = timed("batch creation", limit, sdk.batches().create_byot::<_, Json>(request.clone())).await?;
+            let id = batch["id"].as_str().filter(|i| !i.is_empty()).map(str::to_owned);
+            id.ok_or_else(|| AgentError::internal("OpenAI created a batch without an id").into())
+        };
         let batch_id = self.client.rest.retried(ctx, once).await.map_err(Failure::into_error)?;
         Ok(BatchMeta { batch_id, openai_org: org })
     }
 
     async fn get(&self, ctx: &Context, meta: BatchMeta) -> Result<Resource, AgentError> {
-        let (id, sdk) = (path_id("batch_id", &meta.batch_id)?, &self.client.sdk(ctx, meta_organization(&meta)?)?);
+        let (id, sdk) =
+            (path_id("batch_id", &meta.batch_id)?, &self.client.sdk(ctx, meta.openai_org.as_deref(), META_ORG)?);
         let status = |limit| timed("batch status check", limit, async move { sdk.batches().retrieve_byot(id).await });
         match self.client.rest.retried(ctx, status).await {
             Ok(batch) => resource_for(&batch),
@@ -197,7 +200,8 @@ impl AsyncAgent for BatchAgent {
     }
 
     async fn delete(&self, ctx: &Context, meta: BatchMeta) -> Result<(), AgentError> {
-        let (id, sdk) = (path_id("batch_id", &meta.batch_id)?, &self.client.sdk(ctx, meta_organization(&meta)?)?);
+        let (id, sdk) =
+            (path_id("batch_id", &meta.batch_id)?, &self.client.sdk(ctx, meta.openai_org.as_deref(), META_ORG)?);
         let cancel = |limit| {
             timed("batch cancellation", limit, async move {
                 match sdk.batches().cancel_byot::<_, Json>(id).await {
@@ -214,37 +218,13 @@ impl AsyncAgent for BatchAgent {
 /// Pages of 100 batches searched at most.
 const MAX_PAGES: usize = 20;
 
-fn now_secs() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
 impl BatchAgent {
-    /// One try at starting the batch: adopt the one this task attempt already started, if
-    /// any, else create it. Returns the batch id.
-    async fn create_once(
-        &self,
-        ctx: &Context,
-        sdk: &Sdk,
-        request: &Json,
-        attempt: Option<&AttemptMark>,
-        limit: Duration,
-    ) -> Result<String, Failure> {
-        if let Some(mark) = attempt
-            && let Some(id) = self.started(ctx, sdk, mark).await?
-        {
-            tracing::info!(message = "Adopted the batch an earlier CreateTask created.", batch_id = %id);
-            return Ok(id);
-        }
-        let batch = timed("batch creation", limit, sdk.batches().create_byot::<_, Json>(request.clone())).await?;
-        let id = batch["id"].as_str().filter(|i| !i.is_empty()).map(str::to_owned);
-        id.ok_or_else(|| AgentError::internal("OpenAI created a batch without an id").into())
-    }
-
     /// The batch `mark`'s attempt started, if any: newest first, page by page, back to
     /// batches older than any retry of this attempt could have made (under load more than
     /// one page of batches can arrive between a lost answer and the retry).
     async fn started(&self, ctx: &Context, sdk: &Sdk, mark: &AttemptMark) -> Result<Option<String>, Failure> {
-        let oldest_wanted = now_secs().saturating_sub(self.lookback.as_secs());
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let oldest_wanted = now.saturating_sub(self.lookback.as_secs());
         let mut after: Option<String> = None;
         for _ in 0..MAX_PAGES {
             let mut params = vec![("limit", "100".to_owned())];

@@ -5,7 +5,7 @@ use serde_json::{Map, Value as Json, json};
 
 use agent_core::prelude::*;
 
-use crate::client::{Client, task_organization, timed};
+use crate::client::{Client, ORG_FIELD, timed};
 use crate::config::Config;
 
 /// The task type flytekit's `ChatGPTTask` declares.
@@ -28,7 +28,7 @@ pub struct ChatGptAgent {
 impl ChatGptAgent {
     /// An agent with the given settings.
     pub fn new(config: Config) -> Result<Self, String> {
-        Ok(Self { client: Client::new(&config, config.chat_rest())? })
+        Ok(Self { client: Client::new(&config, config.chat_timeout)? })
     }
 }
 
@@ -43,7 +43,6 @@ impl SyncAgent for ChatGptAgent {
 
     async fn execute(&self, ctx: &Context, task: TaskRequest) -> Result<Resource, AgentError> {
         let custom: Custom = task.custom_as()?;
-        let organization = task_organization(custom.openai_organization)?;
         let model = custom.chatgpt_config.get("model").and_then(Json::as_str).unwrap_or_default();
         if model.is_empty() {
             return Err(AgentError::invalid_argument(
@@ -51,13 +50,16 @@ impl SyncAgent for ChatGptAgent {
             ));
         }
         let message: String = task.input("message")?;
+        let sdk = &self.client.sdk(ctx, custom.openai_organization.as_deref(), ORG_FIELD)?;
         // The task's settings go to the API as they are (integral numbers as integers);
         // the message input is the one user message, as flytekit sends it.
         let mut request = custom.chatgpt_config;
         request.insert("messages".into(), json!([{"role": "user", "content": message}]));
         request.insert("stream".into(), json!(false));
-        let (sdk, request) = (&self.client.sdk(ctx, organization.as_deref())?, &Json::Object(request));
-        let chat = |limit| timed("chat completion", limit, async move { sdk.chat().create_byot::<_, Json>(request.clone()).await });
+        let request = &Json::Object(request);
+        let chat = |limit| {
+            timed("chat completion", limit, async move { sdk.chat().create_byot::<_, Json>(request.clone()).await })
+        };
         // A failed completion is the task's result, not an RPC error: Propeller retries a
         // transient one as a new attempt.
         Ok(match self.client.rest.retried(ctx, chat).await {

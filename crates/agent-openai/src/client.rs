@@ -20,6 +20,9 @@ pub(crate) const KEY_SECRET: &str = "FLYTE_OPENAI_API_KEY";
 pub(crate) const SERVICE: Service =
     Service::new("OpenAI", "Check the agent's FLYTE_OPENAI_API_KEY secret and the task's OpenAI organization");
 
+/// Where a template names the organization.
+pub(crate) const ORG_FIELD: &str = "template.custom.openai_organization";
+
 /// An OpenAI SDK client for one call.
 pub(crate) type Sdk = async_openai::Client<OpenAIConfig>;
 
@@ -27,40 +30,45 @@ pub(crate) type Sdk = async_openai::Client<OpenAIConfig>;
 #[derive(Debug, Clone)]
 pub(crate) struct Client {
     http: reqwest::Client,
-    base_url: Option<String>,
+    api_base: String,
     /// How calls are timed and retried.
     pub(crate) rest: RestSettings,
 }
 
 impl Client {
-    /// A client whose calls are timed and retried by `rest`.
-    pub(crate) fn new(config: &Config, rest: RestSettings) -> Result<Self, String> {
+    /// A client whose attempts take `attempt_timeout` at most, retried for at least as
+    /// long when the caller set no deadline.
+    pub(crate) fn new(config: &Config, attempt_timeout: Duration) -> Result<Self, String> {
+        let retry_budget = config.rest.retry_budget.max(attempt_timeout);
+        let rest = RestSettings { attempt_timeout, retry_budget, ..config.rest.clone() };
         // The key goes only to the configured base URL (or OpenAI's own): a plain origin,
         // checked at start-up, and no redirect is ever followed elsewhere.
         let setting = "openai.base_url";
-        let base = config.base_url.as_deref().unwrap_or("https://api.openai.com");
+        let base = config.base_url.as_deref().unwrap_or(async_openai::config::OPENAI_API_BASE);
         let trusted = TrustedHosts::new(setting).origin(base, setting)?;
         let user_agent = concat!("flyte-agent-openai/", env!("CARGO_PKG_VERSION"));
         let http = RestClient::new(SERVICE, "openai", user_agent, &rest, trusted)?.reqwest().clone();
-        Ok(Self { http, base_url: config.base_url.clone(), rest })
+        Ok(Self { http, api_base: base.trim_end_matches('/').to_owned(), rest })
     }
 
-    /// The SDK for one call: the agent's key, the task's organization.
-    pub(crate) fn sdk(&self, ctx: &Context, organization: Option<&str>) -> Result<Sdk, AgentError> {
+    /// The SDK for one call: the agent's key, the organization `field` (of the template
+    /// or the meta) names. Both become headers, which async-openai panics on when a value
+    /// cannot be one: they are checked first, and never echoed (a key, control characters).
+    pub(crate) fn sdk(&self, ctx: &Context, org: Option<&str>, field: &str) -> Result<Sdk, AgentError> {
+        let org = org.filter(|o| !o.is_empty());
+        if org.is_some_and(|o| !header_safe(o)) {
+            let hint = "OpenAI organization ids look like org-…";
+            return Err(AgentError::invalid_argument(format!("{field} {NOT_A_HEADER}; {hint}")));
+        }
         let key = ctx.secret(KEY_SECRET)?;
-        check_header_value(key.expose(), |why| {
-            AgentError::failed_precondition(format!("the agent secret {KEY_SECRET} (the OpenAI API key) {why}"))
-        })?;
-        let mut config = OpenAIConfig::new().with_api_key(key.expose());
-        if let Some(org) = organization.filter(|o| !o.is_empty()) {
-            // Callers check where the value came from, to name it; this keeps a value that
-            // slipped past them from reaching async-openai's panic.
-            check_header_value(org, |why| AgentError::invalid_argument(format!("the OpenAI organization {why}")))?;
-            config = config.with_org_id(org);
+        if !header_safe(key.expose()) {
+            let what = format!("the agent secret {KEY_SECRET} (the OpenAI API key)");
+            return Err(AgentError::failed_precondition(format!("{what} {NOT_A_HEADER}")));
         }
-        if let Some(base) = &self.base_url {
-            config = config.with_api_base(base.trim_end_matches('/'));
-        }
+        // The base is always set: async-openai would otherwise read it from the environment.
+        let config = OpenAIConfig::new().with_api_key(key.expose()).with_api_base(&self.api_base);
+        // No organization: async-openai's `OPENAI_ORG_ID`, as flytekit's client reads it.
+        let config = if let Some(o) = org { config.with_org_id(o) } else { config };
         Ok(Sdk::build(self.http.clone(), config))
     }
 }
@@ -73,7 +81,8 @@ pub(crate) async fn timed<T>(
     call: impl Future<Output = Result<T, OpenAIError>>,
 ) -> Result<T, Failure> {
     let answer = tokio::time::timeout(limit, call).await;
-    let answer = answer.map_err(|_| SERVICE.unreachable(what, format_args!("no answer within {} ms", limit.as_millis())))?;
+    let answer =
+        answer.map_err(|_| SERVICE.unreachable(what, format_args!("no answer within {} ms", limit.as_millis())))?;
     answer.map_err(|e| failure(what, &e))
 }
 
@@ -87,31 +96,11 @@ pub(crate) fn failure(what: &str, e: &OpenAIError) -> Failure {
     }
 }
 
-/// Checks a value the client sends as an HTTP header (the organization, the key) before
-/// the client is built: async-openai panics on a value a header cannot hold. OpenAI's ids
-/// are short printable ASCII, so that is what is allowed; the value is never echoed, since
-/// it may hold control characters (or be a key).
-pub(crate) fn check_header_value(value: &str, invalid: impl FnOnce(String) -> AgentError) -> Result<(), AgentError> {
-    const MAX: usize = 256;
-    if value.len() <= MAX && value.bytes().all(|b| b.is_ascii_graphic()) {
-        Ok(())
-    } else {
-        Err(invalid(format!(
-            "must be at most {MAX} printable ASCII characters without spaces or control characters (it is sent as \
-             an HTTP header)"
-        )))
-    }
+/// What OpenAI's ids and keys are: short printable ASCII.
+fn header_safe(value: &str) -> bool {
+    value.len() <= 256 && value.bytes().all(|b| b.is_ascii_graphic())
 }
 
-/// The organization a task names, checked: `template.custom.openai_organization`.
-pub(crate) fn task_organization(org: Option<String>) -> Result<Option<String>, AgentError> {
-    let org = org.filter(|o| !o.is_empty());
-    if let Some(o) = &org {
-        check_header_value(o, |why| {
-            AgentError::invalid_argument(format!(
-                "template.custom.openai_organization {why}; OpenAI organization ids look like org-…"
-            ))
-        })?;
-    }
-    Ok(org)
-}
+/// Why a value was refused.
+const NOT_A_HEADER: &str = "must be at most 256 printable ASCII characters without spaces or control characters (it \
+                            is sent as an HTTP header)";

@@ -16,7 +16,7 @@ pub struct Config {
     #[serde(with = "humantime_serde")]
     pub chat_timeout: Duration,
     /// The older name of `attempt_timeout` (the longest Batch API call), still accepted;
-    /// when set, it wins.
+    /// when set, it wins. ChatGPT's attempts take `chat_timeout`.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Option<Duration>,
     /// How far back a repeated CreateTask looks for the batch its attempt started: by
@@ -41,31 +41,18 @@ impl Default for Config {
     }
 }
 
-impl Config {
-    /// How Batch API calls are timed and retried.
-    pub(crate) fn batch_rest(&self) -> RestSettings {
-        RestSettings { attempt_timeout: self.request_timeout.unwrap_or(self.rest.attempt_timeout), ..self.rest.clone() }
-    }
-
-    /// How a chat completion is timed and retried: `chat_timeout` per attempt, and at least
-    /// that long in all when the caller set no deadline.
-    pub(crate) fn chat_rest(&self) -> RestSettings {
-        let retry_budget = self.rest.retry_budget.max(self.chat_timeout);
-        RestSettings { attempt_timeout: self.chat_timeout, retry_budget, ..self.rest.clone() }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn request_timeout_is_still_the_batch_attempt_timeout() {
-        let c: Config = serde_json::from_value(serde_json::json!({"request_timeout": "3s", "chat_timeout": "20s"})).unwrap();
-        assert_eq!(c.batch_rest().attempt_timeout, Duration::from_secs(3));
-        assert_eq!((c.chat_rest().attempt_timeout, c.chat_rest().retry_budget), (Duration::from_secs(20), Duration::from_secs(20)));
-        let c: Config = serde_json::from_value(serde_json::json!({"attempt_timeout": "2s", "ca_bundle": "/x.pem"})).unwrap();
-        assert_eq!(c.batch_rest().attempt_timeout, Duration::from_secs(2));
+    fn the_old_key_request_timeout_is_still_read_beside_the_kits_keys() {
+        let c: Config =
+            serde_json::from_value(serde_json::json!({"request_timeout": "3s", "retry_budget": "9s"})).unwrap();
+        assert_eq!((c.request_timeout, c.rest.retry_budget), (Some(Duration::from_secs(3)), Duration::from_secs(9)));
+        let c: Config =
+            serde_json::from_value(serde_json::json!({"attempt_timeout": "2s", "ca_bundle": "/x.pem"})).unwrap();
+        assert_eq!((c.request_timeout, c.rest.attempt_timeout), (None, Duration::from_secs(2)));
         assert!(serde_json::from_value::<Config>(serde_json::json!({"request_timout": "3s"})).is_err());
     }
 }

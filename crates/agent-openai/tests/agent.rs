@@ -421,3 +421,78 @@ async fn a_task_cannot_set_the_agents_attempt_marks() {
         assert!(err.message().contains(key), "{}", err.message());
     }
 }
+
+/// Issue 15, the shared poll/cancel policy: a Batch call OpenAI refuses follows the one
+/// classification. Before, every refused status check was PERMISSION_DENIED (a 400 too),
+/// every refused cancellation INTERNAL, and every refused create INVALID_ARGUMENT (a 403
+/// too). A batch OpenAI does not know fails the task naming it, and needs no cancelling;
+/// a status check OpenAI does not answer reports the batch still running.
+#[tokio::test]
+async fn batch_calls_follow_the_shared_classification() {
+    let env = env().await;
+    let mut client = env.server.async_client().await;
+    let meta = client.create_task(create_request(&batch_task("file-abc"))).await.unwrap().into_inner().resource_meta;
+    #[allow(deprecated)]
+    let get = |m: &[u8]| admin::GetTaskRequest {
+        resource_meta: m.to_vec(),
+        task_category: Some(admin::TaskCategory { name: BATCH_TYPE.into(), version: 0 }),
+        ..Default::default()
+    };
+    let del = |m: &[u8]| admin::DeleteTaskRequest {
+        resource_meta: m.to_vec(),
+        task_category: Some(admin::TaskCategory { name: BATCH_TYPE.into(), version: 0 }),
+        ..Default::default()
+    };
+    let refuse = |code: u16, method: &str| {
+        env.ai.faults().push(
+            FaultRule::new(FaultAction::Status { code, retry_after_secs: None }, 1).method(method).path("/batches"),
+        );
+    };
+    for (status, code) in [(400, Code::InvalidArgument), (401, Code::PermissionDenied), (403, Code::PermissionDenied)] {
+        refuse(status, "GET");
+        let err = client.get_task(get(&meta)).await.unwrap_err();
+        assert_eq!(err.code(), code, "status check answered {status}: {}", err.message());
+        refuse(status, "POST");
+        let err = client.delete_task(del(&meta)).await.unwrap_err();
+        assert_eq!(err.code(), code, "cancellation answered {status}: {}", err.message());
+        refuse(status, "POST");
+        let err = client.create_task(create_request(&batch_task("file-abc"))).await.unwrap_err();
+        assert_eq!(err.code(), code, "create answered {status}: {}", err.message());
+        assert!(!err.message().contains(KEY), "{}", err.message());
+    }
+
+    let unknown = json!({"batch_id": "batch_nope", "openai_org": null}).to_string().into_bytes();
+    let r = Resource::from_proto(&client.get_task(get(&unknown)).await.unwrap().into_inner().resource.unwrap());
+    assert_eq!(r.phase, Phase::Failed);
+    assert!(r.message.contains("batch batch_nope"), "{}", r.message);
+    client.delete_task(del(&unknown)).await.unwrap();
+
+    env.ai.faults().push(
+        FaultRule { times: None, ..FaultRule::new(FaultAction::Status { code: 503, retry_after_secs: None }, 0) }
+            .method("GET")
+            .path("/batches"),
+    );
+    // Propeller's deadline bounds the retries.
+    let mut request = agent_core::testing::Request::new(get(&meta));
+    request.set_timeout(Duration::from_secs(2));
+    let r = Resource::from_proto(&client.get_task(request).await.unwrap().into_inner().resource.unwrap());
+    assert_eq!(r.phase, Phase::Running, "{}", r.message);
+    assert!(r.message.contains("OpenAI") && r.message.contains("will check again"), "{}", r.message);
+}
+
+/// The kit's pooled client carries async-openai, so `openai.ca_bundle` applies to OpenAI:
+/// a bundle without certificates is refused at start-up, naming the setting.
+#[test]
+fn a_ca_bundle_without_certificates_is_refused_at_start_up() {
+    let path = std::env::temp_dir().join(format!("agent-openai-no-certs-{}.pem", std::process::id()));
+    std::fs::write(&path, "no certificate here\n").unwrap();
+    let config = Config {
+        rest: agent_core::http::RestSettings { ca_bundle: Some(path.clone()), ..Default::default() },
+        ..Config::default()
+    };
+    let errors = [ChatGptAgent::new(config.clone()).unwrap_err(), BatchAgent::new(config).unwrap_err()];
+    std::fs::remove_file(&path).unwrap();
+    for err in errors {
+        assert!(err.contains("openai.ca_bundle") && err.contains("no PEM certificate"), "{err}");
+    }
+}
