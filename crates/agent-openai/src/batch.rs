@@ -67,12 +67,10 @@ pub struct BatchMeta {
     pub openai_org: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 struct Custom {
-    #[serde(default)]
     openai_organization: Option<String>,
-    #[serde(default)]
     config: Map<String, Json>,
 }
 
@@ -103,10 +101,8 @@ pub struct BatchAgent {
 impl BatchAgent {
     /// An agent with the given settings.
     pub fn new(config: Config) -> Result<Self, String> {
-        Ok(Self {
-            client: Client::new(&config, config.request_timeout.unwrap_or(config.rest.attempt_timeout))?,
-            lookback: config.batch_lookback,
-        })
+        let attempt_timeout = config.request_timeout.unwrap_or(config.rest.attempt_timeout);
+        Ok(Self { client: Client::new(&config, attempt_timeout)?, lookback: config.batch_lookback })
     }
 }
 

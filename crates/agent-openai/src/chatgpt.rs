@@ -43,11 +43,9 @@ impl SyncAgent for ChatGptAgent {
 
     async fn execute(&self, ctx: &Context, task: TaskRequest) -> Result<Resource, AgentError> {
         let custom: Custom = task.custom_as()?;
-        let model = custom.chatgpt_config.get("model").and_then(Json::as_str).unwrap_or_default();
-        if model.is_empty() {
-            return Err(AgentError::invalid_argument(
-                "template.custom.chatgpt_config.model: missing; ChatGPTTask needs a model",
-            ));
+        if custom.chatgpt_config.get("model").and_then(Json::as_str).is_none_or(str::is_empty) {
+            let missing = "template.custom.chatgpt_config.model: missing; ChatGPTTask needs a model";
+            return Err(AgentError::invalid_argument(missing));
         }
         let message: String = task.input("message")?;
         let sdk = &self.client.sdk(ctx, custom.openai_organization.as_deref(), ORG_FIELD)?;
@@ -57,9 +55,8 @@ impl SyncAgent for ChatGptAgent {
         request.insert("messages".into(), json!([{"role": "user", "content": message}]));
         request.insert("stream".into(), json!(false));
         let request = &Json::Object(request);
-        let chat = |limit| {
-            timed("chat completion", limit, async move { sdk.chat().create_byot::<_, Json>(request.clone()).await })
-        };
+        let chat =
+            |t| timed("chat completion", t, async move { sdk.chat().create_byot::<_, Json>(request.clone()).await });
         // A failed completion is the task's result, not an RPC error: Propeller retries a
         // transient one as a new attempt.
         Ok(match self.client.rest.retried(ctx, chat).await {

@@ -481,16 +481,26 @@ async fn batch_calls_follow_the_shared_classification() {
 }
 
 /// The kit's pooled client carries async-openai, so `openai.ca_bundle` applies to OpenAI:
-/// a bundle without certificates is refused at start-up, naming the setting.
-#[test]
-fn a_ca_bundle_without_certificates_is_refused_at_start_up() {
+/// a bundle without certificates is refused at start-up, naming the setting. The old key
+/// `request_timeout` still reads beside the kit's keys.
+#[tokio::test]
+async fn a_ca_bundle_without_certificates_is_refused_at_start_up() {
+    use agent_core::config::{CliArgs, Settings};
     let path = std::env::temp_dir().join(format!("agent-openai-no-certs-{}.pem", std::process::id()));
     std::fs::write(&path, "no certificate here\n").unwrap();
     let config = Config {
         rest: agent_core::http::RestSettings { ca_bundle: Some(path.clone()), ..Default::default() },
         ..Config::default()
     };
-    let errors = [ChatGptAgent::new(config.clone()).unwrap_err(), BatchAgent::new(config).unwrap_err()];
+    let settings = |vars: &[(&str, &str)]| {
+        let env = vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        Settings::load(&CliArgs::default(), Some(env)).unwrap()
+    };
+    let timeouts = settings(&[("AGENT_OPENAI__REQUEST_TIMEOUT", "3s"), ("AGENT_OPENAI__RETRY_BUDGET", "9s")]);
+    assert!(agent_openai::registry(&timeouts).await.is_ok());
+    let bundle = settings(&[("AGENT_OPENAI__CA_BUNDLE", path.to_str().unwrap())]);
+    let from_env = agent_openai::registry(&bundle).await.unwrap_err();
+    let errors = [ChatGptAgent::new(config.clone()).unwrap_err(), BatchAgent::new(config).unwrap_err(), from_env];
     std::fs::remove_file(&path).unwrap();
     for err in errors {
         assert!(err.contains("openai.ca_bundle") && err.contains("no PEM certificate"), "{err}");
