@@ -223,13 +223,9 @@ impl BatchAgent {
         let oldest_wanted = now.saturating_sub(self.lookback.as_secs());
         let mut after: Option<String> = None;
         for _ in 0..MAX_PAGES {
-            let mut params = vec![("limit", "100".to_owned())];
-            params.extend(after.iter().map(|a| ("after", a.clone())));
             // Each page is retried on its own, so one fault does not restart the walk.
-            let params = &params;
-            let list = |limit| {
-                timed("batch list", limit, async move { sdk.batches().query(params)?.list_byot::<Json>().await })
-            };
+            let query = &[("limit", Some("100")), ("after", after.as_deref())];
+            let list = |t| timed("batch list", t, async move { sdk.batches().query(query)?.list_byot::<Json>().await });
             let page = self.client.rest.retried(ctx, list).await?;
             let batches = page["data"].as_array().map(Vec::as_slice).unwrap_or_default();
             if let Some(id) = batches.iter().find(|b| mark.marks(b)).and_then(|b| b["id"].as_str()) {

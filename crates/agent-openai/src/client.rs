@@ -1,7 +1,9 @@
 //! OpenAI through async-openai on the kit's pooled client (its CA bundle, user agent and
 //! redirect policy apply); the key and organization are set per call, since they come
 //! from the (rotatable) secret and the task. async-openai's errors are adapted into the
-//! kit's [`Failure`], classified once by [`SERVICE`].
+//! kit's [`Failure`], classified once by [`SERVICE`]. Each attempt the kit retries is one
+//! SDK call, inside which async-openai retries a 429, a 5xx or a refused connection up to
+//! three times with short backoff (so a lone 429 never reaches the kit).
 
 use std::future::Future;
 use std::time::Duration;
@@ -73,8 +75,10 @@ impl Client {
     }
 }
 
-/// One SDK call `what` bounded by `limit`, its error adapted: the SDK sets no timeout of
-/// its own.
+// KIT: `RestSettings::retried` hands each attempt its time limit, but an SDK's future has
+// no timeout of its own: a kit form would take the Service and the SDK's error adapter
+// (`retried_sdk(ctx, what, || call, adapt)`), for BigQuery's Google client too.
+/// One SDK call `what` bounded by `limit`, its error adapted.
 pub(crate) async fn timed<T>(
     what: &str,
     limit: Duration,
