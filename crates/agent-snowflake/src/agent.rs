@@ -1,16 +1,15 @@
 //! The Snowflake agent: `create` submits the statement asynchronously, `get` reads its
 //! status, `delete` cancels it.
 
+use agent_core::http::{Answer, Call, Failure, path_id};
+use agent_core::prelude::*;
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value as Json, json};
 
-use agent_core::literals::Value;
-use agent_core::prelude::*;
-
-use crate::account::{Allowed, check_name};
+use crate::account::{AccountId, Allowed, check_name};
 use crate::bindings::translate;
-use crate::client::{Account, Answer, Client, to_agent_error};
+use crate::client::{Client, SERVICE};
 use crate::config::Config;
 
 /// The task type flytekit's `SnowflakeTask` declares.
@@ -40,87 +39,48 @@ pub struct SnowflakeMeta {
 }
 
 impl SnowflakeMeta {
-    /// The names a forged meta could abuse, checked as the template's are.
-    fn check_names(&self) -> Result<(), AgentError> {
-        let names = [
-            ("user", &self.user),
-            ("warehouse", &self.warehouse),
-            ("database", &self.database),
-            ("schema", &self.schema),
-        ];
-        for (key, value) in names {
-            check_name(value, &format!("resource meta {key}"))?;
-        }
-        Ok(())
+    /// flytekit's link: account `xy12345-us-east-1` → region `us-east-1`, account `xy12345`.
+    fn link(&self) -> LogLink {
+        let (account, region) = self.account.split_once('-').unwrap_or((&self.account, ""));
+        let id = &self.query_id;
+        let uri = format!("https://app.snowflake.com/{region}/{account}/#/compute/history/queries/{id}/detail");
+        LogLink::new("Snowflake Query Details", uri)
     }
 }
 
-/// What a status answer says.
-#[derive(Debug, PartialEq, Eq)]
-enum Status<'a> {
-    /// 202: accepted, queued or running (the SQL API does not tell them apart).
-    InProgress,
-    /// 200.
-    Succeeded,
-    /// 422 with code 000604.
-    Cancelled,
-    /// 422: the statement failed.
-    Failed { code: &'a str, sql_state: &'a str, message: &'a str },
-    /// 404: Snowflake does not know the handle.
-    NotFound,
-    /// Any other answer code.
-    Unknown(u16),
-}
-
-fn status_of(a: &Answer) -> Status<'_> {
-    let field = |k: &str| a.body.get(k).and_then(Json::as_str).unwrap_or_default();
-    match a.status {
-        202 => Status::InProgress,
-        200 => Status::Succeeded,
-        422 if field("code") == "000604" => Status::Cancelled,
-        422 => Status::Failed { code: field("code"), sql_state: field("sqlState"), message: field("message") },
-        404 => Status::NotFound,
-        other => Status::Unknown(other),
-    }
-}
-
-/// flytekit's link: account `xy12345-us-east-1` → region `us-east-1`, account `xy12345`.
-fn query_link(account: &str, query_id: &str) -> LogLink {
-    let mut parts = account.splitn(2, '-');
-    let acct = parts.next().unwrap_or_default();
-    let region = parts.next().unwrap_or_default();
-    LogLink::new(
-        "Snowflake Query Details",
-        format!("https://app.snowflake.com/{region}/{acct}/#/compute/history/queries/{query_id}/detail"),
-    )
-}
-
+/// What a status answer means for the task: the SQL API tells a statement's state by the
+/// HTTP status (202 accepted or running, 200 succeeded, 422 failed or, with code 000604,
+/// cancelled).
 fn resource_for(a: &Answer, meta: &SnowflakeMeta) -> Resource {
-    let link = query_link(&meta.account, &meta.query_id);
-    let r = match status_of(a) {
-        Status::InProgress => Resource::running()
-            .with_message(a.body.get("message").and_then(Json::as_str).unwrap_or("running").to_owned()),
-        Status::Succeeded => {
-            let mut r = Resource::succeeded().with_message("Statement executed successfully.");
-            if meta.has_output {
-                let uri = format!(
-                    "snowflake://{}:{}/{}/{}/{}/{}",
-                    meta.user, meta.account, meta.warehouse, meta.database, meta.schema, meta.query_id
-                );
-                r = r.with_output("results", Value::StructuredDataset { uri, format: String::new() });
-            }
-            r
+    let field = |k: &str| a.body[k].as_str().unwrap_or_default();
+    match (a.status, field("code")) {
+        (202, _) => Resource::running().with_message(a.body["message"].as_str().unwrap_or("running")),
+        (200, _) => {
+            let r = Resource::succeeded().with_message("Statement executed successfully.");
+            let SnowflakeMeta { user, account, warehouse, database, schema, query_id, .. } = meta;
+            let uri = format!("snowflake://{user}:{account}/{warehouse}/{database}/{schema}/{query_id}");
+            let results = Value::StructuredDataset { uri, format: String::new() };
+            if meta.has_output { r.with_output("results", results) } else { r }
         }
-        Status::Cancelled => Resource::aborted("the statement was cancelled"),
-        Status::Failed { code, sql_state, message } => {
+        (422, "000604") => Resource::aborted("the statement was cancelled"),
+        (422, code) => {
+            let (message, sql_state) = (field("message"), field("sqlState"));
             Resource::failed(format!("Snowflake statement failed: {message} (code {code}, SQL state {sql_state})"))
                 .with_failure(FailureDetail { code: code.to_owned(), recoverable: false, origin: FailureOrigin::User })
         }
-        Status::NotFound => Resource::failed(format!("Snowflake has no statement {}", meta.query_id)),
-        Status::Unknown(code) => Resource::running()
-            .with_message(format!("Snowflake answered HTTP {code}, which this agent does not know; waiting")),
+        (status, _) => Resource::running()
+            .with_message(format!("Snowflake answered HTTP {status}, which this agent does not know; waiting")),
+    }
+}
+
+/// What a status check means for the task; every resource links to the query's page, also
+/// one saying Snowflake could not be reached.
+fn polled(outcome: Result<Answer, Failure>, meta: &SnowflakeMeta) -> Result<Resource, AgentError> {
+    let r = match outcome {
+        Ok(answer) => resource_for(&answer, meta),
+        Err(f) => f.into_poll(SERVICE.name, &format!("statement {}", meta.query_id))?,
     };
-    r.with_log_link(link)
+    Ok(r.with_log_link(meta.link()))
 }
 
 /// The agent.
@@ -136,11 +96,23 @@ impl SnowflakeAgent {
     pub fn new(config: Config) -> Result<Self, String> {
         Ok(Self { client: Client::new(&config)?, allowed: Allowed::new(&config.allowed_accounts)?, config })
     }
-}
 
-/// A request id per task attempt, so a repeated CreateTask finds its statement.
-fn request_id(task: &TaskRequest) -> String {
-    task.attempt_id_or_random("snowflake").to_string()
+    /// A meta's account and the URL of its statement (with `suffix`), after checking
+    /// everything in it a forged meta could abuse, as the template's values are checked.
+    fn statement(&self, meta: &SnowflakeMeta, suffix: &str) -> Result<(AccountId, String), AgentError> {
+        let account = self.allowed.check(&meta.account, "resource meta account")?;
+        for (key, value) in [
+            ("user", &meta.user),
+            ("warehouse", &meta.warehouse),
+            ("database", &meta.database),
+            ("schema", &meta.schema),
+        ] {
+            check_name(value, &format!("resource meta {key}"))?;
+        }
+        let path = format!("/api/v2/statements/{}{suffix}", path_id("query_id", &meta.query_id)?);
+        let url = self.client.url(&account, &path);
+        Ok((account, url))
+    }
 }
 
 impl AsyncAgent for SnowflakeAgent {
@@ -164,13 +136,13 @@ impl AsyncAgent for SnowflakeAgent {
                 )));
             }
         }
-        let (account, user) = (get("account"), get("user"));
-        let account_id = self.allowed.check(&account, "template.config.account")?;
+        let account = self.allowed.check(&get("account"), "template.config.account")?;
         for key in ["user", "warehouse", "database", "schema"] {
             check_name(&get(key), &format!("template.config.{key}"))?;
         }
+        let (user, database, schema, warehouse) = (get("user"), get("database"), get("schema"), get("warehouse"));
         let (statement, bindings) = translate(task.sql_statement()?, &task)?;
-        let mut body = json!({"statement": statement, "database": get("database"), "schema": get("schema"), "warehouse": get("warehouse")});
+        let mut body = json!({"statement": statement, "database": database, "schema": schema, "warehouse": warehouse});
         if !bindings.is_empty() {
             body["bindings"] = Json::Object(bindings);
         }
@@ -180,57 +152,35 @@ impl AsyncAgent for SnowflakeAgent {
         if let Some(role) = &self.config.role {
             body["role"] = json!(role);
         }
-        let who = Account { account: &account_id, user: &user };
-        let id = request_id(&task);
-        let answer = self
-            .client
-            .call(ctx, who, Method::POST, "/api/v2/statements", &[("async", "true"), ("requestId", &id)], Some(&body))
-            .await
-            .map_err(|e| to_agent_error(e, "statement submission"))?;
+        // One request id per task attempt: a repeated CreateTask finds its statement.
+        let id = task.attempt_id_or_random(TASK_TYPE).to_string();
+        let query = [("async", "true"), ("requestId", id.as_str())];
+        let url = self.client.url(&account, "/api/v2/statements");
+        let call = Call::new("statement submission", &Method::POST, &url).query(&query).json(&body);
+        let answer = self.client.call(ctx, (&account, &user), call).await.map_err(Failure::into_error)?;
         // A statement that fails at once (e.g. bad SQL) still has a handle; get reports it.
-        let handle =
-            answer.body.get("statementHandle").and_then(Json::as_str).filter(|h| !h.is_empty()).ok_or_else(|| {
-                let message = answer.body.get("message").and_then(Json::as_str).unwrap_or("no message");
-                AgentError::internal(format!(
-                    "Snowflake accepted the statement without a handle (HTTP {}): {message}",
-                    answer.status
-                ))
-            })?;
-        Ok(SnowflakeMeta {
-            user,
-            account,
-            database: get("database"),
-            schema: get("schema"),
-            warehouse: get("warehouse"),
-            query_id: handle.to_owned(),
-            has_output: task.declares_output("results"),
-        })
+        let handle = answer.body["statementHandle"].as_str().filter(|h| !h.is_empty()).ok_or_else(|| {
+            let message = answer.body["message"].as_str().unwrap_or("no message");
+            let status = answer.status;
+            AgentError::internal(format!(
+                "Snowflake accepted the statement without a handle (HTTP {status}): {message}"
+            ))
+        })?;
+        let (query_id, has_output) = (handle.to_owned(), task.declares_output("results"));
+        Ok(SnowflakeMeta { user, account: get("account"), database, schema, warehouse, query_id, has_output })
     }
 
     async fn get(&self, ctx: &Context, meta: SnowflakeMeta) -> Result<Resource, AgentError> {
-        let account = self.allowed.check(&meta.account, "resource meta account")?;
-        meta.check_names()?;
-        let who = Account { account: &account, user: &meta.user };
-        let path = format!("/api/v2/statements/{}", agent_core::http::path_id("query_id", &meta.query_id)?);
-        match self.client.call(ctx, who, Method::GET, &path, &[], None).await {
-            Ok(answer) => Ok(resource_for(&answer, &meta)),
-            Err(e) if e.is_transient() => Ok(Resource::unreachable("Snowflake", "statement", &e.describe())
-                .with_log_link(query_link(&meta.account, &meta.query_id))),
-            Err(e) => Err(to_agent_error(e, "statement status check")),
-        }
+        let (account, url) = self.statement(&meta, "")?;
+        let call = Call::new("statement status check", &Method::GET, &url);
+        polled(self.client.call(ctx, (&account, &meta.user), call).await, &meta)
     }
 
     async fn delete(&self, ctx: &Context, meta: SnowflakeMeta) -> Result<(), AgentError> {
-        let account = self.allowed.check(&meta.account, "resource meta account")?;
-        meta.check_names()?;
-        let who = Account { account: &account, user: &meta.user };
-        let path = format!("/api/v2/statements/{}/cancel", agent_core::http::path_id("query_id", &meta.query_id)?);
-        // Finished (422) and unknown (404) statements need no cancelling.
-        self.client
-            .call(ctx, who, Method::POST, &path, &[], None)
-            .await
-            .map(|_| ())
-            .map_err(|e| to_agent_error(e, "statement cancel"))
+        let (account, url) = self.statement(&meta, "/cancel")?;
+        let call = Call::new("statement cancel", &Method::POST, &url);
+        // A finished statement (a 422 answer) and an unknown one need no cancelling.
+        self.client.call(ctx, (&account, &meta.user), call).await.map(drop).or_else(Failure::into_cancel)
     }
 }
 
@@ -256,19 +206,24 @@ mod tests {
 
     #[test]
     fn answers_map_to_phases_and_unknown_codes_wait() {
+        // 404 is no answer but a statement Snowflake does not know; a failed check reports
+        // the statement still running. Both keep the query's link.
+        let missing = SERVICE.status("statement status check", 404, "Statement not found", None);
+        let unreachable = SERVICE.unreachable("statement status check", "connection refused");
         let cases = [
-            (answer(202, json!({"code": "333334"})), Phase::Running),
-            (answer(200, json!({"code": "090001"})), Phase::Succeeded),
-            (answer(422, json!({"code": "000604", "message": "SQL execution canceled"})), Phase::Aborted),
+            (Ok(answer(202, json!({"code": "333334"}))), Phase::Running),
+            (Ok(answer(200, json!({"code": "090001"}))), Phase::Succeeded),
+            (Ok(answer(422, json!({"code": "000604", "message": "SQL execution canceled"}))), Phase::Aborted),
             (
-                answer(422, json!({"code": "002003", "sqlState": "02000", "message": "Object 'T' does not exist"})),
+                Ok(answer(422, json!({"code": "002003", "sqlState": "02000", "message": "Object 'T' does not exist"}))),
                 Phase::Failed,
             ),
-            (answer(404, json!({"code": "000709"})), Phase::Failed),
-            (answer(201, json!({})), Phase::Running),
+            (Err(missing), Phase::Failed),
+            (Err(unreachable), Phase::Running),
+            (Ok(answer(201, json!({}))), Phase::Running),
         ];
         for (a, phase) in cases {
-            let r = resource_for(&a, &meta(false));
+            let r = polled(a.clone(), &meta(false)).unwrap();
             assert_eq!(r.phase, phase, "{a:?}");
             assert_eq!(
                 r.log_links[0].uri,
@@ -283,6 +238,8 @@ mod tests {
             failed.message,
             "Snowflake statement failed: Object 'T' does not exist (code 002003, SQL state 02000)"
         );
+        let gone = polled(Err(SERVICE.status("statement status check", 404, "gone", None)), &meta(false)).unwrap();
+        assert!(gone.message.contains("statement 01b2"), "{}", gone.message);
     }
 
     #[test]

@@ -1,10 +1,10 @@
-//! Settings of the Snowflake agent: the `snowflake` section of its configuration.
+//! Settings of the Snowflake agent: the `snowflake` section of its configuration
+//! (`AGENT_SNOWFLAKE__<KEY>` in the environment).
 
-use std::time::Duration;
-
+use agent_core::http::RestSettings;
 use serde::Deserialize;
 
-/// `snowflake.*` settings (`AGENT_SNOWFLAKE__<KEY>` in the environment).
+/// `snowflake.*` settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -19,12 +19,9 @@ pub struct Config {
     /// another is refused before anything is signed or sent. Empty: any well-formed
     /// account identifier.
     pub allowed_accounts: Vec<String>,
-    /// Longest single HTTP attempt.
-    #[serde(with = "humantime_serde")]
-    pub attempt_timeout: Duration,
-    /// Time spent retrying when a call carries no deadline.
-    #[serde(with = "humantime_serde")]
-    pub retry_budget: Duration,
+    /// Timeouts, retries and the extra CA bundle (`attempt_timeout`, `retry_budget`, `ca_bundle`).
+    #[serde(flatten)]
+    pub rest: RestSettings,
 }
 
 impl Default for Config {
@@ -34,8 +31,7 @@ impl Default for Config {
             statement_timeout_secs: 0,
             role: None,
             allowed_accounts: Vec::new(),
-            attempt_timeout: Duration::from_secs(5),
-            retry_budget: Duration::from_secs(8),
+            rest: RestSettings::default(),
         }
     }
 }

@@ -1,9 +1,14 @@
 //! Key-pair authentication: an RS256 JWT signed with the user's private key, whose issuer
-//! names the public key's SHA-256 fingerprint, as Snowflake requires.
+//! names the public key's SHA-256 fingerprint, as Snowflake requires; [`KeyPair`] makes it
+//! the bearer token of SQL API calls.
 
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use agent_core::http::{Auth, Failure, TokenCache};
+use aws_lc_rs::digest::{SHA256, digest};
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{KeyPair, RSA_PKCS1_SHA256, RsaKeyPair};
+use aws_lc_rs::signature::{KeyPair as _, RSA_PKCS1_SHA256, RsaKeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use pkcs8::der::pem::PemLabel;
@@ -12,20 +17,17 @@ use serde_json::json;
 use agent_core::prelude::*;
 
 use crate::account::AccountId;
+use crate::client::{KEY_SECRET, PASSPHRASE_SECRET};
 
 /// Snowflake accepts tokens valid for at most an hour.
 pub(crate) const LIFETIME_SECS: u64 = 3540;
 
-/// A parsed private key and its public key fingerprint.
+/// A parsed private key and its public key's fingerprint (`SHA256:<base64>`, as `DESC USER`
+/// shows it). Its `Debug` shows the public key only.
+#[derive(Debug)]
 pub(crate) struct Signer {
     key: RsaKeyPair,
-    fingerprint: String,
-}
-
-impl std::fmt::Debug for Signer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Signer").field("fingerprint", &self.fingerprint).finish_non_exhaustive()
-    }
+    pub(crate) fingerprint: String,
 }
 
 fn bad_key(what: &str) -> AgentError {
@@ -39,33 +41,21 @@ impl Signer {
     /// Parses a PKCS#8 PEM key, decrypting it with `passphrase` when it is encrypted. Errors
     /// never quote the key.
     pub(crate) fn from_pem(pem: &str, passphrase: Option<&str>) -> Result<Self, AgentError> {
-        let pem = pem.trim();
-        let der = if pem.contains(pkcs8::EncryptedPrivateKeyInfo::PEM_LABEL) {
+        let (label, doc) = pkcs8::SecretDocument::from_pem(pem.trim()).map_err(|_| bad_key("is not valid PEM"))?;
+        let der = if label == pkcs8::EncryptedPrivateKeyInfo::PEM_LABEL {
             let pass = passphrase
                 .ok_or_else(|| bad_key("is encrypted but the secret snowflake_private_key_passphrase is not set"))?;
-            let (_, doc) = pkcs8::SecretDocument::from_pem(pem).map_err(|_| bad_key("is not valid PEM"))?;
             let info: pkcs8::EncryptedPrivateKeyInfo<'_> =
                 doc.decode_msg().map_err(|_| bad_key("is not an encrypted PKCS#8 key"))?;
-            info.decrypt(pass)
-                .map_err(|_| bad_key("cannot be decrypted with snowflake_private_key_passphrase"))?
-                .as_bytes()
-                .to_vec()
+            info.decrypt(pass).map_err(|_| bad_key("cannot be decrypted with snowflake_private_key_passphrase"))?
+        } else if label == pkcs8::PrivateKeyInfo::PEM_LABEL {
+            doc
         } else {
-            let (label, doc) = pkcs8::SecretDocument::from_pem(pem).map_err(|_| bad_key("is not valid PEM"))?;
-            if label != pkcs8::PrivateKeyInfo::PEM_LABEL {
-                return Err(bad_key(&format!("is a '{label}' PEM block")));
-            }
-            doc.as_bytes().to_vec()
+            return Err(bad_key(&format!("is a '{label}' PEM block")));
         };
-        let key = RsaKeyPair::from_pkcs8(&der).map_err(|_| bad_key("is not an RSA key"))?;
+        let key = RsaKeyPair::from_pkcs8(der.as_bytes()).map_err(|_| bad_key("is not an RSA key"))?;
         let spki = key.public_key().as_der().map_err(|_| bad_key("has a public key that cannot be encoded"))?;
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, spki.as_ref());
-        Ok(Self { key, fingerprint: format!("SHA256:{}", STANDARD.encode(digest.as_ref())) })
-    }
-
-    /// `SHA256:<base64>` of the public key, as `DESC USER` shows it.
-    pub(crate) fn fingerprint(&self) -> &str {
-        &self.fingerprint
+        Ok(Self { fingerprint: format!("SHA256:{}", STANDARD.encode(digest(&SHA256, spki.as_ref()))), key })
     }
 
     /// A JWT for `account` (its locator or org-account, region suffix dropped) and `user`.
@@ -88,6 +78,43 @@ impl Signer {
     }
 }
 
+/// Key-pair authentication of one account and user as [`Auth`]: a JWT signed with the key
+/// in the agent's secret, reused from `cache` until the cache's margin before it expires.
+pub(crate) struct KeyPair<'a> {
+    pub(crate) cache: &'a TokenCache,
+    pub(crate) account: &'a AccountId,
+    pub(crate) user: &'a str,
+}
+
+impl Auth for KeyPair<'_> {
+    async fn bearer(&self, ctx: &Context, refused: Option<&Secret>) -> Result<Option<Secret>, Failure> {
+        // The key is read for every call, so a rotated secret applies at once: the cache
+        // key names it (by digest), with the account and user the token is for.
+        let pem = ctx.secret(KEY_SECRET)?;
+        let key = format!(
+            "{}|{}|{:x?}",
+            self.account.as_str(),
+            self.user,
+            &digest(&SHA256, pem.expose().as_bytes()).as_ref()[..8]
+        );
+        let sign = || async {
+            let passphrase = ctx.optional_secret(PASSPHRASE_SECRET)?;
+            let signer = Signer::from_pem(pem.expose(), passphrase.as_ref().map(Secret::expose))?;
+            // The fingerprint is public; operators compare it with `DESC USER`.
+            tracing::debug!(
+                message = "Made a Snowflake JWT.",
+                account = self.account.as_str(),
+                user = self.user,
+                fingerprint = signer.fingerprint
+            );
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let token = Secret::new(signer.token(self.account, self.user, now)?);
+            Ok::<_, AgentError>((token, Duration::from_secs(LIFETIME_SECS)))
+        };
+        Ok(Some(self.cache.get_or_fetch(&key, refused, sign).await?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use aws_lc_rs::signature::{RSA_PKCS1_2048_8192_SHA256, UnparsedPublicKey};
@@ -101,9 +128,9 @@ mod tests {
     #[test]
     fn fingerprint_matches_openssl_and_encrypted_keys_decrypt() {
         let s = Signer::from_pem(KEY, None).unwrap();
-        assert_eq!(s.fingerprint(), format!("SHA256:{}", FINGERPRINT.trim()));
+        assert_eq!(s.fingerprint, format!("SHA256:{}", FINGERPRINT.trim()));
         let e = Signer::from_pem(ENCRYPTED, Some("flyte-test-passphrase")).unwrap();
-        assert_eq!(e.fingerprint(), s.fingerprint());
+        assert_eq!(e.fingerprint, s.fingerprint);
         let err = Signer::from_pem(ENCRYPTED, Some("wrong")).unwrap_err();
         assert!(matches!(&err, AgentError::FailedPrecondition(m) if m.contains("cannot be decrypted")));
         assert!(Signer::from_pem(ENCRYPTED, None).unwrap_err().message().contains("passphrase"));
@@ -128,5 +155,29 @@ mod tests {
         UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, &public)
             .verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &sig)
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn forged_accounts_cannot_grow_the_token_cache() {
+        let cache = TokenCache::default();
+        let ctx = Context::new(
+            TaskCategory::new("snowflake", 0),
+            agent_core::testing::secrets(&[("_FSEC_SNOWFLAKE_PRIVATE_KEY", KEY)]),
+        );
+        let jwt = async |account: &str| {
+            let account = AccountId::parse(account, "account").unwrap();
+            let auth = KeyPair { cache: &cache, account: &account, user: "u" };
+            auth.bearer(&ctx, None).await.unwrap().unwrap()
+        };
+        // Each distinct account signs a token: more than the capacity is enough to show the bound.
+        for i in 0..(agent_core::http::DEFAULT_CAPACITY + 300) {
+            jwt(&format!("forged-{i}")).await;
+        }
+        assert!(cache.len() <= agent_core::http::DEFAULT_CAPACITY, "{} tokens kept", cache.len());
+        let again = jwt("forged-500").await;
+        // A token signed a second later would differ (its `iat`): equal means reused.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let cached = jwt("forged-500").await;
+        assert_eq!(again.expose(), cached.expose(), "a recent token is still reused");
     }
 }

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use agent_core::AgentService;
+use agent_core::http::RestSettings;
 use agent_core::literals::{Value, values_to_literal_map};
 use agent_core::pb::{admin, core};
 use agent_core::prelude::*;
@@ -30,8 +31,8 @@ async fn env_with(secret_vars: &[(&str, &str)]) -> Env {
     })
     .unwrap();
     let emulator = sf.start(([127, 0, 0, 1], 0).into()).await.unwrap();
-    let config =
-        Config { base_url: Some(emulator.url()), attempt_timeout: Duration::from_secs(2), ..Config::default() };
+    let rest = RestSettings { attempt_timeout: Duration::from_secs(2), ..RestSettings::default() };
+    let config = Config { base_url: Some(emulator.url()), rest, ..Config::default() };
     let agent = SnowflakeAgent::new(config).unwrap();
     let service = AgentService::new(Registry::builder().async_agent(agent).unwrap(), secrets(secret_vars));
     let server = TestServer::start_with(service, test_config()).await;
