@@ -18,40 +18,30 @@ pub(crate) struct AccountId(String);
 /// Longest identifier accepted: a host name's limit less the domain.
 const MAX_LEN: usize = 253 - DOMAIN.len() - 1;
 
+/// Why a part of an identifier between dots is refused.
+const PARTS: &str = "only letters, digits, '_' and '-' are allowed, in dot-separated parts that start and end with a \
+                     letter or digit";
+
 impl AccountId {
     /// Parses `raw`; `field` names where it came from in the error.
     pub(crate) fn parse(raw: &str, field: &str) -> Result<Self, AgentError> {
-        let shown: String = raw.chars().take(64).filter(|c| !c.is_control()).collect();
-        let bad = |why: &str| {
-            AgentError::invalid_argument(format!(
-                "{field} {shown:?} is not a Snowflake account identifier: {why}; write orgname-accountname \
-                 or a locator such as xy12345.us-east-2.aws"
-            ))
-        };
-        if raw.is_empty() {
-            return Err(bad("it is empty"));
-        }
-        if raw.len() > MAX_LEN {
-            return Err(bad(&format!("it is longer than {MAX_LEN} characters")));
-        }
         let lower = raw.to_ascii_lowercase();
-        if lower == DOMAIN || lower.ends_with(&format!(".{DOMAIN}")) {
-            return Err(bad(&format!("give the identifier without .{DOMAIN}")));
-        }
-        for segment in raw.split('.') {
-            let first_last_ok = segment.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-                && segment.chars().last().is_some_and(|c| c.is_ascii_alphanumeric());
-            if segment.len() > 63
-                || !first_last_ok
-                || !segment.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
-            {
-                return Err(bad(
-                    "only letters, digits, '_' and '-' are allowed, in dot-separated parts that start and end \
-                     with a letter or digit",
-                ));
-            }
-        }
-        Ok(Self(lower))
+        let in_domain = lower == DOMAIN || lower.ends_with(&format!(".{DOMAIN}"));
+        let allowed = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+        let part_ok =
+            |p: &str| (1..=63).contains(&p.len()) && p.trim_matches(['_', '-']) == p && p.chars().all(allowed);
+        let why = match raw.len() {
+            0 => "it is empty".to_owned(),
+            n if n > MAX_LEN => format!("it is longer than {MAX_LEN} characters"),
+            _ if in_domain => format!("give the identifier without .{DOMAIN}"),
+            _ if !raw.split('.').all(part_ok) => PARTS.to_owned(),
+            _ => return Ok(Self(lower)),
+        };
+        let shown: String = raw.chars().take(64).filter(|c| !c.is_control()).collect();
+        Err(AgentError::invalid_argument(format!(
+            "{field} {shown:?} is not a Snowflake account identifier: {why}; write orgname-accountname or a locator \
+             such as xy12345.us-east-2.aws"
+        )))
     }
 
     /// The identifier, lower case.
@@ -76,15 +66,13 @@ impl AccountId {
 /// `:`, `/` or control character would move the fields a reader splits on, and its size
 /// into the token cache. Snowflake identifiers are at most 255 characters.
 pub(crate) fn check_name<'a>(value: &'a str, field: &str) -> Result<&'a str, AgentError> {
-    let ok = value.len() <= 255 && !value.chars().any(|c| c.is_control() || matches!(c, ':' | '/' | '\\' | '?' | '#'));
-    if ok {
-        Ok(value)
-    } else {
-        Err(AgentError::invalid_argument(format!(
-            "{field} is not a Snowflake name: at most 255 characters, without ':', '/', '\\', '?', '#' or control \
-             characters"
-        )))
+    let bad = |c: char| c.is_control() || matches!(c, ':' | '/' | '\\' | '?' | '#');
+    if value.len() <= 255 && !value.contains(bad) {
+        return Ok(value);
     }
+    Err(AgentError::invalid_argument(format!(
+        "{field} is not a Snowflake name: at most 255 characters, without ':', '/', '\\', '?', '#' or control characters"
+    )))
 }
 
 /// The accounts this agent may log in to (`snowflake.allowed_accounts`); empty allows
@@ -108,11 +96,10 @@ impl Allowed {
         if self.0.is_empty() || self.0.contains(&id) {
             return Ok(id);
         }
-        let names: Vec<&str> = self.0.iter().map(AccountId::as_str).collect();
+        let names = self.0.iter().map(AccountId::as_str).collect::<Vec<_>>().join(", ");
         Err(AgentError::permission_denied(format!(
-            "Snowflake account '{}' is not allowed: this agent logs in only to {} (setting snowflake.allowed_accounts)",
-            id.as_str(),
-            names.join(", ")
+            "Snowflake account '{}' is not allowed: this agent logs in only to {names} (setting snowflake.allowed_accounts)",
+            id.as_str()
         )))
     }
 }

@@ -39,6 +39,16 @@ pub struct SnowflakeMeta {
 }
 
 impl SnowflakeMeta {
+    /// The account, parsed and allowed, after checking the names a forged template or meta
+    /// could abuse; `origin` (`template.config.`, `resource meta `) names them in errors.
+    fn account(&self, allowed: &Allowed, origin: &str) -> Result<AccountId, AgentError> {
+        let account = allowed.check(&self.account, &format!("{origin}account"))?;
+        for (key, value) in [("user", &self.user), ("warehouse", &self.warehouse), ("database", &self.database)] {
+            check_name(value, &format!("{origin}{key}"))?;
+        }
+        check_name(&self.schema, &format!("{origin}schema")).map(|_| account)
+    }
+
     /// flytekit's link: account `xy12345-us-east-1` → region `us-east-1`, account `xy12345`.
     fn link(&self) -> LogLink {
         let (account, region) = self.account.split_once('-').unwrap_or((&self.account, ""));
@@ -97,21 +107,11 @@ impl SnowflakeAgent {
         Ok(Self { client: Client::new(&config)?, allowed: Allowed::new(&config.allowed_accounts)?, config })
     }
 
-    /// A meta's account and the URL of its statement (with `suffix`), after checking
-    /// everything in it a forged meta could abuse, as the template's values are checked.
-    fn statement(&self, meta: &SnowflakeMeta, suffix: &str) -> Result<(AccountId, String), AgentError> {
-        let account = self.allowed.check(&meta.account, "resource meta account")?;
-        for (key, value) in [
-            ("user", &meta.user),
-            ("warehouse", &meta.warehouse),
-            ("database", &meta.database),
-            ("schema", &meta.schema),
-        ] {
-            check_name(value, &format!("resource meta {key}"))?;
-        }
+    /// The URL of a meta's statement (with `suffix`) and its account, checked.
+    fn statement(&self, meta: &SnowflakeMeta, suffix: &str) -> Result<(String, AccountId), AgentError> {
+        let account = meta.account(&self.allowed, "resource meta ")?;
         let path = format!("/api/v2/statements/{}{suffix}", path_id("query_id", &meta.query_id)?);
-        let url = self.client.url(&account, &path);
-        Ok((account, url))
+        Ok((self.client.url(&account, &path), account))
     }
 }
 
@@ -136,12 +136,18 @@ impl AsyncAgent for SnowflakeAgent {
                 )));
             }
         }
-        let account = self.allowed.check(&get("account"), "template.config.account")?;
-        for key in ["user", "warehouse", "database", "schema"] {
-            check_name(&get(key), &format!("template.config.{key}"))?;
-        }
-        let (user, database, schema, warehouse) = (get("user"), get("database"), get("schema"), get("warehouse"));
+        let meta = SnowflakeMeta {
+            user: get("user"),
+            account: get("account"),
+            database: get("database"),
+            schema: get("schema"),
+            warehouse: get("warehouse"),
+            query_id: String::new(),
+            has_output: task.declares_output("results"),
+        };
+        let account = meta.account(&self.allowed, "template.config.")?;
         let (statement, bindings) = translate(task.sql_statement()?, &task)?;
+        let (database, schema, warehouse) = (&meta.database, &meta.schema, &meta.warehouse);
         let mut body = json!({"statement": statement, "database": database, "schema": schema, "warehouse": warehouse});
         if !bindings.is_empty() {
             body["bindings"] = Json::Object(bindings);
@@ -157,27 +163,24 @@ impl AsyncAgent for SnowflakeAgent {
         let query = [("async", "true"), ("requestId", id.as_str())];
         let url = self.client.url(&account, "/api/v2/statements");
         let call = Call::new("statement submission", &Method::POST, &url).query(&query).json(&body);
-        let answer = self.client.call(ctx, (&account, &user), call).await.map_err(Failure::into_error)?;
+        let answer = self.client.call(ctx, (&account, &meta.user), call).await.map_err(Failure::into_error)?;
         // A statement that fails at once (e.g. bad SQL) still has a handle; get reports it.
-        let handle = answer.body["statementHandle"].as_str().filter(|h| !h.is_empty()).ok_or_else(|| {
-            let message = answer.body["message"].as_str().unwrap_or("no message");
-            let status = answer.status;
-            AgentError::internal(format!(
-                "Snowflake accepted the statement without a handle (HTTP {status}): {message}"
-            ))
-        })?;
-        let (query_id, has_output) = (handle.to_owned(), task.declares_output("results"));
-        Ok(SnowflakeMeta { user, account: get("account"), database, schema, warehouse, query_id, has_output })
+        let Some(handle) = answer.body["statementHandle"].as_str().filter(|h| !h.is_empty()) else {
+            let (status, message) = (answer.status, SERVICE.message_in(Some(&answer.body)));
+            let e = format!("Snowflake accepted the statement without a handle (HTTP {status}): {message}");
+            return Err(AgentError::internal(e));
+        };
+        Ok(SnowflakeMeta { query_id: handle.to_owned(), ..meta })
     }
 
     async fn get(&self, ctx: &Context, meta: SnowflakeMeta) -> Result<Resource, AgentError> {
-        let (account, url) = self.statement(&meta, "")?;
+        let (url, account) = self.statement(&meta, "")?;
         let call = Call::new("statement status check", &Method::GET, &url);
         polled(self.client.call(ctx, (&account, &meta.user), call).await, &meta)
     }
 
     async fn delete(&self, ctx: &Context, meta: SnowflakeMeta) -> Result<(), AgentError> {
-        let (account, url) = self.statement(&meta, "/cancel")?;
+        let (url, account) = self.statement(&meta, "/cancel")?;
         let call = Call::new("statement cancel", &Method::POST, &url);
         // A finished statement (a 422 answer) and an unknown one need no cancelling.
         self.client.call(ctx, (&account, &meta.user), call).await.map(drop).or_else(Failure::into_cancel)

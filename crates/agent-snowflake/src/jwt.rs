@@ -22,6 +22,9 @@ use crate::client::{KEY_SECRET, PASSPHRASE_SECRET};
 /// Snowflake accepts tokens valid for at most an hour.
 pub(crate) const LIFETIME_SECS: u64 = 3540;
 
+/// `{"alg":"RS256","typ":"JWT"}`, the header of every token, in base64url.
+const HEADER: &str = "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9";
+
 /// A parsed private key and its public key's fingerprint (`SHA256:<base64>`, as `DESC USER`
 /// shows it). Its `Debug` shows the public key only.
 #[derive(Debug)]
@@ -61,15 +64,9 @@ impl Signer {
     /// A JWT for `account` (its locator or org-account, region suffix dropped) and `user`.
     pub(crate) fn token(&self, account: &AccountId, user: &str, now_secs: u64) -> Result<String, AgentError> {
         let qualified = format!("{}.{}", account.jwt_account(), user.to_uppercase());
-        let header = json!({"alg": "RS256", "typ": "JWT"});
-        let claims = json!({
-            "iss": format!("{qualified}.{}", self.fingerprint),
-            "sub": qualified,
-            "iat": now_secs,
-            "exp": now_secs + LIFETIME_SECS,
-        });
-        let input =
-            format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
+        let (iss, exp) = (format!("{qualified}.{}", self.fingerprint), now_secs + LIFETIME_SECS);
+        let claims = json!({"iss": iss, "sub": qualified, "iat": now_secs, "exp": exp}).to_string();
+        let input = format!("{HEADER}.{}", URL_SAFE_NO_PAD.encode(claims));
         let mut sig = vec![0; self.key.public_modulus_len()];
         self.key
             .sign(&RSA_PKCS1_SHA256, &SystemRandom::new(), input.as_bytes(), &mut sig)
@@ -90,28 +87,24 @@ impl Auth for KeyPair<'_> {
     async fn bearer(&self, ctx: &Context, refused: Option<&Secret>) -> Result<Option<Secret>, Failure> {
         // The key is read for every call, so a rotated secret applies at once: the cache
         // key names it (by digest), with the account and user the token is for.
+        let KeyPair { cache, account, user } = *self;
         let pem = ctx.secret(KEY_SECRET)?;
-        let key = format!(
-            "{}|{}|{:x?}",
-            self.account.as_str(),
-            self.user,
-            &digest(&SHA256, pem.expose().as_bytes()).as_ref()[..8]
-        );
+        let key = format!("{}|{user}|{:x?}", account.as_str(), &digest(&SHA256, pem.expose().as_bytes()).as_ref()[..8]);
         let sign = || async {
             let passphrase = ctx.optional_secret(PASSPHRASE_SECRET)?;
             let signer = Signer::from_pem(pem.expose(), passphrase.as_ref().map(Secret::expose))?;
             // The fingerprint is public; operators compare it with `DESC USER`.
             tracing::debug!(
-                message = "Made a Snowflake JWT.",
-                account = self.account.as_str(),
-                user = self.user,
-                fingerprint = signer.fingerprint
+                account = account.as_str(),
+                user,
+                fingerprint = signer.fingerprint,
+                "Made a Snowflake JWT."
             );
             let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-            let token = Secret::new(signer.token(self.account, self.user, now)?);
+            let token = Secret::new(signer.token(account, user, now)?);
             Ok::<_, AgentError>((token, Duration::from_secs(LIFETIME_SECS)))
         };
-        Ok(Some(self.cache.get_or_fetch(&key, refused, sign).await?))
+        Ok(Some(cache.get_or_fetch(&key, refused, sign).await?))
     }
 }
 
@@ -145,6 +138,7 @@ mod tests {
         let account = AccountId::parse("xy12345.us-east-1", "account").unwrap();
         let t = s.token(&account, "flyte_user", 1_700_000_000).unwrap();
         let parts: Vec<&str> = t.split('.').collect();
+        assert_eq!(URL_SAFE_NO_PAD.decode(parts[0]).unwrap(), br#"{"alg":"RS256","typ":"JWT"}"#);
         let claims: serde_json::Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
         assert_eq!(claims["sub"], "XY12345.FLYTE_USER");
         assert_eq!(claims["iss"], format!("XY12345.FLYTE_USER.SHA256:{}", FINGERPRINT.trim()));
