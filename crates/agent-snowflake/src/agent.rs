@@ -129,22 +129,14 @@ impl AsyncAgent for SnowflakeAgent {
     async fn create(&self, ctx: &Context, task: TaskRequest) -> Result<SnowflakeMeta, AgentError> {
         let config = &task.template.config;
         let get = |k: &str| config.get(k).map(|v| v.trim().to_owned()).unwrap_or_default();
-        for required in ["account", "user"] {
-            if get(required).is_empty() {
-                return Err(AgentError::invalid_argument(format!(
-                    "template.config.{required}: missing; set SnowflakeConfig({required}=...) on the task"
-                )));
-            }
+        if let Some(key) = ["account", "user"].into_iter().find(|k| get(k).is_empty()) {
+            let e = format!("template.config.{key}: missing; set SnowflakeConfig({key}=...) on the task");
+            return Err(AgentError::invalid_argument(e));
         }
-        let meta = SnowflakeMeta {
-            user: get("user"),
-            account: get("account"),
-            database: get("database"),
-            schema: get("schema"),
-            warehouse: get("warehouse"),
-            query_id: String::new(),
-            has_output: task.declares_output("results"),
-        };
+        let [user, account, database, schema, warehouse] =
+            ["user", "account", "database", "schema", "warehouse"].map(get);
+        let (query_id, has_output) = (String::new(), task.declares_output("results"));
+        let meta = SnowflakeMeta { user, account, database, schema, warehouse, query_id, has_output };
         let account = meta.account(&self.allowed, "template.config.")?;
         let (statement, bindings) = translate(task.sql_statement()?, &task)?;
         let (database, schema, warehouse) = (&meta.database, &meta.schema, &meta.warehouse);

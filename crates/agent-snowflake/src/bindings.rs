@@ -16,41 +16,33 @@ pub(crate) fn translate(sql: &str, task: &TaskRequest) -> Result<(String, Map<St
     }
     let values = task.input_values()?;
     let declared = task.template.interface.as_ref().and_then(|i| i.inputs.as_ref());
-    let mut out = String::with_capacity(sql.len());
-    let mut bindings = Map::new();
-    let mut rest = sql;
+    let (mut out, mut bindings, mut rest) = (String::with_capacity(sql.len()), Map::new(), sql);
     while let Some(pos) = rest.find('%') {
         out.push_str(&rest[..pos]);
         let tail = &rest[pos..];
-        if let Some(after) = tail.strip_prefix("%%") {
+        let near: String = tail.chars().take(20).collect();
+        let bad = |why: String| Err(AgentError::invalid_argument(format!("template.sql: {why}")));
+        let Some(named) = tail.strip_prefix("%(") else {
+            let Some(after) = tail.strip_prefix("%%") else {
+                return bad(format!("a '%' at '{near}' is not a placeholder; write %% for a literal percent sign"));
+            };
             out.push('%');
             rest = after;
-        } else if let Some(named) = tail.strip_prefix("%(") {
-            let close = named.find(")s").ok_or_else(|| {
-                AgentError::invalid_argument(format!(
-                    "template.sql: unterminated placeholder near '{}'; write %(name)s",
-                    tail.chars().take(20).collect::<String>()
-                ))
-            })?;
-            let name = &named[..close];
-            let value = values.get(name).ok_or_else(|| {
-                AgentError::invalid_argument(format!(
-                    "template.sql: placeholder %({name})s has no input named '{name}'"
-                ))
-            })?;
-            let ty = declared.and_then(|d| d.variables.get(name)).and_then(|v| v.r#type.as_ref());
-            let binding = binding(value, ty).map_err(|why| {
-                AgentError::invalid_argument(format!("inputs.{name}: {why}; Snowflake binds scalars only"))
-            })?;
-            bindings.insert((bindings.len() + 1).to_string(), binding);
-            out.push('?');
-            rest = &named[close + 2..];
-        } else {
-            return Err(AgentError::invalid_argument(format!(
-                "template.sql: a '%' at '{}' is not a placeholder; write %% for a literal percent sign",
-                tail.chars().take(20).collect::<String>()
-            )));
-        }
+            continue;
+        };
+        let Some((name, after)) = named.split_once(")s") else {
+            return bad(format!("unterminated placeholder near '{near}'; write %(name)s"));
+        };
+        let Some(value) = values.get(name) else {
+            return bad(format!("placeholder %({name})s has no input named '{name}'"));
+        };
+        let ty = declared.and_then(|d| d.variables.get(name)).and_then(|v| v.r#type.as_ref());
+        let binding = binding(value, ty).map_err(|why| {
+            AgentError::invalid_argument(format!("inputs.{name}: {why}; Snowflake binds scalars only"))
+        })?;
+        bindings.insert((bindings.len() + 1).to_string(), binding);
+        out.push('?');
+        rest = after;
     }
     out.push_str(rest);
     Ok((out, bindings))
