@@ -83,11 +83,8 @@ pub(crate) struct Allowed(Vec<AccountId>);
 impl Allowed {
     /// Parses the setting; a malformed entry fails start-up.
     pub(crate) fn new(accounts: &[String]) -> Result<Self, String> {
-        accounts
-            .iter()
-            .map(|a| AccountId::parse(a.trim(), "snowflake.allowed_accounts entry").map_err(|e| e.message().to_owned()))
-            .collect::<Result<_, _>>()
-            .map(Self)
+        let parse = |a: &String| AccountId::parse(a.trim(), "snowflake.allowed_accounts entry");
+        accounts.iter().map(parse).collect::<Result<_, _>>().map(Self).map_err(|e| e.message().to_owned())
     }
 
     /// The parsed account, if it is well formed and allowed.
@@ -96,10 +93,9 @@ impl Allowed {
         if self.0.is_empty() || self.0.contains(&id) {
             return Ok(id);
         }
-        let names = self.0.iter().map(AccountId::as_str).collect::<Vec<_>>().join(", ");
+        let (account, names) = (id.as_str(), self.0.iter().map(AccountId::as_str).collect::<Vec<_>>().join(", "));
         Err(AgentError::permission_denied(format!(
-            "Snowflake account '{}' is not allowed: this agent logs in only to {names} (setting snowflake.allowed_accounts)",
-            id.as_str()
+            "Snowflake account '{account}' is not allowed: this agent logs in only to {names} (setting snowflake.allowed_accounts)"
         )))
     }
 }

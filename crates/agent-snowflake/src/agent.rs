@@ -8,9 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value as Json, json};
 
 use crate::account::{AccountId, Allowed, check_name};
-use crate::bindings::translate;
-use crate::client::{Client, SERVICE};
-use crate::config::Config;
+use crate::{bindings::translate, client::Client, client::SERVICE, config::Config};
 
 /// The task type flytekit's `SnowflakeTask` declares.
 pub const TASK_TYPE: &str = "snowflake";

@@ -4,9 +4,8 @@
 
 use serde_json::{Map, Value as Json, json};
 
-use agent_core::literals::Value;
 use agent_core::pb::core::{LiteralType, SimpleType, literal_type};
-use agent_core::prelude::*;
+use agent_core::{literals::Value, prelude::*};
 
 /// The statement with `?` placeholders and its bindings (`{"1": {"type", "value"}, …}`).
 /// Without inputs the SQL is sent as written, as flytekit sends it unformatted.

@@ -4,11 +4,10 @@
 
 use agent_core::http::{Answer, Call, Failure, RestClient, Service, TokenCache, TrustedHosts};
 use agent_core::prelude::*;
-use reqwest::Method;
+use reqwest::{Method, header::ACCEPT};
 
 use crate::account::{AccountId, DOMAIN};
-use crate::config::Config;
-use crate::jwt::KeyPair;
+use crate::{config::Config, jwt::KeyPair};
 
 /// The agent secrets, named as flytekit names the key.
 pub(crate) const KEY_SECRET: &str = "snowflake_private_key";
@@ -44,26 +43,18 @@ impl Client {
 
     /// The URL of `path` for `account`.
     pub(crate) fn url(&self, account: &AccountId, path: &str) -> String {
-        match &self.base_url {
-            Some(base) => format!("{base}{path}"),
-            None => format!("https://{}{path}", account.host()),
-        }
+        let base = self.base_url.clone().unwrap_or_else(|| format!("https://{}", account.host()));
+        format!("{base}{path}")
     }
 
-    /// One SQL API call as `user` of `account`.
-    pub(crate) async fn call(
-        &self,
-        ctx: &Context,
-        (account, user): (&AccountId, &str),
-        call: Call<'_>,
-    ) -> Result<Answer, Failure> {
+    /// One SQL API call as `who` (an account and a user).
+    pub(crate) async fn call(&self, ctx: &Context, who: (&AccountId, &str), call: Call<'_>) -> Result<Answer, Failure> {
         let post = call.method == Method::POST;
         let shape = |r: reqwest::RequestBuilder, attempt| {
-            let r =
-                r.header("X-Snowflake-Authorization-Token-Type", "KEYPAIR_JWT").header("Accept", "application/json");
+            let r = r.header("X-Snowflake-Authorization-Token-Type", "KEYPAIR_JWT").header(ACCEPT, "application/json");
             // Tell Snowflake a resubmission with the same requestId is a retry.
             if post && attempt > 1 { r.query(&[("retry", "true")]) } else { r }
         };
-        self.rest.call(ctx, call, &KeyPair { cache: &self.jwts, account, user }, shape).await
+        self.rest.call(ctx, call, &KeyPair(&self.jwts, who.0, who.1), shape).await
     }
 }

@@ -5,6 +5,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use agent_core::http::{Auth, Failure, TokenCache};
+use agent_core::prelude::*;
 use aws_lc_rs::digest::{SHA256, digest};
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rand::SystemRandom;
@@ -13,8 +14,6 @@ use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use pkcs8::der::pem::PemLabel;
 use serde_json::json;
-
-use agent_core::prelude::*;
 
 use crate::account::AccountId;
 use crate::client::{KEY_SECRET, PASSPHRASE_SECRET};
@@ -68,38 +67,29 @@ impl Signer {
         let claims = json!({"iss": iss, "sub": qualified, "iat": now_secs, "exp": exp}).to_string();
         let input = format!("{HEADER}.{}", URL_SAFE_NO_PAD.encode(claims));
         let mut sig = vec![0; self.key.public_modulus_len()];
-        self.key
-            .sign(&RSA_PKCS1_SHA256, &SystemRandom::new(), input.as_bytes(), &mut sig)
-            .map_err(|_| AgentError::internal("signing the Snowflake JWT failed"))?;
+        let signed = self.key.sign(&RSA_PKCS1_SHA256, &SystemRandom::new(), input.as_bytes(), &mut sig);
+        signed.map_err(|_| AgentError::internal("signing the Snowflake JWT failed"))?;
         Ok(format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig)))
     }
 }
 
-/// Key-pair authentication of one account and user as [`Auth`]: a JWT signed with the key
-/// in the agent's secret, reused from `cache` until the cache's margin before it expires.
-pub(crate) struct KeyPair<'a> {
-    pub(crate) cache: &'a TokenCache,
-    pub(crate) account: &'a AccountId,
-    pub(crate) user: &'a str,
-}
+/// Key-pair authentication of an account (second) and user (third) as [`Auth`]: a JWT
+/// signed with the key in the agent's secret, reused from the cache (first) until the
+/// cache's margin before it expires.
+pub(crate) struct KeyPair<'a>(pub(crate) &'a TokenCache, pub(crate) &'a AccountId, pub(crate) &'a str);
 
 impl Auth for KeyPair<'_> {
     async fn bearer(&self, ctx: &Context, refused: Option<&Secret>) -> Result<Option<Secret>, Failure> {
         // The key is read for every call, so a rotated secret applies at once: the cache
         // key names it (by digest), with the account and user the token is for.
-        let KeyPair { cache, account, user } = *self;
+        let KeyPair(cache, account, user) = *self;
         let pem = ctx.secret(KEY_SECRET)?;
         let key = format!("{}|{user}|{:x?}", account.as_str(), &digest(&SHA256, pem.expose().as_bytes()).as_ref()[..8]);
         let sign = || async {
             let passphrase = ctx.optional_secret(PASSPHRASE_SECRET)?;
             let signer = Signer::from_pem(pem.expose(), passphrase.as_ref().map(Secret::expose))?;
             // The fingerprint is public; operators compare it with `DESC USER`.
-            tracing::debug!(
-                account = account.as_str(),
-                user,
-                fingerprint = signer.fingerprint,
-                "Made a Snowflake JWT."
-            );
+            tracing::debug!(account = account.as_str(), user, fingerprint = signer.fingerprint, "Made a Snowflake JWT");
             let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
             let token = Secret::new(signer.token(account, user, now)?);
             Ok::<_, AgentError>((token, Duration::from_secs(LIFETIME_SECS)))
@@ -160,7 +150,7 @@ mod tests {
         );
         let jwt = async |account: &str| {
             let account = AccountId::parse(account, "account").unwrap();
-            let auth = KeyPair { cache: &cache, account: &account, user: "u" };
+            let auth = KeyPair(&cache, &account, "u");
             auth.bearer(&ctx, None).await.unwrap().unwrap()
         };
         // Each distinct account signs a token: more than the capacity is enough to show the bound.
