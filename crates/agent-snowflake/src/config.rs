@@ -35,3 +35,36 @@ impl Default for Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    use agent_core::config::{CliArgs, Settings};
+
+    use super::*;
+
+    fn from_env(vars: &[(&str, &str)]) -> Result<Config, String> {
+        let env: HashMap<String, String> = vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        Settings::load(&CliArgs::default(), Some(env)).unwrap().section("snowflake").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_settings_keep_their_keys_with_the_rest_settings_flattened_in() {
+        let config = from_env(&[
+            ("AGENT_SNOWFLAKE__ATTEMPT_TIMEOUT", "2s"),
+            ("AGENT_SNOWFLAKE__RETRY_BUDGET", "3s"),
+            ("AGENT_SNOWFLAKE__STATEMENT_TIMEOUT_SECS", "30"),
+            ("AGENT_SNOWFLAKE__ROLE", "ANALYST"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (config.rest.attempt_timeout, config.rest.retry_budget),
+            (Duration::from_secs(2), Duration::from_secs(3))
+        );
+        assert_eq!((config.statement_timeout_secs, config.role.as_deref()), (30, Some("ANALYST")));
+        let e = from_env(&[("AGENT_SNOWFLAKE__ATEMPT_TIMEOUT", "2s")]).unwrap_err();
+        assert!(e.contains("atempt_timeout"), "{e}");
+    }
+}
