@@ -26,13 +26,8 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Self {
-            base_url: std::env::var("SNOWFLAKE_BASE_URL").ok().filter(|u| !u.is_empty()),
-            statement_timeout_secs: 0,
-            role: None,
-            allowed_accounts: Vec::new(),
-            rest: RestSettings::default(),
-        }
+        let base_url = std::env::var("SNOWFLAKE_BASE_URL").ok().filter(|u| !u.is_empty());
+        Self { base_url, statement_timeout_secs: 0, role: None, allowed_accounts: vec![], rest: Default::default() }
     }
 }
 
