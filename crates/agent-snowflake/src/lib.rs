@@ -11,3 +11,9 @@ mod jwt;
 
 pub use agent::{SnowflakeAgent, SnowflakeMeta, TASK_TYPE};
 pub use config::Config;
+
+/// The agents this binary serves, from the `snowflake` settings.
+pub async fn registry(settings: &agent_core::config::Settings) -> Result<agent_core::Registry, String> {
+    let config: Config = settings.section("snowflake").map_err(|e| e.to_string())?;
+    agent_core::Registry::builder().async_agent(SnowflakeAgent::new(config)?).map_err(|e| e.to_string())
+}
