@@ -1,18 +1,21 @@
 //! The Databricks agent: `create` submits a one-time run, `get` maps its state, `delete`
 //! cancels it. Tokens never enter the resource meta and only go to allowed instances.
 
+use agent_core::http::Failure;
+use agent_core::prelude::*;
 use reqwest::Method;
 use serde::{Deserialize, Deserializer, Serialize};
-use serde_json::{Value as Json, json};
+use serde_json::{Map, Value as Json, json};
 
-use agent_core::prelude::*;
-
-use crate::auth::{Auth, AuthType, checked_token_file};
-use agent_core::http::HttpError;
-
-use crate::client::{Client, Workspace, is_missing_run, to_agent_error};
+use crate::auth::{AuthType, Credentials, checked_token_file};
+use crate::client::{Client, SERVICE};
 use crate::config::Config;
 use crate::spec::job_spec;
+
+/// The task type of flytekit's `DatabricksV2` config.
+pub(crate) const TASK_TYPE: &str = "databricks";
+/// The task type of flytekit's older `Databricks` config, served alike.
+pub(crate) const SPARK_TASK_TYPE: &str = "spark";
 
 /// The job handle. Reads every form flytekit's agent wrote (2, 3 or 10 keys); writes the
 /// 1.16.31 keys except `auth_token`, which is read (for runs the Python agent started) but
@@ -58,20 +61,48 @@ fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error>
     }
 }
 
+fn text(custom: &Map<String, Json>, key: &str) -> Option<String> {
+    custom.get(key).and_then(Json::as_str).map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned)
+}
+
 impl DatabricksMeta {
-    /// The auth the run was started with. A meta is input like any other: the token file
-    /// it names must be the agent's own (see [`checked_token_file`]).
-    fn auth(&self, config: &Config) -> Result<Auth, AgentError> {
-        Ok(Auth {
+    /// The meta of a run about to be submitted (its `run_id` still empty): the auth
+    /// settings from the task's `custom`, else the agent's, else flytekit's defaults.
+    fn for_task(
+        custom: &Map<String, Json>,
+        config: &Config,
+        instance: String,
+        namespace: &str,
+    ) -> Result<Self, AgentError> {
+        let kind =
+            text(custom, "databricksAuthType").or_else(|| config.auth_type.as_deref().map(|k| k.trim().to_owned()));
+        let file = text(custom, "databricksOidcTokenFile");
+        Ok(Self {
+            databricks_instance: instance,
+            run_id: String::new(),
+            auth_token: None,
+            auth_type: Some(AuthType::parse(kind.as_deref().unwrap_or("pat"))?.as_str().to_owned()),
+            client_id: text(custom, "databricksClientId").or_else(|| config.client_id.clone()),
+            oauth_secret_name: text(custom, "databricksOauthSecret")
+                .or_else(|| config.oauth_secret_name.clone())
+                .or_else(|| Some("databricks-oauth".into())),
+            oidc_token_file: checked_token_file(file.as_deref(), config, "template.custom.databricksOidcTokenFile")?,
+            oidc_service_account: None,
+            oidc_audience: text(custom, "databricksOidcAudience")
+                .or_else(|| config.oidc_audience.clone())
+                .or_else(|| Some("databricks".into())),
+            namespace: Some(namespace.to_owned()),
+        })
+    }
+
+    /// Who the run's calls act as. A meta is input like any other: the token file it
+    /// names must be the agent's own (see [`checked_token_file`]).
+    fn credentials(&self, config: &Config) -> Result<Credentials, AgentError> {
+        let file = checked_token_file(self.oidc_token_file.as_deref(), config, "resource meta: oidc_token_file")?;
+        Ok(Credentials {
             kind: AuthType::parse(self.auth_type.as_deref().unwrap_or("pat"))?,
             client_id: self.client_id.clone(),
-            oauth_secret_name: self.oauth_secret_name.clone(),
-            oidc_token_file: checked_token_file(
-                self.oidc_token_file.as_deref(),
-                config,
-                "resource meta: oidc_token_file",
-            )?,
-            oidc_audience: self.oidc_audience.clone(),
+            oidc_token_file: file,
             namespace: self.namespace.clone().unwrap_or_default(),
             stored_token: self.auth_token.clone(),
         })
@@ -83,7 +114,6 @@ impl DatabricksMeta {
 pub struct DatabricksAgent {
     client: Client,
     config: Config,
-    categories: Vec<TaskCategory>,
 }
 
 impl DatabricksAgent {
@@ -91,8 +121,7 @@ impl DatabricksAgent {
     /// `databricks` (`DatabricksV2`).
     pub fn new(config: Config) -> Result<Self, String> {
         config.validate()?;
-        let client = Client::new(&config)?;
-        Ok(Self { client, config, categories: vec![TaskCategory::new("spark", 0), TaskCategory::new("databricks", 0)] })
+        Ok(Self { client: Client::new(&config)?, config })
     }
 
     /// Only instances on the allowlist get credentials; anything else is refused before a
@@ -101,27 +130,27 @@ impl DatabricksAgent {
         let instance = normalize(raw);
         let allowed = self.config.trusted_instances();
         if allowed.iter().any(|a| a.eq_ignore_ascii_case(&instance)) {
-            Ok(instance)
-        } else {
-            Err(AgentError::permission_denied(format!(
-                "Databricks instance '{instance}' is not allowed: this agent sends credentials only to {} \
-                 (setting databricks.allowed_instances)",
-                if allowed.is_empty() { "no instance at all".to_owned() } else { allowed.join(", ") }
-            )))
+            return Ok(instance);
         }
+        Err(AgentError::permission_denied(format!(
+            "Databricks instance '{instance}' is not allowed: this agent sends credentials only to {} \
+             (setting databricks.allowed_instances)",
+            if allowed.is_empty() { "no instance at all".to_owned() } else { allowed.join(", ") }
+        )))
     }
-}
 
-/// The run id of a meta, checked before it goes into a request: Databricks' run ids are
-/// integers, so anything else was not written by a Databricks agent.
-fn checked_run_id(run_id: &str) -> Result<&str, AgentError> {
-    if !run_id.is_empty() && run_id.len() <= 20 && run_id.bytes().all(|b| b.is_ascii_digit()) {
-        Ok(run_id)
-    } else {
-        Err(AgentError::invalid_argument(
-            "resource meta: run_id is not a Databricks run id (an integer); the meta was not written by a \
-             Databricks agent",
-        ))
+    /// The instance and credentials of a meta, checked before anything is sent: a forged
+    /// meta must not redirect credentials, and Databricks' run ids are integers, so
+    /// anything else was not written by a Databricks agent.
+    fn checked(&self, meta: &DatabricksMeta) -> Result<(String, Credentials), AgentError> {
+        let id = &meta.run_id;
+        if id.is_empty() || id.len() > 20 || !id.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(AgentError::invalid_argument(
+                "resource meta: run_id is not a Databricks run id (an integer); the meta was not written by a \
+                 Databricks agent",
+            ));
+        }
+        Ok((self.check_instance(&meta.databricks_instance)?, meta.credentials(&self.config)?))
     }
 }
 
@@ -129,14 +158,10 @@ pub(crate) fn normalize(instance: &str) -> String {
     instance.trim().trim_start_matches("https://").trim_start_matches("http://").trim_end_matches('/').to_owned()
 }
 
-/// An idempotency token per task attempt: a repeated submit returns the same run.
-fn idempotency_token(task: &TaskRequest) -> Option<String> {
-    task.attempt_id("databricks").map(|id| format!("flyte-{}", id.simple()))
-}
-
-/// Databricks' `life_cycle_state`.
-#[derive(Debug, PartialEq, Eq)]
-enum LifeCycle<'a> {
+/// Databricks' `state.life_cycle_state`.
+#[derive(Debug, PartialEq, Eq, strum::EnumString)]
+#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
+enum LifeCycle {
     Queued,
     Pending,
     Running,
@@ -146,31 +171,17 @@ enum LifeCycle<'a> {
     InternalError,
     Blocked,
     WaitingForRetry,
-    Unknown(&'a str),
+    #[strum(default)]
+    Unknown(String),
 }
 
-impl<'a> LifeCycle<'a> {
-    fn parse(s: &'a str) -> Self {
-        match s {
-            "QUEUED" => Self::Queued,
-            "PENDING" => Self::Pending,
-            "RUNNING" => Self::Running,
-            "TERMINATING" => Self::Terminating,
-            "TERMINATED" => Self::Terminated,
-            "SKIPPED" => Self::Skipped,
-            "INTERNAL_ERROR" => Self::InternalError,
-            "BLOCKED" => Self::Blocked,
-            "WAITING_FOR_RETRY" => Self::WaitingForRetry,
-            other => Self::Unknown(other),
-        }
-    }
-}
-
-/// Databricks' `result_state`.
-#[derive(Debug, PartialEq, Eq)]
-enum ResultState<'a> {
+/// Databricks' `state.result_state`.
+#[derive(Debug, PartialEq, Eq, strum::EnumString)]
+#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
+enum ResultState {
     Success,
     Failed,
+    #[strum(serialize = "TIMEDOUT")]
     TimedOut,
     Canceled,
     SuccessWithFailures,
@@ -179,47 +190,20 @@ enum ResultState<'a> {
     Excluded,
     Disabled,
     MaximumConcurrentRunsReached,
-    Unknown(&'a str),
-}
-
-impl<'a> ResultState<'a> {
-    fn parse(s: &'a str) -> Self {
-        match s {
-            "SUCCESS" => Self::Success,
-            "FAILED" => Self::Failed,
-            "TIMEDOUT" => Self::TimedOut,
-            "CANCELED" => Self::Canceled,
-            "SUCCESS_WITH_FAILURES" => Self::SuccessWithFailures,
-            "UPSTREAM_FAILED" => Self::UpstreamFailed,
-            "UPSTREAM_CANCELED" => Self::UpstreamCanceled,
-            "EXCLUDED" => Self::Excluded,
-            "DISABLED" => Self::Disabled,
-            "MAXIMUM_CONCURRENT_RUNS_REACHED" => Self::MaximumConcurrentRunsReached,
-            other => Self::Unknown(other),
-        }
-    }
+    #[strum(default)]
+    Unknown(String),
 }
 
 /// The newer `status.termination_details.type`.
-#[derive(Debug, PartialEq, Eq)]
-enum TerminationType<'a> {
+#[derive(Debug, PartialEq, Eq, strum::EnumString)]
+#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
+enum TerminationType {
     Success,
     InternalError,
     ClientError,
     CloudFailure,
-    Unknown(&'a str),
-}
-
-impl<'a> TerminationType<'a> {
-    fn parse(s: &'a str) -> Self {
-        match s {
-            "SUCCESS" => Self::Success,
-            "INTERNAL_ERROR" => Self::InternalError,
-            "CLIENT_ERROR" => Self::ClientError,
-            "CLOUD_FAILURE" => Self::CloudFailure,
-            other => Self::Unknown(other),
-        }
-    }
+    #[strum(default)]
+    Unknown(String),
 }
 
 /// Termination codes that mean "no capacity right now": worth a retry.
@@ -234,42 +218,43 @@ fn str_at<'a>(v: &'a Json, path: &str) -> Option<&'a str> {
     v.pointer(path).and_then(Json::as_str)
 }
 
-/// The phase of a run from `runs/get`. Unknown values keep the task running with a
-/// message: Databricks adds states, and a task must not fail because the agent is older.
-fn phase_of(run: &Json) -> (Phase, String) {
+/// What a run from `runs/get` means for the task. Unknown states keep the task running
+/// with a message naming them: Databricks adds states, and a task must not fail because
+/// the agent is older.
+fn resource_for(run: &Json) -> Resource {
     let message = str_at(run, "/state/state_message")
         .filter(|m| !m.is_empty())
         .or_else(|| str_at(run, "/status/termination_details/message"))
-        .unwrap_or_default()
-        .to_owned();
+        .unwrap_or_default();
+    let result = str_at(run, "/state/result_state")
+        .map(|text| text.parse().unwrap_or_else(|_| ResultState::Unknown(text.to_owned())));
     // A terminated run's `status` says whose fault it was, which `result_state` does not.
-    if let Some(ty) = str_at(run, "/status/termination_details/type") {
+    if let Some(text) = str_at(run, "/status/termination_details/type") {
         let code = str_at(run, "/status/termination_details/code").unwrap_or_default();
-        let phase = match (TerminationType::parse(ty), code) {
+        let phase = match (text.parse().unwrap_or_else(|_| TerminationType::Unknown(text.to_owned())), code) {
             (_, "CANCELED" | "USER_CANCELED") => Some(Phase::Aborted),
-            (TerminationType::Success, _) => match str_at(run, "/state/result_state").map(ResultState::parse) {
-                // A successful termination type with a failing result (e.g. SUCCESS_WITH_FAILURES)
-                // is decided by the result below.
-                Some(ResultState::Success) | None => Some(Phase::Succeeded),
-                Some(_) => None,
-            },
+            // A successful termination type with a failing result (e.g. SUCCESS_WITH_FAILURES)
+            // is decided by the result below.
+            (TerminationType::Success, _) => {
+                matches!(result, Some(ResultState::Success) | None).then_some(Phase::Succeeded)
+            }
             (TerminationType::InternalError | TerminationType::CloudFailure, _) => Some(Phase::RetryableFailed),
             (TerminationType::ClientError, c) if CAPACITY_CODES.contains(&c) => Some(Phase::RetryableFailed),
             (TerminationType::ClientError, _) => Some(Phase::Failed),
             (TerminationType::Unknown(_), _) => None,
         };
         if let Some(p) = phase {
-            return (p, if message.is_empty() { code.to_owned() } else { message });
+            return Resource::new(p).with_message(if message.is_empty() { code } else { message });
         }
     }
-    let life = str_at(run, "/state/life_cycle_state").or_else(|| str_at(run, "/status/state")).unwrap_or_default();
-    let phase = match LifeCycle::parse(life) {
+    let text = str_at(run, "/state/life_cycle_state").or_else(|| str_at(run, "/status/state")).unwrap_or_default();
+    let phase = match text.parse().unwrap_or_else(|_| LifeCycle::Unknown(text.to_owned())) {
         LifeCycle::Queued | LifeCycle::Blocked => Phase::Queued,
         LifeCycle::Pending => Phase::Initializing,
         LifeCycle::Running | LifeCycle::Terminating | LifeCycle::WaitingForRetry => Phase::Running,
         LifeCycle::Skipped => Phase::Failed,
         LifeCycle::InternalError => Phase::RetryableFailed,
-        LifeCycle::Terminated => match str_at(run, "/state/result_state").map(ResultState::parse) {
+        LifeCycle::Terminated => match result {
             Some(ResultState::Success) => Phase::Succeeded,
             Some(
                 ResultState::Failed
@@ -282,21 +267,17 @@ fn phase_of(run: &Json) -> (Phase, String) {
             Some(ResultState::Canceled | ResultState::UpstreamCanceled) => Phase::Aborted,
             Some(ResultState::MaximumConcurrentRunsReached) => Phase::RetryableFailed,
             Some(ResultState::Unknown(r)) => {
-                return (
-                    Phase::Running,
-                    format!("Databricks reports result state '{r}', which this agent does not know"),
-                );
+                let why = format!("Databricks reports result state '{r}', which this agent does not know");
+                return Resource::running().with_message(why);
             }
-            None => return (Phase::Running, "the run terminated; waiting for its result".into()),
+            None => return Resource::running().with_message("the run terminated; waiting for its result"),
         },
         LifeCycle::Unknown(s) => {
-            return (
-                Phase::Running,
-                format!("Databricks reports life cycle state '{s}', which this agent does not know"),
-            );
+            let why = format!("Databricks reports life cycle state '{s}', which this agent does not know");
+            return Resource::running().with_message(why);
         }
     };
-    (phase, message)
+    Resource::new(phase).with_message(message)
 }
 
 fn console_link(run: &Json, instance: &str, run_id: &str) -> LogLink {
@@ -319,117 +300,67 @@ impl AsyncAgent for DatabricksAgent {
     }
 
     fn task_categories(&self) -> Vec<TaskCategory> {
-        self.categories.clone()
+        vec![TaskCategory::new(SPARK_TASK_TYPE, 0), TaskCategory::new(TASK_TYPE, 0)]
     }
 
     async fn create(&self, ctx: &Context, task: TaskRequest) -> Result<DatabricksMeta, AgentError> {
         let custom = task.custom();
-        let raw_instance = custom
-            .get("databricksInstance")
-            .and_then(Json::as_str)
-            .filter(|s| !s.trim().is_empty())
-            .map(str::to_owned)
-            .or_else(|| self.config.default_instance.clone())
-            .ok_or_else(|| {
-                AgentError::invalid_argument(
-                    "template.custom.databricksInstance: missing; set databricks_instance on the task config or \
-                     FLYTE_DATABRICKS_INSTANCE on the agent",
-                )
-            })?;
-        let instance = self.check_instance(&raw_instance)?;
-        let namespace = task.metadata.as_ref().map(|m| m.namespace.clone()).unwrap_or_default();
-        let auth = Auth::for_task(&custom, &self.config, &namespace)?;
+        let instance = text(&custom, "databricksInstance").or_else(|| self.config.default_instance.clone());
+        let instance = instance.ok_or_else(|| {
+            AgentError::invalid_argument(
+                "template.custom.databricksInstance: missing; set databricks_instance on the task config or \
+                 FLYTE_DATABRICKS_INSTANCE on the agent",
+            )
+        })?;
+        let instance = self.check_instance(&instance)?;
+        let namespace = task.metadata.as_ref().map(|m| m.namespace.as_str()).unwrap_or_default();
+        let meta = DatabricksMeta::for_task(&custom, &self.config, instance, namespace)?;
+        let creds = meta.credentials(&self.config)?;
         let mut spec = job_spec(&task, &custom, self.config.service_credential_provider.as_deref())?;
-        // Tokens starting `flyte-` are the agent's (one per task attempt): a task that chose
-        // one could make another task's CreateTask adopt a run it prepared.
+        // Tokens starting `flyte-` are the agent's (one per task attempt, so a repeated submit
+        // returns the same run): a task that chose one could make another task's CreateTask
+        // adopt a run it prepared.
         if spec.get("idempotency_token").and_then(Json::as_str).is_some_and(|t| t.starts_with("flyte-")) {
             return Err(AgentError::invalid_argument(
                 "template.custom.databricksConf.idempotency_token: tokens starting with 'flyte-' are the agent's own \
                  (one per task attempt); choose another or leave it unset",
             ));
         }
-        if !spec.contains_key("idempotency_token")
-            && let Some(t) = idempotency_token(&task)
-        {
-            spec.insert("idempotency_token".into(), json!(t));
+        if let (None, Some(id)) = (spec.get("idempotency_token"), task.attempt_id("databricks")) {
+            spec.insert("idempotency_token".into(), json!(format!("flyte-{}", id.simple())));
         }
-        let body = Json::Object(spec);
-        let answer = self
-            .client
-            .call(ctx, Workspace { instance: &instance, auth: &auth }, Method::POST, "runs/submit", None, Some(&body))
-            .await
-            .map_err(|e| to_agent_error(e, "runs/submit"))?;
-        let run_id = match answer.get("run_id") {
+        let ws = self.client.at(&meta.databricks_instance, &creds);
+        let answer = ws.call(ctx, Method::POST, "runs/submit", &[], Some(&Json::Object(spec))).await;
+        let run_id = match answer.map_err(Failure::into_error)?.get("run_id") {
             Some(Json::Number(n)) => n.to_string(),
             Some(Json::String(s)) => s.clone(),
             _ => return Err(AgentError::internal("Databricks runs/submit answered without a run_id")),
         };
-        Ok(DatabricksMeta {
-            databricks_instance: instance,
-            run_id,
-            auth_token: None,
-            auth_type: Some(auth.kind.as_str().to_owned()),
-            client_id: auth.client_id,
-            oauth_secret_name: auth.oauth_secret_name,
-            oidc_token_file: auth.oidc_token_file,
-            oidc_service_account: None,
-            oidc_audience: auth.oidc_audience,
-            namespace: Some(namespace),
-        })
+        Ok(DatabricksMeta { run_id, ..meta })
     }
 
     async fn get(&self, ctx: &Context, meta: DatabricksMeta) -> Result<Resource, AgentError> {
-        // A meta is input like any other: a forged one must not redirect credentials.
-        checked_run_id(&meta.run_id)?;
-        let instance = self.check_instance(&meta.databricks_instance)?;
-        let auth = meta.auth(&self.config)?;
-        match self
-            .client
-            .call(
-                ctx,
-                Workspace { instance: &instance, auth: &auth },
-                Method::GET,
-                "runs/get",
-                Some(("run_id", &meta.run_id)),
-                None,
-            )
-            .await
-        {
-            Ok(run) => {
-                let (phase, message) = phase_of(&run);
-                let mut link = console_link(&run, &instance, &meta.run_id);
-                // A token stored in a Python agent's meta is this request's value, which the
-                // process-wide scrubber does not know: the service's text is scrubbed of it here.
-                let (message, uri) = match &auth.stored_token {
-                    Some(t) => (t.scrub_from(&message), t.scrub_from(&link.uri)),
-                    None => (message, link.uri.clone()),
-                };
-                link.uri = uri;
-                Ok(Resource::new(phase).with_message(message).with_log_link(link))
-            }
-            Err(e) if is_missing_run(&e) => {
-                Ok(Resource::failed(format!("Databricks has no run {} on {instance}: {}", meta.run_id, e.describe())))
-            }
-            Err(e) if e.is_transient() => Ok(Resource::unreachable("Databricks", "run", &e.describe())),
-            Err(e) => Err(to_agent_error(e, "runs/get")),
+        let (instance, creds) = self.checked(&meta)?;
+        let ws = self.client.at(&instance, &creds);
+        let run = match ws.call(ctx, Method::GET, "runs/get", &[("run_id", &meta.run_id)], None).await {
+            Ok(run) => run,
+            Err(f) => return f.into_poll(SERVICE.name, &format!("run {} on {instance}", meta.run_id)),
+        };
+        let mut resource = resource_for(&run).with_log_link(console_link(&run, &instance, &meta.run_id));
+        // A token stored in a Python agent's meta is this request's value, which the
+        // process-wide scrubber does not know: the service's text is scrubbed of it here.
+        if let Some(t) = &creds.stored_token {
+            resource.message = t.scrub_from(&resource.message);
+            resource.log_links.iter_mut().for_each(|l| l.uri = t.scrub_from(&l.uri));
         }
+        Ok(resource)
     }
 
     async fn delete(&self, ctx: &Context, meta: DatabricksMeta) -> Result<(), AgentError> {
-        checked_run_id(&meta.run_id)?;
-        let instance = self.check_instance(&meta.databricks_instance)?;
-        let auth = meta.auth(&self.config)?;
+        let (instance, creds) = self.checked(&meta)?;
         let body = json!({"run_id": meta.run_id});
-        match self
-            .client
-            .call(ctx, Workspace { instance: &instance, auth: &auth }, Method::POST, "runs/cancel", None, Some(&body))
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if is_missing_run(&e) => Ok(()),
-            Err(HttpError::Agent(e)) => Err(e),
-            Err(e) => Err(to_agent_error(e, "runs/cancel")),
-        }
+        let ws = self.client.at(&instance, &creds);
+        ws.call(ctx, Method::POST, "runs/cancel", &[], Some(&body)).await.map(drop).or_else(Failure::into_cancel)
     }
 }
 
@@ -474,10 +405,10 @@ mod tests {
             ("HIBERNATING", None, Phase::Running),
         ];
         for (life, result, phase) in cases {
-            assert_eq!(phase_of(&run(life, result, None)).0, phase, "{life} {result:?}");
+            assert_eq!(resource_for(&run(life, result, None)).phase, phase, "{life} {result:?}");
         }
-        assert!(phase_of(&run("HIBERNATING", None, None)).1.contains("HIBERNATING"));
-        assert_eq!(phase_of(&run("TERMINATED", Some("SUCCESS"), None)).1, "msg");
+        assert!(resource_for(&run("HIBERNATING", None, None)).message.contains("HIBERNATING"));
+        assert_eq!(resource_for(&run("TERMINATED", Some("SUCCESS"), None)).message, "msg");
     }
 
     #[test]
@@ -493,7 +424,11 @@ mod tests {
             (("NEW_CODE", "NEW_TYPE"), Some("FAILED"), Phase::Failed),
         ];
         for ((code, ty), result, phase) in cases {
-            assert_eq!(phase_of(&run("TERMINATED", result, Some((code, ty)))).0, phase, "{code} {ty} {result:?}");
+            assert_eq!(
+                resource_for(&run("TERMINATED", result, Some((code, ty)))).phase,
+                phase,
+                "{code} {ty} {result:?}"
+            );
         }
     }
 
@@ -508,10 +443,10 @@ mod tests {
             let out = serde_json::to_string(&m).unwrap();
             assert!(!out.contains("auth_token") && !out.contains("dapi-"), "{out}");
             assert!(!format!("{m:?}").contains("dapi-"));
-            assert_eq!(m.auth(&Config::default()).unwrap().kind, AuthType::Pat);
+            assert_eq!(m.credentials(&Config::default()).unwrap().kind, AuthType::Pat);
         }
         let m: DatabricksMeta = serde_json::from_str(v2).unwrap();
-        assert_eq!(m.auth(&Config::default()).unwrap().stored_token.unwrap().expose(), "dapi-secret-1");
+        assert_eq!(m.credentials(&Config::default()).unwrap().stored_token.unwrap().expose(), "dapi-secret-1");
         let numeric: DatabricksMeta = serde_json::from_str(r#"{"databricks_instance": "a", "run_id": 77}"#).unwrap();
         assert_eq!(numeric.run_id, "77");
     }
@@ -535,5 +470,44 @@ mod tests {
         let b = agent(Some("mine"), &["one", "two:8443"]);
         assert!(b.check_instance("two:8443").is_ok() && b.check_instance("mine").is_err());
         assert!(agent(None, &[]).check_instance("any").is_err());
+    }
+
+    /// The meta and the credentials a task's `custom` gives.
+    fn for_task(custom: &Json, config: &Config) -> Result<(DatabricksMeta, Credentials), AgentError> {
+        let meta = DatabricksMeta::for_task(custom.as_object().unwrap(), config, "i".into(), "ns")?;
+        let creds = meta.credentials(config)?;
+        Ok((meta, creds))
+    }
+
+    #[test]
+    fn task_settings_win_over_agent_settings_and_defaults_apply() {
+        let config =
+            Config { auth_type: Some("oauth_m2m".into()), client_id: Some("agent-client".into()), ..Config::default() };
+        let (m, a) = for_task(&json!({}), &config).unwrap();
+        assert_eq!((a.kind, a.client_id.as_deref()), (AuthType::OauthM2m, Some("agent-client")));
+        assert_eq!(m.oauth_secret_name.as_deref(), Some("databricks-oauth"));
+        assert_eq!(m.oidc_audience.as_deref(), Some("databricks"));
+        let config = Config { oidc_token_file: Some("/t".into()), ..config };
+        let custom = json!({"databricksAuthType": "oidc_federation", "databricksClientId": "task-client", "databricksOidcTokenFile": "/t"});
+        let (_, a) = for_task(&custom, &config).unwrap();
+        assert_eq!(
+            (a.kind, a.client_id.as_deref(), a.token_file().unwrap().as_str()),
+            (AuthType::OidcFederation, Some("task-client"), "/t")
+        );
+        let (_, a) = for_task(&json!({"databricksAuthType": "oidc_federation"}), &config).unwrap();
+        assert_eq!(a.token_file().unwrap(), "/t", "the configured file when the task names none");
+        // A file the configuration does not name is never read, whatever the task says.
+        for path in ["/proc/self/environ", "/etc/shadow", "/t/../etc/shadow", "/no/such/file"] {
+            let custom = json!({"databricksAuthType": "oidc_federation", "databricksOidcTokenFile": path});
+            for config in [&config, &Config::default()] {
+                let err = for_task(&custom, config).unwrap_err();
+                assert!(
+                    matches!(&err, AgentError::PermissionDenied(m) if m.contains("databricks.oidc_token_file") && !m.contains(path)),
+                    "{path}: {err}"
+                );
+            }
+        }
+        let bad = json!({"databricksAuthType": "kerberos"});
+        assert!(matches!(for_task(&bad, &Config::default()), Err(AgentError::InvalidArgument(_))));
     }
 }

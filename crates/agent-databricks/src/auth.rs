@@ -4,69 +4,54 @@
 //! Settings come from the task's `custom`, else the agent's configuration, else defaults,
 //! except file paths: the agent reads files only where its own configuration says.
 
-use serde_json::{Map, Value as Json};
+use std::time::Duration;
 
+use agent_core::http::{self, Anonymous, Call, Failure};
 use agent_core::prelude::*;
+use reqwest::Method;
 
+use crate::client::{PAT_SECRET, SERVICE, Workspace};
 use crate::config::Config;
 
-/// The three auth types.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The three auth types, named as flytekit names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::EnumString, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub(crate) enum AuthType {
     Pat,
-    OAuthM2m,
+    OauthM2m,
     OidcFederation,
-}
-
-impl AuthType {
-    pub(crate) fn parse(s: &str) -> Result<Self, AgentError> {
-        match s {
-            "pat" => Ok(Self::Pat),
-            "oauth_m2m" => Ok(Self::OAuthM2m),
-            "oidc_federation" => Ok(Self::OidcFederation),
-            other => {
-                Err(AgentError::invalid_argument(format!("databricksAuthType '{other}' is not one of {AUTH_TYPES}")))
-            }
-        }
-    }
-
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Self::Pat => "pat",
-            Self::OAuthM2m => "oauth_m2m",
-            Self::OidcFederation => "oidc_federation",
-        }
-    }
 }
 
 /// The auth types, as settings and errors list them.
 pub(crate) const AUTH_TYPES: &str = "pat, oauth_m2m, oidc_federation";
 
+impl AuthType {
+    pub(crate) fn parse(s: &str) -> Result<Self, AgentError> {
+        s.parse()
+            .map_err(|_| AgentError::invalid_argument(format!("databricksAuthType '{s}' is not one of {AUTH_TYPES}")))
+    }
+
+    pub(crate) fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
+
 /// Where the agent looks for the federation JWT when its configuration names no file.
 pub(crate) const DEFAULT_OIDC_TOKEN_FILE: &str = "/var/run/secrets/databricks/token";
-
-/// The files the agent may read the federation JWT from: the configured one, else the
-/// defaults it looks for. Nothing a request says can add to them, since the file's
-/// content is sent to the token endpoint as the subject token.
-fn agent_token_files(config: &Config) -> Vec<String> {
-    config.oidc_token_file.clone().map_or_else(default_token_files, |f| vec![f])
-}
 
 /// The files looked for when the configuration names none: the workload identity token
 /// Kubernetes projects for AWS, then Databricks' conventional mount.
 fn default_token_files() -> Vec<String> {
-    std::env::var("AWS_WEB_IDENTITY_TOKEN_FILE")
-        .ok()
-        .filter(|f| !f.trim().is_empty())
-        .into_iter()
-        .chain([DEFAULT_OIDC_TOKEN_FILE.to_owned()])
-        .collect()
+    let aws = std::env::var("AWS_WEB_IDENTITY_TOKEN_FILE").ok().filter(|f| !f.trim().is_empty());
+    aws.into_iter().chain([DEFAULT_OIDC_TOKEN_FILE.to_owned()]).collect()
 }
 
 /// The token file a template or meta names, accepted only when it is one the agent's
-/// configuration already gives (a Python agent's meta stores the path it used). Anything
-/// else is refused before any file or network I/O, with one answer whatever the file is,
-/// so a request can neither read nor probe the agent's filesystem.
+/// configuration already gives (the configured one, else the defaults; a Python agent's
+/// meta stores the path it used). Nothing a request says can add to them, since the file's
+/// content is sent as the subject token: anything else is refused before any file or
+/// network I/O, with one answer whatever the file is, so a request can neither read nor
+/// probe the agent's filesystem.
 pub(crate) fn checked_token_file(
     named: Option<&str>,
     config: &Config,
@@ -75,7 +60,7 @@ pub(crate) fn checked_token_file(
     let Some(named) = named.map(str::trim).filter(|n| !n.is_empty()) else {
         return Ok(config.oidc_token_file.clone());
     };
-    if agent_token_files(config).iter().any(|f| f == named) {
+    if config.oidc_token_file.clone().map_or_else(default_token_files, |f| vec![f]).iter().any(|f| f == named) {
         return Ok(Some(named.to_owned()));
     }
     Err(AgentError::permission_denied(format!(
@@ -85,73 +70,20 @@ pub(crate) fn checked_token_file(
     )))
 }
 
-/// Everything needed to (re)build credentials for one run; all of it but `stored_token`
-/// is persisted in the resource meta, so get and delete rebuild the same auth.
+/// Who a run's calls act as, rebuilt from its resource meta for every call.
 #[derive(Debug, Clone)]
-pub(crate) struct Auth {
+pub(crate) struct Credentials {
     pub(crate) kind: AuthType,
     pub(crate) client_id: Option<String>,
-    pub(crate) oauth_secret_name: Option<String>,
+    /// Checked by [`checked_token_file`].
     pub(crate) oidc_token_file: Option<String>,
-    pub(crate) oidc_audience: Option<String>,
     pub(crate) namespace: String,
     /// A PAT the Python agent stored in its meta: used for that run only, never re-emitted.
     pub(crate) stored_token: Option<Secret>,
 }
 
-fn text(custom: &Map<String, Json>, key: &str) -> Option<String> {
-    custom.get(key).and_then(Json::as_str).map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned)
-}
-
-impl Auth {
-    /// Auth settings for a new run.
-    pub(crate) fn for_task(custom: &Map<String, Json>, config: &Config, namespace: &str) -> Result<Self, AgentError> {
-        let kind = text(custom, "databricksAuthType")
-            .or_else(|| config.auth_type.as_deref().map(|k| k.trim().to_owned()))
-            .unwrap_or_else(|| "pat".into());
-        Ok(Self {
-            kind: AuthType::parse(&kind)?,
-            client_id: text(custom, "databricksClientId").or_else(|| config.client_id.clone()),
-            oauth_secret_name: text(custom, "databricksOauthSecret")
-                .or_else(|| config.oauth_secret_name.clone())
-                .or_else(|| Some("databricks-oauth".into())),
-            oidc_token_file: checked_token_file(
-                text(custom, "databricksOidcTokenFile").as_deref(),
-                config,
-                "template.custom.databricksOidcTokenFile",
-            )?,
-            oidc_audience: text(custom, "databricksOidcAudience")
-                .or_else(|| config.oidc_audience.clone())
-                .or_else(|| Some("databricks".into())),
-            namespace: namespace.to_owned(),
-            stored_token: None,
-        })
-    }
-
-    /// A cache key: one access token per instance and identity.
-    pub(crate) fn cache_key(&self, instance: &str) -> String {
-        format!(
-            "{instance}|{}|{}|{}|{}",
-            self.kind.as_str(),
-            self.client_id.as_deref().unwrap_or_default(),
-            self.oidc_token_file.as_deref().unwrap_or_default(),
-            self.namespace
-        )
-    }
-
-    /// The client id OAuth needs.
-    pub(crate) fn require_client_id(&self) -> Result<&str, AgentError> {
-        self.client_id.as_deref().ok_or_else(|| {
-            AgentError::failed_precondition(format!(
-                "databricksAuthType {} needs an OAuth client id: set databricksClientId on the task or \
-                 DATABRICKS_CLIENT_ID on the agent",
-                self.kind.as_str()
-            ))
-        })
-    }
-
-    /// The federation JWT file: the one checked by [`checked_token_file`] (the configured
-    /// one), else the first default that exists.
+impl Credentials {
+    /// The federation JWT file: the checked one, else the first default that exists.
     pub(crate) fn token_file(&self) -> Result<String, AgentError> {
         if let Some(f) = &self.oidc_token_file {
             return Ok(f.clone());
@@ -167,45 +99,87 @@ impl Auth {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use serde_json::json;
-
-    use super::*;
-
-    #[test]
-    fn task_settings_win_over_agent_settings_and_defaults_apply() {
-        let config =
-            Config { auth_type: Some("oauth_m2m".into()), client_id: Some("agent-client".into()), ..Config::default() };
-        let a = Auth::for_task(json!({}).as_object().unwrap(), &config, "ns").unwrap();
-        assert_eq!((a.kind, a.client_id.as_deref()), (AuthType::OAuthM2m, Some("agent-client")));
-        assert_eq!(a.oauth_secret_name.as_deref(), Some("databricks-oauth"));
-        assert_eq!(a.oidc_audience.as_deref(), Some("databricks"));
-        let config = Config { oidc_token_file: Some("/t".into()), ..config };
-        let custom = json!({"databricksAuthType": "oidc_federation", "databricksClientId": "task-client", "databricksOidcTokenFile": "/t"});
-        let a = Auth::for_task(custom.as_object().unwrap(), &config, "ns").unwrap();
-        assert_eq!(
-            (a.kind, a.client_id.as_deref(), a.token_file().unwrap().as_str()),
-            (AuthType::OidcFederation, Some("task-client"), "/t")
-        );
-        let a =
-            Auth::for_task(json!({"databricksAuthType": "oidc_federation"}).as_object().unwrap(), &config, "").unwrap();
-        assert_eq!(a.token_file().unwrap(), "/t", "the configured file when the task names none");
-        // A file the configuration does not name is never read, whatever the task says.
-        for path in ["/proc/self/environ", "/etc/shadow", "/t/../etc/shadow", "/no/such/file"] {
-            let custom = json!({"databricksAuthType": "oidc_federation", "databricksOidcTokenFile": path});
-            for config in [&config, &Config::default()] {
-                let err = Auth::for_task(custom.as_object().unwrap(), config, "").unwrap_err();
-                assert!(
-                    matches!(&err, AgentError::PermissionDenied(m) if m.contains("databricks.oidc_token_file") && !m.contains(path)),
-                    "{path}: {err}"
-                );
-            }
+impl http::Auth for Workspace<'_> {
+    /// A PAT as it is; an OAuth access token from the bounded cache (one per instance and
+    /// identity, fetched by one caller for all, fetched again once when refused).
+    async fn bearer(&self, ctx: &Context, refused: Option<&Secret>) -> Result<Option<Secret>, Failure> {
+        let c = self.creds;
+        if c.kind == AuthType::Pat {
+            return Ok(Some(match &c.stored_token {
+                Some(t) => t.clone(),
+                None => ctx.secret(PAT_SECRET)?,
+            }));
         }
-        let bad = json!({"databricksAuthType": "kerberos"});
-        assert!(matches!(
-            Auth::for_task(bad.as_object().unwrap(), &Config::default(), ""),
-            Err(AgentError::InvalidArgument(_))
-        ));
+        let (id, file) = (c.client_id.as_deref().unwrap_or_default(), c.oidc_token_file.as_deref().unwrap_or_default());
+        let key = format!("{}|{}|{id}|{file}|{}", self.instance, c.kind.as_str(), c.namespace);
+        Ok(Some(self.client.tokens.get_or_fetch(&key, refused, || self.exchange(ctx)).await?))
+    }
+
+    fn refreshable(&self) -> bool {
+        self.creds.kind != AuthType::Pat
+    }
+}
+
+impl Workspace<'_> {
+    /// Gets an access token and its lifetime from the instance's `/oidc/v1/token`.
+    async fn exchange(&self, ctx: &Context) -> Result<(Secret, Duration), Failure> {
+        let kind = self.creds.kind.as_str();
+        let client_id = self.creds.client_id.as_deref().ok_or_else(|| {
+            AgentError::failed_precondition(format!(
+                "databricksAuthType {kind} needs an OAuth client id: set databricksClientId on the task or \
+                 DATABRICKS_CLIENT_ID on the agent"
+            ))
+        })?;
+        // The host first: nothing is read or sent for an instance the agent does not trust.
+        let url = format!("https://{}/oidc/v1/token", self.instance);
+        self.client.rest.check(&url)?;
+        // The subject token read from the file, or the client secret, is held as a `Secret`
+        // until the exchange is over, so an echo of it in any answer is scrubbed.
+        let oidc = self.creds.kind == AuthType::OidcFederation;
+        let credential = if oidc {
+            let file = self.creds.token_file()?;
+            let jwt = std::fs::read_to_string(&file)
+                .map_err(|e| AgentError::failed_precondition(format!("cannot read the OIDC token file {file}: {e}")))?;
+            Secret::new(jwt.trim())
+        } else {
+            self.client.client_secret.clone().ok_or_else(|| {
+                AgentError::failed_precondition(
+                    "oauth_m2m needs the OAuth client secret: set DATABRICKS_CLIENT_SECRET on the agent \
+                     (this agent does not read per-namespace Kubernetes secrets)",
+                )
+            })?
+        };
+        let mut form = if oidc {
+            vec![
+                ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+                ("subject_token", credential.expose()),
+                ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+            ]
+        } else {
+            vec![("grant_type", "client_credentials"), ("client_secret", credential.expose())]
+        };
+        form.extend([("scope", "all-apis"), ("client_id", client_id)]);
+        let call = Call::new("token exchange", &Method::POST, &url);
+        let answer = self.client.rest.call(ctx, call, &Anonymous, |r, _| r.form(&form)).await;
+        // The endpoint's message is scrubbed here, while the credential is still known: once
+        // this returns, the subject token is no longer on the scrubber's list.
+        let scrub = |m: &str| credential.scrub_from(&agent_core::secrets::redact(m));
+        let body = match answer {
+            Ok(answer) => answer.body,
+            Err(Failure::Transient { message, retry_after }) => {
+                return Err(Failure::Transient { message: scrub(&message), retry_after });
+            }
+            Err(Failure::Rejected(AgentError::Internal(m))) => return Err(AgentError::internal(scrub(&m)).into()),
+            Err(refused) => {
+                let why = scrub(refused.message());
+                return Err(AgentError::permission_denied(format!(
+                    "Databricks refused OAuth client '{client_id}' ({kind}): {why}"
+                ))
+                .into());
+            }
+        };
+        let access = body["access_token"].as_str().filter(|t| !t.is_empty());
+        let access = access.ok_or_else(|| SERVICE.unreachable("token exchange", "the answer has no access_token"))?;
+        Ok((Secret::new(access), Duration::from_secs(body["expires_in"].as_u64().unwrap_or(3600))))
     }
 }

@@ -1,10 +1,8 @@
 //! Settings of the Databricks agent: the `databricks` section of its configuration, with
 //! flytekit's environment variables as defaults.
 
-use std::path::PathBuf;
-use std::time::Duration;
-
 use agent_core::Secret;
+use agent_core::http::RestSettings;
 use serde::Deserialize;
 
 use crate::auth::{AUTH_TYPES, AuthType};
@@ -22,8 +20,6 @@ pub struct Config {
     /// Instances the agent may send credentials to. Empty means only `default_instance`;
     /// a task naming any other host is refused.
     pub allowed_instances: Vec<String>,
-    /// Extra CA certificates (PEM) to trust, e.g. a private CA; `SSL_CERT_FILE` works too.
-    pub ca_bundle: Option<PathBuf>,
     /// Default auth type: `pat`, `oauth_m2m` or `oidc_federation` (`FLYTE_DATABRICKS_AUTH_TYPE`).
     pub auth_type: Option<String>,
     /// Default OAuth client id (`DATABRICKS_CLIENT_ID`).
@@ -38,24 +34,18 @@ pub struct Config {
     pub oidc_audience: Option<String>,
     /// Serverless credential provider (`FLYTE_DATABRICKS_SERVICE_CREDENTIAL_PROVIDER`).
     pub service_credential_provider: Option<String>,
-    /// Longest single HTTP attempt.
-    #[serde(with = "humantime_serde")]
-    pub attempt_timeout: Duration,
-    /// Time spent retrying when a call carries no deadline.
-    #[serde(with = "humantime_serde")]
-    pub retry_budget: Duration,
+    /// Timeouts, retries and the extra CA bundle (`attempt_timeout`, `retry_budget`, `ca_bundle`).
+    #[serde(flatten)]
+    pub rest: RestSettings,
 }
 
 impl Config {
     /// The instances credentials may go to: `allowed_instances`, else `default_instance`,
     /// as `host[:port]`.
     pub(crate) fn trusted_instances(&self) -> Vec<String> {
-        let list = if self.allowed_instances.is_empty() {
-            self.default_instance.iter().collect::<Vec<_>>()
-        } else {
-            self.allowed_instances.iter().collect()
-        };
-        list.into_iter().map(|i| crate::agent::normalize(i)).filter(|i| !i.is_empty()).collect()
+        let list =
+            if self.allowed_instances.is_empty() { self.default_instance.as_slice() } else { &self.allowed_instances };
+        list.iter().map(|i| crate::agent::normalize(i)).filter(|i| !i.is_empty()).collect()
     }
 
     /// Checks what the types cannot, so that a bad setting stops the agent at start-up
@@ -78,7 +68,6 @@ impl Default for Config {
         Self {
             default_instance: env("FLYTE_DATABRICKS_INSTANCE"),
             allowed_instances: Vec::new(),
-            ca_bundle: None,
             auth_type: env("FLYTE_DATABRICKS_AUTH_TYPE"),
             client_id: env("DATABRICKS_CLIENT_ID"),
             client_secret: env("DATABRICKS_CLIENT_SECRET").map(Secret::new),
@@ -86,8 +75,7 @@ impl Default for Config {
             oidc_token_file: env("FLYTE_DATABRICKS_OIDC_TOKEN_FILE"),
             oidc_audience: env("FLYTE_DATABRICKS_OIDC_AUDIENCE"),
             service_credential_provider: env("FLYTE_DATABRICKS_SERVICE_CREDENTIAL_PROVIDER"),
-            attempt_timeout: Duration::from_secs(5),
-            retry_budget: Duration::from_secs(8),
+            rest: RestSettings::default(),
         }
     }
 }

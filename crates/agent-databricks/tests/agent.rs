@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use agent_core::AgentService;
+use agent_core::http::RestSettings;
 use agent_core::json::json_to_struct;
 use agent_core::pb::{admin, core};
 use agent_core::prelude::*;
@@ -47,11 +48,14 @@ async fn env_with(
     std::fs::write(dir.join("ca.pem"), ca.ca_pem()).unwrap();
     let mut config = Config {
         default_instance: Some(emulator.host()),
-        ca_bundle: Some(dir.join("ca.pem")),
         auth_type: None,
         client_id: None,
         client_secret: None,
-        attempt_timeout: Duration::from_secs(2),
+        rest: RestSettings {
+            ca_bundle: Some(dir.join("ca.pem")),
+            attempt_timeout: Duration::from_secs(2),
+            ..RestSettings::default()
+        },
         ..Config::default()
     };
     tweak(&mut config, &dir);
