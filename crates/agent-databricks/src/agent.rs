@@ -7,7 +7,7 @@ use reqwest::Method;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value as Json, json};
 
-use crate::auth::{AuthType, Credentials, checked_token_file};
+use crate::auth::{AuthType, checked_token_file};
 use crate::client::{Client, SERVICE};
 use crate::config::Config;
 use crate::spec::job_spec;
@@ -20,7 +20,7 @@ pub(crate) const SPARK_TASK_TYPE: &str = "spark";
 /// The job handle. Reads every form flytekit's agent wrote (2, 3 or 10 keys); writes the
 /// 1.16.31 keys except `auth_token`, which is read (for runs the Python agent started) but
 /// never written.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct DatabricksMeta {
     /// Host (and port) of the workspace.
     pub databricks_instance: String,
@@ -28,28 +28,21 @@ pub struct DatabricksMeta {
     #[serde(deserialize_with = "string_or_number")]
     pub run_id: String,
     /// A PAT stored by the Python agent; used for its run only.
-    #[serde(default, skip_serializing)]
+    #[serde(skip_serializing)]
     pub auth_token: Option<Secret>,
     /// `pat`, `oauth_m2m` or `oidc_federation`.
-    #[serde(default)]
     pub auth_type: Option<String>,
     /// OAuth client id.
-    #[serde(default)]
     pub client_id: Option<String>,
     /// Name of the per-namespace OAuth secret.
-    #[serde(default)]
     pub oauth_secret_name: Option<String>,
     /// Federation JWT file.
-    #[serde(default)]
     pub oidc_token_file: Option<String>,
     /// Federated service account (discovered per namespace by the Python agent).
-    #[serde(default)]
     pub oidc_service_account: Option<String>,
     /// Federation audience.
-    #[serde(default)]
     pub oidc_audience: Option<String>,
     /// Workflow namespace.
-    #[serde(default)]
     pub namespace: Option<String>,
 }
 
@@ -74,38 +67,25 @@ impl DatabricksMeta {
         instance: String,
         namespace: &str,
     ) -> Result<Self, AgentError> {
-        let kind =
-            text(custom, "databricksAuthType").or_else(|| config.auth_type.as_deref().map(|k| k.trim().to_owned()));
+        let pick = |key: &str, agent: &Option<String>| text(custom, key).or_else(|| agent.clone());
+        let kind = AuthType::parse(pick("databricksAuthType", &config.auth_type).as_deref().unwrap_or("pat").trim())?;
         let file = text(custom, "databricksOidcTokenFile");
         Ok(Self {
             databricks_instance: instance,
-            run_id: String::new(),
-            auth_token: None,
-            auth_type: Some(AuthType::parse(kind.as_deref().unwrap_or("pat"))?.as_str().to_owned()),
-            client_id: text(custom, "databricksClientId").or_else(|| config.client_id.clone()),
-            oauth_secret_name: text(custom, "databricksOauthSecret")
-                .or_else(|| config.oauth_secret_name.clone())
-                .or_else(|| Some("databricks-oauth".into())),
+            auth_type: Some(kind.to_string()),
+            client_id: pick("databricksClientId", &config.client_id),
+            oauth_secret_name: pick("databricksOauthSecret", &config.oauth_secret_name)
+                .or(Some("databricks-oauth".into())),
             oidc_token_file: checked_token_file(file.as_deref(), config, "template.custom.databricksOidcTokenFile")?,
-            oidc_service_account: None,
-            oidc_audience: text(custom, "databricksOidcAudience")
-                .or_else(|| config.oidc_audience.clone())
-                .or_else(|| Some("databricks".into())),
+            oidc_audience: pick("databricksOidcAudience", &config.oidc_audience).or(Some("databricks".into())),
             namespace: Some(namespace.to_owned()),
+            ..Self::default()
         })
     }
 
-    /// Who the run's calls act as. A meta is input like any other: the token file it
-    /// names must be the agent's own (see [`checked_token_file`]).
-    fn credentials(&self, config: &Config) -> Result<Credentials, AgentError> {
-        let file = checked_token_file(self.oidc_token_file.as_deref(), config, "resource meta: oidc_token_file")?;
-        Ok(Credentials {
-            kind: AuthType::parse(self.auth_type.as_deref().unwrap_or("pat"))?,
-            client_id: self.client_id.clone(),
-            oidc_token_file: file,
-            namespace: self.namespace.clone().unwrap_or_default(),
-            stored_token: self.auth_token.clone(),
-        })
+    /// How the run authenticates.
+    fn kind(&self) -> Result<AuthType, AgentError> {
+        AuthType::parse(self.auth_type.as_deref().unwrap_or("pat"))
     }
 }
 
@@ -139,10 +119,11 @@ impl DatabricksAgent {
         )))
     }
 
-    /// The instance and credentials of a meta, checked before anything is sent: a forged
-    /// meta must not redirect credentials, and Databricks' run ids are integers, so
-    /// anything else was not written by a Databricks agent.
-    fn checked(&self, meta: &DatabricksMeta) -> Result<(String, Credentials), AgentError> {
+    /// A meta checked before anything is sent, as it is input like any other: a forged one
+    /// must not redirect credentials nor name a file for the agent to read (see
+    /// [`checked_token_file`]), and Databricks' run ids are integers, so anything else was
+    /// not written by a Databricks agent.
+    fn checked(&self, mut meta: DatabricksMeta) -> Result<(DatabricksMeta, AuthType), AgentError> {
         let id = &meta.run_id;
         if id.is_empty() || id.len() > 20 || !id.bytes().all(|b| b.is_ascii_digit()) {
             return Err(AgentError::invalid_argument(
@@ -150,7 +131,11 @@ impl DatabricksAgent {
                  Databricks agent",
             ));
         }
-        Ok((self.check_instance(&meta.databricks_instance)?, meta.credentials(&self.config)?))
+        meta.databricks_instance = self.check_instance(&meta.databricks_instance)?;
+        let kind = meta.kind()?;
+        let file = checked_token_file(meta.oidc_token_file.as_deref(), &self.config, "resource meta: oidc_token_file");
+        meta.oidc_token_file = file?;
+        Ok((meta, kind))
     }
 }
 
@@ -214,82 +199,65 @@ const CAPACITY_CODES: &[&str] = &[
     "CLUSTER_REQUEST_LIMIT_EXCEEDED",
 ];
 
-fn str_at<'a>(v: &'a Json, path: &str) -> Option<&'a str> {
-    v.pointer(path).and_then(Json::as_str)
-}
-
 /// What a run from `runs/get` means for the task. Unknown states keep the task running
 /// with a message naming them: Databricks adds states, and a task must not fail because
 /// the agent is older.
 fn resource_for(run: &Json) -> Resource {
-    let message = str_at(run, "/state/state_message")
-        .filter(|m| !m.is_empty())
-        .or_else(|| str_at(run, "/status/termination_details/message"))
-        .unwrap_or_default();
-    let result = str_at(run, "/state/result_state")
-        .map(|text| text.parse().unwrap_or_else(|_| ResultState::Unknown(text.to_owned())));
+    use {LifeCycle as L, ResultState as R, TerminationType as T};
+    let at = |path: &str| run.pointer(path).and_then(Json::as_str);
+    let message =
+        at("/state/state_message").filter(|m| !m.is_empty()).or_else(|| at("/status/termination_details/message"));
+    let message = message.unwrap_or_default();
+    let result = at("/state/result_state").map(|text| text.parse().unwrap_or_else(|_| R::Unknown(text.to_owned())));
+    let unknown = |what: &str, text: &str| {
+        Resource::running().with_message(format!("Databricks reports {what} '{text}', which this agent does not know"))
+    };
     // A terminated run's `status` says whose fault it was, which `result_state` does not.
-    if let Some(text) = str_at(run, "/status/termination_details/type") {
-        let code = str_at(run, "/status/termination_details/code").unwrap_or_default();
-        let phase = match (text.parse().unwrap_or_else(|_| TerminationType::Unknown(text.to_owned())), code) {
+    if let Some(text) = at("/status/termination_details/type") {
+        let code = at("/status/termination_details/code").unwrap_or_default();
+        let phase = match (text.parse().unwrap_or_else(|_| T::Unknown(text.to_owned())), code) {
             (_, "CANCELED" | "USER_CANCELED") => Some(Phase::Aborted),
             // A successful termination type with a failing result (e.g. SUCCESS_WITH_FAILURES)
             // is decided by the result below.
-            (TerminationType::Success, _) => {
-                matches!(result, Some(ResultState::Success) | None).then_some(Phase::Succeeded)
-            }
-            (TerminationType::InternalError | TerminationType::CloudFailure, _) => Some(Phase::RetryableFailed),
-            (TerminationType::ClientError, c) if CAPACITY_CODES.contains(&c) => Some(Phase::RetryableFailed),
-            (TerminationType::ClientError, _) => Some(Phase::Failed),
-            (TerminationType::Unknown(_), _) => None,
+            (T::Success, _) => matches!(result, Some(R::Success) | None).then_some(Phase::Succeeded),
+            (T::InternalError | T::CloudFailure, _) => Some(Phase::RetryableFailed),
+            (T::ClientError, c) if CAPACITY_CODES.contains(&c) => Some(Phase::RetryableFailed),
+            (T::ClientError, _) => Some(Phase::Failed),
+            (T::Unknown(_), _) => None,
         };
         if let Some(p) = phase {
             return Resource::new(p).with_message(if message.is_empty() { code } else { message });
         }
     }
-    let text = str_at(run, "/state/life_cycle_state").or_else(|| str_at(run, "/status/state")).unwrap_or_default();
-    let phase = match text.parse().unwrap_or_else(|_| LifeCycle::Unknown(text.to_owned())) {
-        LifeCycle::Queued | LifeCycle::Blocked => Phase::Queued,
-        LifeCycle::Pending => Phase::Initializing,
-        LifeCycle::Running | LifeCycle::Terminating | LifeCycle::WaitingForRetry => Phase::Running,
-        LifeCycle::Skipped => Phase::Failed,
-        LifeCycle::InternalError => Phase::RetryableFailed,
-        LifeCycle::Terminated => match result {
-            Some(ResultState::Success) => Phase::Succeeded,
-            Some(
-                ResultState::Failed
-                | ResultState::TimedOut
-                | ResultState::SuccessWithFailures
-                | ResultState::UpstreamFailed
-                | ResultState::Excluded
-                | ResultState::Disabled,
-            ) => Phase::Failed,
-            Some(ResultState::Canceled | ResultState::UpstreamCanceled) => Phase::Aborted,
-            Some(ResultState::MaximumConcurrentRunsReached) => Phase::RetryableFailed,
-            Some(ResultState::Unknown(r)) => {
-                let why = format!("Databricks reports result state '{r}', which this agent does not know");
-                return Resource::running().with_message(why);
+    let text = at("/state/life_cycle_state").or_else(|| at("/status/state")).unwrap_or_default();
+    let phase = match text.parse().unwrap_or_else(|_| L::Unknown(text.to_owned())) {
+        L::Queued | L::Blocked => Phase::Queued,
+        L::Pending => Phase::Initializing,
+        L::Running | L::Terminating | L::WaitingForRetry => Phase::Running,
+        L::Skipped => Phase::Failed,
+        L::InternalError => Phase::RetryableFailed,
+        L::Unknown(state) => return unknown("life cycle state", &state),
+        L::Terminated => match result {
+            Some(R::Success) => Phase::Succeeded,
+            Some(R::Failed | R::TimedOut | R::SuccessWithFailures | R::UpstreamFailed | R::Excluded | R::Disabled) => {
+                Phase::Failed
             }
+            Some(R::Canceled | R::UpstreamCanceled) => Phase::Aborted,
+            Some(R::MaximumConcurrentRunsReached) => Phase::RetryableFailed,
+            Some(R::Unknown(state)) => return unknown("result state", &state),
             None => return Resource::running().with_message("the run terminated; waiting for its result"),
         },
-        LifeCycle::Unknown(s) => {
-            let why = format!("Databricks reports life cycle state '{s}', which this agent does not know");
-            return Resource::running().with_message(why);
-        }
     };
     Resource::new(phase).with_message(message)
 }
 
 fn console_link(run: &Json, instance: &str, run_id: &str) -> LogLink {
-    let uri = match run.get("run_page_url").and_then(Json::as_str).filter(|u| !u.is_empty()) {
-        Some(u) => u.to_owned(),
-        None => {
-            let job =
-                run.get("job_id").map(|j| j.as_str().map_or_else(|| j.to_string(), str::to_owned)).unwrap_or_default();
-            format!("https://{instance}/#job/{job}/run/{run_id}")
-        }
-    };
-    LogLink::new("Databricks Console", uri)
+    let job = run.get("job_id").map(|j| j.as_str().map_or_else(|| j.to_string(), str::to_owned)).unwrap_or_default();
+    let page = run.get("run_page_url").and_then(Json::as_str).filter(|u| !u.is_empty());
+    LogLink::new(
+        "Databricks Console",
+        page.map_or_else(|| format!("https://{instance}/#job/{job}/run/{run_id}"), str::to_owned),
+    )
 }
 
 impl AsyncAgent for DatabricksAgent {
@@ -315,7 +283,7 @@ impl AsyncAgent for DatabricksAgent {
         let instance = self.check_instance(&instance)?;
         let namespace = task.metadata.as_ref().map(|m| m.namespace.as_str()).unwrap_or_default();
         let meta = DatabricksMeta::for_task(&custom, &self.config, instance, namespace)?;
-        let creds = meta.credentials(&self.config)?;
+        let kind = meta.kind()?;
         let mut spec = job_spec(&task, &custom, self.config.service_credential_provider.as_deref())?;
         // Tokens starting `flyte-` are the agent's (one per task attempt, so a repeated submit
         // returns the same run): a task that chose one could make another task's CreateTask
@@ -329,27 +297,25 @@ impl AsyncAgent for DatabricksAgent {
         if let (None, Some(id)) = (spec.get("idempotency_token"), task.attempt_id("databricks")) {
             spec.insert("idempotency_token".into(), json!(format!("flyte-{}", id.simple())));
         }
-        let ws = self.client.at(&meta.databricks_instance, &creds);
-        let answer = ws.call(ctx, Method::POST, "runs/submit", &[], Some(&Json::Object(spec))).await;
-        let run_id = match answer.map_err(Failure::into_error)?.get("run_id") {
-            Some(Json::Number(n)) => n.to_string(),
-            Some(Json::String(s)) => s.clone(),
-            _ => return Err(AgentError::internal("Databricks runs/submit answered without a run_id")),
-        };
+        let answer = self.client.at(&meta, kind).call(ctx, Method::POST, "runs/submit", &[], Some(&spec.into())).await;
+        // `get`, not indexing: an answer that is not an object must not panic.
+        let run_id = string_or_number(answer.map_err(Failure::into_error)?.get("run_id").cloned().unwrap_or_default())
+            .map_err(|_| AgentError::internal("Databricks runs/submit answered without a run_id"))?;
         Ok(DatabricksMeta { run_id, ..meta })
     }
 
     async fn get(&self, ctx: &Context, meta: DatabricksMeta) -> Result<Resource, AgentError> {
-        let (instance, creds) = self.checked(&meta)?;
-        let ws = self.client.at(&instance, &creds);
-        let run = match ws.call(ctx, Method::GET, "runs/get", &[("run_id", &meta.run_id)], None).await {
-            Ok(run) => run,
-            Err(f) => return f.into_poll(SERVICE.name, &format!("run {} on {instance}", meta.run_id)),
-        };
-        let mut resource = resource_for(&run).with_log_link(console_link(&run, &instance, &meta.run_id));
+        let (meta, kind) = self.checked(meta)?;
+        let (instance, run_id) = (&meta.databricks_instance, &meta.run_id);
+        let run =
+            match self.client.at(&meta, kind).call(ctx, Method::GET, "runs/get", &[("run_id", run_id)], None).await {
+                Ok(run) => run,
+                Err(f) => return f.into_poll(SERVICE.name, &format!("run {run_id} on {instance}")),
+            };
+        let mut resource = resource_for(&run).with_log_link(console_link(&run, instance, run_id));
         // A token stored in a Python agent's meta is this request's value, which the
         // process-wide scrubber does not know: the service's text is scrubbed of it here.
-        if let Some(t) = &creds.stored_token {
+        if let Some(t) = &meta.auth_token {
             resource.message = t.scrub_from(&resource.message);
             resource.log_links.iter_mut().for_each(|l| l.uri = t.scrub_from(&l.uri));
         }
@@ -357,10 +323,14 @@ impl AsyncAgent for DatabricksAgent {
     }
 
     async fn delete(&self, ctx: &Context, meta: DatabricksMeta) -> Result<(), AgentError> {
-        let (instance, creds) = self.checked(&meta)?;
+        let (meta, kind) = self.checked(meta)?;
         let body = json!({"run_id": meta.run_id});
-        let ws = self.client.at(&instance, &creds);
-        ws.call(ctx, Method::POST, "runs/cancel", &[], Some(&body)).await.map(drop).or_else(Failure::into_cancel)
+        self.client
+            .at(&meta, kind)
+            .call(ctx, Method::POST, "runs/cancel", &[], Some(&body))
+            .await
+            .map(drop)
+            .or_else(Failure::into_cancel)
     }
 }
 
@@ -443,10 +413,10 @@ mod tests {
             let out = serde_json::to_string(&m).unwrap();
             assert!(!out.contains("auth_token") && !out.contains("dapi-"), "{out}");
             assert!(!format!("{m:?}").contains("dapi-"));
-            assert_eq!(m.credentials(&Config::default()).unwrap().kind, AuthType::Pat);
+            assert_eq!(m.kind().unwrap(), AuthType::Pat);
         }
         let m: DatabricksMeta = serde_json::from_str(v2).unwrap();
-        assert_eq!(m.credentials(&Config::default()).unwrap().stored_token.unwrap().expose(), "dapi-secret-1");
+        assert_eq!(m.auth_token.unwrap().expose(), "dapi-secret-1");
         let numeric: DatabricksMeta = serde_json::from_str(r#"{"databricks_instance": "a", "run_id": 77}"#).unwrap();
         assert_eq!(numeric.run_id, "77");
     }
@@ -472,30 +442,31 @@ mod tests {
         assert!(agent(None, &[]).check_instance("any").is_err());
     }
 
-    /// The meta and the credentials a task's `custom` gives.
-    fn for_task(custom: &Json, config: &Config) -> Result<(DatabricksMeta, Credentials), AgentError> {
+    /// The meta a task's `custom` gives, its auth type and token file.
+    fn for_task(custom: &Json, config: &Config) -> Result<(DatabricksMeta, AuthType, String), AgentError> {
         let meta = DatabricksMeta::for_task(custom.as_object().unwrap(), config, "i".into(), "ns")?;
-        let creds = meta.credentials(config)?;
-        Ok((meta, creds))
+        let kind = meta.kind()?;
+        let file = crate::auth::token_file(meta.oidc_token_file.as_deref()).unwrap_or_default();
+        Ok((meta, kind, file))
     }
 
     #[test]
     fn task_settings_win_over_agent_settings_and_defaults_apply() {
         let config =
             Config { auth_type: Some("oauth_m2m".into()), client_id: Some("agent-client".into()), ..Config::default() };
-        let (m, a) = for_task(&json!({}), &config).unwrap();
-        assert_eq!((a.kind, a.client_id.as_deref()), (AuthType::OauthM2m, Some("agent-client")));
+        let (m, kind, _) = for_task(&json!({}), &config).unwrap();
+        assert_eq!((kind, m.client_id.as_deref()), (AuthType::OauthM2m, Some("agent-client")));
         assert_eq!(m.oauth_secret_name.as_deref(), Some("databricks-oauth"));
         assert_eq!(m.oidc_audience.as_deref(), Some("databricks"));
         let config = Config { oidc_token_file: Some("/t".into()), ..config };
         let custom = json!({"databricksAuthType": "oidc_federation", "databricksClientId": "task-client", "databricksOidcTokenFile": "/t"});
-        let (_, a) = for_task(&custom, &config).unwrap();
+        let (m, kind, file) = for_task(&custom, &config).unwrap();
         assert_eq!(
-            (a.kind, a.client_id.as_deref(), a.token_file().unwrap().as_str()),
+            (kind, m.client_id.as_deref(), file.as_str()),
             (AuthType::OidcFederation, Some("task-client"), "/t")
         );
-        let (_, a) = for_task(&json!({"databricksAuthType": "oidc_federation"}), &config).unwrap();
-        assert_eq!(a.token_file().unwrap(), "/t", "the configured file when the task names none");
+        let (_, _, file) = for_task(&json!({"databricksAuthType": "oidc_federation"}), &config).unwrap();
+        assert_eq!(file, "/t", "the configured file when the task names none");
         // A file the configuration does not name is never read, whatever the task says.
         for path in ["/proc/self/environ", "/etc/shadow", "/t/../etc/shadow", "/no/such/file"] {
             let custom = json!({"databricksAuthType": "oidc_federation", "databricksOidcTokenFile": path});

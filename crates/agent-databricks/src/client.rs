@@ -9,7 +9,8 @@ use agent_core::prelude::*;
 use reqwest::Method;
 use serde_json::Value as Json;
 
-use crate::auth::Credentials;
+use crate::agent::DatabricksMeta;
+use crate::auth::AuthType;
 use crate::config::Config;
 
 /// The agent secret holding a personal access token, named as flytekit names it.
@@ -54,18 +55,19 @@ impl Client {
         Ok(Self { rest, tokens: TokenCache::default(), client_secret: config.client_secret.clone() })
     }
 
-    /// The workspace at `instance` (checked by the caller), as `creds`.
-    pub(crate) fn at<'a>(&'a self, instance: &'a str, creds: &'a Credentials) -> Workspace<'a> {
-        Workspace { client: self, instance, creds }
+    /// The workspace of a run, as its checked meta names it.
+    pub(crate) fn at<'a>(&'a self, meta: &'a DatabricksMeta, kind: AuthType) -> Workspace<'a> {
+        Workspace { client: self, meta, kind }
     }
 }
 
-/// Where a call goes and as whom; its bearer tokens come from `creds` (see `auth.rs`).
+/// Where a run's calls go and as whom (its bearer tokens: `auth.rs`).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Workspace<'a> {
     pub(crate) client: &'a Client,
-    pub(crate) instance: &'a str,
-    pub(crate) creds: &'a Credentials,
+    /// Checked: the instance is allowed, the token file is the agent's.
+    pub(crate) meta: &'a DatabricksMeta,
+    pub(crate) kind: AuthType,
 }
 
 impl Workspace<'_> {
@@ -78,7 +80,7 @@ impl Workspace<'_> {
         query: &[(&str, &str)],
         body: Option<&Json>,
     ) -> Result<Json, Failure> {
-        let url = format!("https://{}/api/2.1/jobs/{path}", self.instance);
+        let url = format!("https://{}/api/2.1/jobs/{path}", self.meta.databricks_instance);
         let call = Call::new(path, &method, &url).query(query);
         let call = if let Some(b) = body { call.json(b) } else { call };
         Ok(self.client.rest.call(ctx, call, self, |r, _| r).await?.body)

@@ -46,20 +46,19 @@ pub(crate) fn job_spec(
     // pyflyte must exit non-zero when the task fails, or Databricks reports success.
     env.insert("FLYTE_FAIL_ON_ERROR".into(), json!("true"));
 
+    // Compute: the container's image and environment for a new classic cluster; for
+    // serverless, the environment the task runs in (made if the task names none).
     let mut environment_key = None;
     if classic {
         if let Some(Json::Object(cluster)) = conf.get_mut("new_cluster") {
             if let Some(image) = &image {
                 cluster.entry("docker_image").or_insert_with(|| json!({"url": image}));
             }
-            cluster
-                .entry("spark_conf")
-                .or_insert_with(|| custom.get("sparkConf").cloned().unwrap_or_else(|| json!({})));
-            match cluster.get_mut("spark_env_vars") {
-                Some(Json::Object(existing)) => existing.extend(env.clone()),
-                _ => {
-                    cluster.insert("spark_env_vars".into(), Json::Object(env.clone()));
-                }
+            let spark_conf = custom.get("sparkConf").cloned().unwrap_or_else(|| json!({}));
+            cluster.entry("spark_conf").or_insert(spark_conf);
+            match cluster.entry("spark_env_vars").or_insert_with(|| json!({})) {
+                Json::Object(existing) => existing.extend(env.clone()),
+                other => *other = Json::Object(env.clone()),
             }
         }
     } else {
@@ -67,27 +66,26 @@ pub(crate) fn job_spec(
             Some(Json::String(k)) => k,
             _ => "default".to_owned(),
         };
-        let environments = conf.entry("environments").or_insert_with(|| json!([]));
-        let Json::Array(list) = environments else {
+        let Json::Array(list) = conf.entry("environments").or_insert_with(|| json!([])) else {
             return Err(AgentError::invalid_argument("template.custom.databricksConf.environments: must be a list"));
         };
-        if !list.iter().any(|e| e.get("environment_key").and_then(Json::as_str) == Some(key.as_str())) {
+        let named = |e: &Json| e.get("environment_key").and_then(Json::as_str) == Some(key.as_str());
+        if !list.iter().any(named) {
             list.push(json!({"environment_key": key, "spec": {"client": "1"}}));
         }
-        for entry in list.iter_mut().filter(|e| e.get("environment_key").and_then(Json::as_str) == Some(key.as_str())) {
-            let spec = entry.as_object_mut().map(|e| e.entry("spec").or_insert_with(|| json!({})));
-            if let Some(Json::Object(spec)) = spec {
-                let vars = spec.entry("environment_vars").or_insert_with(|| json!({}));
-                if let Json::Object(vars) = vars {
-                    // Flyte's variables win over the task's.
-                    vars.extend(env.clone());
-                }
+        for entry in list.iter_mut().filter(|e| named(e)).filter_map(Json::as_object_mut) {
+            if let Json::Object(spec) = entry.entry("spec").or_insert_with(|| json!({}))
+                && let Json::Object(vars) = spec.entry("environment_vars").or_insert_with(|| json!({}))
+            {
+                // Flyte's variables win over the task's.
+                vars.extend(env.clone());
             }
         }
         environment_key = Some(key);
     }
 
-    match custom.get("notebookPath").and_then(Json::as_str).filter(|p| !p.is_empty()) {
+    // The entrypoint: a notebook, else a Python file from git (flytekit's by default).
+    let (field, task_key, entry) = match custom.get("notebookPath").and_then(Json::as_str).filter(|p| !p.is_empty()) {
         Some(path) => {
             let mut notebook = json!({"notebook_path": path});
             if let Some(p) = custom.get("notebookBaseParameters").filter(|p| !p.is_null()) {
@@ -96,56 +94,28 @@ pub(crate) fn job_spec(
             if conf.contains_key("git_source") {
                 notebook["source"] = json!("GIT");
             }
-            match &environment_key {
-                None => {
-                    conf.insert("notebook_task".into(), notebook);
-                }
-                Some(key) => {
-                    conf.insert(
-                        "tasks".into(),
-                        json!([{"task_key": "flyte_notebook_task", "notebook_task": notebook, "environment_key": key}]),
-                    );
-                }
-            }
+            ("notebook_task", "flyte_notebook_task", notebook)
         }
         None => {
             let git_source = conf.remove("git_source").unwrap_or_else(|| {
                 let (url, provider, commit) = DEFAULT_GIT_SOURCE;
                 json!({"git_url": url, "git_provider": provider, "git_commit": commit})
             });
-            let user_file = conf.remove("python_file");
-            match &environment_key {
-                None => {
-                    let file = user_file.unwrap_or_else(|| json!(CLASSIC_ENTRYPOINT));
-                    conf.insert(
-                        "spark_python_task".into(),
-                        json!({"python_file": file, "source": "GIT", "parameters": args}),
-                    );
-                }
-                Some(key) => {
-                    let file = user_file.unwrap_or_else(|| json!(SERVERLESS_ENTRYPOINT));
-                    let mut params = args;
-                    let provider = custom
-                        .get("databricksServiceCredentialProvider")
-                        .and_then(Json::as_str)
-                        .or(provider)
-                        .filter(|p| !p.is_empty());
-                    if let Some(p) = provider {
-                        params.push(format!("--flyte-credential-provider={p}"));
-                    }
-                    conf.insert(
-                        "tasks".into(),
-                        json!([{
-                            "task_key": "flyte_task",
-                            "spark_python_task": {"python_file": file, "source": "GIT", "parameters": params},
-                            "environment_key": key,
-                        }]),
-                    );
-                }
-            }
             conf.insert("git_source".into(), git_source);
+            let default = if environment_key.is_some() { SERVERLESS_ENTRYPOINT } else { CLASSIC_ENTRYPOINT };
+            let file = conf.remove("python_file").unwrap_or_else(|| json!(default));
+            let mut params = args;
+            let provider = custom.get("databricksServiceCredentialProvider").and_then(Json::as_str).or(provider);
+            if let (Some(_), Some(p)) = (&environment_key, provider.filter(|p| !p.is_empty())) {
+                params.push(format!("--flyte-credential-provider={p}"));
+            }
+            ("spark_python_task", "flyte_task", json!({"python_file": file, "source": "GIT", "parameters": params}))
         }
-    }
+    };
+    match environment_key {
+        None => conf.insert(field.into(), entry),
+        Some(key) => conf.insert("tasks".into(), json!([{"task_key": task_key, field: entry, "environment_key": key}])),
+    };
     Ok(conf)
 }
 
