@@ -7,7 +7,7 @@ use reqwest::Method;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value as Json, json};
 
-use crate::auth::{AuthType, checked_token_file};
+use crate::auth::{AUTH_TYPES, AuthType, checked_token_file};
 use crate::client::{Client, SERVICE};
 use crate::config::Config;
 use crate::spec::job_spec;
@@ -84,7 +84,7 @@ impl DatabricksMeta {
     }
 
     /// How the run authenticates.
-    fn kind(&self) -> Result<AuthType, AgentError> {
+    pub(crate) fn kind(&self) -> Result<AuthType, AgentError> {
         AuthType::parse(self.auth_type.as_deref().unwrap_or("pat"))
     }
 }
@@ -100,7 +100,13 @@ impl DatabricksAgent {
     /// The agent for both of flytekit's task types, `spark` (the `Databricks` config) and
     /// `databricks` (`DatabricksV2`).
     pub fn new(config: Config) -> Result<Self, String> {
-        config.validate()?;
+        // A bad auth type stops the agent at start-up instead of failing every task it is given.
+        if let Some(kind) = config.auth_type.as_deref().filter(|k| AuthType::parse(k.trim()).is_err()) {
+            return Err(format!(
+                "invalid configuration: databricks.auth_type (AGENT_DATABRICKS__AUTH_TYPE, or \
+                 FLYTE_DATABRICKS_AUTH_TYPE) is {kind:?}; allowed values: {AUTH_TYPES}"
+            ));
+        }
         Ok(Self { client: Client::new(&config)?, config })
     }
 
@@ -123,7 +129,7 @@ impl DatabricksAgent {
     /// must not redirect credentials nor name a file for the agent to read (see
     /// [`checked_token_file`]), and Databricks' run ids are integers, so anything else was
     /// not written by a Databricks agent.
-    fn checked(&self, mut meta: DatabricksMeta) -> Result<(DatabricksMeta, AuthType), AgentError> {
+    fn checked(&self, mut meta: DatabricksMeta) -> Result<DatabricksMeta, AgentError> {
         let id = &meta.run_id;
         if id.is_empty() || id.len() > 20 || !id.bytes().all(|b| b.is_ascii_digit()) {
             return Err(AgentError::invalid_argument(
@@ -132,10 +138,10 @@ impl DatabricksAgent {
             ));
         }
         meta.databricks_instance = self.check_instance(&meta.databricks_instance)?;
-        let kind = meta.kind()?;
+        meta.kind()?;
         let file = checked_token_file(meta.oidc_token_file.as_deref(), &self.config, "resource meta: oidc_token_file");
         meta.oidc_token_file = file?;
-        Ok((meta, kind))
+        Ok(meta)
     }
 }
 
@@ -254,10 +260,8 @@ fn resource_for(run: &Json) -> Resource {
 fn console_link(run: &Json, instance: &str, run_id: &str) -> LogLink {
     let job = run.get("job_id").map(|j| j.as_str().map_or_else(|| j.to_string(), str::to_owned)).unwrap_or_default();
     let page = run.get("run_page_url").and_then(Json::as_str).filter(|u| !u.is_empty());
-    LogLink::new(
-        "Databricks Console",
-        page.map_or_else(|| format!("https://{instance}/#job/{job}/run/{run_id}"), str::to_owned),
-    )
+    let uri = page.map_or_else(|| format!("https://{instance}/#job/{job}/run/{run_id}"), str::to_owned);
+    LogLink::new("Databricks Console", uri)
 }
 
 impl AsyncAgent for DatabricksAgent {
@@ -283,7 +287,6 @@ impl AsyncAgent for DatabricksAgent {
         let instance = self.check_instance(&instance)?;
         let namespace = task.metadata.as_ref().map(|m| m.namespace.as_str()).unwrap_or_default();
         let meta = DatabricksMeta::for_task(&custom, &self.config, instance, namespace)?;
-        let kind = meta.kind()?;
         let mut spec = job_spec(&task, &custom, self.config.service_credential_provider.as_deref())?;
         // Tokens starting `flyte-` are the agent's (one per task attempt, so a repeated submit
         // returns the same run): a task that chose one could make another task's CreateTask
@@ -297,7 +300,7 @@ impl AsyncAgent for DatabricksAgent {
         if let (None, Some(id)) = (spec.get("idempotency_token"), task.attempt_id("databricks")) {
             spec.insert("idempotency_token".into(), json!(format!("flyte-{}", id.simple())));
         }
-        let answer = self.client.at(&meta, kind).call(ctx, Method::POST, "runs/submit", &[], Some(&spec.into())).await;
+        let answer = self.client.at(&meta)?.call(ctx, Method::POST, "runs/submit", &[], Some(&spec.into())).await;
         // `get`, not indexing: an answer that is not an object must not panic.
         let run_id = string_or_number(answer.map_err(Failure::into_error)?.get("run_id").cloned().unwrap_or_default())
             .map_err(|_| AgentError::internal("Databricks runs/submit answered without a run_id"))?;
@@ -305,13 +308,12 @@ impl AsyncAgent for DatabricksAgent {
     }
 
     async fn get(&self, ctx: &Context, meta: DatabricksMeta) -> Result<Resource, AgentError> {
-        let (meta, kind) = self.checked(meta)?;
+        let meta = self.checked(meta)?;
         let (instance, run_id) = (&meta.databricks_instance, &meta.run_id);
-        let run =
-            match self.client.at(&meta, kind).call(ctx, Method::GET, "runs/get", &[("run_id", run_id)], None).await {
-                Ok(run) => run,
-                Err(f) => return f.into_poll(SERVICE.name, &format!("run {run_id} on {instance}")),
-            };
+        let run = match self.client.at(&meta)?.call(ctx, Method::GET, "runs/get", &[("run_id", run_id)], None).await {
+            Ok(run) => run,
+            Err(f) => return f.into_poll(SERVICE.name, &format!("run {run_id} on {instance}")),
+        };
         let mut resource = resource_for(&run).with_log_link(console_link(&run, instance, run_id));
         // A token stored in a Python agent's meta is this request's value, which the
         // process-wide scrubber does not know: the service's text is scrubbed of it here.
@@ -323,10 +325,10 @@ impl AsyncAgent for DatabricksAgent {
     }
 
     async fn delete(&self, ctx: &Context, meta: DatabricksMeta) -> Result<(), AgentError> {
-        let (meta, kind) = self.checked(meta)?;
+        let meta = self.checked(meta)?;
         let body = json!({"run_id": meta.run_id});
         self.client
-            .at(&meta, kind)
+            .at(&meta)?
             .call(ctx, Method::POST, "runs/cancel", &[], Some(&body))
             .await
             .map(drop)
@@ -480,5 +482,92 @@ mod tests {
         }
         let bad = json!({"databricksAuthType": "kerberos"});
         assert!(matches!(for_task(&bad, &Config::default()), Err(AgentError::InvalidArgument(_))));
+    }
+
+    /// An emulated workspace over HTTPS and an agent's settings for it; the CA file lives
+    /// in a directory removed when the returned guard drops.
+    async fn workspace(name: &str) -> (emulators::databricks::Databricks, emulators::Running, Config, Cleanup) {
+        let dir = std::env::temp_dir().join(format!("dbx-unit-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = emulators::tls::TestCa::generate().unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.ca_pem()).unwrap();
+        let db = emulators::databricks::Databricks::new(emulators::databricks::Settings::default());
+        let running = db.start(([127, 0, 0, 1], 0).into(), Some(&ca)).await.unwrap();
+        let rest = agent_core::http::RestSettings { ca_bundle: Some(dir.join("ca.pem")), ..Default::default() };
+        let config = Config { default_instance: Some(running.host()), rest, ..Config::default() };
+        (db, running, config, Cleanup(dir))
+    }
+
+    struct Cleanup(std::path::PathBuf);
+
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn ctx() -> Context {
+        let secrets = agent_core::testing::secrets(&[("_FSEC_FLYTE_DATABRICKS_ACCESS_TOKEN", "dapi-emulator-token")]);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        Context::new(TaskCategory::new(TASK_TYPE, 0), secrets).with_deadline(Some(deadline))
+    }
+
+    fn meta(value: Json) -> DatabricksMeta {
+        serde_json::from_value(value).unwrap()
+    }
+
+    /// The unified policy: a run Databricks no longer knows fails the task naming it, and
+    /// cancelling it succeeds.
+    #[tokio::test]
+    async fn a_gone_run_fails_naming_it_and_cancelling_it_succeeds() {
+        let (_db, running, config, _dir) = workspace("gone").await;
+        let agent = DatabricksAgent::new(config).unwrap();
+        let gone = json!({"databricks_instance": running.host(), "run_id": "424242"});
+        let r = agent.get(&ctx(), meta(gone.clone())).await.unwrap();
+        assert_eq!(r.phase, Phase::Failed);
+        assert!(r.message.contains("run 424242") && r.message.contains("does not exist"), "{}", r.message);
+        agent.delete(&ctx(), meta(gone)).await.unwrap();
+    }
+
+    /// The token endpoint answering 404 says nothing about the run: a poll reports the
+    /// refusal instead of failing the task as if the run were gone.
+    #[tokio::test]
+    async fn a_token_endpoint_404_is_no_missing_run() {
+        let (db, running, config, _dir) = workspace("token404").await;
+        let config = Config {
+            client_id: Some("emulator-client".into()),
+            client_secret: Some(Secret::new("emulator-secret")),
+            ..config
+        };
+        let agent = DatabricksAgent::new(config).unwrap();
+        let fault = emulators::FaultAction::Status { code: 404, retry_after_secs: None };
+        db.faults().push(emulators::FaultRule::new(fault, 1).path("/oidc/v1/token"));
+        let m = meta(
+            json!({"databricks_instance": running.host(), "run_id": "1", "auth_type": "oauth_m2m", "client_id": "emulator-client"}),
+        );
+        let err = agent.get(&ctx(), m).await.unwrap_err();
+        assert!(
+            matches!(&err, AgentError::PermissionDenied(m) if m.contains("emulator-client") && m.contains("404")),
+            "{err:?}"
+        );
+    }
+
+    /// A client secret read from the settings file is not on the process-wide scrub list
+    /// (only the environment's is): the token endpoint's echo of it is scrubbed all the same.
+    #[tokio::test]
+    async fn a_client_secret_from_the_settings_is_scrubbed_from_the_token_endpoints_echo() {
+        let (db, running, config, _dir) = workspace("echo").await;
+        let secret: Secret = serde_json::from_str("\"settings-file-secret\"").unwrap();
+        let config = Config { client_id: Some("emulator-client".into()), client_secret: Some(secret), ..config };
+        let agent = DatabricksAgent::new(config).unwrap();
+        db.faults()
+            .push(emulators::FaultRule::new(emulators::FaultAction::Echo { code: 400 }, 1).path("/oidc/v1/token"));
+        let m = meta(
+            json!({"databricks_instance": running.host(), "run_id": "1", "auth_type": "oauth_m2m", "client_id": "emulator-client"}),
+        );
+        let err = agent.get(&ctx(), m).await.unwrap_err();
+        assert!(matches!(&err, AgentError::PermissionDenied(_)), "{err:?}");
+        assert!(err.message().contains("[REDACTED]"), "the echo came back: {}", err.message());
+        assert!(!err.message().contains("settings-file-secret"), "{}", err.message());
     }
 }

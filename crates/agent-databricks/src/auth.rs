@@ -32,14 +32,11 @@ impl AuthType {
     }
 }
 
-/// Where the agent looks for the federation JWT when its configuration names no file.
-pub(crate) const DEFAULT_OIDC_TOKEN_FILE: &str = "/var/run/secrets/databricks/token";
-
 /// The files looked for when the configuration names none: the workload identity token
 /// Kubernetes projects for AWS, then Databricks' conventional mount.
 fn default_token_files() -> Vec<String> {
     let aws = std::env::var("AWS_WEB_IDENTITY_TOKEN_FILE").ok().filter(|f| !f.trim().is_empty());
-    aws.into_iter().chain([DEFAULT_OIDC_TOKEN_FILE.to_owned()]).collect()
+    aws.into_iter().chain(["/var/run/secrets/databricks/token".to_owned()]).collect()
 }
 
 /// The token file a template or meta names, accepted only when it is one the agent's

@@ -56,8 +56,8 @@ impl Client {
     }
 
     /// The workspace of a run, as its checked meta names it.
-    pub(crate) fn at<'a>(&'a self, meta: &'a DatabricksMeta, kind: AuthType) -> Workspace<'a> {
-        Workspace { client: self, meta, kind }
+    pub(crate) fn at<'a>(&'a self, meta: &'a DatabricksMeta) -> Result<Workspace<'a>, AgentError> {
+        Ok(Workspace { client: self, meta, kind: meta.kind()? })
     }
 }
 
@@ -81,8 +81,7 @@ impl Workspace<'_> {
         body: Option<&Json>,
     ) -> Result<Json, Failure> {
         let url = format!("https://{}/api/2.1/jobs/{path}", self.meta.databricks_instance);
-        let call = Call::new(path, &method, &url).query(query);
-        let call = if let Some(b) = body { call.json(b) } else { call };
+        let call = Call { body, ..Call::new(path, &method, &url).query(query) };
         Ok(self.client.rest.call(ctx, call, self, |r, _| r).await?.body)
     }
 }

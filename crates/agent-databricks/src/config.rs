@@ -5,8 +5,6 @@ use agent_core::Secret;
 use agent_core::http::RestSettings;
 use serde::Deserialize;
 
-use crate::auth::{AUTH_TYPES, AuthType};
-
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
@@ -46,20 +44,6 @@ impl Config {
         let list =
             if self.allowed_instances.is_empty() { self.default_instance.as_slice() } else { &self.allowed_instances };
         list.iter().map(|i| crate::agent::normalize(i)).filter(|i| !i.is_empty()).collect()
-    }
-
-    /// Checks what the types cannot, so that a bad setting stops the agent at start-up
-    /// instead of failing every task it is given.
-    pub fn validate(&self) -> Result<(), String> {
-        if let Some(kind) = &self.auth_type
-            && AuthType::parse(kind.trim()).is_err()
-        {
-            return Err(format!(
-                "invalid configuration: databricks.auth_type (AGENT_DATABRICKS__AUTH_TYPE, or \
-                 FLYTE_DATABRICKS_AUTH_TYPE) is {kind:?}; allowed values: {AUTH_TYPES}"
-            ));
-        }
-        Ok(())
     }
 }
 

@@ -30,29 +30,26 @@ pub(crate) fn job_spec(
         Some(_) => return Err(AgentError::invalid_argument("template.custom.databricksConf: must be an object")),
     };
     let classic = conf.contains_key("existing_cluster_id") || conf.contains_key("new_cluster");
-    let serverless = !classic && (conf.contains_key("environment_key") || conf.contains_key("environments"));
-    if !classic && !serverless {
+    if !classic && !conf.contains_key("environment_key") && !conf.contains_key("environments") {
         return Err(AgentError::invalid_argument(NO_COMPUTE));
     }
 
-    let (image, args, mut env) = match &task.template.target {
-        Some(Target::Container(c)) => (
-            Some(c.image.clone()),
-            c.args.clone(),
-            c.env.iter().map(|kv| (kv.key.clone(), json!(kv.value))).collect::<Map<_, _>>(),
-        ),
-        _ => (None, Vec::new(), Map::new()),
+    let container = match &task.template.target {
+        Some(Target::Container(c)) => Some(c),
+        _ => None,
     };
+    let args = container.map(|c| c.args.clone()).unwrap_or_default();
+    let mut env: Map<_, _> =
+        container.iter().flat_map(|c| &c.env).map(|kv| (kv.key.clone(), json!(kv.value))).collect();
     // pyflyte must exit non-zero when the task fails, or Databricks reports success.
     env.insert("FLYTE_FAIL_ON_ERROR".into(), json!("true"));
 
     // Compute: the container's image and environment for a new classic cluster; for
     // serverless, the environment the task runs in (made if the task names none).
-    let mut environment_key = None;
-    if classic {
+    let environment_key = if classic {
         if let Some(Json::Object(cluster)) = conf.get_mut("new_cluster") {
-            if let Some(image) = &image {
-                cluster.entry("docker_image").or_insert_with(|| json!({"url": image}));
+            if let Some(c) = container {
+                cluster.entry("docker_image").or_insert_with(|| json!({"url": c.image}));
             }
             let spark_conf = custom.get("sparkConf").cloned().unwrap_or_else(|| json!({}));
             cluster.entry("spark_conf").or_insert(spark_conf);
@@ -61,6 +58,7 @@ pub(crate) fn job_spec(
                 other => *other = Json::Object(env.clone()),
             }
         }
+        None
     } else {
         let key = match conf.remove("environment_key") {
             Some(Json::String(k)) => k,
@@ -81,8 +79,8 @@ pub(crate) fn job_spec(
                 vars.extend(env.clone());
             }
         }
-        environment_key = Some(key);
-    }
+        Some(key)
+    };
 
     // The entrypoint: a notebook, else a Python file from git (flytekit's by default).
     let (field, task_key, entry) = match custom.get("notebookPath").and_then(Json::as_str).filter(|p| !p.is_empty()) {
