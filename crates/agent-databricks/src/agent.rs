@@ -61,12 +61,7 @@ fn text(custom: &Map<String, Json>, key: &str) -> Option<String> {
 impl DatabricksMeta {
     /// The meta of a run about to be submitted (its `run_id` still empty): the auth
     /// settings from the task's `custom`, else the agent's, else flytekit's defaults.
-    fn for_task(
-        custom: &Map<String, Json>,
-        config: &Config,
-        instance: String,
-        namespace: &str,
-    ) -> Result<Self, AgentError> {
+    fn for_task(custom: &Map<String, Json>, config: &Config, instance: String, ns: &str) -> Result<Self, AgentError> {
         let pick = |key: &str, agent: &Option<String>| text(custom, key).or_else(|| agent.clone());
         let kind = AuthType::parse(pick("databricksAuthType", &config.auth_type).as_deref().unwrap_or("pat").trim())?;
         let file = text(custom, "databricksOidcTokenFile");
@@ -78,7 +73,7 @@ impl DatabricksMeta {
                 .or(Some("databricks-oauth".into())),
             oidc_token_file: checked_token_file(file.as_deref(), config, "template.custom.databricksOidcTokenFile")?,
             oidc_audience: pick("databricksOidcAudience", &config.oidc_audience).or(Some("databricks".into())),
-            namespace: Some(namespace.to_owned()),
+            namespace: Some(ns.to_owned()),
             ..Self::default()
         })
     }

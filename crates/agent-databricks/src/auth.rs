@@ -45,19 +45,15 @@ fn default_token_files() -> Vec<String> {
 /// content is sent as the subject token: anything else is refused before any file or
 /// network I/O, with one answer whatever the file is, so a request can neither read nor
 /// probe the agent's filesystem.
-pub(crate) fn checked_token_file(
-    named: Option<&str>,
-    config: &Config,
-    source: &str,
-) -> Result<Option<String>, AgentError> {
-    let Some(named) = named.map(str::trim).filter(|n| !n.is_empty()) else {
+pub(crate) fn checked_token_file(file: Option<&str>, config: &Config, src: &str) -> Result<Option<String>, AgentError> {
+    let Some(named) = file.map(str::trim).filter(|n| !n.is_empty()) else {
         return Ok(config.oidc_token_file.clone());
     };
     if config.oidc_token_file.clone().map_or_else(default_token_files, |f| vec![f]).iter().any(|f| f == named) {
         return Ok(Some(named.to_owned()));
     }
     Err(AgentError::permission_denied(format!(
-        "{source} names an OIDC token file other than the agent's: this agent reads the federation token only \
+        "{src} names an OIDC token file other than the agent's: this agent reads the federation token only \
          from the file its configuration names. Set databricks.oidc_token_file (FLYTE_DATABRICKS_OIDC_TOKEN_FILE) \
          on the agent and leave databricksOidcTokenFile off the task"
     )))

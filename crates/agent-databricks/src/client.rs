@@ -46,10 +46,8 @@ impl Client {
         // Credentials (tokens, the OAuth client secret, OIDC subject tokens) go only to the
         // instances the configuration allows, whatever a template or meta names.
         let setting = "databricks.allowed_instances";
-        let mut trusted = TrustedHosts::new(setting);
-        for instance in config.trusted_instances() {
-            trusted = trusted.origin(&instance, setting)?;
-        }
+        let allowed = config.trusted_instances();
+        let trusted = allowed.iter().try_fold(TrustedHosts::new(setting), |t, instance| t.origin(instance, setting))?;
         let user_agent = concat!("flyte-agent-databricks/", env!("CARGO_PKG_VERSION"));
         let rest = RestClient::new(SERVICE, "databricks", user_agent, &config.rest, trusted)?;
         Ok(Self { rest, tokens: TokenCache::default(), client_secret: config.client_secret.clone() })
