@@ -322,12 +322,8 @@ impl AsyncAgent for DatabricksAgent {
     async fn delete(&self, ctx: &Context, meta: DatabricksMeta) -> Result<(), AgentError> {
         let meta = self.checked(meta)?;
         let body = json!({"run_id": meta.run_id});
-        self.client
-            .at(&meta)?
-            .call(ctx, Method::POST, "runs/cancel", &[], Some(&body))
-            .await
-            .map(drop)
-            .or_else(Failure::into_cancel)
+        let cancel = self.client.at(&meta)?.call(ctx, Method::POST, "runs/cancel", &[], Some(&body)).await;
+        cancel.map(drop).or_else(Failure::into_cancel)
     }
 }
 

@@ -63,3 +63,39 @@ impl Default for Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    use agent_core::config::{CliArgs, Settings};
+
+    use super::*;
+
+    fn load(vars: &[(&str, &str)]) -> Result<Config, String> {
+        let env = vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect::<HashMap<_, _>>();
+        let settings = Settings::load(&CliArgs::default(), Some(env)).map_err(|e| e.to_string())?;
+        settings.section("databricks").map_err(|e| e.to_string())
+    }
+
+    /// The kit's settings sit in the `databricks` section under the keys they always had.
+    #[test]
+    fn rest_settings_keep_their_keys_and_unknown_keys_are_refused() {
+        let config = load(&[
+            ("AGENT_DATABRICKS__ATTEMPT_TIMEOUT", "3s"),
+            ("AGENT_DATABRICKS__RETRY_BUDGET", "20s"),
+            ("AGENT_DATABRICKS__CA_BUNDLE", "/etc/private-ca.pem"),
+            ("AGENT_DATABRICKS__DEFAULT_INSTANCE", "x.cloud.databricks.com"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (config.rest.attempt_timeout, config.rest.retry_budget),
+            (Duration::from_secs(3), Duration::from_secs(20))
+        );
+        assert_eq!(config.rest.ca_bundle.as_deref(), Some(std::path::Path::new("/etc/private-ca.pem")));
+        assert_eq!(config.default_instance.as_deref(), Some("x.cloud.databricks.com"));
+        let err = load(&[("AGENT_DATABRICKS__ATEMPT_TIMEOUT", "3s")]).unwrap_err();
+        assert!(err.contains("atempt_timeout"), "{err}");
+    }
+}

@@ -51,8 +51,8 @@ pub(crate) fn job_spec(
             if let Some(c) = container {
                 cluster.entry("docker_image").or_insert_with(|| json!({"url": c.image}));
             }
-            let spark_conf = custom.get("sparkConf").cloned().unwrap_or_else(|| json!({}));
-            cluster.entry("spark_conf").or_insert(spark_conf);
+            let spark_conf = || custom.get("sparkConf").cloned().unwrap_or_else(|| json!({}));
+            cluster.entry("spark_conf").or_insert_with(spark_conf);
             match cluster.entry("spark_env_vars").or_insert_with(|| json!({})) {
                 Json::Object(existing) => existing.extend(env.clone()),
                 other => *other = Json::Object(env.clone()),
@@ -60,10 +60,7 @@ pub(crate) fn job_spec(
         }
         None
     } else {
-        let key = match conf.remove("environment_key") {
-            Some(Json::String(k)) => k,
-            _ => "default".to_owned(),
-        };
+        let key = if let Some(Json::String(k)) = conf.remove("environment_key") { k } else { "default".to_owned() };
         let Json::Array(list) = conf.entry("environments").or_insert_with(|| json!([])) else {
             return Err(AgentError::invalid_argument("template.custom.databricksConf.environments: must be a list"));
         };
