@@ -135,6 +135,9 @@ impl Workspace<'_> {
         let answer = self.client.rest.call(ctx, call, &Anonymous, |r, _| r.form(&form)).await;
         // The endpoint's message is scrubbed here, while the credential is still known: once
         // this returns, the subject token is no longer on the scrubber's list.
+        // KIT: RestClient scrubs the bearer token it sent, not credentials in a form body; a
+        // `Call` carrying extra secrets to scrub (or `Failure::map_message`, the class kept)
+        // would replace the mapping below.
         let scrub = |m: &str| credential.scrub_from(&agent_core::secrets::redact(m));
         let body = answer
             .map_err(|f| match f {
