@@ -13,9 +13,9 @@ use crate::config::Config;
 use crate::spec::job_spec;
 
 /// The task type of flytekit's `DatabricksV2` config.
-pub(crate) const TASK_TYPE: &str = "databricks";
+pub const TASK_TYPE: &str = "databricks";
 /// The task type of flytekit's older `Databricks` config, served alike.
-pub(crate) const SPARK_TASK_TYPE: &str = "spark";
+pub const SPARK_TASK_TYPE: &str = "spark";
 
 /// The job handle. Reads every form flytekit's agent wrote (2, 3 or 10 keys); writes the
 /// 1.16.31 keys except `auth_token`, which is read (for runs the Python agent started) but

@@ -472,11 +472,11 @@ async fn an_invalid_auth_type_stops_the_agent_at_start_up() {
     use agent_core::config::{CliArgs, Settings};
     let from_env = |value: &str| {
         let env = HashMap::from([("AGENT_DATABRICKS__AUTH_TYPE".to_owned(), value.to_owned())]);
-        agent_databricks::registry(&Settings::load(&CliArgs::default(), Some(env)).unwrap())
+        Settings::load(&CliArgs::default(), Some(env)).unwrap()
     };
     let from_flag = |value: &str| {
         let cli = CliArgs { overrides: vec![format!("databricks.auth_type={value}")], ..CliArgs::default() };
-        agent_databricks::registry(&Settings::load(&cli, Some(HashMap::new())).unwrap())
+        Settings::load(&cli, Some(HashMap::new())).unwrap()
     };
     let dir = std::env::temp_dir().join(format!("dbx-config-{}", uuid_like()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -485,11 +485,11 @@ async fn an_invalid_auth_type_stops_the_agent_at_start_up() {
         let path = dir.join("agent.yaml");
         std::fs::write(&path, format!("databricks:\n  auth_type: {value}\n")).unwrap();
         let cli = CliArgs { config: Some(path), ..CliArgs::default() };
-        agent_databricks::registry(&Settings::load(&cli, Some(HashMap::new())).unwrap())
+        Settings::load(&cli, Some(HashMap::new())).unwrap()
     };
     for bad in ["kerberos", "PAT", "oauth"] {
-        for result in [from_env(bad), from_flag(bad), from_file(bad)] {
-            let err = result.unwrap_err();
+        for settings in [from_env(bad), from_flag(bad), from_file(bad)] {
+            let err = agent_databricks::registry(&settings).await.unwrap_err();
             assert!(
                 err.contains("databricks.auth_type")
                     && err.contains("AGENT_DATABRICKS__AUTH_TYPE")
@@ -501,7 +501,9 @@ async fn an_invalid_auth_type_stops_the_agent_at_start_up() {
         assert!(DatabricksAgent::new(config).is_err(), "{bad} must not start");
     }
     for good in ["pat", "oauth_m2m", "oidc_federation"] {
-        assert!(from_env(good).is_ok() && from_flag(good).is_ok() && from_file(good).is_ok(), "{good}");
+        for settings in [from_env(good), from_flag(good), from_file(good)] {
+            assert!(agent_databricks::registry(&settings).await.is_ok(), "{good}");
+        }
     }
 }
 
