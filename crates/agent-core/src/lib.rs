@@ -13,10 +13,6 @@
 #![warn(missing_docs)]
 
 pub mod agent;
-/// The token cache, now part of the REST kit in [`http`]; kept here while agents move.
-pub mod cache {
-    pub use crate::http::{DEFAULT_CAPACITY, TokenCache};
-}
 pub mod config;
 mod erased;
 pub mod error;

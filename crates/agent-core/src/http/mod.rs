@@ -12,7 +12,6 @@
 //!   on a 401, cached with single-flight refresh.
 
 mod failure;
-mod legacy;
 mod tokens;
 mod trust;
 
@@ -31,9 +30,8 @@ use crate::retry::{RetryConfig, retry};
 use crate::secrets::Secret;
 
 pub use failure::{Failure, Service, retry_after};
-pub use legacy::{HttpError, Reply, read};
 pub use tokens::{DEFAULT_CAPACITY, TokenCache};
-pub use trust::{Client, TrustedHosts, client, path_id};
+pub use trust::{TrustedHosts, client, path_id};
 
 /// How an agent talks to its service over HTTP; every agent's settings section embeds
 /// it with `#[serde(flatten)]`, so the keys sit beside the agent's own
@@ -449,6 +447,16 @@ mod tests {
             let e = c.call(&ctx(), Call::new("get", &Method::GET, url), &Panics, |r, _| r).await.unwrap_err();
             assert!(format!("{e:?}").contains(code), "{url}: {e:?}");
         }
+    }
+
+    #[test]
+    fn a_url_that_does_not_parse_is_the_tasks_fault_and_nothing_is_sent() {
+        let trusted = TrustedHosts::new("x.allowed").domain("example.com");
+        let c = RestClient::new(SVC, "x", "t", &RestSettings::default(), trusted).unwrap();
+        assert!(matches!(c.check("https://a b.example.com/"), Err(AgentError::InvalidArgument(_))));
+        assert!(matches!(c.check("https://a:99999.example.com/"), Err(AgentError::InvalidArgument(_))));
+        assert!(matches!(c.check("https://evil.test/x"), Err(AgentError::PermissionDenied(_))));
+        assert!(c.check("https://a.example.com/x").is_ok());
     }
 
     #[test]

@@ -106,44 +106,6 @@ impl TrustedHosts {
     }
 }
 
-/// The one way agents send requests that may carry credentials: a request is only built
-/// for a URL that parses and whose host [`TrustedHosts`] trusts, and redirects are never
-/// followed, so a credential attached to the returned builder cannot reach another host.
-#[derive(Debug, Clone)]
-pub struct Client {
-    http: reqwest::Client,
-    trusted: TrustedHosts,
-}
-
-impl Client {
-    /// A client sending only to `trusted` hosts (see [`client`] for the other arguments).
-    pub fn new(
-        user_agent: &str,
-        ca_bundle: Option<&std::path::Path>,
-        setting: &str,
-        trusted: TrustedHosts,
-    ) -> Result<Self, String> {
-        Ok(Self { http: client(user_agent, ca_bundle, setting)?, trusted })
-    }
-
-    /// A request to `url`. A URL that does not parse is `INVALID_ARGUMENT` (it was built
-    /// from a template or meta); an untrusted host is `PERMISSION_DENIED`. Either way
-    /// nothing is sent.
-    pub fn request(&self, method: reqwest::Method, url: &str) -> Result<reqwest::RequestBuilder, AgentError> {
-        Ok(self.http.request(method, self.check(url)?))
-    }
-
-    /// Checks `url` as [`Client::request`] does, without building a request: for callers
-    /// that want a refusal before they fetch a token for it.
-    pub fn check(&self, url: &str) -> Result<reqwest::Url, AgentError> {
-        let parsed = reqwest::Url::parse(url).map_err(|e| {
-            AgentError::invalid_argument(format!("the task names a host that does not form a URL: {e}"))
-        })?;
-        self.trusted.check(&parsed)?;
-        Ok(parsed)
-    }
-}
-
 /// `id`, a job handle from a resource meta, checked before it goes into a URL path. A
 /// meta arrives from outside like any input: an id with `/`, `?` or `..` would send the
 /// agent's credentials to another endpoint of the service.
@@ -230,20 +192,6 @@ mod tests {
         }
         assert!(TrustedHosts::new("s").origin("https://u:p@host", "s.base_url").unwrap_err().contains("s.base_url"));
         assert!(TrustedHosts::new("s").origin("ftp://host", "s.base_url").is_err());
-    }
-
-    #[test]
-    fn a_url_that_does_not_parse_is_the_tasks_fault_and_nothing_is_sent() {
-        let c = Client::new("t", None, "", TrustedHosts::new("x.allowed").domain("example.com")).unwrap();
-        assert!(matches!(
-            c.request(reqwest::Method::GET, "https://a b.example.com/"),
-            Err(AgentError::InvalidArgument(_))
-        ));
-        assert!(matches!(
-            c.request(reqwest::Method::GET, "https://a:99999.example.com/"),
-            Err(AgentError::InvalidArgument(_))
-        ));
-        assert!(c.request(reqwest::Method::GET, "https://a.example.com/x").is_ok());
     }
 
     #[test]
