@@ -162,13 +162,8 @@ fn resource_for(job: &Job, meta: &BigQueryMeta) -> Resource {
 impl AsyncAgent for BigQueryAgent {
     type Meta = BigQueryMeta;
 
-    fn name(&self) -> &str {
-        "Bigquery Connector"
-    }
-
-    fn task_categories(&self) -> Vec<TaskCategory> {
-        vec![TaskCategory::new(TASK_TYPE, 0)]
-    }
+    const NAME: &str = "Bigquery Connector";
+    const TASK_TYPES: &[&str] = &[TASK_TYPE];
 
     async fn create(&self, ctx: &Context, task: TaskRequest) -> Result<BigQueryMeta, AgentError> {
         let custom = task.custom();

@@ -292,11 +292,24 @@ pub trait AsyncAgent: Send + Sync + 'static {
     /// The job handle.
     type Meta: ResourceMeta;
 
-    /// Display name in `ListAgents`, e.g. "Bigquery Connector".
-    fn name(&self) -> &str;
+    /// Display name in `ListAgents`, e.g. "Bigquery Connector" (or override [`Self::name`]).
+    /// The registry refuses an agent without a name.
+    const NAME: &'static str = "";
 
-    /// The task categories this agent serves.
-    fn task_categories(&self) -> Vec<TaskCategory>;
+    /// The task types served, each at version 0 (or override [`Self::task_categories`]).
+    /// The registry refuses an agent that serves nothing.
+    const TASK_TYPES: &'static [&'static str] = &[];
+
+    /// Display name in `ListAgents`: [`Self::NAME`] unless overridden.
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    /// The task categories this agent serves: [`Self::TASK_TYPES`] at version 0 unless
+    /// overridden.
+    fn task_categories(&self) -> Vec<TaskCategory> {
+        Self::TASK_TYPES.iter().map(|t| TaskCategory::new(*t, 0)).collect()
+    }
 
     /// Starts the job and returns its handle. Must return fast (submit, don't wait), and
     /// should be idempotent per attempt (see [`TaskRequest::attempt_key`]).
@@ -335,11 +348,22 @@ pub trait AsyncAgent: Send + Sync + 'static {
 
 /// An agent that answers within the call (`ExecuteTaskSync`).
 pub trait SyncAgent: Send + Sync + 'static {
-    /// Display name in `ListAgents`, e.g. "ChatGPT Connector".
-    fn name(&self) -> &str;
+    /// Display name in `ListAgents`, e.g. "ChatGPT Connector" (or override [`Self::name`]).
+    const NAME: &'static str = "";
 
-    /// The task categories this agent serves.
-    fn task_categories(&self) -> Vec<TaskCategory>;
+    /// The task types served, each at version 0 (or override [`Self::task_categories`]).
+    const TASK_TYPES: &'static [&'static str] = &[];
+
+    /// Display name in `ListAgents`: [`Self::NAME`] unless overridden.
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    /// The task categories this agent serves: [`Self::TASK_TYPES`] at version 0 unless
+    /// overridden.
+    fn task_categories(&self) -> Vec<TaskCategory> {
+        Self::TASK_TYPES.iter().map(|t| TaskCategory::new(*t, 0)).collect()
+    }
 
     /// Runs the task. The resource must be terminal; the server turns anything else
     /// into a retryable failure, since Propeller has nothing to poll for a sync task.

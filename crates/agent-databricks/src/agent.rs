@@ -262,13 +262,8 @@ fn console_link(run: &Json, instance: &str, run_id: &str) -> LogLink {
 impl AsyncAgent for DatabricksAgent {
     type Meta = DatabricksMeta;
 
-    fn name(&self) -> &str {
-        "Databricks Connector"
-    }
-
-    fn task_categories(&self) -> Vec<TaskCategory> {
-        vec![TaskCategory::new(SPARK_TASK_TYPE, 0), TaskCategory::new(TASK_TYPE, 0)]
-    }
+    const NAME: &str = "Databricks Connector";
+    const TASK_TYPES: &[&str] = &[SPARK_TASK_TYPE, TASK_TYPE];
 
     async fn create(&self, ctx: &Context, task: TaskRequest) -> Result<DatabricksMeta, AgentError> {
         let custom = task.custom();

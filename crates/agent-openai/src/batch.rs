@@ -134,13 +134,8 @@ fn resource_for(batch: &Json) -> Result<Resource, AgentError> {
 impl AsyncAgent for BatchAgent {
     type Meta = BatchMeta;
 
-    fn name(&self) -> &str {
-        "OpenAI Batch Endpoint Connector"
-    }
-
-    fn task_categories(&self) -> Vec<TaskCategory> {
-        vec![TaskCategory::new(TASK_TYPE, 0)]
-    }
+    const NAME: &str = "OpenAI Batch Endpoint Connector";
+    const TASK_TYPES: &[&str] = &[TASK_TYPE];
 
     async fn create(&self, ctx: &Context, task: TaskRequest) -> Result<BatchMeta, AgentError> {
         let custom: Custom = task.custom_as()?;

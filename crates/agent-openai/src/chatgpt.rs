@@ -33,13 +33,8 @@ impl ChatGptAgent {
 }
 
 impl SyncAgent for ChatGptAgent {
-    fn name(&self) -> &str {
-        "ChatGPT Connector"
-    }
-
-    fn task_categories(&self) -> Vec<TaskCategory> {
-        vec![TaskCategory::new(TASK_TYPE, 0)]
-    }
+    const NAME: &str = "ChatGPT Connector";
+    const TASK_TYPES: &[&str] = &[TASK_TYPE];
 
     async fn execute(&self, ctx: &Context, task: TaskRequest) -> Result<Resource, AgentError> {
         let custom: Custom = task.custom_as()?;

@@ -116,13 +116,8 @@ impl SnowflakeAgent {
 impl AsyncAgent for SnowflakeAgent {
     type Meta = SnowflakeMeta;
 
-    fn name(&self) -> &str {
-        "Snowflake Connector"
-    }
-
-    fn task_categories(&self) -> Vec<TaskCategory> {
-        vec![TaskCategory::new(TASK_TYPE, 0)]
-    }
+    const NAME: &str = "Snowflake Connector";
+    const TASK_TYPES: &[&str] = &[TASK_TYPE];
 
     async fn create(&self, ctx: &Context, task: TaskRequest) -> Result<SnowflakeMeta, AgentError> {
         let config = &task.template.config;
