@@ -160,3 +160,60 @@ fn copy_worktree(root: &Path, to: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    fn files(dir: &Path, suffix: &str) -> BTreeSet<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.unwrap().file_name().to_str()?.strip_suffix(suffix).map(str::to_owned))
+            .collect()
+    }
+
+    /// The scaffold generates the shape every agent crate has, so copying either gives the
+    /// same thing: the same common files, the trait impls in the agent modules, the service
+    /// declared once in `client.rs`, `registry` in `lib.rs`, `main.rs` the allocator and
+    /// `agent_core::main!`, and no gRPC in the agent.
+    #[test]
+    fn every_agent_crate_has_the_scaffolds_shape() {
+        let root = crate::workspace::root();
+        let common: BTreeSet<String> = ["client", "config", "lib", "main"].map(String::from).into();
+        let template = files(&root.join("xtask/templates/agent/src"), ".rs.tmpl");
+        assert_eq!(template, &common | &BTreeSet::from(["agent".to_owned()]));
+        let agents = crate::workspace::agents(&root).unwrap();
+        assert!(agents.len() >= 4, "{agents:?}");
+        for agent in agents {
+            let dir = root.join(format!("crates/agent-{agent}"));
+            let read = |f: &str| std::fs::read_to_string(dir.join("src").join(f)).unwrap();
+            let src = files(&dir.join("src"), ".rs");
+            assert!(src.is_superset(&common), "agent-{agent} lacks one of {common:?}: {src:?}");
+            let impls: Vec<&String> = src
+                .iter()
+                .filter(|f| {
+                    let text = read(&format!("{f}.rs"));
+                    text.contains("impl AsyncAgent for") || text.contains("impl SyncAgent for")
+                })
+                .collect();
+            // One agent: `agent.rs`. Several in one binary (OpenAI's): one module each, no agent.rs.
+            let one = impls == [&"agent".to_owned()];
+            let several = impls.len() > 1 && !src.contains("agent");
+            assert!(one || several, "agent-{agent}: trait impls in {impls:?}");
+            assert!(
+                read("client.rs").contains("const SERVICE: Service"),
+                "agent-{agent}: client.rs declares no SERVICE"
+            );
+            assert!(read("lib.rs").contains("pub async fn registry("), "agent-{agent}: lib.rs has no registry");
+            let main = read("main.rs");
+            assert!(
+                main.contains("#[global_allocator]") && main.contains("agent_core::main!("),
+                "agent-{agent}: {main}"
+            );
+            let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
+            assert!(!manifest.contains("tonic"), "agent-{agent} depends on tonic: only agent-core speaks gRPC");
+        }
+    }
+}
