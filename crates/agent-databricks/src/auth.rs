@@ -131,22 +131,14 @@ impl Workspace<'_> {
         if field == "subject_token" {
             form.push(("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"));
         }
-        let call = Call::new("token exchange", &Method::POST, &url);
+        // The endpoint's messages are scrubbed of the credential while it is still known.
+        let call = Call::new("token exchange", &Method::POST, &url).scrubbing(&credential);
         let answer = self.client.rest.call(ctx, call, &Anonymous, |r, _| r.form(&form)).await;
-        // The endpoint's message is scrubbed here, while the credential is still known: once
-        // this returns, the subject token is no longer on the scrubber's list.
-        // KIT: RestClient scrubs the bearer token it sent, not credentials in a form body; a
-        // `Call` carrying extra secrets to scrub (or `Failure::map_message`, the class kept)
-        // would replace the mapping below.
-        let scrub = |m: &str| credential.scrub_from(&agent_core::secrets::redact(m));
         let body = answer
             .map_err(|f| match f {
-                Failure::Transient { message, retry_after } => {
-                    Failure::Transient { message: scrub(&message), retry_after }
-                }
-                Failure::Rejected(AgentError::Internal(m)) => AgentError::internal(scrub(&m)).into(),
+                f @ (Failure::Transient { .. } | Failure::Rejected(AgentError::Internal(_))) => f,
                 refused => {
-                    let why = scrub(refused.message());
+                    let why = refused.message();
                     AgentError::permission_denied(format!(
                         "Databricks refused OAuth client '{client_id}' ({kind}): {why}"
                     ))

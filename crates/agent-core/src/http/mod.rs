@@ -135,12 +135,15 @@ pub struct Call<'a> {
     pub query: &'a [(&'a str, &'a str)],
     /// JSON body.
     pub body: Option<&'a Json>,
+    /// A credential the request carries besides its bearer token (a form's client secret,
+    /// a subject token), scrubbed from the service's messages like the token is.
+    pub also_secret: Option<&'a Secret>,
 }
 
 impl<'a> Call<'a> {
     /// A call without query or body.
     pub fn new(what: &'a str, method: &'a Method, url: &'a str) -> Self {
-        Self { what, method, url, query: &[], body: None }
+        Self { what, method, url, query: &[], body: None, also_secret: None }
     }
 
     /// With query parameters.
@@ -154,6 +157,13 @@ impl<'a> Call<'a> {
     #[must_use]
     pub fn json(mut self, body: &'a Json) -> Self {
         self.body = Some(body);
+        self
+    }
+
+    /// With a credential in the request besides the bearer token, to scrub from answers.
+    #[must_use]
+    pub fn scrubbing(mut self, secret: &'a Secret) -> Self {
+        self.also_secret = Some(secret);
         self
     }
 }
@@ -288,10 +298,13 @@ impl RestClient {
                 self.service.unreachable(what, format_args!("HTTP {status} with a body that is not JSON"))
             });
         }
-        // A service may echo what it was sent; a token the process-wide scrubber does not
-        // know (one stored in a meta, say) is scrubbed here.
-        let message = self.service.message_in(body.as_ref());
-        let message = token.map_or(message.clone(), |t| t.scrub_from(&message));
+        // A service may echo what it was sent; a credential the process-wide scrubber does
+        // not know (a token stored in a meta, a subject token read for this call) is
+        // scrubbed here.
+        let mut message = self.service.message_in(body.as_ref());
+        for secret in token.into_iter().chain(call.also_secret) {
+            message = secret.scrub_from(&message);
+        }
         let transient = status == 429 || status >= 500;
         Err(self.service.status(what, status, &message, wait.filter(|_| transient)))
     }
@@ -404,6 +417,14 @@ mod tests {
         let e = e.unwrap_err();
         assert!(matches!(e, Failure::Unauthenticated(_)), "{e:?}");
         assert!(!e.message().contains("rotating-token-0") && e.message().contains("check the key"), "{}", e.message());
+
+        // Credentials in the body (a form's client secret) are scrubbed the same way.
+        let (base, _) = scripted(vec![(400, "", "{\"message\":\"bad secret form-secret-123\"}".into())]).await;
+        let url = format!("{base}/token");
+        let secret = Secret::new("form-secret-123");
+        let call = Call::new("token", &Method::POST, &url).scrubbing(&secret);
+        let e = client(&base).call(&ctx(), call, &Anonymous, |r, _| r).await.unwrap_err();
+        assert!(!e.message().contains("form-secret-123") && e.message().contains("bad secret"), "{}", e.message());
     }
 
     /// A fixed token that cannot be refreshed.
