@@ -9,10 +9,6 @@ use reqwest::{Method, header::ACCEPT};
 use crate::account::{AccountId, DOMAIN};
 use crate::{config::Config, jwt::KeyPair};
 
-/// The agent secrets, named as flytekit names the key.
-pub(crate) const KEY_SECRET: &str = "snowflake_private_key";
-pub(crate) const PASSPHRASE_SECRET: &str = "snowflake_private_key_passphrase";
-
 /// How the SQL API answers: errors say `{"message": ...}`; a 422 carries a statement's
 /// failure or cancellation, a result like 200 and 202; 404 is a statement it does not know.
 pub(crate) const SERVICE: Service =

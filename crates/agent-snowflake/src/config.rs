@@ -5,11 +5,12 @@ use agent_core::http::RestSettings;
 use serde::Deserialize;
 
 /// `snowflake.*` settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Base URL of the SQL API instead of `https://{account}.snowflakecomputing.com`, e.g.
-    /// an emulator or a private link host. Defaults to `SNOWFLAKE_BASE_URL`.
+    /// an emulator or a private link host. Loaded settings default it to `SNOWFLAKE_BASE_URL`.
+    #[serde(default = "base_url_from_env")]
     pub base_url: Option<String>,
     /// Statement timeout sent with each statement, in seconds; 0 keeps Snowflake's default.
     pub statement_timeout_secs: u64,
@@ -24,11 +25,8 @@ pub struct Config {
     pub rest: RestSettings,
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        let base_url = std::env::var("SNOWFLAKE_BASE_URL").ok().filter(|u| !u.is_empty());
-        Self { base_url, statement_timeout_secs: 0, role: None, allowed_accounts: vec![], rest: Default::default() }
-    }
+fn base_url_from_env() -> Option<String> {
+    std::env::var("SNOWFLAKE_BASE_URL").ok().filter(|u| !u.is_empty())
 }
 
 #[cfg(test)]
@@ -54,11 +52,11 @@ mod tests {
             ("AGENT_SNOWFLAKE__ROLE", "ANALYST"),
         ])
         .unwrap();
+        let rest = (config.rest.attempt_timeout, config.rest.retry_budget);
         assert_eq!(
-            (config.rest.attempt_timeout, config.rest.retry_budget),
-            (Duration::from_secs(2), Duration::from_secs(3))
+            (rest, config.statement_timeout_secs, config.role.as_deref()),
+            ((Duration::from_secs(2), Duration::from_secs(3)), 30, Some("ANALYST"))
         );
-        assert_eq!((config.statement_timeout_secs, config.role.as_deref()), (30, Some("ANALYST")));
         let e = from_env(&[("AGENT_SNOWFLAKE__ATEMPT_TIMEOUT", "2s")]).unwrap_err();
         assert!(e.contains("atempt_timeout"), "{e}");
     }

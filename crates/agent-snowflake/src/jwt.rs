@@ -16,7 +16,10 @@ use pkcs8::der::pem::PemLabel;
 use serde_json::json;
 
 use crate::account::AccountId;
-use crate::client::{KEY_SECRET, PASSPHRASE_SECRET};
+
+/// The agent secrets, named as flytekit names the key.
+const KEY_SECRET: &str = "snowflake_private_key";
+const PASSPHRASE_SECRET: &str = "snowflake_private_key_passphrase";
 
 /// Snowflake accepts tokens valid for at most an hour.
 pub(crate) const LIFETIME_SECS: u64 = 3540;
