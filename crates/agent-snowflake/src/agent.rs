@@ -120,8 +120,7 @@ impl AsyncAgent for SnowflakeAgent {
     const TASK_TYPES: &[&str] = &[TASK_TYPE];
 
     async fn create(&self, ctx: &Context, task: TaskRequest) -> Result<SnowflakeMeta, AgentError> {
-        let config = &task.template.config;
-        let get = |k: &str| config.get(k).map(|v| v.trim().to_owned()).unwrap_or_default();
+        let get = |k: &str| task.template.config.get(k).map(|v| v.trim().to_owned()).unwrap_or_default();
         if let Some(key) = ["account", "user"].into_iter().find(|k| get(k).is_empty()) {
             let e = format!("template.config.{key}: missing; set SnowflakeConfig({key}=...) on the task");
             return Err(AgentError::invalid_argument(e));
