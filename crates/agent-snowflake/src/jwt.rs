@@ -35,17 +35,15 @@ pub(crate) struct Signer {
     pub(crate) fingerprint: String,
 }
 
-fn bad_key(what: &str) -> AgentError {
-    AgentError::failed_precondition(format!(
-        "secret snowflake_private_key {what}; it must be an RSA private key in PKCS#8 PEM \
-         (-----BEGIN PRIVATE KEY----- or, with the secret snowflake_private_key_passphrase, -----BEGIN ENCRYPTED PRIVATE KEY-----)"
-    ))
-}
+/// What the key must be, said in every key error.
+const KEY_FORMAT: &str = "it must be an RSA private key in PKCS#8 PEM (-----BEGIN PRIVATE KEY----- or, with the secret \
+                          snowflake_private_key_passphrase, -----BEGIN ENCRYPTED PRIVATE KEY-----)";
 
 impl Signer {
     /// Parses a PKCS#8 PEM key, decrypting it with `passphrase` when it is encrypted. Errors
     /// never quote the key.
     pub(crate) fn from_pem(pem: &str, passphrase: Option<&str>) -> Result<Self, AgentError> {
+        let bad_key = |what: &str| AgentError::failed_precondition(format!("secret {KEY_SECRET} {what}; {KEY_FORMAT}"));
         let (label, doc) = pkcs8::SecretDocument::from_pem(pem.trim()).map_err(|_| bad_key("is not valid PEM"))?;
         let der = if label == pkcs8::EncryptedPrivateKeyInfo::PEM_LABEL {
             let pass = passphrase
@@ -123,6 +121,11 @@ mod tests {
         let garbage =
             Signer::from_pem("-----BEGIN PRIVATE KEY-----\nnot base64!\n-----END PRIVATE KEY-----", None).unwrap_err();
         assert!(!garbage.message().contains("not base64"), "errors never quote the key: {garbage}");
+        assert_eq!(
+            Signer::from_pem("not a key", None).unwrap_err().message(),
+            "secret snowflake_private_key is not valid PEM; it must be an RSA private key in PKCS#8 PEM \
+             (-----BEGIN PRIVATE KEY----- or, with the secret snowflake_private_key_passphrase, -----BEGIN ENCRYPTED PRIVATE KEY-----)"
+        );
     }
 
     #[test]
