@@ -7,6 +7,7 @@
 //! client, async-openai) adapt the SDK's error with [`Service::status`] and
 //! [`Service::unreachable`] instead of replacing the SDK.
 
+use std::future::Future;
 use std::time::{Duration, SystemTime};
 
 use serde_json::Value as Json;
@@ -177,6 +178,22 @@ impl Service {
     /// A call `what` that got no usable answer (connection, timeout, unreadable body).
     pub fn unreachable(&self, what: &str, detail: impl std::fmt::Display) -> Failure {
         Failure::Transient { message: format!("{} {what} failed: {detail}", self.name), retry_after: None }
+    }
+
+    /// One attempt of a vendor SDK's call `what`, cut off after `limit` (an SDK future may
+    /// have no time limit of its own); its error is classified by `adapt`, the agent's
+    /// reading of the SDK's errors through this service.
+    pub async fn timed<T, E>(
+        &self,
+        what: &str,
+        limit: Duration,
+        call: impl Future<Output = Result<T, E>>,
+        adapt: impl FnOnce(&str, &E) -> Failure,
+    ) -> Result<T, Failure> {
+        match tokio::time::timeout(limit, call).await {
+            Ok(answer) => answer.map_err(|e| adapt(what, &e)),
+            Err(_) => Err(self.unreachable(what, format_args!("no answer within {} ms", limit.as_millis()))),
+        }
     }
 
     /// The message in an error body, or a placeholder.

@@ -73,6 +73,24 @@ impl RestSettings {
         let deadline = policy.deadline(ctx);
         retry(&policy, deadline, |left| attempt(self.attempt_timeout.min(left)), Failure::verdict).await
     }
+
+    /// [`Self::retried`] for a vendor SDK's call `what` to `service`: each attempt is `attempt`'s
+    /// future for its timeout, cut off at that timeout by [`Service::timed`] and its error
+    /// classified by `adapt`. The futures are boxed: SDK futures are large, and nested in
+    /// the retry loop they can overflow a thread's stack in debug builds.
+    pub async fn retried_sdk<T, E, Fut>(
+        &self,
+        ctx: &Context,
+        service: &Service,
+        what: &str,
+        mut attempt: impl FnMut(Duration) -> Fut,
+        adapt: impl Fn(&str, &E) -> Failure,
+    ) -> Result<T, Failure>
+    where
+        Fut: Future<Output = Result<T, E>>,
+    {
+        self.retried(ctx, |limit| Box::pin(service.timed(what, limit, attempt(limit), &adapt))).await
+    }
 }
 
 /// Where a call's bearer token comes from.
@@ -478,6 +496,62 @@ mod tests {
         assert!(matches!(c.check("https://a:99999.example.com/"), Err(AgentError::InvalidArgument(_))));
         assert!(matches!(c.check("https://evil.test/x"), Err(AgentError::PermissionDenied(_))));
         assert!(c.check("https://a.example.com/x").is_ok());
+    }
+
+    /// An SDK error: a status, or none (the SDK never got an answer).
+    #[derive(Debug)]
+    struct SdkError(Option<u16>);
+
+    fn adapt(what: &str, e: &SdkError) -> Failure {
+        e.0.map_or_else(|| SVC.unreachable(what, "connection reset"), |s| SVC.status(what, s, "sdk says no", None))
+    }
+
+    #[tokio::test]
+    async fn sdk_attempts_are_cut_off_at_their_timeout_retried_and_their_errors_adapted() {
+        let rest = RestSettings { attempt_timeout: Duration::from_millis(50), ..RestSettings::default() };
+        let (tries, limits) = (AtomicU32::new(0), Mutex::new(Vec::new()));
+        // A hanging attempt, then a lost connection, then an answer.
+        let answer = rest
+            .retried_sdk(
+                &ctx(),
+                &SVC,
+                "jobs.get",
+                |limit| {
+                    limits.lock().unwrap().push(limit);
+                    let n = tries.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        match n {
+                            0 => std::future::pending().await,
+                            1 => Err(SdkError(None)),
+                            _ => Ok(n),
+                        }
+                    }
+                },
+                adapt,
+            )
+            .await;
+        assert_eq!(answer, Ok(2));
+        assert!(limits.lock().unwrap().iter().all(|l| *l <= Duration::from_millis(50)));
+        // A timeout alone is transient, named after the service and the call.
+        let hung = SVC.timed("jobs.get", Duration::from_millis(10), std::future::pending::<Result<(), _>>(), adapt);
+        let hung = hung.await.unwrap_err();
+        assert!(hung.is_transient() && hung.message() == "Svc jobs.get failed: no answer within 10 ms", "{hung:?}");
+        // An error for good is adapted once and not retried.
+        tries.store(0, Ordering::SeqCst);
+        let refused = rest
+            .retried_sdk(
+                &ctx(),
+                &SVC,
+                "jobs.get",
+                |_| {
+                    tries.fetch_add(1, Ordering::SeqCst);
+                    async { Err::<(), _>(SdkError(Some(403))) }
+                },
+                adapt,
+            )
+            .await;
+        assert!(matches!(refused, Err(Failure::Rejected(AgentError::PermissionDenied(_)))), "{refused:?}");
+        assert_eq!(tries.load(Ordering::SeqCst), 1);
     }
 
     #[test]
