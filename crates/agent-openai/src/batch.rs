@@ -1,7 +1,7 @@
 //! The OpenAI Batch agent (async): `create` starts a batch, `get` maps its status, `delete`
 //! cancels it.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json, json};
@@ -12,7 +12,7 @@ use agent_core::prelude::*;
 use async_openai::error::OpenAIError;
 use async_openai::traits::RequestOptionsBuilder;
 
-use crate::client::{Client, ORG_FIELD, SERVICE, Sdk, timed};
+use crate::client::{Client, ORG_FIELD, SERVICE, Sdk, failure};
 use crate::config::Config;
 
 /// The task type flytekit's `BatchEndpointTask` declares.
@@ -28,6 +28,8 @@ const ATTEMPT_KEY: &str = "flyte_attempt_sha256";
 const LEGACY_ATTEMPT_KEY: &str = "flyte_attempt";
 /// OpenAI's limit on a metadata value.
 const METADATA_VALUE_MAX: usize = 512;
+/// Pages of 100 batches searched at most.
+const MAX_PAGES: usize = 20;
 
 /// How a batch records the task attempt that created it.
 #[derive(Debug, Clone)]
@@ -63,7 +65,6 @@ pub struct BatchMeta {
     /// OpenAI batch id.
     pub batch_id: String,
     /// Organization the batch belongs to.
-    #[serde(default)]
     pub openai_org: Option<String>,
 }
 
@@ -74,23 +75,6 @@ struct Custom {
     config: Map<String, Json>,
 }
 
-/// OpenAI's batch statuses; `Unknown` keeps one this agent does not know yet (by name),
-/// so a new status keeps the task waiting instead of failing it.
-#[derive(Debug, PartialEq, Eq, strum::EnumString)]
-#[strum(serialize_all = "snake_case")]
-enum BatchStatus {
-    Validating,
-    InProgress,
-    Finalizing,
-    Completed,
-    Failed,
-    Expired,
-    Cancelling,
-    Cancelled,
-    #[strum(default)]
-    Unknown(String),
-}
-
 /// The agent.
 #[derive(Debug, Clone)]
 pub struct BatchAgent {
@@ -98,24 +82,15 @@ pub struct BatchAgent {
     lookback: Duration,
 }
 
-impl BatchAgent {
-    /// An agent with the given settings.
-    pub fn new(config: Config) -> Result<Self, String> {
-        let attempt_timeout = config.request_timeout.unwrap_or(config.rest.attempt_timeout);
-        Ok(Self { client: Client::new(&config, attempt_timeout)?, lookback: config.batch_lookback })
-    }
-}
-
-/// What a batch's status means for the task.
+/// What a batch's status means for the task. A status this agent does not know yet keeps
+/// the task waiting instead of failing it.
 fn resource_for(batch: &Json) -> Result<Resource, AgentError> {
     let text = batch["status"].as_str().unwrap_or_default();
     let error = batch.pointer("/errors/data/0/message").and_then(Json::as_str);
     let why = error.map_or_else(|| format!("the batch is {text}"), |m| format!("the batch is {text}: {m}"));
-    Ok(match text.parse().unwrap_or_else(|_| BatchStatus::Unknown(text.to_owned())) {
-        BatchStatus::Validating | BatchStatus::InProgress | BatchStatus::Finalizing => {
-            Resource::running().with_message(text)
-        }
-        BatchStatus::Completed => {
+    Ok(match text {
+        "validating" | "in_progress" | "finalizing" => Resource::running().with_message(text),
+        "completed" => {
             // The batch object, as flytekit encodes an untyped `dict` output.
             let bytes = rmp_serde::to_vec_named(batch)
                 .map_err(|e| AgentError::internal(format!("cannot encode the batch: {e}")))?;
@@ -123,10 +98,10 @@ fn resource_for(batch: &Json) -> Result<Resource, AgentError> {
                 .with_message(text)
                 .with_output("result", Value::Binary { value: bytes, tag: "msgpack".into() })
         }
-        BatchStatus::Failed | BatchStatus::Expired => Resource::failed(why),
+        "failed" | "expired" => Resource::failed(why),
         // A cancelling batch only ever ends cancelled.
-        BatchStatus::Cancelling | BatchStatus::Cancelled => Resource::aborted(why),
-        BatchStatus::Unknown(s) => Resource::running()
+        "cancelling" | "cancelled" => Resource::aborted(why),
+        s => Resource::running()
             .with_message(format!("OpenAI reports batch status '{s}', which this agent does not know; waiting")),
     })
 }
@@ -172,7 +147,10 @@ impl AsyncAgent for BatchAgent {
                 tracing::info!(message = "Adopted the batch an earlier CreateTask created.", batch_id = %id);
                 return Ok(id);
             }
-            let batch = timed("batch creation", limit, sdk.batches().create_byot::<_, Json>(request.clone())).await?;
+            let batches = sdk.batches();
+            let batch = SERVICE
+                .timed("batch creation", limit, batches.create_byot::<_, Json>(request.clone()), failure)
+                .await?;
             let id = batch["id"].as_str().filter(|i| !i.is_empty()).map(str::to_owned);
             id.ok_or_else(|| AgentError::internal("OpenAI created a batch without an id").into())
         };
@@ -183,8 +161,8 @@ impl AsyncAgent for BatchAgent {
     async fn get(&self, ctx: &Context, meta: BatchMeta) -> Result<Resource, AgentError> {
         let (id, sdk) =
             (path_id("batch_id", &meta.batch_id)?, &self.client.sdk(ctx, meta.openai_org.as_deref(), META_ORG)?);
-        let status = |limit| timed("batch status check", limit, async move { sdk.batches().retrieve_byot(id).await });
-        match self.client.rest.retried(ctx, status).await {
+        let status = |_| async move { sdk.batches().retrieve_byot(id).await };
+        match self.client.call(ctx, "batch status check", status).await {
             Ok(batch) => resource_for(&batch),
             Err(f) => f.into_poll(SERVICE.name, &format!("batch {id}")),
         }
@@ -193,35 +171,36 @@ impl AsyncAgent for BatchAgent {
     async fn delete(&self, ctx: &Context, meta: BatchMeta) -> Result<(), AgentError> {
         let (id, sdk) =
             (path_id("batch_id", &meta.batch_id)?, &self.client.sdk(ctx, meta.openai_org.as_deref(), META_ORG)?);
-        let cancel = |limit| {
-            timed("batch cancellation", limit, async move {
-                match sdk.batches().cancel_byot::<_, Json>(id).await {
-                    // OpenAI answers 409 for a batch that has already finished: nothing to cancel.
-                    Err(OpenAIError::ApiError(r)) if r.status_code.as_u16() == 409 => Ok(Json::Null),
-                    other => other,
-                }
-            })
+        let cancel = |_| async move {
+            match sdk.batches().cancel_byot::<_, Json>(id).await {
+                // OpenAI answers 409 for a batch that has already finished: nothing to cancel.
+                Err(OpenAIError::ApiError(r)) if r.status_code.as_u16() == 409 => Ok(Json::Null),
+                other => other,
+            }
         };
-        self.client.rest.retried(ctx, cancel).await.map(drop).or_else(Failure::into_cancel)
+        self.client.call(ctx, "batch cancellation", cancel).await.map(drop).or_else(Failure::into_cancel)
     }
 }
 
-/// Pages of 100 batches searched at most.
-const MAX_PAGES: usize = 20;
-
 impl BatchAgent {
+    /// An agent with the given settings.
+    pub fn new(config: Config) -> Result<Self, String> {
+        let attempt_timeout = config.request_timeout.unwrap_or(config.rest.attempt_timeout);
+        Ok(Self { client: Client::new(&config, attempt_timeout)?, lookback: config.batch_lookback })
+    }
+
     /// The batch `mark`'s attempt started, if any: newest first, page by page, back to
     /// batches older than any retry of this attempt could have made (under load more than
     /// one page of batches can arrive between a lost answer and the retry).
     async fn started(&self, ctx: &Context, sdk: &Sdk, mark: &AttemptMark) -> Result<Option<String>, Failure> {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let oldest_wanted = now.saturating_sub(self.lookback.as_secs());
         let mut after: Option<String> = None;
         for _ in 0..MAX_PAGES {
             // Each page is retried on its own, so one fault does not restart the walk.
             let query = &[("limit", Some("100")), ("after", after.as_deref())];
-            let list = |t| timed("batch list", t, async move { sdk.batches().query(query)?.list_byot::<Json>().await });
-            let page = self.client.rest.retried(ctx, list).await?;
+            let list = |_| async move { sdk.batches().query(query)?.list_byot::<Json>().await };
+            let page = self.client.call(ctx, "batch list", list).await?;
             let batches = page["data"].as_array().map(Vec::as_slice).unwrap_or_default();
             if let Some(id) = batches.iter().find(|b| mark.marks(b)).and_then(|b| b["id"].as_str()) {
                 return Ok(Some(id.to_owned()));

@@ -5,7 +5,7 @@ use serde_json::{Map, Value as Json, json};
 
 use agent_core::prelude::*;
 
-use crate::client::{Client, ORG_FIELD, timed};
+use crate::client::{Client, ORG_FIELD};
 use crate::config::Config;
 
 /// The task type flytekit's `ChatGPTTask` declares.
@@ -14,7 +14,6 @@ pub const TASK_TYPE: &str = "chatgpt";
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Custom {
-    #[serde(default)]
     openai_organization: Option<String>,
     chatgpt_config: Map<String, Json>,
 }
@@ -50,11 +49,10 @@ impl SyncAgent for ChatGptAgent {
         request.insert("messages".into(), json!([{"role": "user", "content": message}]));
         request.insert("stream".into(), json!(false));
         let request = &Json::Object(request);
-        let chat =
-            |t| timed("chat completion", t, async move { sdk.chat().create_byot::<_, Json>(request.clone()).await });
+        let chat = |_| async move { sdk.chat().create_byot::<_, Json>(request.clone()).await };
         // A failed completion is the task's result, not an RPC error: Propeller retries a
         // transient one as a new attempt.
-        Ok(match self.client.rest.retried(ctx, chat).await {
+        Ok(match self.client.call(ctx, "chat completion", chat).await {
             Ok(completion) => {
                 let content = completion.pointer("/choices/0/message/content").and_then(Json::as_str);
                 Resource::succeeded().with_output("o0", content.unwrap_or_default().to_owned())

@@ -53,41 +53,36 @@ impl Client {
         Ok(Self { http, api_base: base.trim_end_matches('/').to_owned(), rest })
     }
 
+    /// SDK call `what`, each try the future `attempt` makes, retried with these settings.
+    pub(crate) async fn call<T, Fut>(
+        &self,
+        ctx: &Context,
+        what: &str,
+        attempt: impl FnMut(Duration) -> Fut,
+    ) -> Result<T, Failure>
+    where
+        Fut: Future<Output = Result<T, OpenAIError>>,
+    {
+        self.rest.retried_sdk(ctx, &SERVICE, what, attempt, failure).await
+    }
+
     /// The SDK for one call: the agent's key, the organization `field` (of the template
     /// or the meta) names. Both become headers, which async-openai panics on when a value
     /// cannot be one: they are checked first, and never echoed (a key, control characters).
     pub(crate) fn sdk(&self, ctx: &Context, org: Option<&str>, field: &str) -> Result<Sdk, AgentError> {
         let org = org.filter(|o| !o.is_empty());
-        if org.is_some_and(|o| !header_safe(o)) {
-            let hint = "OpenAI organization ids look like org-…";
-            return Err(AgentError::invalid_argument(format!("{field} {NOT_A_HEADER}; {hint}")));
+        if let Some(o) = org {
+            header(o, field, "; OpenAI organization ids look like org-…", AgentError::invalid_argument)?;
         }
         let key = ctx.secret(KEY_SECRET)?;
-        if !header_safe(key.expose()) {
-            let what = format!("the agent secret {KEY_SECRET} (the OpenAI API key)");
-            return Err(AgentError::failed_precondition(format!("{what} {NOT_A_HEADER}")));
-        }
+        let what = format!("the agent secret {KEY_SECRET} (the OpenAI API key)");
+        header(key.expose(), &what, "", AgentError::failed_precondition)?;
         // The base is always set: async-openai would otherwise read it from the environment.
         let config = OpenAIConfig::new().with_api_key(key.expose()).with_api_base(&self.api_base);
         // No organization: async-openai's `OPENAI_ORG_ID`, as flytekit's client reads it.
         let config = if let Some(o) = org { config.with_org_id(o) } else { config };
         Ok(Sdk::build(self.http.clone(), config))
     }
-}
-
-// KIT: `RestSettings::retried` hands each attempt its time limit, but an SDK's future has
-// no timeout of its own: a kit form would take the Service and the SDK's error adapter
-// (`retried_sdk(ctx, what, || call, adapt)`), for BigQuery's Google client too.
-/// One SDK call `what` bounded by `limit`, its error adapted.
-pub(crate) async fn timed<T>(
-    what: &str,
-    limit: Duration,
-    call: impl Future<Output = Result<T, OpenAIError>>,
-) -> Result<T, Failure> {
-    let answer = tokio::time::timeout(limit, call).await;
-    let answer =
-        answer.map_err(|_| SERVICE.unreachable(what, format_args!("no answer within {} ms", limit.as_millis())))?;
-    answer.map_err(|e| failure(what, &e))
 }
 
 /// What an async-openai error of call `what` means; messages are OpenAI's, never the key.
@@ -100,11 +95,14 @@ pub(crate) fn failure(what: &str, e: &OpenAIError) -> Failure {
     }
 }
 
-/// What OpenAI's ids and keys are: short printable ASCII.
-fn header_safe(value: &str) -> bool {
-    value.len() <= 256 && value.bytes().all(|b| b.is_ascii_graphic())
+/// Refuses `value`, named `what` (never echoed: a key, control characters), unless it is
+/// what OpenAI's ids and keys are, short printable ASCII, and so a valid header value.
+fn header(value: &str, what: &str, hint: &str, error: fn(String) -> AgentError) -> Result<(), AgentError> {
+    if value.len() <= 256 && value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Ok(());
+    }
+    Err(error(format!(
+        "{what} must be at most 256 printable ASCII characters without spaces or control characters (it is sent as \
+         an HTTP header){hint}"
+    )))
 }
-
-/// Why a value was refused.
-const NOT_A_HEADER: &str = "must be at most 256 printable ASCII characters without spaces or control characters (it \
-                            is sent as an HTTP header)";
