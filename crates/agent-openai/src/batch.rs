@@ -28,8 +28,6 @@ const ATTEMPT_KEY: &str = "flyte_attempt_sha256";
 const LEGACY_ATTEMPT_KEY: &str = "flyte_attempt";
 /// OpenAI's limit on a metadata value.
 const METADATA_VALUE_MAX: usize = 512;
-/// Pages of 100 batches searched at most.
-const MAX_PAGES: usize = 20;
 
 /// How a batch records the task attempt that created it.
 #[derive(Debug, Clone)]
@@ -162,7 +160,7 @@ impl AsyncAgent for BatchAgent {
         let (id, sdk) =
             (path_id("batch_id", &meta.batch_id)?, &self.client.sdk(ctx, meta.openai_org.as_deref(), META_ORG)?);
         let status = |_| async move { sdk.batches().retrieve_byot(id).await };
-        match self.client.call(ctx, "batch status check", status).await {
+        match self.client.rest.retried_sdk(ctx, &SERVICE, "batch status check", status, failure).await {
             Ok(batch) => resource_for(&batch),
             Err(f) => f.into_poll(SERVICE.name, &format!("batch {id}")),
         }
@@ -178,7 +176,8 @@ impl AsyncAgent for BatchAgent {
                 other => other,
             }
         };
-        self.client.call(ctx, "batch cancellation", cancel).await.map(drop).or_else(Failure::into_cancel)
+        let cancelled = self.client.rest.retried_sdk(ctx, &SERVICE, "batch cancellation", cancel, failure).await;
+        cancelled.map(drop).or_else(Failure::into_cancel)
     }
 }
 
@@ -196,11 +195,12 @@ impl BatchAgent {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let oldest_wanted = now.saturating_sub(self.lookback.as_secs());
         let mut after: Option<String> = None;
-        for _ in 0..MAX_PAGES {
+        // At most 20 pages of 100 batches.
+        for _ in 0..20 {
             // Each page is retried on its own, so one fault does not restart the walk.
             let query = &[("limit", Some("100")), ("after", after.as_deref())];
             let list = |_| async move { sdk.batches().query(query)?.list_byot::<Json>().await };
-            let page = self.client.call(ctx, "batch list", list).await?;
+            let page = self.client.rest.retried_sdk(ctx, &SERVICE, "batch list", list, failure).await?;
             let batches = page["data"].as_array().map(Vec::as_slice).unwrap_or_default();
             if let Some(id) = batches.iter().find(|b| mark.marks(b)).and_then(|b| b["id"].as_str()) {
                 return Ok(Some(id.to_owned()));

@@ -5,7 +5,7 @@ use serde_json::{Map, Value as Json, json};
 
 use agent_core::prelude::*;
 
-use crate::client::{Client, ORG_FIELD};
+use crate::client::{Client, ORG_FIELD, SERVICE, failure};
 use crate::config::Config;
 
 /// The task type flytekit's `ChatGPTTask` declares.
@@ -41,18 +41,17 @@ impl SyncAgent for ChatGptAgent {
             let missing = "template.custom.chatgpt_config.model: missing; ChatGPTTask needs a model";
             return Err(AgentError::invalid_argument(missing));
         }
-        let message: String = task.input("message")?;
-        let sdk = &self.client.sdk(ctx, custom.openai_organization.as_deref(), ORG_FIELD)?;
         // The task's settings go to the API as they are (integral numbers as integers);
         // the message input is the one user message, as flytekit sends it.
         let mut request = custom.chatgpt_config;
-        request.insert("messages".into(), json!([{"role": "user", "content": message}]));
+        request.insert("messages".into(), json!([{"role": "user", "content": task.input::<String>("message")?}]));
         request.insert("stream".into(), json!(false));
+        let sdk = &self.client.sdk(ctx, custom.openai_organization.as_deref(), ORG_FIELD)?;
         let request = &Json::Object(request);
         let chat = |_| async move { sdk.chat().create_byot::<_, Json>(request.clone()).await };
         // A failed completion is the task's result, not an RPC error: Propeller retries a
         // transient one as a new attempt.
-        Ok(match self.client.call(ctx, "chat completion", chat).await {
+        Ok(match self.client.rest.retried_sdk(ctx, &SERVICE, "chat completion", chat, failure).await {
             Ok(completion) => {
                 let content = completion.pointer("/choices/0/message/content").and_then(Json::as_str);
                 Resource::succeeded().with_output("o0", content.unwrap_or_default().to_owned())

@@ -5,7 +5,6 @@
 //! SDK call, inside which async-openai retries a 429, a 5xx or a refused connection up to
 //! three times with short backoff (so a lone 429 never reaches the kit).
 
-use std::future::Future;
 use std::time::Duration;
 
 use agent_core::http::{Failure, RestClient, RestSettings, Service, TrustedHosts};
@@ -24,6 +23,9 @@ pub(crate) const SERVICE: Service =
 
 /// Where a template names the organization.
 pub(crate) const ORG_FIELD: &str = "template.custom.openai_organization";
+
+/// What a refused organization is told.
+const ORG_HINT: &str = "; OpenAI organization ids look like org-…";
 
 /// An OpenAI SDK client for one call.
 pub(crate) type Sdk = async_openai::Client<OpenAIConfig>;
@@ -53,27 +55,12 @@ impl Client {
         Ok(Self { http, api_base: base.trim_end_matches('/').to_owned(), rest })
     }
 
-    /// SDK call `what`, each try the future `attempt` makes, retried with these settings.
-    pub(crate) async fn call<T, Fut>(
-        &self,
-        ctx: &Context,
-        what: &str,
-        attempt: impl FnMut(Duration) -> Fut,
-    ) -> Result<T, Failure>
-    where
-        Fut: Future<Output = Result<T, OpenAIError>>,
-    {
-        self.rest.retried_sdk(ctx, &SERVICE, what, attempt, failure).await
-    }
-
     /// The SDK for one call: the agent's key, the organization `field` (of the template
     /// or the meta) names. Both become headers, which async-openai panics on when a value
     /// cannot be one: they are checked first, and never echoed (a key, control characters).
     pub(crate) fn sdk(&self, ctx: &Context, org: Option<&str>, field: &str) -> Result<Sdk, AgentError> {
         let org = org.filter(|o| !o.is_empty());
-        if let Some(o) = org {
-            header(o, field, "; OpenAI organization ids look like org-…", AgentError::invalid_argument)?;
-        }
+        header(org.unwrap_or_default(), field, ORG_HINT, AgentError::invalid_argument)?;
         let key = ctx.secret(KEY_SECRET)?;
         let what = format!("the agent secret {KEY_SECRET} (the OpenAI API key)");
         header(key.expose(), &what, "", AgentError::failed_precondition)?;
@@ -98,11 +85,10 @@ pub(crate) fn failure(what: &str, e: &OpenAIError) -> Failure {
 /// Refuses `value`, named `what` (never echoed: a key, control characters), unless it is
 /// what OpenAI's ids and keys are, short printable ASCII, and so a valid header value.
 fn header(value: &str, what: &str, hint: &str, error: fn(String) -> AgentError) -> Result<(), AgentError> {
-    if value.len() <= 256 && value.bytes().all(|b| b.is_ascii_graphic()) {
-        return Ok(());
-    }
-    Err(error(format!(
-        "{what} must be at most 256 printable ASCII characters without spaces or control characters (it is sent as \
-         an HTTP header){hint}"
-    )))
+    let safe = value.len() <= 256 && value.bytes().all(|b| b.is_ascii_graphic());
+    safe.then_some(()).ok_or_else(|| error(format!("{what} {NOT_A_HEADER}{hint}")))
 }
+
+/// Why a value was refused.
+const NOT_A_HEADER: &str = "must be at most 256 printable ASCII characters without spaces or control characters (it \
+                            is sent as an HTTP header)";
