@@ -50,7 +50,7 @@ impl AttemptMark {
 
     /// Whether `batch` was created by this attempt.
     fn marks(&self, batch: &Json) -> bool {
-        let stored = |k: &str| batch.get("metadata").and_then(|m| m.get(k)).and_then(Json::as_str);
+        let stored = |k: &str| batch["metadata"][k].as_str();
         stored(ATTEMPT_KEY) == Some(self.digest.as_str())
             || self.legacy.as_deref().is_some_and(|l| stored(LEGACY_ATTEMPT_KEY) == Some(l))
     }
@@ -90,11 +90,11 @@ fn resource_for(batch: &Json) -> Result<Resource, AgentError> {
         "validating" | "in_progress" | "finalizing" => Resource::running().with_message(text),
         "completed" => {
             // The batch object, as flytekit encodes an untyped `dict` output.
-            let bytes = rmp_serde::to_vec_named(batch)
+            let value = rmp_serde::to_vec_named(batch)
                 .map_err(|e| AgentError::internal(format!("cannot encode the batch: {e}")))?;
             Resource::succeeded()
                 .with_message(text)
-                .with_output("result", Value::Binary { value: bytes, tag: "msgpack".into() })
+                .with_output("result", Value::Binary { value, tag: "msgpack".into() })
         }
         "failed" | "expired" => Resource::failed(why),
         // A cancelling batch only ever ends cancelled.

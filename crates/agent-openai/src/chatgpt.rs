@@ -20,14 +20,12 @@ struct Custom {
 
 /// The agent.
 #[derive(Debug, Clone)]
-pub struct ChatGptAgent {
-    client: Client,
-}
+pub struct ChatGptAgent(Client);
 
 impl ChatGptAgent {
     /// An agent with the given settings.
     pub fn new(config: Config) -> Result<Self, String> {
-        Ok(Self { client: Client::new(&config, config.chat_timeout)? })
+        Ok(Self(Client::new(&config, config.chat_timeout)?))
     }
 }
 
@@ -46,12 +44,12 @@ impl SyncAgent for ChatGptAgent {
         let mut request = custom.chatgpt_config;
         request.insert("messages".into(), json!([{"role": "user", "content": task.input::<String>("message")?}]));
         request.insert("stream".into(), json!(false));
-        let sdk = &self.client.sdk(ctx, custom.openai_organization.as_deref(), ORG_FIELD)?;
+        let sdk = &self.0.sdk(ctx, custom.openai_organization.as_deref(), ORG_FIELD)?;
         let request = &Json::Object(request);
         let chat = |_| async move { sdk.chat().create_byot::<_, Json>(request.clone()).await };
         // A failed completion is the task's result, not an RPC error: Propeller retries a
         // transient one as a new attempt.
-        Ok(match self.client.rest.retried_sdk(ctx, &SERVICE, "chat completion", chat, failure).await {
+        Ok(match self.0.rest.retried_sdk(ctx, &SERVICE, "chat completion", chat, failure).await {
             Ok(completion) => {
                 let content = completion.pointer("/choices/0/message/content").and_then(Json::as_str);
                 Resource::succeeded().with_output("o0", content.unwrap_or_default().to_owned())
