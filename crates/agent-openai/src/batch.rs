@@ -80,15 +80,32 @@ pub struct BatchAgent {
     lookback: Duration,
 }
 
-/// What a batch's status means for the task. A status this agent does not know yet keeps
-/// the task waiting instead of failing it.
+/// OpenAI's batch statuses; `Unknown` keeps one this agent does not know yet (by name), so
+/// a new status keeps the task waiting instead of failing it.
+#[derive(Debug, PartialEq, Eq, strum::EnumString)]
+#[strum(serialize_all = "snake_case")]
+enum BatchStatus {
+    Validating,
+    InProgress,
+    Finalizing,
+    Completed,
+    Failed,
+    Expired,
+    Cancelling,
+    Cancelled,
+    #[strum(default)]
+    Unknown(String),
+}
+
+/// What a batch's status means for the task.
 fn resource_for(batch: &Json) -> Result<Resource, AgentError> {
+    use BatchStatus as S;
     let text = batch["status"].as_str().unwrap_or_default();
     let error = batch.pointer("/errors/data/0/message").and_then(Json::as_str);
     let why = error.map_or_else(|| format!("the batch is {text}"), |m| format!("the batch is {text}: {m}"));
-    Ok(match text {
-        "validating" | "in_progress" | "finalizing" => Resource::running().with_message(text),
-        "completed" => {
+    Ok(match text.parse().unwrap_or_else(|_| S::Unknown(text.to_owned())) {
+        S::Validating | S::InProgress | S::Finalizing => Resource::running().with_message(text),
+        S::Completed => {
             // The batch object, as flytekit encodes an untyped `dict` output.
             let value = rmp_serde::to_vec_named(batch)
                 .map_err(|e| AgentError::internal(format!("cannot encode the batch: {e}")))?;
@@ -96,10 +113,10 @@ fn resource_for(batch: &Json) -> Result<Resource, AgentError> {
                 .with_message(text)
                 .with_output("result", Value::Binary { value, tag: "msgpack".into() })
         }
-        "failed" | "expired" => Resource::failed(why),
+        S::Failed | S::Expired => Resource::failed(why),
         // A cancelling batch only ever ends cancelled.
-        "cancelling" | "cancelled" => Resource::aborted(why),
-        s => Resource::running()
+        S::Cancelling | S::Cancelled => Resource::aborted(why),
+        S::Unknown(s) => Resource::running()
             .with_message(format!("OpenAI reports batch status '{s}', which this agent does not know; waiting")),
     })
 }
