@@ -11,8 +11,8 @@
 use base64::Engine;
 use serde_json::{Value as Json, json};
 
-use agent_core::literals::Value;
-use agent_core::pb::core::{LiteralType, SimpleType, literal_type};
+use agent_core::literals::{Value, declared_samples};
+use agent_core::pb::core::{LiteralType, literal_type};
 use agent_core::prelude::*;
 
 /// What a rule allows, for messages.
@@ -144,49 +144,24 @@ fn scalar(value: &Value) -> Result<(&'static str, String), String> {
     })
 }
 
+/// BigQuery's float text: Rust's shortest round-tripping form, and `NaN`, `Infinity`, `-Infinity`.
 fn float(f: f64) -> String {
-    match f {
-        _ if f.is_nan() => "NaN".into(),
-        f64::INFINITY => "Infinity".into(),
-        f64::NEG_INFINITY => "-Infinity".into(),
-        // Rust prints the shortest representation that round-trips.
-        _ => format!("{f:?}"),
-    }
+    if f.is_infinite() { format!("{}Infinity", if f < 0.0 { "-" } else { "" }) } else { format!("{f:?}") }
 }
 
 /// BigQuery's canonical INTERVAL text, `Y-M D H:M:S[.F]`, with everything in the time part.
 fn interval(seconds: i64, nanos: i32) -> String {
-    let negative = seconds < 0 || (seconds == 0 && nanos < 0);
-    let total_nanos = (i128::from(seconds) * 1_000_000_000 + i128::from(nanos)).unsigned_abs();
-    let secs = total_nanos / 1_000_000_000;
-    let frac = total_nanos % 1_000_000_000;
-    let (h, m, s) = (secs / 3600, (secs / 60) % 60, secs % 60);
-    let sign = if negative { "-" } else { "" };
-    if frac == 0 {
-        format!("0-0 0 {sign}{h}:{m}:{s}")
-    } else {
-        let f = format!("{:09}", frac / 1000 * 1000);
-        format!("0-0 0 {sign}{h}:{m}:{s}.{}", f.trim_end_matches('0'))
-    }
+    let total = i128::from(seconds) * 1_000_000_000 + i128::from(nanos);
+    let sign = if total < 0 { "-" } else { "" };
+    // BigQuery keeps microseconds; finer digits are dropped.
+    let (secs, micros) = (total.unsigned_abs() / 1_000_000_000, total.unsigned_abs() % 1_000_000_000 / 1000);
+    let fraction = if micros == 0 { String::new() } else { format!(".{micros:06}").trim_end_matches('0').to_owned() };
+    format!("0-0 0 {sign}{}:{}:{}{fraction}", secs / 3600, secs / 60 % 60, secs % 60)
 }
 
 /// The BigQuery scalar type of a declared Flyte type (looking through `Optional`).
 fn declared_scalar_type(t: &LiteralType) -> Option<&'static str> {
-    match t.r#type.as_ref()? {
-        literal_type::Type::Simple(s) => match SimpleType::try_from(*s).ok()? {
-            SimpleType::Integer => Some("INT64"),
-            SimpleType::Float => Some("FLOAT64"),
-            SimpleType::String => Some("STRING"),
-            SimpleType::Boolean => Some("BOOL"),
-            SimpleType::Datetime => Some("TIMESTAMP"),
-            SimpleType::Duration => Some("INTERVAL"),
-            SimpleType::Binary => Some("BYTES"),
-            SimpleType::None | SimpleType::Error | SimpleType::Struct => None,
-        },
-        // Optional[T] is a union of T and None.
-        literal_type::Type::UnionType(u) => u.variants.iter().find_map(declared_scalar_type),
-        _ => None,
-    }
+    declared_samples(t).iter().find_map(|v| Some(scalar(v).ok()?.0))
 }
 
 #[cfg(test)]
@@ -194,6 +169,8 @@ mod tests {
     use agent_core::literals::values_to_literal_map;
     use agent_core::pb::core::{TaskTemplate, TypedInterface, UnionType, Variable, VariableMap};
     use agent_core::prost_types::{Duration, Timestamp};
+
+    use agent_core::pb::core::SimpleType;
 
     use super::*;
 
@@ -303,9 +280,13 @@ mod tests {
         assert_eq!(interval(0, 0), "0-0 0 0:0:0");
         assert_eq!(interval(-90, 0), "0-0 0 -0:1:30");
         assert_eq!(interval(0, 1_000), "0-0 0 0:0:0.000001");
+        // Below a microsecond: no fraction, where a bare "0:0:0." used to be sent.
+        assert_eq!(interval(0, 999), "0-0 0 0:0:0");
+        assert_eq!(interval(-1, -500_000_000), "0-0 0 -0:0:1.5");
         assert_eq!(float(1.0), "1.0");
         assert_eq!(float(f64::NAN), "NaN");
         assert_eq!(float(f64::NEG_INFINITY), "-Infinity");
+        assert_eq!((float(f64::INFINITY), float(-0.5)), ("Infinity".to_owned(), "-0.5".to_owned()));
     }
 
     #[test]

@@ -12,8 +12,9 @@ use serde_json::{Map, Value as Json};
 use crate::error::AgentError;
 use crate::json::{json_to_struct, struct_to_json};
 use crate::pb::core::{
-    self, Binary, Blob, BlobMetadata, BlobType, Literal, LiteralCollection, LiteralMap, Primitive, Scalar,
-    StructuredDataset, StructuredDatasetMetadata, StructuredDatasetType, Void, literal, primitive, scalar,
+    self, Binary, Blob, BlobMetadata, BlobType, Literal, LiteralCollection, LiteralMap, LiteralType, Primitive, Scalar,
+    SimpleType, StructuredDataset, StructuredDatasetMetadata, StructuredDatasetType, Void, literal, literal_type,
+    primitive, scalar,
 };
 
 /// The plain value of a literal.
@@ -317,6 +318,31 @@ impl<T: FromValue> FromValue for Option<T> {
     }
 }
 
+/// A value of each simple type that declared type `t` admits, in order: `T` itself, or each
+/// variant of a union such as `Optional[T]` (`Union[T, None]`); none for None, Error, Struct
+/// and non-simple types. A `None` input carries no type of its own, so agents that must name
+/// one for NULL (SQL parameters) type these samples as they would a real value.
+pub fn declared_samples(t: &LiteralType) -> Vec<Value> {
+    match &t.r#type {
+        Some(literal_type::Type::Simple(s)) => SimpleType::try_from(*s).ok().and_then(sample).into_iter().collect(),
+        Some(literal_type::Type::UnionType(u)) => u.variants.iter().flat_map(declared_samples).collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn sample(t: SimpleType) -> Option<Value> {
+    Some(match t {
+        SimpleType::Integer => Value::Integer(0),
+        SimpleType::Float => Value::Float(0.0),
+        SimpleType::String => Value::String(String::new()),
+        SimpleType::Boolean => Value::Boolean(false),
+        SimpleType::Datetime => Value::Datetime(Timestamp::default()),
+        SimpleType::Duration => Value::Duration(Duration::default()),
+        SimpleType::Binary => Value::Binary { value: Vec::new(), tag: String::new() },
+        SimpleType::None | SimpleType::Error | SimpleType::Struct => return None,
+    })
+}
+
 /// Reads every literal of a map; `what` names the map in errors (`inputs`, `outputs`).
 pub fn literal_map_to_values(map: &LiteralMap, what: &str) -> Result<BTreeMap<String, Value>, AgentError> {
     map.literals.iter().map(|(k, l)| Ok((k.clone(), Value::from_literal(l, &format!("{what}.{k}"))?))).collect()
@@ -350,6 +376,23 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn declared_samples_look_through_unions() {
+        let simple =
+            |t: SimpleType| LiteralType { r#type: Some(literal_type::Type::Simple(t as i32)), ..Default::default() };
+        let union = |variants| LiteralType {
+            r#type: Some(literal_type::Type::UnionType(core::UnionType { variants })),
+            ..Default::default()
+        };
+        assert_eq!(declared_samples(&simple(SimpleType::Integer)), vec![Value::Integer(0)]);
+        let optional = union(vec![simple(SimpleType::None), simple(SimpleType::String), simple(SimpleType::Struct)]);
+        assert_eq!(declared_samples(&optional), vec![Value::String(String::new())]);
+        let nested = union(vec![union(vec![simple(SimpleType::Duration)]), simple(SimpleType::Boolean)]);
+        assert_eq!(declared_samples(&nested), vec![Value::Duration(Duration::default()), Value::Boolean(false)]);
+        assert!(declared_samples(&simple(SimpleType::None)).is_empty());
+        assert!(declared_samples(&LiteralType::default()).is_empty());
+    }
 
     fn round_trip(v: Value) {
         let lit = v.to_literal();

@@ -4,8 +4,9 @@
 
 use serde_json::{Map, Value as Json, json};
 
-use agent_core::pb::core::{LiteralType, SimpleType, literal_type};
-use agent_core::{literals::Value, prelude::*};
+use agent_core::literals::{Value, declared_samples};
+use agent_core::pb::core::LiteralType;
+use agent_core::prelude::*;
 
 /// The statement with `?` placeholders and its bindings (`{"1": {"type", "value"}, …}`).
 /// Without inputs the SQL is sent as written, as flytekit sends it unformatted.
@@ -49,6 +50,19 @@ pub(crate) fn translate(sql: &str, task: &TaskRequest) -> Result<(String, Map<St
 
 fn binding(value: &Value, declared: Option<&LiteralType>) -> Result<Json, String> {
     let (ty, v) = match value {
+        // NULL of the declared type (looking through `Optional`), else TEXT.
+        Value::None => {
+            let samples = declared.map(declared_samples).unwrap_or_default();
+            (samples.iter().find_map(|s| typed(s).ok()).map_or("TEXT", |(ty, _)| ty), Json::Null)
+        }
+        other => typed(other)?,
+    };
+    Ok(json!({"type": ty, "value": v}))
+}
+
+/// Snowflake's type and text of a value.
+fn typed(value: &Value) -> Result<(&'static str, Json), String> {
+    Ok(match value {
         Value::Integer(i) => ("FIXED", json!(i.to_string())),
         Value::Float(f) => ("REAL", json!(f.to_string())),
         Value::String(s) => ("TEXT", json!(s)),
@@ -59,26 +73,8 @@ fn binding(value: &Value, declared: Option<&LiteralType>) -> Result<Json, String
             ("TIMESTAMP_LTZ", json!(nanos.to_string()))
         }
         Value::Binary { value, .. } => ("BINARY", json!(value.iter().map(|b| format!("{b:02X}")).collect::<String>())),
-        Value::None => (declared.and_then(declared_type).unwrap_or("TEXT"), Json::Null),
         other => return Err(format!("a {} value cannot be bound", other.kind())),
-    };
-    Ok(json!({"type": ty, "value": v}))
-}
-
-fn declared_type(t: &LiteralType) -> Option<&'static str> {
-    match t.r#type.as_ref()? {
-        literal_type::Type::Simple(s) => match SimpleType::try_from(*s).ok()? {
-            SimpleType::Integer => Some("FIXED"),
-            SimpleType::Float => Some("REAL"),
-            SimpleType::String => Some("TEXT"),
-            SimpleType::Boolean => Some("BOOLEAN"),
-            SimpleType::Datetime => Some("TIMESTAMP_LTZ"),
-            SimpleType::Binary => Some("BINARY"),
-            _ => None,
-        },
-        literal_type::Type::UnionType(u) => u.variants.iter().find_map(declared_type),
-        _ => None,
-    }
+    })
 }
 
 #[cfg(test)]
@@ -90,6 +86,18 @@ mod tests {
 
     fn task(inputs: Vec<(&str, Value)>) -> TaskRequest {
         TaskRequest { inputs: values_to_literal_map(inputs), ..Default::default() }
+    }
+
+    #[test]
+    fn a_none_is_bound_as_its_declared_type_else_text() {
+        use agent_core::pb::core::{SimpleType, literal_type};
+        let int =
+            LiteralType { r#type: Some(literal_type::Type::Simple(SimpleType::Integer as i32)), ..Default::default() };
+        let duration =
+            LiteralType { r#type: Some(literal_type::Type::Simple(SimpleType::Duration as i32)), ..Default::default() };
+        assert_eq!(binding(&Value::None, Some(&int)).unwrap(), json!({"type": "FIXED", "value": null}));
+        assert_eq!(binding(&Value::None, Some(&duration)).unwrap(), json!({"type": "TEXT", "value": null}));
+        assert_eq!(binding(&Value::None, None).unwrap(), json!({"type": "TEXT", "value": null}));
     }
 
     #[test]
