@@ -40,7 +40,7 @@ fn is_true(b: &bool) -> bool {
     *b
 }
 
-/// Keys flytekit's `BigQueryConfig` adds to `template.custom`; the rest are BigQuery
+/// `template.custom`: the keys flytekit's `BigQueryConfig` adds, and BigQuery
 /// `JobConfigurationQuery` fields in their REST spelling.
 #[derive(Debug, Deserialize)]
 struct TaskSettings {
@@ -50,6 +50,8 @@ struct TaskSettings {
     location: Option<String>,
     #[serde(rename = "Domain", default)]
     domain: Option<String>,
+    #[serde(flatten)]
+    query: Map<String, Json>,
 }
 
 /// `JobConfiguration` fields that may appear in `custom` but sit beside `query`.
@@ -62,18 +64,6 @@ const TRANSIENT_REASONS: &[&str] =
 /// Reasons that blame the query or its configuration rather than the platform.
 const USER_REASONS: &[&str] =
     &["invalidQuery", "invalid", "notFound", "accessDenied", "duplicate", "resourcesExceeded", "quotaExceeded"];
-
-/// BigQuery's job states. Anything else is kept and waited on, never an error: BigQuery
-/// may add states, and a task must not fail because the agent is older than the API.
-#[derive(Debug, PartialEq, Eq, strum::EnumString)]
-#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
-enum JobState {
-    Pending,
-    Running,
-    Done,
-    #[strum(default)]
-    Unknown(String),
-}
 
 /// The agent.
 #[derive(Debug, Clone)]
@@ -95,11 +85,9 @@ fn runtime_version(task: &TaskRequest) -> &str {
 
 /// The job to insert: `custom`'s QueryJobConfig keys, the SQL, and the inputs as
 /// parameters. Google's model types check every key.
-fn build_job(task: &TaskRequest, meta: &BigQueryMeta, mut custom: Map<String, Json>) -> Result<Job, AgentError> {
-    custom.retain(|k, _| !matches!(k.as_str(), "ProjectID" | "Location" | "Domain"));
+fn build_job(task: &TaskRequest, meta: &BigQueryMeta, mut query: Map<String, Json>) -> Result<Job, AgentError> {
     let mut configuration: Map<_, _> =
-        JOB_LEVEL_KEYS.iter().filter_map(|k| Some(((*k).to_owned(), custom.remove(*k)?))).collect();
-    let mut query = custom;
+        JOB_LEVEL_KEYS.iter().filter_map(|k| Some(((*k).to_owned(), query.remove(*k)?))).collect();
     query.insert("query".into(), json!(task.sql_statement()?));
     let params = query_parameters(task)?;
     if !params.is_empty() {
@@ -117,10 +105,9 @@ fn build_job(task: &TaskRequest, meta: &BigQueryMeta, mut custom: Map<String, Js
 }
 
 fn console_link(meta: &BigQueryMeta, location: &str) -> LogLink {
-    let (project, job_id) = (&meta.project, &meta.job_id);
-    let uri = format!(
-        "https://console.cloud.google.com/bigquery?project={project}&j=bq:{location}:{job_id}&page=queryresults"
-    );
+    let (project, job) = (&meta.project, &meta.job_id);
+    let uri =
+        format!("https://console.cloud.google.com/bigquery?project={project}&j=bq:{location}:{job}&page=queryresults");
     LogLink::new("BigQuery Console", uri)
 }
 
@@ -141,10 +128,10 @@ fn resource_for(job: &Job, meta: &BigQueryMeta) -> Resource {
     let reported = job.job_reference.as_ref().and_then(|r| r.location.clone()).filter(|l| !l.is_empty());
     let link = console_link(meta, &reported.or_else(|| meta.location.clone()).unwrap_or_default());
     let table = job.configuration.as_ref().and_then(|c| c.query.as_ref()?.destination_table.as_ref());
-    let resource = match status.state.parse().unwrap_or_else(|_| JobState::Unknown(status.state.clone())) {
-        JobState::Pending => Resource::initializing("PENDING"),
-        JobState::Running => Resource::running().with_message("RUNNING"),
-        JobState::Done => match (&status.error_result, table.filter(|_| meta.results)) {
+    let resource = match status.state.as_str() {
+        "PENDING" => Resource::initializing("PENDING"),
+        "RUNNING" => Resource::running().with_message("RUNNING"),
+        "DONE" => match (&status.error_result, table.filter(|_| meta.results)) {
             (Some(e), _) => failure(e),
             (None, None) => Resource::succeeded().with_message("DONE"),
             (None, Some(t)) => Resource::succeeded().with_message("DONE").with_output("results", {
@@ -152,7 +139,9 @@ fn resource_for(job: &Job, meta: &BigQueryMeta) -> Resource {
                 Value::StructuredDataset { uri, format: String::new() }
             }),
         },
-        JobState::Unknown(state) => Resource::running().with_message(format!(
+        // Waited on, never an error: BigQuery may add states, and a task must not fail
+        // because the agent is older than the API.
+        state => Resource::running().with_message(format!(
             "BigQuery reports state '{state}', which this agent does not know; waiting for DONE"
         )),
     };
@@ -166,22 +155,18 @@ impl AsyncAgent for BigQueryAgent {
     const TASK_TYPES: &[&str] = &[TASK_TYPE];
 
     async fn create(&self, ctx: &Context, task: TaskRequest) -> Result<BigQueryMeta, AgentError> {
-        let custom = task.custom();
-        let settings: TaskSettings = serde_json::from_value(Json::Object(custom.clone())).map_err(|e| {
-            AgentError::invalid_argument(format!("template.custom: {e}; set BigQueryConfig(ProjectID=...) on the task"))
-        })?;
-        let (location, domain) = (settings.location.as_deref(), settings.domain.as_deref());
-        check_task(&settings.project, location, domain, runtime_version(&task))?;
-        let mut meta = BigQueryMeta {
-            // Stable per task attempt, so a repeated CreateTask finds the job it created.
-            job_id: format!("flyte_{}", task.attempt_id_or_random("bigquery").simple()),
-            project: settings.project,
-            location: settings.location,
-            results: task.declares_output("results"),
-        };
-        let job = build_job(&task, &meta, custom)?;
+        let TaskSettings { project, location, domain, query } = serde_json::from_value(Json::Object(task.custom()))
+            .map_err(|e| {
+                let hint = "set BigQueryConfig(ProjectID=...) on the task";
+                AgentError::invalid_argument(format!("template.custom: {e}; {hint}"))
+            })?;
+        check_task(&project, location.as_deref(), domain.as_deref(), runtime_version(&task))?;
+        // Stable per task attempt, so a repeated CreateTask finds the job it created.
+        let job_id = format!("flyte_{}", task.attempt_id_or_random("bigquery").simple());
+        let mut meta = BigQueryMeta { job_id, project, location, results: task.declares_output("results") };
+        let job = build_job(&task, &meta, query)?;
         // The user agent flytekit sends: `Flytekit/<sdk version> (GPN:Union;<domain>)`.
-        let ua = format!("Flytekit/{} (GPN:Union;{})", runtime_version(&task), settings.domain.unwrap_or_default());
+        let ua = format!("Flytekit/{} (GPN:Union;{})", runtime_version(&task), domain.unwrap_or_default());
         let created = match self.client.insert(ctx, &meta.project, &job, &ua).await.map_err(Failure::into_error)? {
             Some(job) => job,
             // Already created by an earlier attempt of this CreateTask: adopt it.
@@ -240,20 +225,21 @@ mod tests {
 
     #[test]
     fn states_map_to_phases_and_unknown_states_wait() {
+        let fails = |reason| job("DONE", Some((reason, "why")));
         let cases = [
-            ("PENDING", None, Phase::Initializing),
-            ("RUNNING", None, Phase::Running),
-            ("DONE", None, Phase::Succeeded),
-            ("DONE", Some(("invalidQuery", "Syntax error")), Phase::Failed),
-            ("DONE", Some(("backendError", "try again")), Phase::RetryableFailed),
-            ("DONE", Some(("rateLimitExceeded", "slow down")), Phase::RetryableFailed),
-            ("DONE", Some(("stopped", "cancelled")), Phase::Aborted),
-            ("SUSPENDED", None, Phase::Running),
-            ("", None, Phase::Running),
+            (job("PENDING", None), Phase::Initializing),
+            (job("RUNNING", None), Phase::Running),
+            (job("DONE", None), Phase::Succeeded),
+            (fails("invalidQuery"), Phase::Failed),
+            (fails("backendError"), Phase::RetryableFailed),
+            (fails("rateLimitExceeded"), Phase::RetryableFailed),
+            (fails("stopped"), Phase::Aborted),
+            (job("SUSPENDED", None), Phase::Running),
+            (job("", None), Phase::Running),
         ];
-        for (state, err, phase) in cases {
-            let r = resource_for(&job(state, err), &meta(true));
-            assert_eq!(r.phase, phase, "{state} {err:?}");
+        for (job, phase) in cases {
+            let r = resource_for(&job, &meta(true));
+            assert_eq!(r.phase, phase, "{:?}", job.status);
             assert_eq!(
                 r.log_links[0].uri,
                 "https://console.cloud.google.com/bigquery?project=p&j=bq:US:j1&page=queryresults"

@@ -5,11 +5,12 @@ use agent_core::http::RestSettings;
 use serde::Deserialize;
 
 /// `bigquery.*` settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// `host:port` of a BigQuery emulator: plain HTTP, anonymous credentials. Defaults to
-    /// `BIGQUERY_EMULATOR_HOST`, like Google's other emulator variables.
+    /// `host:port` of a BigQuery emulator: plain HTTP, anonymous credentials. When the
+    /// settings leave it out, `BIGQUERY_EMULATOR_HOST`, like Google's other emulator variables.
+    #[serde(default = "emulator_host_from_env")]
     pub emulator_host: Option<String>,
     /// Another API endpoint (e.g. a private service connect address); ignored with an emulator.
     pub endpoint: Option<String>,
@@ -19,11 +20,8 @@ pub struct Config {
     pub rest: RestSettings,
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        let emulator_host = std::env::var("BIGQUERY_EMULATOR_HOST").ok().filter(|h| !h.is_empty());
-        Self { emulator_host, endpoint: None, rest: RestSettings::default() }
-    }
+fn emulator_host_from_env() -> Option<String> {
+    std::env::var("BIGQUERY_EMULATOR_HOST").ok().filter(|h| !h.is_empty())
 }
 
 #[cfg(test)]
