@@ -26,18 +26,13 @@ pub struct BigQueryMeta {
     #[serde(default)]
     pub location: Option<String>,
     /// Whether the task declares the `results` output. Metas written by the Python agent
-    /// lack the key and get the output, as they did there.
-    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    /// lack the key and get the output, as they did there; ours write it only when false.
+    #[serde(default = "yes", skip_serializing_if = "bool::clone")]
     pub results: bool,
 }
 
 fn yes() -> bool {
     true
-}
-
-#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference.
-fn is_true(b: &bool) -> bool {
-    *b
 }
 
 /// `template.custom`: the keys flytekit's `BigQueryConfig` adds, and BigQuery
@@ -167,14 +162,13 @@ impl AsyncAgent for BigQueryAgent {
         let job = build_job(&task, &meta, query)?;
         // The user agent flytekit sends: `Flytekit/<sdk version> (GPN:Union;<domain>)`.
         let ua = format!("Flytekit/{} (GPN:Union;{})", runtime_version(&task), domain.unwrap_or_default());
-        let created = match self.client.insert(ctx, &meta.project, &job, &ua).await.map_err(Failure::into_error)? {
+        let created = match self.client.insert(ctx, &job, &ua).await.map_err(Failure::into_error)? {
             Some(job) => job,
             // Already created by an earlier attempt of this CreateTask: adopt it.
             None => {
                 let what = "lookup of the job created by an earlier attempt";
-                let job = self.client.get(ctx, what, &meta).await.map_err(Failure::into_error)?;
-                tracing::info!(message = "Adopted the job an earlier CreateTask created.", job_id = %meta.job_id);
-                job
+                tracing::info!(message = "Adopting the job an earlier CreateTask created.", job_id = %meta.job_id);
+                self.client.get(ctx, what, &meta).await.map_err(Failure::into_error)?
             }
         };
         let reported = created.job_reference.and_then(|r| r.location);

@@ -19,6 +19,10 @@ use crate::config::Config;
 pub(crate) const SERVICE: Service =
     Service::new("BigQuery", "Check the agent's Google credentials and their BigQuery roles");
 
+/// What to do when Google's client finds no credentials.
+const ADC: &str = "Provide Application Default Credentials (workload identity or GOOGLE_APPLICATION_CREDENTIALS), \
+                   or set BIGQUERY_EMULATOR_HOST for an emulator";
+
 /// The JobService client and how to retry it.
 #[derive(Debug, Clone)]
 pub(crate) struct Client {
@@ -43,12 +47,8 @@ impl Client {
         } else if let Some(endpoint) = &config.endpoint {
             builder = builder.with_endpoint(endpoint.clone());
         }
-        let jobs = builder.build().await.map_err(|e| {
-            format!(
-                "bigquery: cannot create the BigQuery client: {e}. Provide Application Default Credentials \
-                 (workload identity or GOOGLE_APPLICATION_CREDENTIALS), or set BIGQUERY_EMULATOR_HOST for an emulator"
-            )
-        })?;
+        let jobs =
+            builder.build().await.map_err(|e| format!("bigquery: cannot create the BigQuery client: {e}. {ADC}"))?;
         Ok(Self { jobs, rest: config.rest.clone() })
     }
 
@@ -69,13 +69,8 @@ impl Client {
 
     /// `jobs.insert`; `None` when the job exists already (409), made by an earlier attempt
     /// of the same CreateTask. Safe to retry: the job id is fixed, so a repeat is a 409.
-    pub(crate) async fn insert(
-        &self,
-        ctx: &Context,
-        project: &str,
-        job: &Job,
-        ua: &str,
-    ) -> Result<Option<Job>, Failure> {
+    pub(crate) async fn insert(&self, ctx: &Context, job: &Job, ua: &str) -> Result<Option<Job>, Failure> {
+        let project = job.job_reference.as_ref().map(|r| r.project_id.as_str()).unwrap_or_default();
         let conflict = |e: ApiError| if e.http_status_code() == Some(409) { Ok(None) } else { Err(e) };
         self.call(ctx, "job insert", |timeout| {
             let call = self.jobs.insert_job().set_project_id(project).set_job(job.clone()).with_user_agent(ua);
@@ -86,23 +81,16 @@ impl Client {
 
     /// `jobs.get` of `meta`'s job, for call `what`.
     pub(crate) async fn get(&self, ctx: &Context, what: &str, meta: &BigQueryMeta) -> Result<Job, Failure> {
-        let (project, id, location) = (&meta.project, &meta.job_id, meta.location.as_deref().unwrap_or_default());
-        self.call(ctx, what, |timeout| {
-            let call = self.jobs.get_job().set_project_id(project).set_job_id(id).set_location(location);
-            call.with_attempt_timeout(timeout).send()
-        })
-        .await
+        let call = self.jobs.get_job().set_project_id(&meta.project).set_job_id(&meta.job_id);
+        let call = call.set_location(meta.location.clone().unwrap_or_default());
+        self.call(ctx, what, |timeout| call.clone().with_attempt_timeout(timeout).send()).await
     }
 
     /// `jobs.cancel` of `meta`'s job.
     pub(crate) async fn cancel(&self, ctx: &Context, meta: &BigQueryMeta) -> Result<(), Failure> {
-        let (project, id, location) = (&meta.project, &meta.job_id, meta.location.as_deref().unwrap_or_default());
-        self.call(ctx, "job cancel", |timeout| {
-            let call = self.jobs.cancel_job().set_project_id(project).set_job_id(id).set_location(location);
-            call.with_attempt_timeout(timeout).send()
-        })
-        .await
-        .map(drop)
+        let call = self.jobs.cancel_job().set_project_id(&meta.project).set_job_id(&meta.job_id);
+        let call = call.set_location(meta.location.clone().unwrap_or_default());
+        self.call(ctx, "job cancel", |timeout| call.clone().with_attempt_timeout(timeout).send()).await.map(drop)
     }
 }
 

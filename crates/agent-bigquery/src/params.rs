@@ -55,18 +55,13 @@ fn check(ok: bool, source: &str, rule: &str) -> Result<(), AgentError> {
 }
 
 /// A task's `ProjectID`, `Location` (absent or empty: none), and what goes into the user
-/// agent: `Domain` and the flytekit version of `template.metadata.runtime`.
-pub(crate) fn check_task(
-    project: &str,
-    location: Option<&str>,
-    domain: Option<&str>,
-    runtime_version: &str,
-) -> Result<(), AgentError> {
+/// agent: `Domain` and `sdk`, the flytekit version of `template.metadata.runtime`.
+pub(crate) fn check_task(project: &str, loc: Option<&str>, domain: Option<&str>, sdk: &str) -> Result<(), AgentError> {
     check(is_project(project), "template.custom.ProjectID", &format!("a BigQuery project id: {PROJECT_RULE}"))?;
-    let location_ok = location.is_none_or(|l| l.is_empty() || is_location(l));
+    let location_ok = loc.is_none_or(|l| l.is_empty() || is_location(l));
     check(location_ok, "template.custom.Location", &format!("a BigQuery location: {LOCATION_RULE}"))?;
     check(domain.is_none_or(is_header_text), "template.custom.Domain", HEADER_RULE)?;
-    check(is_header_text(runtime_version), "template.metadata.runtime.version", HEADER_RULE)
+    check(is_header_text(sdk), "template.metadata.runtime.version", HEADER_RULE)
 }
 
 /// A meta's `job_id`, `project` and `location` (absent or empty: none).
@@ -82,37 +77,33 @@ pub(crate) fn check_meta(job_id: &str, project: &str, location: Option<&str>) ->
 /// `INVALID_ARGUMENT` naming the input.
 pub(crate) fn query_parameters(task: &TaskRequest) -> Result<Vec<Json>, AgentError> {
     let declared = task.template.interface.as_ref().and_then(|i| i.inputs.as_ref());
-    let mut out = Vec::new();
-    for (name, value) in task.input_values()? {
-        let ty = declared.and_then(|d| d.variables.get(&name)).and_then(|v| v.r#type.as_ref());
-        let (parameter_type, parameter_value) = parameter(&value, ty).map_err(|why| {
-            AgentError::invalid_argument(format!(
-                "inputs.{name}: {why}; BigQuery query parameters are scalars or arrays of scalars"
-            ))
-        })?;
-        out.push(json!({"name": name, "parameterType": parameter_type, "parameterValue": parameter_value}));
-    }
-    Ok(out)
+    let scalars_only = "BigQuery query parameters are scalars or arrays of scalars";
+    (task.input_values()?.into_iter())
+        .map(|(name, value)| {
+            let ty = declared.and_then(|d| d.variables.get(&name)).and_then(|v| v.r#type.as_ref());
+            let (t, v) = parameter(&value, ty)
+                .map_err(|why| AgentError::invalid_argument(format!("inputs.{name}: {why}; {scalars_only}")))?;
+            Ok(json!({"name": name, "parameterType": t, "parameterValue": v}))
+        })
+        .collect()
 }
 
 /// `(parameterType, parameterValue)` for one value.
 fn parameter(value: &Value, declared: Option<&LiteralType>) -> Result<(Json, Json), String> {
     match value {
         Value::Collection(items) => {
-            let element_type = match (items.first(), declared.and_then(|t| t.r#type.as_ref())) {
-                (Some(first), _) => Some(scalar(first)?.0),
-                (None, Some(literal_type::Type::CollectionType(inner))) => declared_scalar_type(inner),
-                (None, _) => None,
+            let scalars =
+                items.iter().map(scalar).collect::<Result<Vec<_>, _>>().map_err(|e| format!("list element: {e}"))?;
+            let declared_element = || match declared?.r#type.as_ref()? {
+                literal_type::Type::CollectionType(inner) => declared_scalar_type(inner),
+                _ => None,
+            };
+            let element_type = scalars.first().map(|(t, _)| *t).or_else(declared_element);
+            let element_type = element_type.ok_or("an empty list of unknown element type")?;
+            if let Some((t, _)) = scalars.iter().find(|(t, _)| *t != element_type) {
+                return Err(format!("a list mixing {element_type} and {t}"));
             }
-            .ok_or("an empty list of unknown element type")?;
-            let mut values = Vec::with_capacity(items.len());
-            for item in items {
-                let (t, v) = scalar(item).map_err(|e| format!("list element: {e}"))?;
-                if t != element_type {
-                    return Err(format!("a list mixing {element_type} and {t}"));
-                }
-                values.push(json!({"value": v}));
-            }
+            let values: Vec<_> = scalars.into_iter().map(|(_, v)| json!({"value": v})).collect();
             Ok((json!({"type": "ARRAY", "arrayType": {"type": element_type}}), json!({"arrayValues": values})))
         }
         // NULL of the declared type: BigQuery needs a type even for NULL.
@@ -138,7 +129,7 @@ fn scalar(value: &Value) -> Result<(&'static str, String), String> {
         Value::Datetime(t) => ("TIMESTAMP", t.to_string()),
         Value::Duration(d) => ("INTERVAL", interval(d.seconds, d.nanos)),
         Value::Binary { value, .. } => ("BYTES", base64::engine::general_purpose::STANDARD.encode(value)),
-        Value::None => return Err("a list element is None; BigQuery arrays cannot hold NULL".into()),
+        Value::None => return Err("None; BigQuery arrays cannot hold NULL".into()),
         Value::Collection(_) => return Err("a nested list; BigQuery has no arrays of arrays".into()),
         other => return Err(format!("a {} value", other.kind())),
     })
