@@ -117,16 +117,29 @@ fn failure(e: &ErrorProto) -> Resource {
     resource.with_failure(FailureDetail { code: e.reason.clone(), recoverable: transient, origin })
 }
 
+/// BigQuery's job states; `Unknown` keeps one this agent does not know yet (by name), so a
+/// task never fails because the agent is older than the API.
+#[derive(Debug, PartialEq, Eq, strum::EnumString)]
+#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
+enum JobState {
+    Pending,
+    Running,
+    Done,
+    #[strum(default)]
+    Unknown(String),
+}
+
 /// The resource for a job BigQuery reported.
 fn resource_for(job: &Job, meta: &BigQueryMeta) -> Resource {
     let status = job.status.clone().unwrap_or_default();
     let reported = job.job_reference.as_ref().and_then(|r| r.location.clone()).filter(|l| !l.is_empty());
     let link = console_link(meta, &reported.or_else(|| meta.location.clone()).unwrap_or_default());
     let table = job.configuration.as_ref().and_then(|c| c.query.as_ref()?.destination_table.as_ref());
-    let resource = match status.state.as_str() {
-        "PENDING" => Resource::initializing("PENDING"),
-        "RUNNING" => Resource::running().with_message("RUNNING"),
-        "DONE" => match (&status.error_result, table.filter(|_| meta.results)) {
+    let state = status.state.parse().unwrap_or_else(|_| JobState::Unknown(status.state.clone()));
+    let resource = match state {
+        JobState::Pending => Resource::initializing("PENDING"),
+        JobState::Running => Resource::running().with_message("RUNNING"),
+        JobState::Done => match (&status.error_result, table.filter(|_| meta.results)) {
             (Some(e), _) => failure(e),
             (None, None) => Resource::succeeded().with_message("DONE"),
             (None, Some(t)) => Resource::succeeded().with_message("DONE").with_output("results", {
@@ -134,9 +147,7 @@ fn resource_for(job: &Job, meta: &BigQueryMeta) -> Resource {
                 Value::StructuredDataset { uri, format: String::new() }
             }),
         },
-        // Waited on, never an error: BigQuery may add states, and a task must not fail
-        // because the agent is older than the API.
-        state => Resource::running().with_message(format!(
+        JobState::Unknown(state) => Resource::running().with_message(format!(
             "BigQuery reports state '{state}', which this agent does not know; waiting for DONE"
         )),
     };
