@@ -2,7 +2,6 @@
 //! against the test agents.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use agent_core::AgentService;
@@ -11,7 +10,7 @@ use agent_core::pb::admin;
 use agent_core::prelude::*;
 use agent_core::testing::{Code, TestServer, conformance, secrets, test_config};
 use testbed::task;
-use testbed::test_agent::{self, ASYNC_TYPE, SYNC_TYPE};
+use testbed::test_agent::{self, ASYNC_TYPE, Counting, SYNC_TYPE};
 
 fn create_req(t: &TaskRequest) -> admin::CreateTaskRequest {
     admin::CreateTaskRequest {
@@ -307,28 +306,6 @@ async fn metrics_and_logs_are_served_and_logs_stream() {
     assert_eq!(client.get_task_logs(bad_token).await.unwrap_err().code(), Code::InvalidArgument);
     let sync_cat = admin::GetTaskLogsRequest { resource_meta: meta, task_type: SYNC_TYPE.into(), ..Default::default() };
     assert_eq!(client.get_task_logs(sync_cat).await.unwrap_err().code(), Code::FailedPrecondition);
-}
-
-/// An agent that implements neither metrics nor logs, and counts deletes.
-struct Counting(Arc<AtomicUsize>);
-impl AsyncAgent for Counting {
-    type Meta = String;
-    fn name(&self) -> &str {
-        "Counting"
-    }
-    fn task_categories(&self) -> Vec<TaskCategory> {
-        vec![TaskCategory::new("counting", 0)]
-    }
-    async fn create(&self, _: &Context, _: TaskRequest) -> Result<String, AgentError> {
-        Ok("job".into())
-    }
-    async fn get(&self, _: &Context, _: String) -> Result<Resource, AgentError> {
-        Ok(Resource::running())
-    }
-    async fn delete(&self, _: &Context, _: String) -> Result<(), AgentError> {
-        self.0.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    }
 }
 
 #[tokio::test]

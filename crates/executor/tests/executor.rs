@@ -12,30 +12,8 @@ use agent_core::testing::{TestServer, secrets, test_config};
 use executor::testing::TestServerExt as _;
 use executor::{ExecutorOptions, LocalExecutor, Outcome, Progress};
 use testbed::task;
-use testbed::test_agent::{self, ASYNC_TYPE, SYNC_TYPE};
+use testbed::test_agent::{self, ASYNC_TYPE, Counting, SYNC_TYPE};
 use tokio_util::sync::CancellationToken;
-
-/// An agent that implements neither metrics nor logs, and counts deletes.
-struct Counting(Arc<AtomicUsize>);
-impl AsyncAgent for Counting {
-    type Meta = String;
-    fn name(&self) -> &str {
-        "Counting"
-    }
-    fn task_categories(&self) -> Vec<TaskCategory> {
-        vec![TaskCategory::new("counting", 0)]
-    }
-    async fn create(&self, _: &Context, _: TaskRequest) -> Result<String, AgentError> {
-        Ok("job".into())
-    }
-    async fn get(&self, _: &Context, _: String) -> Result<Resource, AgentError> {
-        Ok(Resource::running())
-    }
-    async fn delete(&self, _: &Context, _: String) -> Result<(), AgentError> {
-        self.0.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    }
-}
 
 #[tokio::test]
 async fn local_executor_runs_tasks_in_process_and_over_grpc() {

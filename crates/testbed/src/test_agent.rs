@@ -226,3 +226,28 @@ pub fn registry() -> Registry {
         .and_then(|r| r.sync_agent(TestSyncAgent))
         .expect("the test agents have distinct categories")
 }
+
+/// An agent that implements neither metrics nor logs (task type `counting`), and counts
+/// the deletes it gets: for tests of the optional operations and of cancellation.
+#[derive(Debug, Default)]
+pub struct Counting(pub std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl AsyncAgent for Counting {
+    type Meta = String;
+
+    const NAME: &str = "Counting";
+    const TASK_TYPES: &[&str] = &["counting"];
+
+    async fn create(&self, _: &Context, _: TaskRequest) -> Result<String, AgentError> {
+        Ok("job".into())
+    }
+
+    async fn get(&self, _: &Context, _: String) -> Result<Resource, AgentError> {
+        Ok(Resource::running())
+    }
+
+    async fn delete(&self, _: &Context, _: String) -> Result<(), AgentError> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+}
