@@ -4,13 +4,15 @@
 use agent_core::http::RestSettings;
 use serde::Deserialize;
 
+/// The variables Google's tools read, as defaults of the settings they mean.
+pub(crate) const ENV: &[(&str, &str)] = &[("emulator_host", "BIGQUERY_EMULATOR_HOST")];
+
 /// `bigquery.*` settings.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// `host:port` of a BigQuery emulator: plain HTTP, anonymous credentials. When the
     /// settings leave it out, `BIGQUERY_EMULATOR_HOST`, like Google's other emulator variables.
-    #[serde(default = "emulator_host_from_env")]
     pub emulator_host: Option<String>,
     /// Another API endpoint (e.g. a private service connect address); ignored with an emulator.
     pub endpoint: Option<String>,
@@ -18,10 +20,6 @@ pub struct Config {
     /// start-up: Google's client takes no extra CA certificates (see `SSL_CERT_FILE`).
     #[serde(flatten)]
     pub rest: RestSettings,
-}
-
-fn emulator_host_from_env() -> Option<String> {
-    std::env::var("BIGQUERY_EMULATOR_HOST").ok().filter(|h| !h.is_empty())
 }
 
 #[cfg(test)]
@@ -40,5 +38,15 @@ mod tests {
             (Duration::from_secs(3), Duration::from_secs(20))
         );
         assert!(serde_json::from_value::<Config>(serde_json::json!({"attempt_timeot": "3s"})).is_err());
+    }
+
+    #[test]
+    fn googles_emulator_variable_is_the_default_below_the_agents_own_setting() {
+        let vars = [("BIGQUERY_EMULATOR_HOST", "h:1")];
+        let config: Config = agent_core::testing::section("bigquery", ENV, &vars).unwrap();
+        assert_eq!(config.emulator_host.as_deref(), Some("h:1"));
+        let vars = [("BIGQUERY_EMULATOR_HOST", "h:1"), ("AGENT_BIGQUERY__EMULATOR_HOST", "h:2")];
+        let config: Config = agent_core::testing::section("bigquery", ENV, &vars).unwrap();
+        assert_eq!(config.emulator_host.as_deref(), Some("h:2"));
     }
 }

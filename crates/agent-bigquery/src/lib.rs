@@ -11,6 +11,6 @@ pub use config::Config;
 
 /// The agents this binary serves, from the `bigquery` settings.
 pub async fn registry(settings: &agent_core::config::Settings) -> Result<agent_core::Registry, String> {
-    let config: Config = settings.section("bigquery").map_err(|e| e.to_string())?;
+    let config: Config = settings.section("bigquery", config::ENV).map_err(|e| e.to_string())?;
     agent_core::Registry::builder().async_agent(BigQueryAgent::new(&config).await?).map_err(|e| e.to_string())
 }

@@ -222,6 +222,8 @@ pub struct Settings {
     /// Agent sections read so far, so that [`Settings::check_all_used`] can tell a
     /// misspelled key from a section.
     sections: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
+    /// The environment `load` was given (tests); `None` reads the process environment.
+    env: Option<std::sync::Arc<HashMap<String, String>>>,
 }
 
 impl Settings {
@@ -240,8 +242,9 @@ impl Settings {
         // `0012345678` must reach the agent verbatim, not as the number 12345678.
         let mut environment =
             config::Environment::with_prefix("AGENT").prefix_separator("_").separator("__").try_parsing(false);
-        if let Some(map) = env {
-            environment = environment.source(Some(map.into_iter().collect()));
+        let env = env.map(std::sync::Arc::new);
+        if let Some(map) = &env {
+            environment = environment.source(Some(map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()));
         }
         b = b.add_source(environment);
         b = b
@@ -273,7 +276,7 @@ impl Settings {
         }
         let raw = b.build().map_err(err)?;
         let server = server_config(&raw)?;
-        Ok(Self { server, raw, sections: Default::default() })
+        Ok(Self { server, raw, sections: Default::default(), env })
     }
 
     /// Fails, naming them, if the settings hold top-level keys that are neither server
@@ -308,17 +311,31 @@ impl Settings {
     }
 
     /// An agent's section, e.g. `bigquery`; a missing section deserializes from nothing,
-    /// so types with defaults work without any configuration.
-    pub fn section<T: DeserializeOwned>(&self, key: &str) -> Result<T, ConfigError> {
+    /// so types with defaults work without any configuration. `env_defaults` pairs a key of
+    /// the section with the environment variable the service's own tools read for it (e.g.
+    /// `("base_url", "SNOWFLAKE_BASE_URL")`): a non-blank variable is the key's default,
+    /// below the file, `AGENT_*` and flags, so every agent layers such variables one way.
+    pub fn section<T: DeserializeOwned>(&self, key: &str, env_defaults: &[(&str, &str)]) -> Result<T, ConfigError> {
         if let Some(top) = key.split('.').next() {
             self.sections.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(top.to_owned());
         }
-        match self.raw.get::<T>(key) {
+        let err = |e: config::ConfigError| ConfigError(format!("{key}: {e}"));
+        let mut layered = config::Config::builder().add_source(self.raw.clone());
+        for (field, var) in env_defaults {
+            let value = match &self.env {
+                Some(map) => map.get(*var).cloned(),
+                None => std::env::var(var).ok(),
+            };
+            if let Some(value) = value.filter(|v| !v.trim().is_empty()) {
+                layered = layered.set_default(format!("{key}.{field}"), value).map_err(err)?;
+            }
+        }
+        match layered.build().map_err(err)?.get::<T>(key) {
             Ok(v) => Ok(v),
             Err(config::ConfigError::NotFound(_)) => {
                 serde_json::from_value(serde_json::json!({})).map_err(|e| ConfigError(format!("{key}: {e}")))
             }
-            Err(e) => Err(ConfigError(format!("{key}: {e}"))),
+            Err(e) => Err(err(e)),
         }
     }
 }
@@ -458,11 +475,32 @@ mod tests {
             project: String,
             location: String,
         }
-        let bq: Bq = s.section("bigquery").unwrap();
+        let bq: Bq = s.section("bigquery", &[]).unwrap();
         assert_eq!((bq.project.as_str(), bq.location.as_str()), ("from-file", "EU"));
-        let none: Bq = s.section("snowflake").unwrap();
+        let none: Bq = s.section("snowflake", &[]).unwrap();
         assert_eq!(none.project, "");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_services_own_variable_is_a_default_below_every_layer() {
+        #[derive(Deserialize, Debug, Default)]
+        #[serde(default)]
+        struct Sf {
+            base_url: Option<String>,
+            role: Option<String>,
+        }
+        let defaults = [("base_url", "SNOWFLAKE_BASE_URL"), ("role", "SNOWFLAKE_ROLE")];
+        let vars = [("SNOWFLAKE_BASE_URL", "http://emulator:1"), ("SNOWFLAKE_ROLE", "  ")];
+        let sf: Sf = Settings::load(&CliArgs::default(), env(&vars)).unwrap().section("snowflake", &defaults).unwrap();
+        assert_eq!(sf.base_url.as_deref(), Some("http://emulator:1"), "the variable fills an unset key");
+        assert_eq!(sf.role, None, "a blank variable is no value");
+        let set = [("SNOWFLAKE_BASE_URL", "http://emulator:1"), ("AGENT_SNOWFLAKE__BASE_URL", "http://set:2")];
+        let sf: Sf = Settings::load(&CliArgs::default(), env(&set)).unwrap().section("snowflake", &defaults).unwrap();
+        assert_eq!(sf.base_url.as_deref(), Some("http://set:2"), "the agent's own setting wins");
+        let cli = CliArgs { overrides: vec!["snowflake.base_url=http://flag:3".into()], ..Default::default() };
+        let sf: Sf = Settings::load(&cli, env(&vars)).unwrap().section("snowflake", &defaults).unwrap();
+        assert_eq!(sf.base_url.as_deref(), Some("http://flag:3"), "a flag wins");
     }
 
     #[test]
@@ -512,7 +550,7 @@ mod tests {
         let cli = CliArgs { overrides: vec!["grace_period=3s".into(), "x.y=1".into()], ..Default::default() };
         let s = Settings::load(&cli, env(&[])).unwrap();
         assert_eq!(s.server.grace_period, Duration::from_secs(3));
-        assert_eq!(s.section::<i64>("x.y").unwrap(), 1);
+        assert_eq!(s.section::<i64>("x.y", &[]).unwrap(), 1);
         let bad = CliArgs { overrides: vec!["novalue".into()], ..Default::default() };
         assert!(Settings::load(&bad, env(&[])).unwrap_err().to_string().contains("KEY=VALUE"));
     }
@@ -535,7 +573,7 @@ mod tests {
             ]),
         )
         .unwrap();
-        let x: Section = s.section("x").unwrap();
+        let x: Section = s.section("x", &[]).unwrap();
         assert_eq!((x.client_secret.as_str(), x.timeout_secs, x.enabled), ("0012345678", 30, true));
         assert_eq!(s.server.max_concurrent_calls, 12);
     }
@@ -558,7 +596,7 @@ mod tests {
             #[allow(dead_code)]
             role: String,
         }
-        let _: Sf = s.section("snowflake").unwrap();
+        let _: Sf = s.section("snowflake", &[]).unwrap();
         let err = s.check_all_used().unwrap_err().to_string();
         assert!(err.contains("max_concurent_calls") && !err.contains("snowflake ("), "{err}");
         let ok = Settings::load(&CliArgs::default(), env(&[("AGENT_PORT", "8001")])).unwrap();

@@ -46,6 +46,18 @@ pub fn secrets(vars: &[(&str, &str)]) -> SecretStore {
     SecretStore::new(EnvSource::Map(Arc::new(map)))
 }
 
+/// An agent's settings section `key` as the agent loads it (its `env_defaults` included)
+/// when the environment holds only `vars`, or the configuration error's text.
+pub fn section<T: serde::de::DeserializeOwned>(
+    key: &str,
+    env_defaults: &[(&str, &str)],
+    vars: &[(&str, &str)],
+) -> Result<T, String> {
+    let env = vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    let settings = crate::config::Settings::load(&crate::config::CliArgs::default(), Some(env));
+    settings.and_then(|s| s.section(key, env_defaults)).map_err(|e| e.to_string())
+}
+
 /// An agent server running in this process on `127.0.0.1:<free port>`.
 #[derive(Debug)]
 pub struct TestServer {

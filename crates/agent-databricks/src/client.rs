@@ -48,8 +48,7 @@ impl Client {
         let setting = "databricks.allowed_instances";
         let allowed = config.trusted_instances();
         let trusted = allowed.iter().try_fold(TrustedHosts::new(setting), |t, instance| t.origin(instance, setting))?;
-        let user_agent = concat!("flyte-agent-databricks/", env!("CARGO_PKG_VERSION"));
-        let rest = RestClient::new(SERVICE, "databricks", user_agent, &config.rest, trusted)?;
+        let rest = RestClient::new(SERVICE, "databricks", &config.rest, trusted)?;
         Ok(Self { rest, tokens: TokenCache::default(), client_secret: config.client_secret.clone() })
     }
 

@@ -5,12 +5,20 @@ use agent_core::Secret;
 use agent_core::http::RestSettings;
 use serde::Deserialize;
 
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
-}
+/// flytekit's variables, as defaults of the settings they mean.
+pub(crate) const ENV: &[(&str, &str)] = &[
+    ("default_instance", "FLYTE_DATABRICKS_INSTANCE"),
+    ("auth_type", "FLYTE_DATABRICKS_AUTH_TYPE"),
+    ("client_id", "DATABRICKS_CLIENT_ID"),
+    ("client_secret", "DATABRICKS_CLIENT_SECRET"),
+    ("oauth_secret_name", "FLYTE_DATABRICKS_OAUTH_SECRET_NAME"),
+    ("oidc_token_file", "FLYTE_DATABRICKS_OIDC_TOKEN_FILE"),
+    ("oidc_audience", "FLYTE_DATABRICKS_OIDC_AUDIENCE"),
+    ("service_credential_provider", "FLYTE_DATABRICKS_SERVICE_CREDENTIAL_PROVIDER"),
+];
 
 /// `databricks.*` settings (`AGENT_DATABRICKS__<KEY>` in the environment).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Instance used when a task names none (`FLYTE_DATABRICKS_INSTANCE`).
@@ -47,23 +55,6 @@ impl Config {
     }
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            default_instance: env("FLYTE_DATABRICKS_INSTANCE"),
-            allowed_instances: Vec::new(),
-            auth_type: env("FLYTE_DATABRICKS_AUTH_TYPE"),
-            client_id: env("DATABRICKS_CLIENT_ID"),
-            client_secret: env("DATABRICKS_CLIENT_SECRET").map(Secret::new),
-            oauth_secret_name: env("FLYTE_DATABRICKS_OAUTH_SECRET_NAME"),
-            oidc_token_file: env("FLYTE_DATABRICKS_OIDC_TOKEN_FILE"),
-            oidc_audience: env("FLYTE_DATABRICKS_OIDC_AUDIENCE"),
-            service_credential_provider: env("FLYTE_DATABRICKS_SERVICE_CREDENTIAL_PROVIDER"),
-            rest: RestSettings::default(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -76,18 +67,22 @@ mod tests {
     fn load(vars: &[(&str, &str)]) -> Result<Config, String> {
         let env = vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect::<HashMap<_, _>>();
         let settings = Settings::load(&CliArgs::default(), Some(env)).map_err(|e| e.to_string())?;
-        settings.section("databricks").map_err(|e| e.to_string())
+        settings.section("databricks", ENV).map_err(|e| e.to_string())
     }
 
     /// The kit's settings sit in the `databricks` section under the keys they always had.
     #[test]
     fn rest_settings_keep_their_keys_and_unknown_keys_are_refused() {
-        let config = load(&[
-            ("AGENT_DATABRICKS__ATTEMPT_TIMEOUT", "3s"),
-            ("AGENT_DATABRICKS__RETRY_BUDGET", "20s"),
-            ("AGENT_DATABRICKS__CA_BUNDLE", "/etc/private-ca.pem"),
-            ("AGENT_DATABRICKS__DEFAULT_INSTANCE", "x.cloud.databricks.com"),
-        ])
+        let config = agent_core::testing::section::<Config>(
+            "databricks",
+            ENV,
+            &[
+                ("AGENT_DATABRICKS__ATTEMPT_TIMEOUT", "3s"),
+                ("AGENT_DATABRICKS__RETRY_BUDGET", "20s"),
+                ("AGENT_DATABRICKS__CA_BUNDLE", "/etc/private-ca.pem"),
+                ("AGENT_DATABRICKS__DEFAULT_INSTANCE", "x.cloud.databricks.com"),
+            ],
+        )
         .unwrap();
         assert_eq!(
             (config.rest.attempt_timeout, config.rest.retry_budget),
@@ -95,6 +90,21 @@ mod tests {
         );
         assert_eq!(config.rest.ca_bundle.as_deref(), Some(std::path::Path::new("/etc/private-ca.pem")));
         assert_eq!(config.default_instance.as_deref(), Some("x.cloud.databricks.com"));
+        // flytekit's variables are the defaults; the agent's own settings win over them.
+        let config = agent_core::testing::section::<Config>(
+            "databricks",
+            ENV,
+            &[
+                ("FLYTE_DATABRICKS_INSTANCE", "env.cloud.databricks.com"),
+                ("DATABRICKS_CLIENT_SECRET", "0123456789"),
+                ("AGENT_DATABRICKS__AUTH_TYPE", "oauth_m2m"),
+                ("FLYTE_DATABRICKS_AUTH_TYPE", "pat"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.default_instance.as_deref(), Some("env.cloud.databricks.com"));
+        assert_eq!(config.client_secret.as_ref().map(Secret::expose), Some("0123456789"));
+        assert_eq!(config.auth_type.as_deref(), Some("oauth_m2m"));
         let err = load(&[("AGENT_DATABRICKS__ATEMPT_TIMEOUT", "3s")]).unwrap_err();
         assert!(err.contains("atempt_timeout"), "{err}");
     }

@@ -14,7 +14,7 @@ pub use config::Config;
 /// The agent's registry from loaded settings: what the binary serves. Fails on a setting
 /// that would fail every task, so a misconfigured agent never starts.
 pub async fn registry(settings: &agent_core::config::Settings) -> Result<agent_core::Registry, String> {
-    let config: Config = settings.section("databricks").map_err(|e| e.to_string())?;
+    let config: Config = settings.section("databricks", config::ENV).map_err(|e| e.to_string())?;
     let agent = DatabricksAgent::new(config)?;
     agent_core::Registry::builder().async_agent(agent).map_err(|e| e.to_string())
 }

@@ -9,8 +9,7 @@ use serde_json::{Map, Value as Json, json};
 use agent_core::http::{Failure, path_id};
 use agent_core::literals::Value;
 use agent_core::prelude::*;
-use async_openai::error::OpenAIError;
-use async_openai::traits::RequestOptionsBuilder;
+use async_openai::{error::OpenAIError, traits::RequestOptionsBuilder};
 
 use crate::client::{Client, ORG_FIELD, SERVICE, Sdk, failure};
 use crate::config::Config;
@@ -29,31 +28,20 @@ const LEGACY_ATTEMPT_KEY: &str = "flyte_attempt";
 /// OpenAI's limit on a metadata value.
 const METADATA_VALUE_MAX: usize = 512;
 
-/// How a batch records the task attempt that created it.
-#[derive(Debug, Clone)]
-struct AttemptMark {
-    /// Hex SHA-256 of the attempt key, stored under [`ATTEMPT_KEY`].
-    digest: String,
-    /// The raw key, when short enough that an earlier release stored it whole: a create
-    /// repeated across an upgrade still finds that batch. A cut key is never matched, since
-    /// two attempts can share its first 512 characters.
-    legacy: Option<String>,
+/// Hex SHA-256 of the attempt key `key`, what [`ATTEMPT_KEY`] holds.
+fn digest(key: &str) -> String {
+    let hash = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key.as_bytes());
+    hash.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-impl AttemptMark {
-    fn new(key: &str) -> Self {
-        let hash = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key.as_bytes());
-        let digest = hash.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-        let legacy = (key.chars().count() <= METADATA_VALUE_MAX).then(|| key.to_owned());
-        Self { digest, legacy }
-    }
-
-    /// Whether `batch` was created by this attempt.
-    fn marks(&self, batch: &Json) -> bool {
-        let stored = |k: &str| batch["metadata"][k].as_str();
-        stored(ATTEMPT_KEY) == Some(self.digest.as_str())
-            || self.legacy.as_deref().is_some_and(|l| stored(LEGACY_ATTEMPT_KEY) == Some(l))
-    }
+/// Whether `batch` was created by the attempt `key` names: by its digest, or by the raw key
+/// an earlier release stored when it was short enough to be stored whole (so a create
+/// repeated across an upgrade still finds that batch). A cut key is never matched, since
+/// two attempts can share its first 512 characters.
+fn marked_by(batch: &Json, key: &str) -> bool {
+    let stored = |k: &str| batch["metadata"][k].as_str();
+    stored(ATTEMPT_KEY) == Some(digest(key).as_str())
+        || (key.chars().count() <= METADATA_VALUE_MAX && stored(LEGACY_ATTEMPT_KEY) == Some(key))
 }
 
 /// The job handle. flytekit pickles its `BatchEndpointMetadata`; this one is JSON with the
@@ -130,34 +118,30 @@ impl AsyncAgent for BatchAgent {
     async fn create(&self, ctx: &Context, task: TaskRequest) -> Result<BatchMeta, AgentError> {
         let custom: Custom = task.custom_as()?;
         let org = custom.openai_organization.filter(|o| !o.is_empty());
-        let input_file_id: String = task.input("input_file_id")?;
         let sdk = self.client.sdk(ctx, org.as_deref(), ORG_FIELD)?;
-        let attempt = task.attempt_key().map(|k| AttemptMark::new(&k));
+        let attempt = task.attempt_key();
         let mut request = custom.config;
         // The attempt marks are the agent's: a task that set them could make another
         // task's CreateTask adopt a batch it prepared.
-        if let Some(Json::Object(m)) = request.get("metadata")
-            && let Some(key) = [ATTEMPT_KEY, LEGACY_ATTEMPT_KEY].into_iter().find(|k| m.contains_key(*k))
-        {
-            return Err(AgentError::invalid_argument(format!(
-                "template.custom.config.metadata.{key} is set by the agent to find a repeated create's batch; \
-                 remove it from the task's metadata"
-            )));
+        let marks = [ATTEMPT_KEY, LEGACY_ATTEMPT_KEY];
+        if let Some(key) = marks.iter().find(|k| request.get("metadata").and_then(|m| m.get(k)).is_some()) {
+            let why = "is set by the agent to find a repeated create's batch; remove it from the task's metadata";
+            return Err(AgentError::invalid_argument(format!("template.custom.config.metadata.{key} {why}")));
         }
         request.entry("completion_window").or_insert_with(|| json!("24h"));
         request.entry("endpoint").or_insert_with(|| json!("/v1/chat/completions"));
-        request.insert("input_file_id".into(), json!(input_file_id));
-        if let Some(mark) = &attempt
+        request.insert("input_file_id".into(), json!(task.input::<String>("input_file_id")?));
+        if let Some(key) = &attempt
             && let Json::Object(m) = request.entry("metadata").or_insert_with(|| json!({}))
         {
-            m.insert(ATTEMPT_KEY.into(), json!(mark.digest));
+            m.insert(ATTEMPT_KEY.into(), json!(digest(key)));
         }
         // Broken connections and lost answers are retried inside the deadline; each try
         // first looks for the batch an earlier one may have created, so none is doubled.
-        let (sdk, request, attempt) = (&sdk, &Json::Object(request), attempt.as_ref());
+        let (sdk, request, attempt) = (&sdk, &Json::Object(request), attempt.as_deref());
         let once = |limit| async move {
-            if let Some(mark) = attempt
-                && let Some(id) = self.started(ctx, sdk, mark).await?
+            if let Some(key) = attempt
+                && let Some(id) = self.started(ctx, sdk, key).await?
             {
                 tracing::info!(message = "Adopted the batch an earlier CreateTask created.", batch_id = %id);
                 return Ok(id);
@@ -205,10 +189,10 @@ impl BatchAgent {
         Ok(Self { client: Client::new(&config, attempt_timeout)?, lookback: config.batch_lookback })
     }
 
-    /// The batch `mark`'s attempt started, if any: newest first, page by page, back to
+    /// The batch the attempt `key` names started, if any: newest first, page by page, back to
     /// batches older than any retry of this attempt could have made (under load more than
     /// one page of batches can arrive between a lost answer and the retry).
-    async fn started(&self, ctx: &Context, sdk: &Sdk, mark: &AttemptMark) -> Result<Option<String>, Failure> {
+    async fn started(&self, ctx: &Context, sdk: &Sdk, key: &str) -> Result<Option<String>, Failure> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let oldest_wanted = now.saturating_sub(self.lookback.as_secs());
         let mut after: Option<String> = None;
@@ -219,7 +203,7 @@ impl BatchAgent {
             let list = |_| async move { sdk.batches().query(query)?.list_byot::<Json>().await };
             let page = self.client.rest.retried_sdk(ctx, &SERVICE, "batch list", list, failure).await?;
             let batches = page["data"].as_array().map(Vec::as_slice).unwrap_or_default();
-            if let Some(id) = batches.iter().find(|b| mark.marks(b)).and_then(|b| b["id"].as_str()) {
+            if let Some(id) = batches.iter().find(|b| marked_by(b, key)).and_then(|b| b["id"].as_str()) {
                 return Ok(Some(id.to_owned()));
             }
             let last = batches.last();
@@ -270,21 +254,21 @@ mod tests {
     #[test]
     fn attempts_are_marked_by_a_fixed_length_digest() {
         let long = format!("org/proj/dev/exec/n0/{}/v1/0", "t".repeat(600));
-        let mark = AttemptMark::new(&long);
-        assert_eq!(mark.digest.len(), 64);
-        assert!(mark.digest.bytes().all(|b| b.is_ascii_hexdigit()));
-        assert!(mark.legacy.is_none(), "a key too long to have been stored whole is never matched raw");
-        assert!(mark.marks(&json!({"metadata": {ATTEMPT_KEY: mark.digest}})));
+        let mark = digest(&long);
+        assert_eq!(mark.len(), 64);
+        assert!(mark.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert!(marked_by(&json!({"metadata": {ATTEMPT_KEY: mark}}), &long));
         // Two attempts sharing the first 512 characters are told apart.
-        let other = AttemptMark::new(&format!("{}/1", &long[..long.len() - 2]));
-        assert_ne!(mark.digest, other.digest);
-        assert!(!other.marks(&json!({"metadata": {ATTEMPT_KEY: mark.digest}})));
+        let other = format!("{}/1", &long[..long.len() - 2]);
+        assert_ne!(mark, digest(&other));
+        assert!(!marked_by(&json!({"metadata": {ATTEMPT_KEY: mark}}), &other));
+        // A key too long to have been stored whole is never matched raw.
         let cut: String = long.chars().take(512).collect();
-        assert!(!mark.marks(&json!({"metadata": {LEGACY_ATTEMPT_KEY: cut}})));
+        assert!(!marked_by(&json!({"metadata": {LEGACY_ATTEMPT_KEY: cut}}), &long));
         // A batch an earlier release marked with a short raw key is still found.
-        let short = AttemptMark::new("org/proj/dev/exec/n0/t/v1/0");
-        assert!(short.marks(&json!({"metadata": {LEGACY_ATTEMPT_KEY: "org/proj/dev/exec/n0/t/v1/0"}})));
-        assert!(!short.marks(&json!({"metadata": null})));
+        let short = "org/proj/dev/exec/n0/t/v1/0";
+        assert!(marked_by(&json!({"metadata": {LEGACY_ATTEMPT_KEY: short}}), short));
+        assert!(!marked_by(&json!({"metadata": null}), short));
     }
 
     #[test]

@@ -54,8 +54,7 @@ impl SyncAgent for ChatGptAgent {
                 let content = completion.pointer("/choices/0/message/content").and_then(Json::as_str);
                 Resource::succeeded().with_output("o0", content.unwrap_or_default().to_owned())
             }
-            Err(f) if f.is_transient() => Resource::retryable_failure(f.message()),
-            Err(f) => Resource::failed(f.message()),
+            Err(f) => f.into_sync_result(),
         })
     }
 }

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use agent_core::http::{Failure, RestClient, RestSettings, Service, TrustedHosts};
+use agent_core::http::{Failure, RestClient, RestSettings, Service, TrustedHosts, header_value};
 use agent_core::prelude::*;
 use async_openai::config::OpenAIConfig;
 use async_openai::error::OpenAIError;
@@ -23,9 +23,6 @@ pub(crate) const SERVICE: Service =
 
 /// Where a template names the organization.
 pub(crate) const ORG_FIELD: &str = "template.custom.openai_organization";
-
-/// What a refused organization is told.
-const ORG_HINT: &str = "; OpenAI organization ids look like org-…";
 
 /// An OpenAI SDK client for one call.
 pub(crate) type Sdk = async_openai::Client<OpenAIConfig>;
@@ -47,11 +44,9 @@ impl Client {
         let rest = RestSettings { attempt_timeout, retry_budget, ..config.rest.clone() };
         // The key goes only to the configured base URL (or OpenAI's own): a plain origin,
         // checked at start-up, and no redirect is ever followed elsewhere.
-        let setting = "openai.base_url";
         let base = config.base_url.as_deref().unwrap_or(async_openai::config::OPENAI_API_BASE);
-        let trusted = TrustedHosts::new(setting).origin(base, setting)?;
-        let user_agent = concat!("flyte-agent-openai/", env!("CARGO_PKG_VERSION"));
-        let http = RestClient::new(SERVICE, "openai", user_agent, &rest, trusted)?.reqwest().clone();
+        let trusted = TrustedHosts::new("openai.base_url").origin(base, "openai.base_url")?;
+        let http = RestClient::new(SERVICE, "openai", &rest, trusted)?.reqwest().clone();
         Ok(Self { http, api_base: base.trim_end_matches('/').to_owned(), rest })
     }
 
@@ -60,10 +55,11 @@ impl Client {
     /// cannot be one: they are checked first, and never echoed (a key, control characters).
     pub(crate) fn sdk(&self, ctx: &Context, org: Option<&str>, field: &str) -> Result<Sdk, AgentError> {
         let org = org.filter(|o| !o.is_empty());
-        header(org.unwrap_or_default(), field, ORG_HINT, AgentError::invalid_argument)?;
+        header_value(field, org.unwrap_or_default())
+            .map_err(|e| AgentError::invalid_argument(e + "; OpenAI organization ids look like org-…"))?;
         let key = ctx.secret(KEY_SECRET)?;
         let what = format!("the agent secret {KEY_SECRET} (the OpenAI API key)");
-        header(key.expose(), &what, "", AgentError::failed_precondition)?;
+        header_value(&what, key.expose()).map_err(AgentError::failed_precondition)?;
         // The base is always set: async-openai would otherwise read it from the environment.
         let config = OpenAIConfig::new().with_api_key(key.expose()).with_api_base(&self.api_base);
         // No organization: async-openai's `OPENAI_ORG_ID`, as flytekit's client reads it.
@@ -81,14 +77,3 @@ pub(crate) fn failure(what: &str, e: &OpenAIError) -> Failure {
         other => Failure::Rejected(AgentError::invalid_argument(format!("{} {what} failed: {other}", SERVICE.name))),
     }
 }
-
-/// Refuses `value`, named `what` (never echoed: a key, control characters), unless it is
-/// what OpenAI's ids and keys are, short printable ASCII, and so a valid header value.
-fn header(value: &str, what: &str, hint: &str, error: fn(String) -> AgentError) -> Result<(), AgentError> {
-    let safe = value.len() <= 256 && value.bytes().all(|b| b.is_ascii_graphic());
-    safe.then_some(()).ok_or_else(|| error(format!("{what} {NOT_A_HEADER}{hint}")))
-}
-
-/// Why a value was refused.
-const NOT_A_HEADER: &str = "must be at most 256 printable ASCII characters without spaces or control characters (it \
-                            is sent as an HTTP header)";

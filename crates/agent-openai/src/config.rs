@@ -5,6 +5,9 @@ use std::time::Duration;
 use agent_core::http::RestSettings;
 use serde::Deserialize;
 
+/// The variables OpenAI's SDKs read, as defaults of the settings they mean.
+pub(crate) const ENV: &[(&str, &str)] = &[("base_url", "OPENAI_BASE_URL")];
+
 /// `openai.*` settings (`AGENT_OPENAI__<KEY>` in the environment).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -32,7 +35,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            base_url: std::env::var("OPENAI_BASE_URL").ok().filter(|u| !u.is_empty()),
+            base_url: None,
             chat_timeout: Duration::from_secs(10),
             request_timeout: None,
             batch_lookback: Duration::from_secs(24 * 3600),

@@ -12,7 +12,7 @@ pub use config::Config;
 
 /// The agents this binary serves, from the `openai` settings.
 pub async fn registry(settings: &agent_core::config::Settings) -> Result<agent_core::Registry, String> {
-    let config: Config = settings.section("openai").map_err(|e| e.to_string())?;
+    let config: Config = settings.section("openai", config::ENV).map_err(|e| e.to_string())?;
     let (chatgpt, batch) = (ChatGptAgent::new(config.clone())?, BatchAgent::new(config)?);
     let builder = agent_core::Registry::builder().sync_agent(chatgpt);
     builder.and_then(|r| r.async_agent(batch)).map_err(|e| e.to_string())

@@ -31,8 +31,7 @@ impl Client {
             Some(base) => TrustedHosts::new("snowflake.base_url").origin(base, "snowflake.base_url")?,
             None => TrustedHosts::new("snowflake.allowed_accounts").domain(DOMAIN),
         };
-        let user_agent = concat!("flyte-agent-snowflake/", env!("CARGO_PKG_VERSION"));
-        let rest = RestClient::new(SERVICE, "snowflake", user_agent, &config.rest, trusted)?;
+        let rest = RestClient::new(SERVICE, "snowflake", &config.rest, trusted)?;
         let base_url = config.base_url.as_ref().map(|u| u.trim_end_matches('/').to_owned());
         Ok(Self { rest, jwts: TokenCache::default(), base_url })
     }

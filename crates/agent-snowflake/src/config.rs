@@ -4,13 +4,15 @@
 use agent_core::http::RestSettings;
 use serde::Deserialize;
 
+/// The variables the emulator and Snowflake's tools read, as defaults of the settings they mean.
+pub(crate) const ENV: &[(&str, &str)] = &[("base_url", "SNOWFLAKE_BASE_URL")];
+
 /// `snowflake.*` settings.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Base URL of the SQL API instead of `https://{account}.snowflakecomputing.com`, e.g.
-    /// an emulator or a private link host. Loaded settings default it to `SNOWFLAKE_BASE_URL`.
-    #[serde(default = "base_url_from_env")]
+    /// an emulator or a private link host; `SNOWFLAKE_BASE_URL` when left out.
     pub base_url: Option<String>,
     /// Statement timeout sent with each statement, in seconds; 0 keeps Snowflake's default.
     pub statement_timeout_secs: u64,
@@ -25,10 +27,6 @@ pub struct Config {
     pub rest: RestSettings,
 }
 
-fn base_url_from_env() -> Option<String> {
-    std::env::var("SNOWFLAKE_BASE_URL").ok().filter(|u| !u.is_empty())
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -40,7 +38,7 @@ mod tests {
 
     fn from_env(vars: &[(&str, &str)]) -> Result<Config, String> {
         let env: HashMap<String, String> = vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-        Settings::load(&CliArgs::default(), Some(env)).unwrap().section("snowflake").map_err(|e| e.to_string())
+        Settings::load(&CliArgs::default(), Some(env)).unwrap().section("snowflake", ENV).map_err(|e| e.to_string())
     }
 
     #[test]

@@ -88,6 +88,13 @@ impl Failure {
         }
     }
 
+    /// The result of a sync task whose call failed: the task fails, with a retryable
+    /// failure when retrying later may help (Propeller then retries the task), so service
+    /// trouble is never an RPC error and never a final failure.
+    pub fn into_sync_result(self) -> Resource {
+        if self.is_transient() { Resource::retryable_failure(self.message()) } else { Resource::failed(self.message()) }
+    }
+
     /// What DeleteTask reports when cancelling failed: a job that is gone needs no
     /// cancelling, so that succeeds; anything else is an error.
     pub fn into_cancel(self) -> Result<(), AgentError> {
@@ -272,6 +279,18 @@ mod tests {
         ));
         assert_eq!(missing.into_cancel(), Ok(()));
         assert!(matches!(SVC.status("cancel", 503, "busy", None).into_cancel(), Err(AgentError::Unavailable(_))));
+    }
+
+    #[test]
+    fn a_sync_task_is_retried_only_when_retrying_may_help() {
+        let busy = SVC.status("chat", 503, "overloaded", None).into_sync_result();
+        assert_eq!(
+            (busy.phase, busy.message.as_str()),
+            (Phase::RetryableFailed, "X chat failed: HTTP 503: overloaded")
+        );
+        for refused in [SVC.status("chat", 400, "bad model", None), SVC.status("chat", 404, "no such model", None)] {
+            assert_eq!(refused.into_sync_result().phase, Phase::Failed);
+        }
     }
 
     #[test]

@@ -31,7 +31,7 @@ use crate::secrets::Secret;
 
 pub use failure::{Failure, Service, retry_after};
 pub use tokens::{DEFAULT_CAPACITY, TokenCache};
-pub use trust::{TrustedHosts, client, path_id};
+pub use trust::{TrustedHosts, client, header_value, path_id};
 
 /// How an agent talks to its service over HTTP; every agent's settings section embeds
 /// it with `#[serde(flatten)]`, so the keys sit beside the agent's own
@@ -198,16 +198,16 @@ pub struct RestClient {
 
 impl RestClient {
     /// A client for `service` with `settings`, sending only to `trusted` hosts. `section`
-    /// is the agent's settings section (`databricks`), named in configuration errors;
-    /// `user_agent` is e.g. `flyte-agent-databricks/0.1.0`.
+    /// is the agent's settings section (`databricks`), named in configuration errors and in
+    /// the user agent (`flyte-agent-databricks/0.1.0`: every crate has the workspace's version).
     pub fn new(
         service: Service,
         section: &str,
-        user_agent: &str,
         settings: &RestSettings,
         trusted: TrustedHosts,
     ) -> Result<Self, String> {
-        let http = client(user_agent, settings.ca_bundle.as_deref(), &format!("{section}.ca_bundle"))?;
+        let user_agent = format!("flyte-agent-{section}/{}", env!("CARGO_PKG_VERSION"));
+        let http = client(&user_agent, settings.ca_bundle.as_deref(), &format!("{section}.ca_bundle"))?;
         Ok(Self { http, trusted, service, policy: settings.retry(), attempt_timeout: settings.attempt_timeout })
     }
 
@@ -365,7 +365,7 @@ mod tests {
 
     fn client(base: &str) -> RestClient {
         let trusted = TrustedHosts::new("svc.base_url").origin(base, "svc.base_url").unwrap();
-        RestClient::new(SVC, "svc", "test-agent/1", &RestSettings::default(), trusted).unwrap()
+        RestClient::new(SVC, "svc", &RestSettings::default(), trusted).unwrap()
     }
 
     fn ctx() -> Context {
@@ -412,7 +412,12 @@ mod tests {
         assert_eq!(answer.unwrap(), Answer { status: 200, body: json!({"ok": 1}) });
         let seen = seen.lock().unwrap();
         assert_eq!(seen.len(), 3);
-        assert!(seen[2].contains("x-attempt: 3") && seen[0].contains("user-agent: test-agent/1"), "{}", seen[2]);
+        assert!(
+            seen[2].contains("x-attempt: 3")
+                && seen[0].contains(&format!("user-agent: flyte-agent-svc/{}", env!("CARGO_PKG_VERSION"))),
+            "{}",
+            seen[2]
+        );
     }
 
     #[tokio::test]
@@ -491,7 +496,7 @@ mod tests {
     #[test]
     fn a_url_that_does_not_parse_is_the_tasks_fault_and_nothing_is_sent() {
         let trusted = TrustedHosts::new("x.allowed").domain("example.com");
-        let c = RestClient::new(SVC, "x", "t", &RestSettings::default(), trusted).unwrap();
+        let c = RestClient::new(SVC, "x", &RestSettings::default(), trusted).unwrap();
         assert!(matches!(c.check("https://a b.example.com/"), Err(AgentError::InvalidArgument(_))));
         assert!(matches!(c.check("https://a:99999.example.com/"), Err(AgentError::InvalidArgument(_))));
         assert!(matches!(c.check("https://evil.test/x"), Err(AgentError::PermissionDenied(_))));

@@ -125,8 +125,34 @@ pub fn path_id<'a>(what: &str, id: &'a str) -> Result<&'a str, AgentError> {
     }
 }
 
+/// `value`, named `what`, checked before it becomes an HTTP header: ids, keys and tokens
+/// are short printable ASCII, and anything else (control characters, a line break that
+/// would start another header, a megabyte) is refused with a message that never echoes
+/// it, since it may be a credential. reqwest and the SDKs on it would panic or fail late.
+pub fn header_value<'a>(what: &str, value: &'a str) -> Result<&'a str, String> {
+    if value.len() <= 256 && value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Ok(value);
+    }
+    Err(format!(
+        "{what} must be at most 256 printable ASCII characters without spaces or control characters (it is sent as \
+         an HTTP header)"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn header_values_are_short_printable_ascii_and_never_echoed() {
+        for ok in ["", "org-AbC123", "sk-proj-x_y.z", &"k".repeat(256)] {
+            assert_eq!(super::header_value("the key", ok).unwrap(), ok);
+        }
+        for bad in ["sk-secret\r\nX-Admin: 1", "org 1", "sk-sécret", "tab\there", &"k".repeat(257)] {
+            let e = super::header_value("the key", bad).unwrap_err();
+            assert!(e.starts_with("the key must be at most 256 printable ASCII"), "{e}");
+            assert!(!e.contains("secret") && !e.contains("org 1"), "never echoed: {e}");
+        }
+    }
 
     #[test]
     fn only_plain_ids_go_into_url_paths() {
