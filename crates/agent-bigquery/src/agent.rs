@@ -103,7 +103,7 @@ fn console_link(meta: &BigQueryMeta, location: &str) -> LogLink {
     let (project, job) = (&meta.project, &meta.job_id);
     let uri =
         format!("https://console.cloud.google.com/bigquery?project={project}&j=bq:{location}:{job}&page=queryresults");
-    LogLink::new("BigQuery Console", uri)
+    LogLink::new("BigQuery Console", uri).dashboard()
 }
 
 fn failure(e: &ErrorProto) -> Resource {

@@ -82,6 +82,12 @@ impl TaskRequest {
             .map_err(|e| AgentError::invalid_argument(format!("template.custom: {e}")))
     }
 
+    /// Whether the task declares the secret `key` in `template.custom.secrets` (flyte-sdk's
+    /// plugins map a connector's key to the secret the backend resolves for it).
+    pub fn declares_secret(&self, key: &str) -> bool {
+        self.custom().get("secrets").and_then(Json::as_object).is_some_and(|s| s.contains_key(key))
+    }
+
     /// The SQL statement of a SQL task (`template.sql.statement`).
     pub fn sql_statement(&self) -> Result<&str, AgentError> {
         match &self.template.target {
@@ -161,12 +167,28 @@ pub struct Context {
     connection: ConnectionSecrets,
     deadline: Option<Instant>,
     output_prefix: Option<String>,
+    protocol: Protocol,
 }
 
 impl Context {
     /// A context for a call about `category`.
     pub fn new(category: TaskCategory, secrets: SecretStore) -> Self {
-        Self { category, secrets, connection: ConnectionSecrets::default(), deadline: None, output_prefix: None }
+        let connection = ConnectionSecrets::default();
+        Self { category, secrets, connection, deadline: None, output_prefix: None, protocol: Protocol::default() }
+    }
+
+    /// Sets the protocol generation the call came in on.
+    #[must_use]
+    pub fn with_protocol(mut self, protocol: Protocol) -> Self {
+        self.protocol = protocol;
+        self
+    }
+
+    /// Which protocol generation asked: flytekit (Flyte 1) and flyte-sdk (Flyte 2) give the
+    /// same task type different templates and meanings, so an agent reads this, never
+    /// guesses from the template's shape.
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
     }
 
     /// Sets the secrets the request itself carried (Flyte 2's `connection`); they win
@@ -205,6 +227,24 @@ impl Context {
         }
     }
 
+    /// A credential the task brings itself: flyte-sdk's plugins name it `key` in the task's
+    /// `custom.secrets` and the backend sends it in the request's connection (Flyte 2). When
+    /// the request carries it, the call uses it and nothing of the pod's. When the task
+    /// `declared` it and the request does not carry it, the call fails with
+    /// `FAILED_PRECONDITION` naming the key: it must never run as the pod's identity instead.
+    /// `None` otherwise: the agent uses its own credentials, as for Flyte 1.
+    pub fn task_credential(&self, key: &str, declared: bool) -> Result<Option<Secret>, AgentError> {
+        match self.connection.get(key) {
+            Some(sent) => Ok(Some(sent)),
+            None if declared => Err(AgentError::failed_precondition(format!(
+                "the task declares the secret '{key}' (template.custom.secrets) but the request's connection does \
+                 not carry it; the agent does not run a task that brings its own credentials under the agent's \
+                 (check that the secret exists where the Flyte backend resolves the task's secrets)"
+            ))),
+            None => Ok(None),
+        }
+    }
+
     /// A secret that may be absent, looked up as [`Context::secret`] does.
     pub fn optional_secret(&self, key: &str) -> Result<Option<Secret>, AgentError> {
         match self.connection.get(key) {
@@ -226,6 +266,26 @@ impl Context {
     /// The output prefix, when the caller sent one.
     pub fn output_prefix(&self) -> Option<&str> {
         self.output_prefix.as_deref()
+    }
+}
+
+/// The protocol generation of a call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Protocol {
+    /// Flyte 1: `flyteidl.service.*AgentService`.
+    #[default]
+    Flyteidl,
+    /// Flyte 2: `flyteidl2.connector.*`.
+    Flyteidl2,
+}
+
+impl Protocol {
+    /// The label value: the protocol's package root.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Flyteidl => "flyteidl",
+            Self::Flyteidl2 => "flyteidl2",
+        }
     }
 }
 
@@ -387,6 +447,31 @@ mod tests {
         assert!(ctx.optional_secret("missing").unwrap().is_none());
         let plain = Context::new(TaskCategory::new("snowflake", 0), pod);
         assert_eq!(plain.secret("snowflake_private_key").unwrap().expose(), "pod-key-value");
+    }
+
+    #[test]
+    fn a_declared_task_credential_comes_from_the_request_or_the_call_fails() {
+        let pod = crate::testing::secrets(&[("_FSEC_FLYTE_DATABRICKS_ACCESS_TOKEN", "pod-token")]);
+        let sent = ConnectionSecrets::new([("databricks_token".to_owned(), "tenant-token".to_owned())]).unwrap();
+        let category = TaskCategory::new("databricks", 0);
+        let ctx = Context::new(category.clone(), pod.clone()).with_connection(sent).with_protocol(Protocol::Flyteidl2);
+        assert_eq!(ctx.protocol(), Protocol::Flyteidl2);
+        for declared in [true, false] {
+            let token = ctx.task_credential("databricks_token", declared).unwrap().unwrap();
+            assert_eq!(token.expose(), "tenant-token");
+        }
+        let bare = Context::new(category, pod);
+        assert_eq!(bare.protocol(), Protocol::Flyteidl, "a context is Flyte 1's unless the front end says");
+        assert!(bare.task_credential("databricks_token", false).unwrap().is_none(), "undeclared: the agent's own");
+        let err = bare.task_credential("databricks_token", true).unwrap_err();
+        assert!(matches!(&err, AgentError::FailedPrecondition(m) if m.contains("'databricks_token'")), "{err:?}");
+        assert!(!err.message().contains("pod-token"));
+
+        let mut task = TaskRequest::default();
+        assert!(!task.declares_secret("databricks_token"));
+        let custom = serde_json::json!({"secrets": {"databricks_token": "my-dbx-token"}, "sparkConf": {}});
+        task.template.custom = Some(crate::json::json_to_struct(custom.as_object().unwrap()));
+        assert!(task.declares_secret("databricks_token") && !task.declares_secret("snowflake_private_key"));
     }
 
     #[test]

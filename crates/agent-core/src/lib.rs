@@ -44,7 +44,9 @@ pub use service::AgentService;
 
 /// What an agent crate needs, in one import.
 pub mod prelude {
-    pub use crate::agent::{AsyncAgent, Context, LogsQuery, MetricsQuery, SyncAgent, TaskCategory, TaskRequest};
+    pub use crate::agent::{
+        AsyncAgent, Context, LogsQuery, MetricsQuery, Protocol, SyncAgent, TaskCategory, TaskRequest,
+    };
     pub use crate::error::AgentError;
     pub use crate::literals::Value;
     pub use crate::registry::Registry;

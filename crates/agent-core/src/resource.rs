@@ -120,12 +120,23 @@ pub struct LogLink {
     pub show_while_pending: bool,
     /// Hide the link once the task has finished.
     pub hide_once_finished: bool,
+    /// The service's own page for the job (a query's console page), not a log viewer:
+    /// Flyte 2 shows it as a `DASHBOARD` link; Flyte 1's links have no type.
+    pub dashboard: bool,
 }
 
 impl LogLink {
     /// A link with the given label and address.
     pub fn new(name: impl Into<String>, uri: impl Into<String>) -> Self {
-        Self { name: name.into(), uri: uri.into(), ttl: None, show_while_pending: false, hide_once_finished: false }
+        let (name, uri) = (name.into(), uri.into());
+        Self { name, uri, ttl: None, show_while_pending: false, hide_once_finished: false, dashboard: false }
+    }
+
+    /// The link marked as the service's dashboard for the job.
+    #[must_use]
+    pub fn dashboard(mut self) -> Self {
+        self.dashboard = true;
+        self
     }
 
     fn to_proto(&self) -> core::TaskLog {
@@ -319,6 +330,7 @@ impl Resource {
                     ttl: l.ttl.and_then(|d| std::time::Duration::try_from(d).ok()),
                     show_while_pending: l.show_while_pending,
                     hide_once_finished: l.hide_once_finished,
+                    dashboard: false,
                 })
                 .collect(),
             outputs: r.outputs.clone(),

@@ -21,6 +21,7 @@ use futures_util::Stream;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+pub use crate::agent::Protocol;
 use crate::agent::{Context, LogLine, LogLineStream, Logs, LogsQuery, MetricsQuery, TaskCategory, TaskRequest};
 use crate::error::AgentError;
 use crate::pb::core;
@@ -54,26 +55,6 @@ pub struct CallInfo {
     pub protocol: Protocol,
     /// Secrets the request carried (Flyte 2), preferred to the pod's for this call.
     pub connection: ConnectionSecrets,
-}
-
-/// The protocol generation of a call.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Protocol {
-    /// Flyte 1: `flyteidl.service.*AgentService`.
-    #[default]
-    Flyteidl,
-    /// Flyte 2: `flyteidl2.connector.*`.
-    Flyteidl2,
-}
-
-impl Protocol {
-    /// The label value: the protocol's package root.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Flyteidl => "flyteidl",
-            Self::Flyteidl2 => "flyteidl2",
-        }
-    }
 }
 
 impl AgentService {
@@ -129,6 +110,7 @@ impl AgentService {
     fn context(&self, category: &TaskCategory, call: &CallInfo) -> Context {
         Context::new(category.clone(), self.inner.secrets.clone())
             .with_connection(call.connection.clone())
+            .with_protocol(call.protocol)
             .with_deadline(call.deadline)
             .with_output_prefix(call.output_prefix.clone())
     }

@@ -103,18 +103,36 @@ async fn logs_and_metrics_are_served_in_flyte2_messages() {
         token: String::new(),
         task_category: Some(flyte2::category(ASYNC_TYPE)),
     };
-    let mut stream = client.get_task_logs(req).await.unwrap().into_inner();
-    let mut token = None;
-    let mut lines = Vec::new();
-    while let Some(m) = stream.message().await.unwrap() {
-        match m.part.unwrap() {
-            Part::Header(h) => token = Some(h.token),
-            Part::Body(b) => lines.extend(b.lines.into_iter().map(|l| l.message)),
+    // flyte-sdk's order: a page's lines first, then a header with the next page's token,
+    // and no header after the last page.
+    let mut req = req;
+    let mut pages = Vec::new();
+    loop {
+        let mut stream = client.get_task_logs(req.clone()).await.unwrap().into_inner();
+        let mut parts = Vec::new();
+        while let Some(m) = stream.message().await.unwrap() {
+            parts.push(m.part.unwrap());
         }
+        let header = parts.iter().position(|p| matches!(p, Part::Header(_)));
+        assert!(header.is_none_or(|i| i == parts.len() - 1), "the header closes the page: {parts:?}");
+        let lines: Vec<String> = parts
+            .iter()
+            .filter_map(|p| if let Part::Body(b) = p { Some(b.lines.iter().map(|l| l.message.clone())) } else { None })
+            .flatten()
+            .collect();
+        pages.push(lines);
+        match parts.pop() {
+            Some(Part::Header(h)) => {
+                assert!(!h.token.is_empty(), "a header is sent only when another page follows");
+                req.token = h.token;
+            }
+            _ => break,
+        }
+        assert!(pages.len() < 50, "the pages end");
     }
-    assert_eq!(token.as_deref(), Some("1"));
-    assert_eq!(lines.len(), 3);
-    assert!(lines[0].ends_with("line 0\n"), "{lines:?}");
+    assert!(pages.len() > 1, "the test agent's logs span pages: {pages:?}");
+    assert_eq!(pages[0].len(), 3);
+    assert!(pages[0][0].ends_with("line 0\n"), "{pages:?}");
     let req = c::GetTaskMetricsRequest {
         resource_meta: meta,
         queries: vec!["EXECUTION_METRIC_LIMIT_MEMORY_BYTES".into()],
@@ -134,6 +152,7 @@ async fn sync_agents_answer_through_create_then_get() {
     let meta = client.create_task(flyte2::create_request(&t, None)).await.unwrap().into_inner().resource_meta;
     let r = poll(&server, SYNC_TYPE, &meta, None).await;
     assert_eq!(r.phase, Phase2::Succeeded as i32);
+    assert_eq!(r.message, "answered over flyteidl2", "the agent is told which generation asked");
     assert_eq!(
         outputs(&r),
         [("greeting".to_owned(), Value::String("hello, flyte".into())), ("name".to_owned(), "flyte".into())]

@@ -69,6 +69,7 @@ async fn test_agents_pass_the_conformance_suite() {
     assert_eq!(r.log_links[0].name, "Test Console");
     let r = conformance::sync_agent(&server, task(SYNC_TYPE, serde_json::json!({}), &[("name", "flyte".into())])).await;
     assert_eq!(r.output_values().unwrap()["greeting"], Value::String("hello, flyte".into()));
+    assert_eq!(r.message, "answered over flyteidl", "the agent is told which generation asked");
 }
 
 #[tokio::test]

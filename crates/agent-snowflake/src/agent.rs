@@ -52,7 +52,7 @@ impl SnowflakeMeta {
         let (account, region) = self.account.split_once('-').unwrap_or((&self.account, ""));
         let id = &self.query_id;
         let uri = format!("https://app.snowflake.com/{region}/{account}/#/compute/history/queries/{id}/detail");
-        LogLink::new("Snowflake Query Details", uri)
+        LogLink::new("Snowflake Query Details", uri).dashboard()
     }
 }
 

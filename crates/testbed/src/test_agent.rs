@@ -215,7 +215,8 @@ impl SyncAgent for TestSyncAgent {
         let name: String = if task.inputs.literals.contains_key("name") { task.input("name")? } else { "world".into() };
         let mut resource = Resource::succeeded().with_outputs(task.inputs.clone());
         resource = resource.with_output("greeting", format!("hello, {name}"));
-        Ok(resource)
+        // Which generation asked, so tests can see that agents are told.
+        Ok(resource.with_message(format!("answered over {}", ctx.protocol().as_str())))
     }
 }
 

@@ -69,18 +69,36 @@ pub(crate) fn deadline<T>(req: &tonic::Request<T>) -> Option<Instant> {
 /// messages far below the size limit.
 const LOG_LINES_PER_MESSAGE: usize = 100;
 
-/// A `GetTaskLogs` answer in either generation's messages: the header first, then bodies
-/// as lines arrive. The channel's bound applies backpressure to the agent's reader when
-/// the client is slow; an agent error ends the stream with its status.
+/// Where a `GetTaskLogs` answer puts its header (the next page's token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LogHeader {
+    /// Flyte 1 (flytekit): first, on every page, the token empty on the last.
+    First,
+    /// Flyte 2 (flyte-sdk): after the page's lines, and only when another page follows.
+    LastWhenMore,
+}
+
+/// A `GetTaskLogs` answer in either generation's messages: bodies as lines arrive, with
+/// the header where the generation's clients expect it. The channel's bound applies
+/// backpressure to the agent's reader when the client is slow; an agent error ends the
+/// stream with its status.
 pub(crate) fn stream_logs<M: Send + 'static>(
     logs: crate::agent::Logs,
+    at: LogHeader,
     header: impl FnOnce(String) -> M + Send + 'static,
     body: impl Fn(Vec<crate::agent::LogLine>) -> M + Send + 'static,
 ) -> tokio_stream::wrappers::ReceiverStream<Result<M, tonic::Status>> {
     use futures_util::StreamExt;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tokio::spawn(async move {
-        if tx.send(Ok(header(logs.next_token))).await.is_err() {
+        let more = !logs.next_token.is_empty();
+        let (leading, trailing) = match at {
+            LogHeader::First => (Some(header(logs.next_token)), None),
+            LogHeader::LastWhenMore => (None, more.then(|| header(logs.next_token))),
+        };
+        if let Some(first) = leading
+            && tx.send(Ok(first)).await.is_err()
+        {
             return;
         }
         let mut chunks = logs.lines.ready_chunks(LOG_LINES_PER_MESSAGE);
@@ -103,6 +121,9 @@ pub(crate) fn stream_logs<M: Send + 'static>(
                 let _ = tx.send(Err(status::to_status(&e))).await;
                 return;
             }
+        }
+        if let Some(last) = trailing {
+            let _ = tx.send(Ok(last)).await;
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)

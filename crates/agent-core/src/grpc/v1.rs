@@ -8,7 +8,7 @@ use futures_util::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::status::to_status;
-use super::{deadline, stream_logs};
+use super::{LogHeader, deadline, stream_logs};
 use crate::agent::{LogsQuery, MetricsQuery, TaskRequest};
 use crate::error::AgentError;
 use crate::pb::admin::{self, execute_task_sync_request as sync_req, execute_task_sync_response as sync_resp};
@@ -118,6 +118,7 @@ impl async_agent_service_server::AsyncAgentService for V1 {
 
         let stream = stream_logs(
             logs,
+            LogHeader::First,
             |token| admin::GetTaskLogsResponse { part: Some(Part::Header(admin::GetTaskLogsResponseHeader { token })) },
             |lines| {
                 let lines: Vec<admin::LogLine> = lines

@@ -21,7 +21,7 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::status::to_status;
-use super::{deadline, recode, recode_owned, stream_logs};
+use super::{LogHeader, deadline, recode, recode_owned, stream_logs};
 use crate::agent::{LogsQuery, MetricsQuery, TaskCategory, TaskRequest};
 use crate::error::AgentError;
 use crate::pb::v2::connector::{self as c, async_connector_service_server, connector_metadata_service_server};
@@ -192,10 +192,13 @@ fn resource_to_v2(resource: &Resource) -> Result<c::Resource, Status> {
     let log_links = v1
         .log_links
         .iter()
-        .map(|l| {
+        .zip(&resource.log_links)
+        .map(|(l, ours)| {
             let mut link: core2::TaskLog = transcode("log link", l)?;
+            let kind =
+                if ours.dashboard { core2::task_log::LinkType::Dashboard } else { core2::task_log::LinkType::External };
+            link.link_type = kind as i32;
             // Our links point at a console page that exists as soon as the job does.
-            link.link_type = core2::task_log::LinkType::External as i32;
             link.ready = true;
             Ok(link)
         })
@@ -336,6 +339,7 @@ impl async_connector_service_server::AsyncConnectorService for V2 {
         let logs = self.svc.get_logs(category, &r.resource_meta, query, call).await.map_err(|e| to_status(&e))?;
         let stream = stream_logs(
             logs,
+            LogHeader::LastWhenMore,
             |token| c::GetTaskLogsResponse { part: Some(Part::Header(c::GetTaskLogsResponseHeader { token })) },
             |lines| {
                 let lines = lines
@@ -438,8 +442,12 @@ mod tests {
             .with_output("b", 2_i64)
             .with_output("a", "text")
             .with_message("done")
-            .with_log_link(crate::resource::LogLink::new("Console", "https://console.example/job/1"));
+            .with_log_link(crate::resource::LogLink::new("Console", "https://console.example/job/1"))
+            .with_log_link(crate::resource::LogLink::new("Query", "https://console.example/q/1").dashboard());
         let v2 = resource_to_v2(&r).unwrap();
+        let kinds: Vec<_> = v2.log_links.iter().map(|l| l.link_type).collect();
+        use core2::task_log::LinkType;
+        assert_eq!(kinds, [LinkType::External as i32, LinkType::Dashboard as i32], "flyte-sdk's link types");
         assert_eq!(v2.phase, core2::task_execution::Phase::Succeeded as i32);
         let names: Vec<_> = v2.outputs.as_ref().unwrap().literals.iter().map(|l| l.name.as_str()).collect();
         assert_eq!(names, ["a", "b"]);
