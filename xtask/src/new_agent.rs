@@ -111,6 +111,19 @@ pub(crate) fn check(root: &Path) -> Result<()> {
         std::fs::remove_dir_all(&copy)?;
     }
     copy_worktree(root, &copy)?;
+    let checked = check_copy(root, &copy);
+    // The copy's crates build into the main target dir under the same names (cargo names a
+    // workspace crate's artifacts by its path within the workspace), and their fingerprints
+    // then point at the copy's sources. Removing the copy makes those fingerprints stale, so
+    // the next build in the checkout compiles its own sources again instead of reusing the
+    // copy's artifacts.
+    std::fs::remove_dir_all(&copy).with_context(|| format!("removing {}", copy.display()))?;
+    checked
+}
+
+/// The checks of [`check`], in the copy at `copy`.
+fn check_copy(root: &Path, copy: &Path) -> Result<()> {
+    let copy = copy.to_path_buf();
     scaffold(&copy, "example-service")?;
     let cargo = |args: &[&str]| {
         let mut c = crate::exec::cargo(&copy);

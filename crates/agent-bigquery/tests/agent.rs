@@ -65,7 +65,7 @@ fn task(sql: &str, custom: serde_json::Value, inputs: Vec<(&str, Value)>) -> Tas
         },
         inputs: values_to_literal_map(inputs),
         output_prefix: "gs://bucket/out/0".into(),
-        metadata: None,
+        ..Default::default()
     }
 }
 

@@ -62,6 +62,9 @@ pub struct TaskRequest {
     pub output_prefix: String,
     /// Execution identity, labels, namespace…
     pub metadata: Option<admin::TaskExecutionMetadata>,
+    /// The connection secrets the task declares (Flyte 2: the keys of the template's
+    /// `custom.secrets` that name a secret, which the front end takes out of `custom`).
+    pub declared_secrets: std::collections::BTreeSet<String>,
 }
 
 impl TaskRequest {
@@ -82,10 +85,10 @@ impl TaskRequest {
             .map_err(|e| AgentError::invalid_argument(format!("template.custom: {e}")))
     }
 
-    /// Whether the task declares the secret `key` in `template.custom.secrets` (flyte-sdk's
-    /// plugins map a connector's key to the secret the backend resolves for it).
+    /// Whether the task declares the connection secret `key` (see
+    /// [`TaskRequest::declared_secrets`]).
     pub fn declares_secret(&self, key: &str) -> bool {
-        self.custom().get("secrets").and_then(Json::as_object).is_some_and(|s| s.contains_key(key))
+        self.declared_secrets.contains(key)
     }
 
     /// The SQL statement of a SQL task (`template.sql.statement`).
@@ -469,8 +472,7 @@ mod tests {
 
         let mut task = TaskRequest::default();
         assert!(!task.declares_secret("databricks_token"));
-        let custom = serde_json::json!({"secrets": {"databricks_token": "my-dbx-token"}, "sparkConf": {}});
-        task.template.custom = Some(crate::json::json_to_struct(custom.as_object().unwrap()));
+        task.declared_secrets.insert("databricks_token".into());
         assert!(task.declares_secret("databricks_token") && !task.declares_secret("snowflake_private_key"));
     }
 

@@ -10,17 +10,21 @@ use serde_json::{Map, Value as Json, json};
 use crate::auth::{AUTH_TYPES, AuthType, checked_token_file};
 use crate::client::{Client, SERVICE};
 use crate::config::Config;
-use crate::spec::job_spec;
+use crate::spec::{flyte2_job_spec, job_spec};
 
 /// The task type of flytekit's `DatabricksV2` config.
 pub const TASK_TYPE: &str = "databricks";
 /// The task type of flytekit's older `Databricks` config, served alike.
 pub const SPARK_TASK_TYPE: &str = "spark";
 
+/// The connection secret a flyte-sdk task names its token by.
+const TOKEN_KEY: &str = "databricks_token";
+
 /// The job handle. Reads every form flytekit's agent wrote (2, 3 or 10 keys); writes the
 /// 1.16.31 keys except `auth_token`, which is read (for runs the Python agent started) but
-/// never written.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// never written. A run of a Flyte 2 task writes flyte-sdk's two keys only, since
+/// flyte-sdk's `DatabricksJobMetadata` refuses any other.
+#[derive(Debug, Clone, Default, Deserialize)]
 pub struct DatabricksMeta {
     /// Host (and port) of the workspace.
     pub databricks_instance: String,
@@ -44,6 +48,28 @@ pub struct DatabricksMeta {
     pub oidc_audience: Option<String>,
     /// Workflow namespace.
     pub namespace: Option<String>,
+    /// Written in flyte-sdk's form: the auth settings are the agent's, not the meta's.
+    #[serde(skip)]
+    pub flyte2: bool,
+}
+
+impl Serialize for DatabricksMeta {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut m = s.serialize_struct("DatabricksMeta", if self.flyte2 { 2 } else { 9 })?;
+        m.serialize_field("databricks_instance", &self.databricks_instance)?;
+        m.serialize_field("run_id", &self.run_id)?;
+        if !self.flyte2 {
+            m.serialize_field("auth_type", &self.auth_type)?;
+            m.serialize_field("client_id", &self.client_id)?;
+            m.serialize_field("oauth_secret_name", &self.oauth_secret_name)?;
+            m.serialize_field("oidc_token_file", &self.oidc_token_file)?;
+            m.serialize_field("oidc_service_account", &self.oidc_service_account)?;
+            m.serialize_field("oidc_audience", &self.oidc_audience)?;
+            m.serialize_field("namespace", &self.namespace)?;
+        }
+        m.end()
+    }
 }
 
 fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
@@ -123,8 +149,17 @@ impl DatabricksAgent {
     /// A meta checked before anything is sent, as it is input like any other: a forged one
     /// must not redirect credentials nor name a file for the agent to read (see
     /// [`checked_token_file`]), and Databricks' run ids are integers, so anything else was
-    /// not written by a Databricks agent.
-    fn checked(&self, mut meta: DatabricksMeta) -> Result<DatabricksMeta, AgentError> {
+    /// not written by a Databricks agent. flyte-sdk's meta (Flyte 2) names no auth
+    /// settings: the agent's own apply.
+    fn checked(&self, ctx: &Context, mut meta: DatabricksMeta) -> Result<DatabricksMeta, AgentError> {
+        if ctx.protocol() == Protocol::Flyteidl2 && meta.auth_type.is_none() {
+            let (instance, run_id) = (std::mem::take(&mut meta.databricks_instance), std::mem::take(&mut meta.run_id));
+            meta = DatabricksMeta {
+                run_id,
+                flyte2: true,
+                ..DatabricksMeta::for_task(&Map::new(), &self.config, instance, "")?
+            };
+        }
         let id = &meta.run_id;
         if id.is_empty() || id.len() > 20 || !id.bytes().all(|b| b.is_ascii_digit()) {
             return Err(AgentError::invalid_argument(
@@ -276,8 +311,16 @@ impl AsyncAgent for DatabricksAgent {
         })?;
         let instance = self.check_instance(&instance)?;
         let namespace = task.metadata.as_ref().map(|m| m.namespace.as_str()).unwrap_or_default();
-        let meta = DatabricksMeta::for_task(&custom, &self.config, instance, namespace)?;
-        let mut spec = job_spec(&task, &custom, self.config.service_credential_provider.as_deref())?;
+        // A flyte-sdk task (Flyte 2) runs flyte-sdk's entrypoint, under the token it brings
+        // when it brings one, with the agent's auth settings otherwise.
+        let token = ctx.task_credential(TOKEN_KEY, task.declares_secret(TOKEN_KEY))?;
+        let (meta, mut spec) = if ctx.protocol() == Protocol::Flyteidl2 {
+            let meta = DatabricksMeta::for_task(&Map::new(), &self.config, instance, namespace)?;
+            (DatabricksMeta { flyte2: true, ..meta }, flyte2_job_spec(&task, &custom)?)
+        } else {
+            let meta = DatabricksMeta::for_task(&custom, &self.config, instance, namespace)?;
+            (meta, job_spec(&task, &custom, self.config.service_credential_provider.as_deref())?)
+        };
         // Tokens starting `flyte-` are the agent's (one per task attempt, so a repeated submit
         // returns the same run): a task that chose one could make another task's CreateTask
         // adopt a run it prepared.
@@ -290,7 +333,8 @@ impl AsyncAgent for DatabricksAgent {
         if let (None, Some(id)) = (spec.get("idempotency_token"), task.attempt_id("databricks")) {
             spec.insert("idempotency_token".into(), json!(format!("flyte-{}", id.simple())));
         }
-        let answer = self.client.at(&meta)?.call(ctx, Method::POST, "runs/submit", &[], Some(&spec.into())).await;
+        let answer =
+            self.client.at(&meta, token)?.call(ctx, Method::POST, "runs/submit", &[], Some(&spec.into())).await;
         // `get`, not indexing: an answer that is not an object must not panic.
         let run_id = string_or_number(answer.map_err(Failure::into_error)?.get("run_id").cloned().unwrap_or_default())
             .map_err(|_| AgentError::internal("Databricks runs/submit answered without a run_id"))?;
@@ -298,9 +342,10 @@ impl AsyncAgent for DatabricksAgent {
     }
 
     async fn get(&self, ctx: &Context, meta: DatabricksMeta) -> Result<Resource, AgentError> {
-        let meta = self.checked(meta)?;
+        let meta = self.checked(ctx, meta)?;
         let (instance, run_id) = (&meta.databricks_instance, &meta.run_id);
-        let run = match self.client.at(&meta)?.call(ctx, Method::GET, "runs/get", &[("run_id", run_id)], None).await {
+        let workspace = self.client.at(&meta, ctx.task_credential(TOKEN_KEY, false)?)?;
+        let run = match workspace.call(ctx, Method::GET, "runs/get", &[("run_id", run_id)], None).await {
             Ok(run) => run,
             Err(f) => return f.into_poll(SERVICE.name, &format!("run {run_id} on {instance}")),
         };
@@ -315,9 +360,13 @@ impl AsyncAgent for DatabricksAgent {
     }
 
     async fn delete(&self, ctx: &Context, meta: DatabricksMeta) -> Result<(), AgentError> {
-        let meta = self.checked(meta)?;
+        let meta = self.checked(ctx, meta)?;
         let body = json!({"run_id": meta.run_id});
-        let cancel = self.client.at(&meta)?.call(ctx, Method::POST, "runs/cancel", &[], Some(&body)).await;
+        let cancel = self
+            .client
+            .at(&meta, ctx.task_credential(TOKEN_KEY, false)?)?
+            .call(ctx, Method::POST, "runs/cancel", &[], Some(&body))
+            .await;
         cancel.map(drop).or_else(Failure::into_cancel)
     }
 }

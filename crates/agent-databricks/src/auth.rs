@@ -80,6 +80,9 @@ impl http::Auth for Workspace<'_> {
     /// identity, fetched by one caller for all, fetched again once when refused).
     async fn bearer(&self, ctx: &Context, refused: Option<&Secret>) -> Result<Option<Secret>, Failure> {
         let m = self.meta;
+        if let Some(token) = &self.token {
+            return Ok(Some(token.clone()));
+        }
         if self.kind == AuthType::Pat {
             // A PAT the Python agent stored in its meta is used for that run only.
             return Ok(Some(m.auth_token.clone().map_or_else(|| ctx.secret(PAT_SECRET), Ok)?));
@@ -93,7 +96,7 @@ impl http::Auth for Workspace<'_> {
     }
 
     fn refreshable(&self) -> bool {
-        self.kind != AuthType::Pat
+        self.kind != AuthType::Pat && self.token.is_none()
     }
 }
 

@@ -52,19 +52,26 @@ impl Client {
         Ok(Self { rest, tokens: TokenCache::default(), client_secret: config.client_secret.clone() })
     }
 
-    /// The workspace of a run, as its checked meta names it.
-    pub(crate) fn at<'a>(&'a self, meta: &'a DatabricksMeta) -> Result<Workspace<'a>, AgentError> {
-        Ok(Workspace { client: self, meta, kind: meta.kind()? })
+    /// The workspace of a run, as its checked meta names it, reached with the task's own
+    /// `token` when the request brought one (Flyte 2's `databricks_token`).
+    pub(crate) fn at<'a>(
+        &'a self,
+        meta: &'a DatabricksMeta,
+        token: Option<Secret>,
+    ) -> Result<Workspace<'a>, AgentError> {
+        Ok(Workspace { client: self, meta, kind: meta.kind()?, token })
     }
 }
 
 /// Where a run's calls go and as whom (its bearer tokens: `auth.rs`).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Workspace<'a> {
     pub(crate) client: &'a Client,
     /// Checked: the instance is allowed, the token file is the agent's.
     pub(crate) meta: &'a DatabricksMeta,
     pub(crate) kind: AuthType,
+    /// The task's own token, which replaces the agent's credentials for its calls.
+    pub(crate) token: Option<Secret>,
 }
 
 impl Workspace<'_> {

@@ -13,6 +13,11 @@ const DEFAULT_GIT_SOURCE: (&str, &str, &str) =
 const CLASSIC_ENTRYPOINT: &str = "flytekitplugins/databricks/entrypoint.py";
 const SERVERLESS_ENTRYPOINT: &str = "flytekitplugins/databricks/entrypoint_serverless.py";
 
+/// flyte-sdk's entrypoint (Flyte 2) and the flytetools commit that has it.
+const FLYTE2_GIT_SOURCE: (&str, &str, &str) =
+    ("https://github.com/flyteorg/flytetools", "gitHub", "194364210c47c49ce66c419e8fb68d6f9c06fd7e");
+const FLYTE2_ENTRYPOINT: &str = "flyteplugins/databricks/entrypoint.py";
+
 /// The error flytekit gives, with all four accepted keys.
 pub(crate) const NO_COMPUTE: &str = "template.custom.databricksConf: no compute configuration found. Provide one of: \
     'existing_cluster_id' (classic), 'new_cluster' (classic), 'environment_key' (serverless), or 'environments' (serverless)";
@@ -114,6 +119,64 @@ pub(crate) fn job_spec(
     Ok(conf)
 }
 
+/// Builds the submit body of a flyte-sdk task (Flyte 2) as flyte-sdk's connector does: the
+/// task's `databricksConf` on a classic cluster (an existing one is used as it is; a new one
+/// gets the container's image, the task's `sparkConf` and the container's environment where
+/// the task left them unset, the environment winning over the task's variables), flyte-sdk's
+/// entrypoint from flytetools with the container's arguments. Nothing is injected: flyte-sdk's
+/// runtime exits non-zero on a failure by itself.
+pub(crate) fn flyte2_job_spec(task: &TaskRequest, custom: &Map<String, Json>) -> Result<Map<String, Json>, AgentError> {
+    let mut conf = match custom.get("databricksConf") {
+        Some(Json::Object(c)) => c.clone(),
+        None | Some(Json::Null) => {
+            return Err(AgentError::invalid_argument(
+                "template.custom.databricksConf: missing; set databricks_conf on the task's Databricks plugin config",
+            ));
+        }
+        Some(_) => return Err(AgentError::invalid_argument("template.custom.databricksConf: must be an object")),
+    };
+    let container = match &task.template.target {
+        Some(Target::Container(c)) => Some(c),
+        _ => None,
+    };
+    // Python's truthiness, which decides what flyte-sdk fills in: absent, null, empty or zero.
+    let unset = |v: Option<&Json>| match v {
+        None | Some(Json::Null) => true,
+        Some(Json::Bool(b)) => !b,
+        Some(Json::String(s)) => s.is_empty(),
+        Some(Json::Object(m)) => m.is_empty(),
+        Some(Json::Array(a)) => a.is_empty(),
+        Some(Json::Number(n)) => n.as_f64() == Some(0.0),
+    };
+    if unset(conf.get("existing_cluster_id")) {
+        let Some(Json::Object(cluster)) = conf.get_mut("new_cluster") else {
+            return Err(AgentError::invalid_argument(
+                "template.custom.databricksConf: set existing_cluster_id or new_cluster (an object)",
+            ));
+        };
+        if unset(cluster.get("docker_image")) {
+            let image = container.map(|c| c.image.as_str()).unwrap_or_default();
+            cluster.insert("docker_image".into(), json!({"url": image}));
+        }
+        if unset(cluster.get("spark_conf")) {
+            cluster.insert("spark_conf".into(), custom.get("sparkConf").cloned().unwrap_or_else(|| json!({})));
+        }
+        let env = container.iter().flat_map(|c| &c.env).map(|kv| (kv.key.clone(), json!(kv.value)));
+        match cluster.get_mut("spark_env_vars") {
+            Some(Json::Object(vars)) if !vars.is_empty() => vars.extend(env),
+            _ => drop(cluster.insert("spark_env_vars".into(), Json::Object(env.collect()))),
+        }
+    }
+    let args = container.map(|c| c.args.clone()).unwrap_or_default();
+    conf.insert(
+        "spark_python_task".into(),
+        json!({"python_file": FLYTE2_ENTRYPOINT, "parameters": args, "source": "GIT"}),
+    );
+    let (url, provider, commit) = FLYTE2_GIT_SOURCE;
+    conf.insert("git_source".into(), json!({"git_url": url, "git_provider": provider, "git_commit": commit}));
+    Ok(conf)
+}
+
 #[cfg(test)]
 mod tests {
     use agent_core::pb::core::{Container, KeyValuePair, TaskTemplate};
@@ -137,6 +200,60 @@ mod tests {
 
     fn custom(v: Json) -> Map<String, Json> {
         v.as_object().unwrap().clone()
+    }
+
+    /// The body flyte-sdk 2.12.1's connector submits for this template (captured from it):
+    /// its entrypoint and commit, the container's arguments, image and environment.
+    #[test]
+    fn flyte2_runs_are_built_as_flyte_sdk_builds_them() {
+        let sdk = custom(json!({
+            "databricksConf": {"run_name": "my_job", "timeout_seconds": 3600,
+                               "new_cluster": {"node_type_id": "i3.xlarge", "num_workers": 2,
+                                               "spark_env_vars": {"A": "1", "foo": "task"},
+                                               "spark_version": "13.3.x-scala2.12"}},
+            "sparkConf": {"spark.executor.memory": "4g"},
+            "secrets": {"databricks_token": "databricks_token_secret"},
+            "databricksInstance": "myorg.cloud.databricks.com",
+            "executorPath": "/opt/venv/bin/python",
+        }));
+        let spec = flyte2_job_spec(&task(), &sdk).unwrap();
+        assert_eq!(
+            Json::Object(spec),
+            json!({
+                "run_name": "my_job", "timeout_seconds": 3600,
+                "new_cluster": {"node_type_id": "i3.xlarge", "num_workers": 2, "spark_version": "13.3.x-scala2.12",
+                                "docker_image": {"url": "flyteorg/flytekit:spark"},
+                                "spark_conf": {"spark.executor.memory": "4g"},
+                                "spark_env_vars": {"A": "1", "foo": "bar"}},
+                "spark_python_task": {"python_file": "flyteplugins/databricks/entrypoint.py", "source": "GIT",
+                                      "parameters": ["pyflyte-execute", "--inputs", "s3://x/inputs.pb"]},
+                "git_source": {"git_url": "https://github.com/flyteorg/flytetools", "git_provider": "gitHub",
+                               "git_commit": "194364210c47c49ce66c419e8fb68d6f9c06fd7e"},
+            })
+        );
+        // An existing cluster is used as it is; the task's own git source and file are replaced.
+        let existing =
+            custom(json!({"databricksConf": {"existing_cluster_id": "0101-x", "git_source": {"git_url": "u"},
+                                                         "spark_python_task": {"python_file": "mine.py"}}}));
+        let spec = flyte2_job_spec(&task(), &existing).unwrap();
+        assert_eq!(spec["existing_cluster_id"], "0101-x");
+        assert_eq!(spec["git_source"]["git_commit"], "194364210c47c49ce66c419e8fb68d6f9c06fd7e");
+        assert_eq!(spec["spark_python_task"]["python_file"], "flyteplugins/databricks/entrypoint.py");
+        assert!(spec.get("new_cluster").is_none());
+        // No FLYTE_FAIL_ON_ERROR: flytekit's entrypoint needs it, flyte-sdk's does not.
+        let plain = custom(json!({"databricksConf": {"new_cluster": {"spark_env_vars": {}}}}));
+        let spec = flyte2_job_spec(&task(), &plain).unwrap();
+        assert_eq!(spec["new_cluster"]["spark_env_vars"], json!({"foo": "bar"}));
+        assert_eq!(spec["new_cluster"]["spark_conf"], json!({}));
+        for (bad, why) in [
+            (json!({}), "databricksConf: missing"),
+            (json!({"databricksConf": []}), "must be an object"),
+            (json!({"databricksConf": {"run_name": "x"}}), "existing_cluster_id or new_cluster"),
+            (json!({"databricksConf": {"new_cluster": "big"}}), "existing_cluster_id or new_cluster"),
+        ] {
+            let e = flyte2_job_spec(&task(), &custom(bad)).unwrap_err();
+            assert!(matches!(&e, AgentError::InvalidArgument(m) if m.contains(why)), "{e:?}");
+        }
     }
 
     #[test]

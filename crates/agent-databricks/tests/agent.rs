@@ -576,3 +576,59 @@ async fn a_stored_token_that_cannot_be_sent_is_an_invalid_argument() {
         env.server.async_client().await.get_task(get_request("spark", meta.to_string().as_bytes())).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
 }
+
+/// A flyte-sdk task (Flyte 2) runs as flyte-sdk's connector runs it: under the token its
+/// request brings (never the agent's), with flyte-sdk's entrypoint, and a meta in
+/// flyte-sdk's two-key form. A task that declares its token and arrives without it is
+/// refused before anything is sent.
+#[tokio::test]
+async fn flyte2_tasks_run_under_their_own_token_with_flyte_sdks_run() {
+    use agent_core::pb::v2::core::task_execution::Phase as Phase2;
+    use agent_core::testing::flyte2;
+    const TENANT: &str = "dapi-tenant-token";
+    // The agent's own PAT is one the workspace refuses: only the tenant's token can work.
+    let settings = Settings { pats: vec![TENANT.into()], ..fast() };
+    let env = env_with(settings, &[("_FSEC_FLYTE_DATABRICKS_ACCESS_TOKEN", "dapi-not-for-tenants")], |_, _| {}).await;
+    let sdk = json!({
+        "databricksConf": {"run_name": "flyte2 run", "timeout_seconds": 3600.0,
+                           "new_cluster": {"spark_version": "13.3.x", "num_workers": 2.0}},
+        "sparkConf": {"spark.executor.memory": "4g"},
+        "executorPath": "/opt/venv/bin/python",
+        "mainApplicationFile": "local:///opt/venv/bin/runtime.py",
+        "databricksInstance": env.emulator.host(),
+        "secrets": {"databricks_token": "databricks_token_secret"},
+    });
+    let t = task("databricks", sdk);
+    let mut client = env.server.connector_client().await;
+    let conn = || Some(flyte2::connection("databricks", &[("databricks_token", TENANT)]));
+    let meta = client.create_task(flyte2::create_request(&t, conn())).await.unwrap().into_inner().resource_meta;
+    let written: serde_json::Value = serde_json::from_slice(&meta).unwrap();
+    let keys: Vec<_> = written.as_object().unwrap().keys().cloned().collect();
+    assert_eq!(keys, ["databricks_instance", "run_id"], "flyte-sdk's DatabricksJobMetadata has these keys only");
+    let run = env.db.runs().pop().unwrap();
+    assert_eq!(run.spec["spark_python_task"]["python_file"], "flyteplugins/databricks/entrypoint.py");
+    assert_eq!(run.spec["git_source"]["git_commit"], "194364210c47c49ce66c419e8fb68d6f9c06fd7e");
+    assert_eq!(run.spec["new_cluster"]["spark_env_vars"], json!({"foo": "bar"}), "no FLYTE_FAIL_ON_ERROR");
+    assert_eq!(run.spec["new_cluster"]["spark_conf"], json!({"spark.executor.memory": "4g"}));
+    let mut phase = Phase2::Undefined as i32;
+    for _ in 0..100 {
+        let r = client.get_task(flyte2::get_request("databricks", &meta, conn())).await.unwrap().into_inner();
+        phase = r.resource.unwrap().phase;
+        if phase == Phase2::Succeeded as i32 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(phase, Phase2::Succeeded as i32);
+    client.delete_task(flyte2::delete_request("databricks", &meta, conn())).await.unwrap();
+
+    // Declared but not sent: refused, naming the key, and nothing reaches the workspace.
+    let before = env.db.request_counts().0;
+    let err = client.create_task(flyte2::create_request(&t, None)).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("'databricks_token'"), "{}", err.message());
+    assert_eq!(env.db.request_counts().0, before);
+    // Without the tenant's token a poll falls back to the agent's own, which this workspace refuses.
+    let polled = client.get_task(flyte2::get_request("databricks", &meta, None)).await;
+    assert!(polled.is_err() || polled.unwrap().into_inner().resource.unwrap().phase != Phase2::Succeeded as i32);
+}

@@ -149,7 +149,7 @@ async fn run(backend: GrpcBackend, args: RunArgs) -> Result<ExitCode, Failure> {
         Some(path) => input::inputs(path)?,
         None => Default::default(),
     };
-    let task = TaskRequest { template, inputs, output_prefix: args.output_prefix, metadata: None };
+    let task = TaskRequest { template, inputs, output_prefix: args.output_prefix, ..TaskRequest::default() };
     let executor = LocalExecutor::new(
         backend,
         ExecutorOptions { poll_interval: args.poll_interval, ..ExecutorOptions::default() },

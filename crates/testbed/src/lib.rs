@@ -24,5 +24,6 @@ pub fn task(task_type: &str, custom: serde_json::Value, inputs: &[(&str, Value)]
         inputs: values_to_literal_map(inputs.iter().cloned()),
         output_prefix: "s3://bucket/prefix/0".into(),
         metadata: None,
+        declared_secrets: Default::default(),
     }
 }

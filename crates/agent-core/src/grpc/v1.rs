@@ -51,7 +51,7 @@ fn task_request(
     let template = template.ok_or_else(|| {
         to_status(&AgentError::invalid_argument("template is missing; the request must carry the task template"))
     })?;
-    Ok(TaskRequest { template, inputs: inputs.unwrap_or_default(), output_prefix, metadata })
+    Ok(TaskRequest { template, inputs: inputs.unwrap_or_default(), output_prefix, metadata, ..Default::default() })
 }
 
 #[tonic::async_trait]

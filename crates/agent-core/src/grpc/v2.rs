@@ -142,14 +142,25 @@ pub(crate) fn resource_from_v2(r: &c::Resource) -> Result<Resource, AgentError> 
 /// reads as the task's `Connection` (`secrets`, `configs`, `taskType` or `task_type`). It
 /// is the backend's plumbing (the secrets it names arrive resolved in `connection`), not
 /// the agent's settings, and agents that refuse unknown settings would refuse the task.
-/// Only values of the spec's shape (string maps, a string) are taken for it.
-fn strip_connection_spec(template: &mut core::TaskTemplate) {
+/// Only values of the spec's shape (maps of strings or nulls, a string) are taken for it.
+/// Returns the keys of `secrets` that name a secret (flyte-sdk writes a null name for a
+/// secret the task did not configure): the credentials the task declares.
+fn strip_connection_spec(template: &mut core::TaskTemplate) -> std::collections::BTreeSet<String> {
     use prost_types::value::Kind;
-    let Some(custom) = template.custom.as_mut() else { return };
+    let mut declared = std::collections::BTreeSet::new();
+    let Some(custom) = template.custom.as_mut() else { return declared };
     let is_string_map = |v: &prost_types::Value| match &v.kind {
-        Some(Kind::StructValue(s)) => s.fields.values().all(|v| matches!(v.kind, Some(Kind::StringValue(_)))),
+        Some(Kind::StructValue(s)) => {
+            s.fields.values().all(|v| matches!(v.kind, Some(Kind::StringValue(_) | Kind::NullValue(_))))
+        }
         _ => false,
     };
+    if let Some(secrets) = custom.fields.get("secrets").filter(|v| is_string_map(v))
+        && let Some(Kind::StructValue(s)) = &secrets.kind
+    {
+        let named = |v: &prost_types::Value| matches!(&v.kind, Some(Kind::StringValue(n)) if !n.trim().is_empty());
+        declared.extend(s.fields.iter().filter(|(_, v)| named(v)).map(|(k, _)| k.clone()));
+    }
     custom.fields.retain(|key, value| {
         let spec = match key.as_str() {
             "secrets" | "configs" => is_string_map(value),
@@ -158,6 +169,7 @@ fn strip_connection_spec(template: &mut core::TaskTemplate) {
         };
         !spec
     });
+    declared
 }
 
 fn task_request(
@@ -168,9 +180,10 @@ fn task_request(
 ) -> Result<TaskRequest, Status> {
     let template = template.ok_or_else(|| invalid("template is missing; the request must carry the task template"))?;
     let mut template: core::TaskTemplate = transcode("template", &template)?;
-    strip_connection_spec(&mut template);
+    let declared_secrets = strip_connection_spec(&mut template);
     Ok(TaskRequest {
         template,
+        declared_secrets,
         inputs: from_named(inputs.unwrap_or_default().literals, "inputs").map_err(|e| to_status(&e))?,
         output_prefix,
         metadata: metadata
@@ -420,7 +433,8 @@ mod tests {
             custom: Some(crate::json::json_to_struct(custom.as_object().unwrap())),
             ..Default::default()
         };
-        strip_connection_spec(&mut t);
+        let declared = strip_connection_spec(&mut t);
+        assert_eq!(declared.into_iter().collect::<Vec<_>>(), ["flyte_openai_api_key"]);
         let left = crate::json::struct_to_json(t.custom.as_ref().unwrap());
         assert_eq!(
             serde_json::Value::Object(left),
@@ -432,8 +446,16 @@ mod tests {
             custom: Some(crate::json::json_to_struct(odd.as_object().unwrap())),
             ..Default::default()
         };
-        strip_connection_spec(&mut t);
+        assert!(strip_connection_spec(&mut t).is_empty());
         assert_eq!(t.custom.unwrap().fields.len(), 2);
+        // flyte-sdk names an unconfigured secret with null: the spec, declaring nothing.
+        let unset = serde_json::json!({"secrets": {"databricks_token": null, "other": "name"}, "sparkConf": {}});
+        let mut t = core::TaskTemplate {
+            custom: Some(crate::json::json_to_struct(unset.as_object().unwrap())),
+            ..Default::default()
+        };
+        assert_eq!(strip_connection_spec(&mut t).into_iter().collect::<Vec<_>>(), ["other"]);
+        assert_eq!(t.custom.unwrap().fields.keys().collect::<Vec<_>>(), ["sparkConf"]);
     }
 
     #[test]

@@ -210,6 +210,7 @@ async fn run_task(
         inputs: inputs.clone(),
         output_prefix: prefix.clone(),
         metadata: Some(metadata),
+        ..TaskRequest::default()
     };
     let meta = client.create(task).await.map_err(|e| format!("CreateTask: {e}"))?;
     let category = TaskCategory::new(task_type, 0);
