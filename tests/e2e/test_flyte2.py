@@ -269,6 +269,11 @@ def test_snowflake_key_from_the_connection_and_both_generations_at_once(snowflak
     task = test_snowflake.snowflake_task(name="sf.flyte2", inputs=kwtypes(id=int), output_schema_type=StructuredDataset,
                                          query_template="select * from t where id = %(id)s")
     template, values = test_snowflake.serialize(task), test_snowflake.literal_map(task, dict(id=7))
+    # flyte-sdk's shape of the same task (Flyte 2): the connection settings in custom, not config.
+    sdk_template = type(template)()
+    sdk_template.CopyFrom(template)
+    sdk_template.custom.update(dict(template.config))
+    sdk_template.ClearField("config")
     key = (test_snowflake.FIXTURES / "rsa_key.p8").read_text()
     conn = connection("snowflake", snowflake_private_key=key)
 
@@ -277,7 +282,8 @@ def test_snowflake_key_from_the_connection_and_both_generations_at_once(snowflak
         return agent_pb2_grpc.AsyncAgentServiceStub(agent.channel).CreateTask(create, timeout=15)
 
     def flyte2():
-        return run(agent, create_request(template, values, conn=conn, metadata=test_snowflake.metadata("flyte2")), conn=conn)
+        return run(agent, create_request(sdk_template, values, conn=conn, metadata=test_snowflake.metadata("flyte2")),
+                   conn=conn)
 
     with futures.ThreadPoolExecutor(2) as pool:
         one, two = pool.submit(flyte1), pool.submit(flyte2)
@@ -291,7 +297,9 @@ def test_snowflake_key_from_the_connection_and_both_generations_at_once(snowflak
     handle = json.loads(meta)["query_id"]
     assert outputs(r)["results"].scalar.structured_dataset.uri.endswith(f"/{handle}")
     assert b"PRIVATE" not in meta
-    assert r.log_links[0].uri.startswith("https://app.snowflake.com/us-east-1/xy12345/")
+    # flyte-sdk's link: the account split at its first '-' into organization and account.
+    assert r.log_links[0].uri.startswith("https://app.snowflake.com/xy12345/us-east-1/")
+    assert r.log_links[0].name == "Snowflake Dashboard" and r.log_links[0].link_type == 1  # DASHBOARD
 
 
 @pytest.fixture(scope="module")

@@ -87,7 +87,13 @@ impl Auth for KeyPair<'_> {
         let pem = ctx.secret(KEY_SECRET)?;
         let key = format!("{}|{user}|{:x?}", account.as_str(), &digest(&SHA256, pem.expose().as_bytes()).as_ref()[..8]);
         let sign = || async {
-            let passphrase = ctx.optional_secret(PASSPHRASE_SECRET)?;
+            // A key the request brought (Flyte 2) is opened only with a passphrase it brought:
+            // the pod's passphrase belongs to the pod's key.
+            let passphrase = if ctx.task_credential(KEY_SECRET, false)?.is_some() {
+                ctx.task_credential(PASSPHRASE_SECRET, false)?
+            } else {
+                ctx.optional_secret(PASSPHRASE_SECRET)?
+            };
             let signer = Signer::from_pem(pem.expose(), passphrase.as_ref().map(Secret::expose))?;
             // The fingerprint is public; operators compare it with `DESC USER`.
             tracing::debug!(account = account.as_str(), user, fingerprint = signer.fingerprint, "Made a Snowflake JWT");
