@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json, json};
 
 use crate::client::{Client, SERVICE};
-use crate::params::{check_meta, check_task, query_parameters};
+use crate::params::{Datetimes, check_meta, check_task, query_parameters};
 
 /// The task type flytekit's `BigQueryTask` declares.
 pub const TASK_TYPE: &str = "bigquery_query_job_task";
@@ -29,6 +29,10 @@ pub struct BigQueryMeta {
     /// lack the key and get the output, as they did there; ours write it only when false.
     #[serde(default = "yes", skip_serializing_if = "bool::clone")]
     pub results: bool,
+    /// The user agent the job was created with; flyte-sdk's `BigQueryMetadata` has the key
+    /// (Flyte 2 metas only: flytekit's has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
 }
 
 fn yes() -> bool {
@@ -80,11 +84,16 @@ fn runtime_version(task: &TaskRequest) -> &str {
 
 /// The job to insert: `custom`'s QueryJobConfig keys, the SQL, and the inputs as
 /// parameters. Google's model types check every key.
-fn build_job(task: &TaskRequest, meta: &BigQueryMeta, mut query: Map<String, Json>) -> Result<Job, AgentError> {
+fn build_job(
+    task: &TaskRequest,
+    meta: &BigQueryMeta,
+    mut query: Map<String, Json>,
+    dt: Datetimes,
+) -> Result<Job, AgentError> {
     let mut configuration: Map<_, _> =
         JOB_LEVEL_KEYS.iter().filter_map(|k| Some(((*k).to_owned(), query.remove(*k)?))).collect();
     query.insert("query".into(), json!(task.sql_statement()?));
-    let params = query_parameters(task)?;
+    let params = query_parameters(task, dt)?;
     if !params.is_empty() {
         query.entry("parameterMode").or_insert_with(|| json!("NAMED"));
         query.insert("queryParameters".into(), Json::Array(params));
@@ -169,10 +178,18 @@ impl AsyncAgent for BigQueryAgent {
         check_task(&project, location.as_deref(), domain.as_deref(), runtime_version(&task))?;
         // Stable per task attempt, so a repeated CreateTask finds the job it created.
         let job_id = format!("flyte_{}", task.attempt_id_or_random("bigquery").simple());
-        let mut meta = BigQueryMeta { job_id, project, location, results: task.declares_output("results") };
-        let job = build_job(&task, &meta, query)?;
-        // The user agent flytekit sends: `Flytekit/<sdk version> (GPN:Union;<domain>)`.
-        let ua = format!("Flytekit/{} (GPN:Union;{})", runtime_version(&task), domain.unwrap_or_default());
+        // Each generation's connector names itself with the SDK version that serialized the
+        // task, `<SDK>/<version> (GPN:Union;<domain>)`, and sends datetimes its own way;
+        // flyte-sdk reports the results table whatever the task declares, and keeps the user
+        // agent in its meta.
+        let (sdk, results, dt) = match ctx.protocol() {
+            Protocol::Flyteidl2 => ("Flyte", true, Datetimes::Datetime),
+            Protocol::Flyteidl => ("Flytekit", task.declares_output("results"), Datetimes::Timestamp),
+        };
+        let ua = format!("{sdk}/{} (GPN:Union;{})", runtime_version(&task), domain.unwrap_or_default());
+        let user_agent = (ctx.protocol() == Protocol::Flyteidl2).then(|| ua.clone());
+        let mut meta = BigQueryMeta { job_id, project, location, results, user_agent };
+        let job = build_job(&task, &meta, query, dt)?;
         let created = match self.client.insert(ctx, &job, &ua).await.map_err(Failure::into_error)? {
             Some(job) => job,
             // Already created by an earlier attempt of this CreateTask: adopt it.
@@ -214,7 +231,13 @@ mod tests {
     use super::*;
 
     fn meta(results: bool) -> BigQueryMeta {
-        BigQueryMeta { job_id: "j1".into(), project: "p".into(), location: Some("US".into()), results }
+        BigQueryMeta {
+            job_id: "j1".into(),
+            project: "p".into(),
+            location: Some("US".into()),
+            results,
+            user_agent: None,
+        }
     }
 
     fn job(state: &str, error: Option<(&str, &str)>) -> Job {
@@ -271,7 +294,7 @@ mod tests {
         task.template.target = Some(Target::Sql(Sql { statement: "SELECT 1".into(), dialect: 1 }));
         for (location, want) in [(Some("US"), Some("US")), (Some(""), None), (None, None)] {
             let meta = BigQueryMeta { location: location.map(str::to_owned), ..meta(true) };
-            let job = build_job(&task, &meta, Map::new()).unwrap();
+            let job = build_job(&task, &meta, Map::new(), Datetimes::Timestamp).unwrap();
             let reference = job.job_reference.unwrap();
             assert_eq!((reference.project_id.as_str(), reference.job_id.as_str()), ("p", "j1"));
             assert_eq!(reference.location.as_deref(), want, "{location:?}");
@@ -284,7 +307,13 @@ mod tests {
             serde_json::from_str(r#"{"job_id": "dummy_id", "project": "dummy_project", "location": null}"#).unwrap();
         assert_eq!(
             py,
-            BigQueryMeta { job_id: "dummy_id".into(), project: "dummy_project".into(), location: None, results: true }
+            BigQueryMeta {
+                job_id: "dummy_id".into(),
+                project: "dummy_project".into(),
+                location: None,
+                results: true,
+                user_agent: None
+            }
         );
         assert_eq!(serde_json::to_string(&meta(true)).unwrap(), r#"{"job_id":"j1","project":"p","location":"US"}"#);
     }

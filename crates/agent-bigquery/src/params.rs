@@ -75,13 +75,22 @@ pub(crate) fn check_meta(job_id: &str, project: &str, location: Option<&str>) ->
 
 /// Every input as a named parameter, sorted by name. A value that cannot be a parameter is
 /// `INVALID_ARGUMENT` naming the input.
-pub(crate) fn query_parameters(task: &TaskRequest) -> Result<Vec<Json>, AgentError> {
+/// How datetime inputs are sent: flytekit's connector sends a `TIMESTAMP`; flyte-sdk's
+/// (Flyte 2) a `DATETIME` holding the UTC wall time, which BigQuery does not convert to a
+/// timestamp implicitly, so a query written for one fails with the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Datetimes {
+    Timestamp,
+    Datetime,
+}
+
+pub(crate) fn query_parameters(task: &TaskRequest, dt: Datetimes) -> Result<Vec<Json>, AgentError> {
     let declared = task.template.interface.as_ref().and_then(|i| i.inputs.as_ref());
     let scalars_only = "BigQuery query parameters are scalars or arrays of scalars";
     (task.input_values()?.into_iter())
         .map(|(name, value)| {
             let ty = declared.and_then(|d| d.variables.get(&name)).and_then(|v| v.r#type.as_ref());
-            let (t, v) = parameter(&value, ty)
+            let (t, v) = parameter(&value, ty, dt)
                 .map_err(|why| AgentError::invalid_argument(format!("inputs.{name}: {why}; {scalars_only}")))?;
             Ok(json!({"name": name, "parameterType": t, "parameterValue": v}))
         })
@@ -89,13 +98,16 @@ pub(crate) fn query_parameters(task: &TaskRequest) -> Result<Vec<Json>, AgentErr
 }
 
 /// `(parameterType, parameterValue)` for one value.
-fn parameter(value: &Value, declared: Option<&LiteralType>) -> Result<(Json, Json), String> {
+fn parameter(value: &Value, declared: Option<&LiteralType>, dt: Datetimes) -> Result<(Json, Json), String> {
     match value {
         Value::Collection(items) => {
-            let scalars =
-                items.iter().map(scalar).collect::<Result<Vec<_>, _>>().map_err(|e| format!("list element: {e}"))?;
+            let scalars = items
+                .iter()
+                .map(|v| scalar(v, dt))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("list element: {e}"))?;
             let declared_element = || match declared?.r#type.as_ref()? {
-                literal_type::Type::CollectionType(inner) => declared_scalar_type(inner),
+                literal_type::Type::CollectionType(inner) => declared_scalar_type(inner, dt),
                 _ => None,
             };
             let element_type = scalars.first().map(|(t, _)| *t).or_else(declared_element);
@@ -108,25 +120,28 @@ fn parameter(value: &Value, declared: Option<&LiteralType>) -> Result<(Json, Jso
         }
         // NULL of the declared type: BigQuery needs a type even for NULL.
         Value::None => {
-            let ty = declared.and_then(declared_scalar_type).ok_or("a None whose type the task does not declare")?;
+            let ty = declared
+                .and_then(|d| declared_scalar_type(d, dt))
+                .ok_or("a None whose type the task does not declare")?;
             Ok((json!({"type": ty}), json!({})))
         }
         other => {
-            let (t, v) = scalar(other)?;
+            let (t, v) = scalar(other, dt)?;
             Ok((json!({"type": t}), json!({"value": v})))
         }
     }
 }
 
 /// BigQuery type name and string value of a scalar.
-fn scalar(value: &Value) -> Result<(&'static str, String), String> {
+fn scalar(value: &Value, dt: Datetimes) -> Result<(&'static str, String), String> {
     Ok(match value {
         Value::Integer(i) => ("INT64", i.to_string()),
         Value::Float(f) => ("FLOAT64", float(*f)),
         // Strings stay strings, even when they look like dates: the SQL decides.
         Value::String(s) => ("STRING", s.clone()),
         Value::Boolean(b) => ("BOOL", b.to_string()),
-        Value::Datetime(t) => ("TIMESTAMP", t.to_string()),
+        Value::Datetime(t) if dt == Datetimes::Timestamp => ("TIMESTAMP", t.to_string()),
+        Value::Datetime(t) => ("DATETIME", wall_time(t)),
         Value::Duration(d) => ("INTERVAL", interval(d.seconds, d.nanos)),
         Value::Binary { value, .. } => ("BYTES", base64::engine::general_purpose::STANDARD.encode(value)),
         Value::None => return Err("None; BigQuery arrays cannot hold NULL".into()),
@@ -151,8 +166,17 @@ fn interval(seconds: i64, nanos: i32) -> String {
 }
 
 /// The BigQuery scalar type of a declared Flyte type (looking through `Optional`).
-fn declared_scalar_type(t: &LiteralType) -> Option<&'static str> {
-    declared_samples(t).iter().find_map(|v| Some(scalar(v).ok()?.0))
+fn declared_scalar_type(t: &LiteralType, dt: Datetimes) -> Option<&'static str> {
+    declared_samples(t).iter().find_map(|v| Some(scalar(v, dt).ok()?.0))
+}
+
+/// A UTC instant as BigQuery's DATETIME text with microseconds, as Google's Python client
+/// writes a naive datetime: `2024-01-02T03:04:05.000000`.
+fn wall_time(t: &agent_core::prost_types::Timestamp) -> String {
+    let text = t.to_string();
+    let text = text.trim_end_matches('Z');
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    format!("{whole}.{:0<6}", &fraction[..fraction.len().min(6)])
 }
 
 #[cfg(test)]
@@ -198,7 +222,7 @@ mod tests {
             ],
             vec![],
         );
-        let got: Vec<(String, String, String)> = query_parameters(&t)
+        let got: Vec<(String, String, String)> = query_parameters(&t, Datetimes::Timestamp)
             .unwrap()
             .iter()
             .map(|p| {
@@ -222,6 +246,25 @@ mod tests {
         assert_eq!(got, want);
     }
 
+    /// flyte-sdk (Flyte 2) sends datetimes as DATETIME: the UTC wall time with microseconds.
+    #[test]
+    fn flyte2_datetimes_are_datetime_wall_times() {
+        let at = |seconds, nanos| Value::Datetime(Timestamp { seconds, nanos });
+        let t = task(vec![("t", at(1_700_000_000, 0)), ("u", at(1_700_000_000, 123_456_789))], vec![]);
+        let ps = query_parameters(&t, Datetimes::Datetime).unwrap();
+        let got: Vec<_> =
+            ps.iter().map(|p| (p["parameterType"]["type"].clone(), p["parameterValue"]["value"].clone())).collect();
+        assert_eq!(
+            got,
+            [
+                (json!("DATETIME"), json!("2023-11-14T22:13:20.000000")),
+                (json!("DATETIME"), json!("2023-11-14T22:13:20.123456")),
+            ]
+        );
+        let ps = query_parameters(&t, Datetimes::Timestamp).unwrap();
+        assert_eq!(ps[0]["parameterType"]["type"], "TIMESTAMP", "flytekit's stay timestamps");
+    }
+
     #[test]
     fn lists_become_arrays_and_nulls_take_the_declared_type() {
         let list = LiteralType {
@@ -238,7 +281,7 @@ mod tests {
             vec![("ids", vec![1_i64, 2].into()), ("none", Value::None), ("empty", Value::Collection(vec![]))],
             vec![("empty", list.clone()), ("none", optional)],
         );
-        let ps = query_parameters(&t).unwrap();
+        let ps = query_parameters(&t, Datetimes::Timestamp).unwrap();
         let by_name = |n: &str| ps.iter().find(|p| p["name"] == n).unwrap().clone();
         assert_eq!(
             by_name("ids"),
@@ -258,7 +301,7 @@ mod tests {
             (Value::Collection(vec![Value::Integer(1), Value::String("a".into())]), "mixing INT64 and STRING"),
             (Value::None, "None whose type the task does not declare"),
         ] {
-            let err = query_parameters(&task(vec![("x", v)], vec![])).unwrap_err();
+            let err = query_parameters(&task(vec![("x", v)], vec![]), Datetimes::Timestamp).unwrap_err();
             assert!(
                 matches!(&err, AgentError::InvalidArgument(m) if m.starts_with("inputs.x: ") && m.contains(why)),
                 "{err}"

@@ -402,6 +402,31 @@ async fn sends_flytekits_user_agent() {
     assert!(ua.contains("Flytekit/1.16.31 (GPN:Union;dev)"), "{ua}");
 }
 
+/// A flyte-sdk task (Flyte 2) is sent as flyte-sdk's connector sends it: its user agent,
+/// datetimes as DATETIME, and a meta with flyte-sdk's keys (`user_agent` included).
+#[tokio::test]
+async fn flyte2_tasks_send_flyte_sdks_user_agent_and_datetimes() {
+    use agent_core::prost_types::Timestamp;
+    use agent_core::testing::flyte2;
+    let env = env().await;
+    let at = Value::Datetime(Timestamp { seconds: 1_704_164_645, nanos: 0 });
+    let t = task("SELECT @at", custom(), vec![("at", at)]);
+    let mut client = env.server.connector_client().await;
+    let meta = client.create_task(flyte2::create_request(&t, None)).await.unwrap().into_inner().resource_meta;
+    let meta: serde_json::Value = serde_json::from_slice(&meta).unwrap();
+    let keys: std::collections::BTreeSet<_> = meta.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(keys, ["job_id", "location", "project", "user_agent"].into(), "flyte-sdk's BigQueryMetadata keys");
+    assert_eq!(meta["user_agent"], "Flyte/1.16.31 (GPN:Union;dev)");
+    let id = meta["job_id"].as_str().unwrap();
+    assert!(env.bq.user_agent("flyte-test", id).unwrap().starts_with("Flyte/1.16.31 (GPN:Union;dev)"));
+    let job = env.bq.jobs().into_iter().find(|j| j.job_id == id).unwrap();
+    let p = &job.configuration["query"]["queryParameters"][0];
+    assert_eq!(
+        (&p["parameterType"]["type"], &p["parameterValue"]["value"]),
+        (&json!("DATETIME"), &json!("2024-01-02T03:04:05.000000"))
+    );
+}
+
 #[tokio::test]
 async fn hostile_metas_templates_and_inputs_are_handled() {
     let env = env().await;
