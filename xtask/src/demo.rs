@@ -152,21 +152,26 @@ pub(crate) fn demo(root: &Path) -> Result<()> {
         endpoints.insert(*name, endpoint);
     }
 
-    // The last two go over Flyte 2 (`flyteidl2.connector`) to the same agents, the
-    // Snowflake key sent with the requests as a Flyte 2 backend sends a connection secret.
+    // The last four go over Flyte 2 (`flyteidl2.connector`) to the same agents: tasks
+    // flyte-sdk serialized (`samples/flyte2`), with the credentials they declare sent with
+    // the requests as a Flyte 2 backend sends connection secrets.
     let key_secret = format!("snowflake_private_key=@{}", snowflake_key.join("rsa_key.p8").display());
-    let flyte2_secret: [&str; 3] = ["--flyte2", "--secret", &key_secret];
-    let tasks: [(&str, &str, &str, &[&str]); 7] = [
-        ("agent-bigquery", "bigquery_query_job_task", "async", &[]),
-        ("agent-databricks", "databricks", "async", &[]),
-        ("agent-snowflake", "snowflake", "async", &[]),
-        ("agent-openai", "chatgpt", "sync", &[]),
-        ("agent-openai", "openai-batch", "async", &[]),
-        ("agent-openai", "chatgpt", "Flyte 2", &["--flyte2"]),
-        ("agent-snowflake", "snowflake", "Flyte 2", &flyte2_secret),
+    let snowflake2: [&str; 3] = ["--flyte2", "--secret", &key_secret];
+    let databricks2: [&str; 3] = ["--flyte2", "--secret", "databricks_token=dapi-emulator-token"];
+    let (flytekit, flyte_sdk) = (samples.clone(), samples.join("flyte2"));
+    let tasks: [(&str, &str, &str, &[&str], &Path); 9] = [
+        ("agent-bigquery", "bigquery_query_job_task", "async", &[], &flytekit),
+        ("agent-databricks", "databricks", "async", &[], &flytekit),
+        ("agent-snowflake", "snowflake", "async", &[], &flytekit),
+        ("agent-openai", "chatgpt", "sync", &[], &flytekit),
+        ("agent-openai", "openai-batch", "async", &[], &flytekit),
+        ("agent-openai", "chatgpt", "Flyte 2", &["--flyte2"], &flytekit),
+        ("agent-snowflake", "snowflake", "Flyte 2", &snowflake2, &flyte_sdk),
+        ("agent-databricks", "databricks", "Flyte 2", &databricks2, &flyte_sdk),
+        ("agent-bigquery", "bigquery_query_job_task", "Flyte 2", &["--flyte2"], &flyte_sdk),
     ];
     let mut rows = Vec::new();
-    for (agent, task_type, mode, extra) in tasks {
+    for (agent, task_type, mode, extra, samples) in tasks {
         let sample = match task_type {
             "bigquery_query_job_task" => "bigquery",
             other => other,

@@ -2,7 +2,8 @@
 //! or the protobuf JSON mapping, told apart by their first byte.
 //!
 //! A template file may hold a `flyteidl.core.TaskTemplate` or a `flyteidl.admin.TaskSpec`
-//! (`pyflyte package` writes TaskSpecs). The two binary encodings can both decode
+//! (`pyflyte package` writes TaskSpecs), or, in protobuf JSON, flyte-sdk's
+//! `flyteidl2.core.TaskTemplate` (whose interface lists variables as key/value entries). The two binary encodings can both decode
 //! from the same bytes, so the task type given on the command line picks the reading
 //! whose `type` matches it.
 
@@ -51,7 +52,16 @@ pub(crate) fn template(path: &Path, task_type: &str) -> Result<core::TaskTemplat
         if json.get("template").is_some() && json.get("type").is_none() {
             json = json["template"].take();
         }
-        return from_json(json, "flyteidl.core.TaskTemplate").map_err(bad);
+        // flyte-sdk's JSON is Flyte 2's message, which shares Flyte 1's field numbers (a map
+        // and a list of key/value entries are one encoding): read as it is, carried over in binary.
+        return from_json(json.clone(), "flyteidl.core.TaskTemplate")
+            .or_else(|flyte1| {
+                let pool = DescriptorPool::decode(FILE_DESCRIPTOR_SET).map_err(|e| format!("descriptors: {e}"))?;
+                let desc = pool.get_message_by_name("flyteidl2.core.TaskTemplate").ok_or(flyte1.clone())?;
+                let flyte2 = DynamicMessage::deserialize(desc, json).map_err(|_| flyte1)?;
+                core::TaskTemplate::decode(flyte2.encode_to_vec().as_slice()).map_err(|e| e.to_string())
+            })
+            .map_err(bad);
     }
     let readings: Vec<core::TaskTemplate> = [
         core::TaskTemplate::decode(bytes.as_slice()).ok(),
@@ -152,6 +162,22 @@ mod tests {
         assert!(err.contains("is not a LiteralMap") && err.contains("scalr"), "{err}");
         let junk = write(&dir, "junk.pb", b"\xff\xff\xff");
         assert!(template(&junk, "x").unwrap_err().0.contains("neither a TaskTemplate nor a TaskSpec"));
+    }
+
+    /// The samples flyte-sdk serialized (Flyte 2's JSON) read as the same template.
+    #[test]
+    fn flyte_sdk_templates_are_read() {
+        let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/flyte2");
+        let t = template(&samples.join("databricks.template.json"), "databricks").unwrap();
+        assert_eq!(t.r#type, "databricks");
+        let declared = t.interface.as_ref().and_then(|i| i.inputs.as_ref()).unwrap();
+        assert!(declared.variables.contains_key("n"), "{declared:?}");
+        let custom = agent_core::json::struct_to_json(t.custom.as_ref().unwrap());
+        assert_eq!(custom["secrets"]["databricks_token"], "databricks-token");
+        assert!(custom["databricksConf"]["new_cluster"].is_object());
+        let sf = template(&samples.join("snowflake.template.json"), "snowflake").unwrap();
+        assert!(matches!(sf.target, Some(core::task_template::Target::Sql(_))));
+        assert_eq!(inputs(&samples.join("snowflake.inputs.json")).unwrap().literals.len(), 2);
     }
 
     #[test]
