@@ -64,7 +64,8 @@ enum Service {
         /// Port (0 picks a free one).
         #[arg(long, default_value_t = 9060)]
         port: u16,
-        /// A user and the public key (SPKI PEM file) registered for it, as ACCOUNT.USER=FILE (repeatable).
+        /// A user and the public key (SPKI PEM file) registered for it, as ACCOUNT.USER=FILE
+        /// (repeatable; the same user twice registers its second key, RSA_PUBLIC_KEY_2).
         #[arg(long = "user", value_name = "ACCOUNT.USER=FILE")]
         users: Vec<String>,
         /// Milliseconds a statement runs.
@@ -155,9 +156,8 @@ async fn main() -> ExitCode {
                     return ExitCode::from(2);
                 };
                 match std::fs::read_to_string(file) {
-                    Ok(pem) => {
-                        keys.insert(name.to_owned(), pem);
-                    }
+                    // The same user twice: its second key (RSA_PUBLIC_KEY_2).
+                    Ok(pem) => keys.entry(name.to_owned()).or_insert_with(String::new).push_str(&format!("{pem}\n")),
                     Err(e) => {
                         tracing::error!(message = "Cannot read the public key.", file = %file, error = %e);
                         return ExitCode::from(2);
