@@ -17,7 +17,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Service {
-    /// BigQuery jobs API (point agents at it with BIGQUERY_EMULATOR_HOST=host:port).
+    /// BigQuery jobs API (point agents at it with BIGQUERY_EMULATOR_HOST=host:port) and
+    /// Google's token endpoint for service-account keys (`POST /token`).
     Bigquery {
         /// Port (0 picks a free one).
         #[arg(long, default_value_t = 9050)]
@@ -28,6 +29,10 @@ enum Service {
         /// Milliseconds a job stays RUNNING.
         #[arg(long, default_value_t = 400)]
         running_ms: u64,
+        /// A service-account key file (Google's JSON) whose account `POST /token` accepts
+        /// (repeatable); jobs then run as the account whose access token created them.
+        #[arg(long = "service-account", value_name = "FILE")]
+        service_accounts: Vec<std::path::PathBuf>,
     },
     /// Databricks Jobs API 2.1 and OAuth token endpoint, over HTTPS with a fresh test CA.
     Databricks {
@@ -95,12 +100,23 @@ async fn main() -> ExitCode {
     tracing_subscriber::fmt().with_writer(std::io::stderr).init();
     let cli = Cli::parse();
     let running = match cli.service {
-        Service::Bigquery { port, pending_ms, running_ms } => {
+        Service::Bigquery { port, pending_ms, running_ms, service_accounts } => {
             let timing = emulators::bigquery::Timing {
                 pending: std::time::Duration::from_millis(pending_ms),
                 running: std::time::Duration::from_millis(running_ms),
             };
-            emulators::bigquery::BigQuery::new(timing).start(SocketAddr::new(cli.bind, port)).await
+            let mut bq = emulators::bigquery::BigQuery::new(timing);
+            for file in &service_accounts {
+                let key = std::fs::read_to_string(file).map_err(|e| e.to_string());
+                bq = match key.and_then(|k| bq.with_service_account(&k)) {
+                    Ok(bq) => bq,
+                    Err(e) => {
+                        tracing::error!(message = "Bad service account key.", file = %file.display(), error = %e);
+                        return ExitCode::from(2);
+                    }
+                };
+            }
+            bq.start(SocketAddr::new(cli.bind, port)).await
         }
         Service::Databricks {
             port,
