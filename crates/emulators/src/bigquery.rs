@@ -111,6 +111,8 @@ pub struct JobSummary {
     /// The service account (its `client_email`) whose access token created the job; none
     /// for an anonymous request.
     pub service_account: Option<String>,
+    /// The `User-Agent` of the request that created the job.
+    pub user_agent: String,
 }
 
 #[derive(Debug)]
@@ -151,6 +153,9 @@ pub struct BigQuery {
 
 /// The JWT-bearer grant type of Google's token endpoint (RFC 7523).
 const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+
+/// Google's token endpoint, the audience google-auth puts in every assertion.
+const GOOGLE_TOKEN_URL: &str = "https://oauth2.googleapis.com/token";
 
 /// Lifetime of issued access tokens, as Google's (an hour).
 const TOKEN_TTL: Duration = Duration::from_secs(3600);
@@ -334,6 +339,7 @@ impl BigQuery {
                 configuration: j.configuration.clone(),
                 cancel_requested: j.cancelled_at.is_some(),
                 service_account: j.service_account.clone(),
+                user_agent: j.user_agent.clone(),
             })
             .collect()
     }
@@ -622,9 +628,10 @@ async fn token(State(bq): State<BigQuery>, headers: axum::http::HeaderMap, body:
     if grant != JWT_BEARER {
         return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", &format!("Invalid grant_type: {grant}"));
     }
-    // The audience is this endpoint as the client addressed it.
+    // The audience is this endpoint as the client addressed it, or Google's own token
+    // endpoint, which google-auth names whatever the key's `token_uri` (Google accepts it).
     let host = headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or("localhost");
-    let token_url = [format!("http://{host}/token"), format!("https://{host}/token")];
+    let token_url = [format!("http://{host}/token"), format!("https://{host}/token"), GOOGLE_TOKEN_URL.to_owned()];
     let account = match bq.verify_assertion(form.get("assertion").map_or("", String::as_str), &token_url) {
         Ok(a) => a,
         Err(m) => return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", &m),
@@ -770,6 +777,11 @@ mod tests {
             assert_eq!((body["token_type"].as_str(), body["expires_in"].as_u64()), (Some("Bearer"), Some(3600)));
             issued.push(body["access_token"].as_str().unwrap().to_owned());
         }
+        // google-auth's audience is Google's endpoint, whatever the key's token_uri.
+        let a = assertion(t_email, &tenant, GOOGLE_TOKEN_URL, scope, 600);
+        let form = grant(&a);
+        let (status, _) = exchange(&bq, &form.iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>()).await;
+        assert_eq!(status, StatusCode::OK);
         assert_eq!(insert(&bq, Some(&issued[0])).await, StatusCode::OK);
         assert_eq!(insert(&bq, Some(&issued[1])).await, StatusCode::OK);
         assert_eq!(insert(&bq, None).await, StatusCode::OK);
@@ -777,11 +789,12 @@ mod tests {
         let mut ran_as: Vec<_> = bq.jobs().into_iter().map(|j| j.service_account).collect();
         ran_as.sort();
         assert_eq!(ran_as, [None, Some(p_email.to_owned()), Some(t_email.to_owned())]);
+        assert!(bq.jobs().iter().all(|j| j.user_agent.is_empty()), "no User-Agent was sent");
 
         let refused = [
             (assertion(t_email, &stranger, aud, scope, 3600), "Invalid JWT Signature"),
             (assertion("nobody@p.iam.gserviceaccount.com", &tenant, aud, scope, 3600), "no such service account"),
-            (assertion(t_email, &tenant, "https://oauth2.googleapis.com/token", scope, 3600), "aud must be"),
+            (assertion(t_email, &tenant, "https://example.com/token", scope, 3600), "aud must be"),
             (assertion(t_email, &tenant, aud, "", 3600), "scope is missing"),
             (assertion(t_email, &tenant, aud, scope, 7200), "short-lived"),
         ];
