@@ -139,6 +139,10 @@ class RsaKey:
         self.der = self.key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
                                           serialization.NoEncryption())
 
+    def encrypted_pem(self, passphrase: str) -> str:
+        return self.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.BestAvailableEncryption(passphrase.encode())).decode()
+
 
 @pytest.fixture(scope="session", autouse=True)
 def no_secret_leaks():

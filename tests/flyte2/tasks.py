@@ -112,6 +112,15 @@ snowflake_secrets = Snowflake(
     snowflake_private_key="private-key",
 )
 
+snowflake_passphrase = Snowflake(
+    name="snowflake_passphrase",
+    query_template="SELECT CURRENT_ROLE()",
+    plugin_config=_snowflake_config(),
+    secret_group="tenant",
+    snowflake_private_key="private-key",
+    snowflake_private_key_passphrase="pk-pass",
+)
+
 snowflake_role = Snowflake(
     name="snowflake_role",
     query_template="SELECT COUNT(*) FROM orders WHERE region = %(region)s",
@@ -119,7 +128,8 @@ snowflake_role = Snowflake(
     inputs={"region": str},
 )
 
-for _task in (snowflake_plain, snowflake_params, snowflake_batch, snowflake_secrets, snowflake_role):
+for _task in (snowflake_plain, snowflake_params, snowflake_batch, snowflake_secrets, snowflake_passphrase,
+              snowflake_role):
     flyte.TaskEnvironment.from_task(f"env_{_task.name}", _task)
 
 # --- BigQuery -----------------------------------------------------------------------------

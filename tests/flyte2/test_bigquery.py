@@ -191,12 +191,22 @@ def test_runs_as_the_connections_service_account(cases, emulator, case):
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_the_same_phase_outputs_and_log_link(cases, case):
+def test_the_same_phase(cases, case):
     c = cases(case)
     assert c.ours.resource.phase == SUCCEEDED, c.ours.resource.message
     assert c.sdk.resource.phase == c.ours.resource.phase
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_the_same_outputs(cases, case):
+    c = cases(case)
     uris = lambda r: {o.name: o.value.scalar.structured_dataset.uri for o in r.outputs.literals}  # noqa: E731
     assert uris(c.ours.resource) == uris(c.sdk.resource)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_the_same_log_link(cases, case):
+    c = cases(case)
     link = lambda l: (l.uri, l.name, l.link_type, l.ready)  # noqa: E731
     assert [link(l) for l in c.ours.resource.log_links] == [
         (swapped(c, l.uri), l.name, l.link_type, l.ready) for l in c.sdk.resource.log_links]

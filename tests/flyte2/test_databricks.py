@@ -134,10 +134,15 @@ def test_the_run_is_submitted_with_the_connections_token(cases, case):
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_the_same_phase_and_log_link(cases, case):
+def test_the_same_phase(cases, case):
     c = cases[case]
-    assert c.ours.resource.phase == SUCCEEDED
+    assert c.ours.resource.phase == SUCCEEDED, c.ours.resource.message
     assert c.sdk.resource.phase == c.ours.resource.phase
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_the_same_log_link(cases, case):
+    c = cases[case]
     link = lambda l: (l.uri, l.name, l.link_type, l.ready)  # noqa: E731
     assert [link(l) for l in c.ours.resource.log_links] == [link(l) for l in c.sdk.resource.log_links]
 
@@ -152,7 +157,7 @@ def test_our_meta_decodes_as_flyte_sdks(cases, emulator, case):
 
 def test_a_declared_token_missing_from_the_request_is_refused(agent, emulator, ca_file):
     template, inputs = tasks.serialize(tasks.databricks_plain)
-    assert json.loads(json.dumps(dict(template.custom)["secrets"]["databricks_token"])) == "databricks_token"
+    assert template.custom["secrets"]["databricks_token"] == "databricks_token"
     before = emulator_json(emulator, ca_file, "/_emulator/databricks/runs")["submit_requests"]
     err = create_error(agent, create_request(template, inputs))
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION, err
