@@ -10,8 +10,11 @@ rendered into SQL with the same connector code."""
 
 from __future__ import annotations
 
+import base64
 import datetime
 import json
+import re
+import time
 import types
 import urllib.request
 import uuid
@@ -334,3 +337,49 @@ def test_the_oracle_itself(case, keys):
     assert sdk.connects[0]["private_key"] == keys.tenant.der
     if case == "batch":
         assert sdk.executed[0][2] == "INSERT INTO people (id, name) VALUES (1, 'ann'), (2, 'o\\'brien'), (3, 'zoë')"
+
+
+def _jwt(key: RsaKey) -> str:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    enc = lambda d: base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=").decode()  # noqa: E731
+    now = int(time.time())
+    signing = enc({"alg": "RS256", "typ": "JWT"}) + "." + enc(
+        {"iss": f"{JWT_USER}.{key.fingerprint}", "sub": JWT_USER, "iat": now, "exp": now + 300})
+    sig = key.key.sign(signing.encode(), padding.PKCS1v15(), hashes.SHA256())
+    return signing + "." + base64.urlsafe_b64encode(sig).rstrip(b"=").decode()
+
+
+def _typed(v) -> dict:
+    if isinstance(v, bool):
+        return {"type": "BOOLEAN", "value": str(v).lower()}
+    if isinstance(v, int):
+        return {"type": "FIXED", "value": str(v)}
+    if isinstance(v, float):
+        return {"type": "REAL", "value": repr(v)}
+    if isinstance(v, datetime.datetime):
+        return {"type": "TIMESTAMP_LTZ", "value": str(int(v.timestamp()) * 10**9 + v.microsecond * 1000)}
+    return {"type": "TEXT", "value": v}
+
+
+@pytest.mark.parametrize("case", ["params", "batch"])
+def test_the_comparisons_pass_a_statement_made_as_flyte_sdk_makes_it(case, emulator, keys):
+    """A control for the oracle: a SQL API request made by hand from flyte-sdk's own query and
+    parameters (each `%(name)s` a `?` with a typed binding), signed with the tenant's key,
+    passes the comparisons our agent's statements face; so a failure above is the agent's."""
+    task, values = CASES[case]
+    template, inputs = tasks.serialize(task, **values)
+    sdk = run_oracle(create_request(template, inputs, tenant_connection(case, keys)), str(uuid.uuid4()))
+    [(query, params, sdk_sql)] = sdk.executed
+    names = re.findall(r"%\((\w+)\)s", query)
+    body = {"statement": re.sub(r"%\((\w+)\)s", "?", query),
+            "bindings": {str(i + 1): _typed(params[n]) for i, n in enumerate(names)},
+            **{k: sdk.connects[0][k] for k in ("database", "schema", "warehouse")}}
+    req = urllib.request.Request(f"{emulator.url}/api/v2/statements?async=true", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {_jwt(keys.tenant)}",
+                                          "X-Snowflake-Authorization-Token-Type": "KEYPAIR_JWT"})
+    handle = json.loads(urllib.request.urlopen(req, timeout=5).read())["statementHandle"]
+    [statement] = [s for s in listing(emulator)["statements"] if s["handle"] == handle]
+    assert rendered(statement["request"]["statement"], statement["request"]["bindings"]) == sdk_sql
+    assert statement["auth"] == {"user": JWT_USER, "fingerprint": keys.tenant.fingerprint}
