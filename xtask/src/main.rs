@@ -9,7 +9,7 @@
 //! - tools, importing only leaves: `tools` (venvs, apt packages, rustup targets and
 //!   components, cargo-deny);
 //! - one module per command, importing only leaves and tools, never each other: `bench`,
-//!   `charts`, `codegen`, `demo`, `deny`, `e2e`, `images`, `lint`, `new_agent`;
+//!   `charts`, `codegen`, `demo`, `deny`, `e2e`, `flyte2`, `images`, `lint`, `new_agent`;
 //! - this file: the command line, dispatch, and the `test` pipeline that strings the
 //!   commands together.
 
@@ -23,6 +23,7 @@ mod demo;
 mod deny;
 mod e2e;
 mod exec;
+mod flyte2;
 mod images;
 mod lint;
 mod new_agent;
@@ -53,7 +54,7 @@ enum Command {
     /// agentctl, like Propeller would run them.
     Demo,
     /// Run every test: lint, each crate checked alone, cargo-deny, Rust tests, chart checks,
-    /// the end-to-end suite with the official Python client, the demo, a short soak, the
+    /// the end-to-end suite with the official Python client, the Flyte 2 oracle suite, the demo, a short soak, the
     /// scaffold check, and an image built, run and probed.
     Test,
     /// Check formatting, run clippy with warnings denied, check the workspace rust-version
@@ -107,6 +108,12 @@ enum Command {
         /// Arguments for pytest, e.g. `-k sync`.
         pytest_args: Vec<String>,
     },
+    /// Run only the Flyte 2 oracle suite: flyte-sdk's own connectors and our agents on the
+    /// same flyte-sdk-serialized tasks (extra arguments go to pytest).
+    Flyte2 {
+        /// Arguments for pytest, e.g. `-k snowflake`.
+        pytest_args: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -128,13 +135,15 @@ fn main() -> Result<()> {
         Command::NewAgentCheck => new_agent::check(&root),
         Command::PushManifest(args) => images::push_manifest(&root, &args),
         Command::E2e { pytest_args } => e2e::e2e(&root, &pytest_args),
+        Command::Flyte2 { pytest_args } => flyte2::flyte2(&root, &pytest_args),
         Command::Bench { args } => bench::bench(&root, &args),
         Command::Soak { args } => bench::soak(&root, &args, true),
     }
 }
 
 /// Every test: lint, each crate checked alone, cargo-deny, the Rust tests, the charts, the
-/// end-to-end suite against the official Python client, the demo, a short soak, a
+/// end-to-end suite against the official Python client, the Flyte 2 oracle suite against
+/// flyte-sdk's own connectors, the demo, a short soak, a
 /// scaffolded agent's checks, and one image built and run (the CI workflow tests every
 /// image).
 fn test(root: &Path) -> Result<()> {
@@ -144,6 +153,7 @@ fn test(root: &Path) -> Result<()> {
     lint::unit(root)?;
     charts::check(root)?;
     e2e::e2e(root, &[])?;
+    flyte2::flyte2(root, &[])?;
     demo::demo(root)?;
     // A CI-sized soak: every async agent under injected faults, no task wrongly failed.
     bench::soak(root, &["--seconds", "4", "--concurrency", "8", "--fault-percent", "3"].map(String::from), false)?;
@@ -167,6 +177,7 @@ mod layers {
         ("demo", COMMAND),
         ("deny", COMMAND),
         ("e2e", COMMAND),
+        ("flyte2", COMMAND),
         ("images", COMMAND),
         ("lint", COMMAND),
         ("new_agent", COMMAND),

@@ -2,6 +2,15 @@
 //! paths (`/bigquery/v2/projects/{project}/jobs…`), with BigQuery's JSON shapes and error
 //! bodies. Jobs move PENDING → RUNNING → DONE over time, or on command.
 //!
+//! Authentication, as Google's token endpoint and BigQuery do it: `POST /token` takes the
+//! OAuth 2.0 JWT-bearer grant a service-account key makes (an RS256 assertion with `iss` =
+//! the account's email, `aud` = this endpoint, a `scope`, `iat` and `exp`), verifies it
+//! against the public keys of the accounts the emulator is given
+//! ([`BigQuery::with_service_account`]) and issues a short-lived access token. The job
+//! endpoints accept those tokens and record the account each job ran as; a request without
+//! an `Authorization` header is anonymous (emulator mode, as Google's client libraries
+//! call an emulator), and any other bearer is refused.
+//!
 //! Control endpoints (not part of BigQuery):
 //! - `GET /_emulator/bigquery/jobs`: every job and the number of insert requests seen;
 //! - `POST /_emulator/bigquery/rules`: an [`OutcomeRule`] for queries containing a string;
@@ -9,16 +18,22 @@
 //!   so clients can be tested against states BigQuery may add) and error;
 //! - `POST|DELETE /_emulator/faults`: fault injection (see [`crate::faults`]).
 
-use std::collections::BTreeMap;
+// Helpers return ready-made HTTP error responses; their size is irrelevant in an emulator.
+#![allow(clippy::result_large_err)]
+
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use aws_lc_rs::signature::{RSA_PKCS1_2048_8192_SHA256, UnparsedPublicKey};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{Response, StatusCode};
 use axum::routing::{get, post};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value as Json, json};
 
@@ -93,6 +108,11 @@ pub struct JobSummary {
     pub configuration: Json,
     /// Whether a cancel was requested.
     pub cancel_requested: bool,
+    /// The service account (its `client_email`) whose access token created the job; none
+    /// for an anonymous request.
+    pub service_account: Option<String>,
+    /// The `User-Agent` of the request that created the job.
+    pub user_agent: String,
 }
 
 #[derive(Debug)]
@@ -108,6 +128,7 @@ struct Job {
     cancelled_at: Option<Instant>,
     forced: Option<ForcedState>,
     user_agent: String,
+    service_account: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -115,6 +136,9 @@ struct St {
     jobs: BTreeMap<(String, String), Job>,
     insert_requests: u64,
     rules: Vec<OutcomeRule>,
+    /// Issued access token → (service account, expiry).
+    tokens: HashMap<String, (String, Instant)>,
+    token_requests: u64,
 }
 
 /// The emulator; clone handles share state.
@@ -123,7 +147,18 @@ pub struct BigQuery {
     state: Arc<Mutex<St>>,
     faults: Faults,
     timing: Timing,
+    /// Service account email → its public key (PKCS#1 DER).
+    accounts: Arc<HashMap<String, Vec<u8>>>,
 }
+
+/// The JWT-bearer grant type of Google's token endpoint (RFC 7523).
+const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+
+/// Google's token endpoint, the audience google-auth puts in every assertion.
+const GOOGLE_TOKEN_URL: &str = "https://oauth2.googleapis.com/token";
+
+/// Lifetime of issued access tokens, as Google's (an hour).
+const TOKEN_TTL: Duration = Duration::from_secs(3600);
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -176,6 +211,87 @@ impl BigQuery {
         Self { timing, ..Self::default() }
     }
 
+    /// Also accepts the service account of this key file (Google's JSON: `client_email`
+    /// and a PKCS#8 `private_key`, of which only the public half is kept) at `POST /token`.
+    pub fn with_service_account(mut self, key_json: &str) -> Result<Self, String> {
+        let key: Json = serde_json::from_str(key_json).map_err(|e| format!("service account key: not JSON: {e}"))?;
+        let field = |name: &str| {
+            key.get(name)
+                .and_then(Json::as_str)
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| format!("service account key: `{name}` is missing"))
+        };
+        let email = field("client_email")?.to_owned();
+        let (_, der) = pkcs8::Document::from_pem(field("private_key")?.trim())
+            .map_err(|e| format!("service account key of {email}: private_key: {e}"))?;
+        let pair = aws_lc_rs::rsa::KeyPair::from_pkcs8(der.as_bytes())
+            .map_err(|e| format!("service account key of {email}: private_key is no RSA key: {e}"))?;
+        let public = aws_lc_rs::signature::KeyPair::public_key(&pair).as_ref().to_vec();
+        Arc::make_mut(&mut self.accounts).insert(email, public);
+        Ok(self)
+    }
+
+    /// `POST /token` requests seen.
+    pub fn token_requests(&self) -> u64 {
+        self.lock().token_requests
+    }
+
+    /// Who a job request is from: `None` without an `Authorization` header (anonymous, as
+    /// client libraries call an emulator), the account of a live issued token, or a 401.
+    fn caller(&self, headers: &axum::http::HeaderMap) -> Result<Option<String>, Response<Body>> {
+        let Some(value) = headers.get("authorization") else {
+            return Ok(None);
+        };
+        let denied = || {
+            error(
+                StatusCode::UNAUTHORIZED,
+                "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or \
+                 other valid authentication credential.",
+            )
+        };
+        let token = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).ok_or_else(denied)?;
+        match self.lock().tokens.get(token) {
+            Some((account, expiry)) if *expiry > Instant::now() => Ok(Some(account.clone())),
+            _ => Err(denied()),
+        }
+    }
+
+    /// Checks a JWT-bearer assertion as Google's token endpoint does; the account it proves.
+    fn verify_assertion(&self, assertion: &str, token_url: &[String]) -> Result<String, String> {
+        let mut parts = assertion.split('.');
+        let (Some(h), Some(c), Some(sig), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+            return Err("assertion is not a JWT".into());
+        };
+        let decode = |p: &str| URL_SAFE_NO_PAD.decode(p).ok().and_then(|b| serde_json::from_slice::<Json>(&b).ok());
+        let header = decode(h).ok_or("bad JWT header")?;
+        let claims = decode(c).ok_or("bad JWT claims")?;
+        if header.get("alg").and_then(Json::as_str) != Some("RS256") {
+            return Err("alg must be RS256".into());
+        }
+        let iss = claims.get("iss").and_then(Json::as_str).unwrap_or_default();
+        let key = self.accounts.get(iss).ok_or_else(|| format!("no such service account: {iss}"))?;
+        let aud = claims.get("aud").and_then(Json::as_str).unwrap_or_default();
+        if !token_url.iter().any(|u| u == aud) {
+            return Err(format!("aud must be this token endpoint ({}), not {aud}", token_url.join(" or ")));
+        }
+        if claims.get("scope").and_then(Json::as_str).is_none_or(|s| s.trim().is_empty()) {
+            return Err("scope is missing".into());
+        }
+        let now = now_ms() / 1000;
+        let exp = claims.get("exp").and_then(Json::as_u64).unwrap_or(0);
+        let iat = claims.get("iat").and_then(Json::as_u64).unwrap_or(0);
+        if exp <= now || exp.saturating_sub(iat) > 3600 || iat > now + 60 {
+            return Err(
+                "Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable timeframe".into()
+            );
+        }
+        let signature = URL_SAFE_NO_PAD.decode(sig).map_err(|_| "bad signature encoding")?;
+        UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, key)
+            .verify(format!("{h}.{c}").as_bytes(), &signature)
+            .map_err(|_| "Invalid JWT Signature.".to_owned())?;
+        Ok(iss.to_owned())
+    }
+
     /// Serves on `addr` (port 0 for any free port).
     pub async fn start(&self, addr: SocketAddr) -> std::io::Result<Running> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -222,6 +338,8 @@ impl BigQuery {
                 state: status(j, now).0,
                 configuration: j.configuration.clone(),
                 cancel_requested: j.cancelled_at.is_some(),
+                service_account: j.service_account.clone(),
+                user_agent: j.user_agent.clone(),
             })
             .collect()
     }
@@ -242,6 +360,7 @@ impl BigQuery {
 
     fn router(&self) -> Router {
         Router::new()
+            .route("/token", post(token))
             .route("/bigquery/v2/projects/{project}/jobs", post(insert_job))
             .route("/bigquery/v2/projects/{project}/jobs/{job_id}", get(get_job))
             .route("/bigquery/v2/projects/{project}/jobs/{job_id}/cancel", post(cancel_job))
@@ -354,6 +473,10 @@ async fn insert_job(
     headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Response<Body> {
+    let service_account = match bq.caller(&headers) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
     let Ok(body) = serde_json::from_slice::<Json>(&body) else {
         return error(StatusCode::BAD_REQUEST, "Invalid JSON payload received.");
     };
@@ -432,6 +555,7 @@ async fn insert_job(
         cancelled_at: None,
         forced: None,
         user_agent,
+        service_account,
     };
     let body = job_json(&job, Instant::now());
     st.jobs.insert(key, job);
@@ -451,9 +575,13 @@ fn not_found(project: &str, location: Option<&str>, job_id: &str) -> Response<Bo
 
 async fn get_job(
     State(bq): State<BigQuery>,
+    headers: axum::http::HeaderMap,
     Path((project, job_id)): Path<(String, String)>,
     Query(q): Query<LocationQuery>,
 ) -> Response<Body> {
+    if let Err(r) = bq.caller(&headers) {
+        return r;
+    }
     let st = bq.lock();
     match st.jobs.get(&(project.clone(), job_id.clone())) {
         Some(job) if q.location.as_deref().is_none_or(|l| l.is_empty() || l.eq_ignore_ascii_case(&job.location)) => {
@@ -465,9 +593,13 @@ async fn get_job(
 
 async fn cancel_job(
     State(bq): State<BigQuery>,
+    headers: axum::http::HeaderMap,
     Path((project, job_id)): Path<(String, String)>,
     Query(q): Query<LocationQuery>,
 ) -> Response<Body> {
+    if let Err(r) = bq.caller(&headers) {
+        return r;
+    }
     let mut st = bq.lock();
     match st.jobs.get_mut(&(project.clone(), job_id.clone())) {
         Some(job) if q.location.as_deref().is_none_or(|l| l.is_empty() || l.eq_ignore_ascii_case(&job.location)) => {
@@ -482,8 +614,41 @@ async fn cancel_job(
     }
 }
 
+fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response<Body> {
+    json_response(status, &json!({"error": error, "error_description": description}))
+}
+
+/// Google's OAuth 2.0 token endpoint for service-account keys (the JWT-bearer grant).
+async fn token(State(bq): State<BigQuery>, headers: axum::http::HeaderMap, body: axum::body::Bytes) -> Response<Body> {
+    bq.lock().token_requests += 1;
+    let Ok(form) = serde_urlencoded::from_bytes::<HashMap<String, String>>(&body) else {
+        return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "body must be form-encoded");
+    };
+    let grant = form.get("grant_type").map_or("", String::as_str);
+    if grant != JWT_BEARER {
+        return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", &format!("Invalid grant_type: {grant}"));
+    }
+    // The audience is this endpoint as the client addressed it, or Google's own token
+    // endpoint, which google-auth names whatever the key's `token_uri` (Google accepts it).
+    let host = headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+    let token_url = [format!("http://{host}/token"), format!("https://{host}/token"), GOOGLE_TOKEN_URL.to_owned()];
+    let account = match bq.verify_assertion(form.get("assertion").map_or("", String::as_str), &token_url) {
+        Ok(a) => a,
+        Err(m) => return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", &m),
+    };
+    let access = format!("ya29.emulator-{}", uuid::Uuid::new_v4().simple());
+    bq.lock().tokens.insert(access.clone(), (account, Instant::now() + TOKEN_TTL));
+    json_response(
+        StatusCode::OK,
+        &json!({"access_token": access, "expires_in": TOKEN_TTL.as_secs(), "token_type": "Bearer"}),
+    )
+}
+
 async fn list_jobs(State(bq): State<BigQuery>) -> Response<Body> {
-    json_response(StatusCode::OK, &json!({"jobs": bq.jobs(), "insert_requests": bq.insert_requests()}))
+    json_response(
+        StatusCode::OK,
+        &json!({"jobs": bq.jobs(), "insert_requests": bq.insert_requests(), "token_requests": bq.token_requests()}),
+    )
 }
 
 async fn add_rule(State(bq): State<BigQuery>, axum::Json(rule): axum::Json<OutcomeRule>) -> Response<Body> {
@@ -524,5 +689,133 @@ mod tests {
     fn named_parameters_skip_strings_and_system_variables() {
         let sql = "SELECT @a, '@not', `@nor`, @@project_id, @b_2 FROM t WHERE x = @a";
         assert_eq!(named_parameters(sql), ["a", "b_2"]);
+    }
+
+    use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der};
+    use aws_lc_rs::rsa::{KeyPair, KeySize};
+    use axum::http::HeaderMap;
+
+    /// A service-account key file as Google issues them, for a fresh key.
+    fn key_file(email: &str, key: &KeyPair) -> String {
+        let der: Pkcs8V1Der<'static> = key.as_der().unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+        let lines: Vec<&str> = b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect();
+        let pem = format!("-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n", lines.join("\n"));
+        json!({"type": "service_account", "project_id": "p", "private_key_id": "k1", "private_key": pem,
+               "client_email": email, "token_uri": "http://127.0.0.1:1/token"})
+        .to_string()
+    }
+
+    /// The JWT-bearer assertion google-auth makes for a key: iss, aud, scope, iat, exp.
+    fn assertion(email: &str, key: &KeyPair, aud: &str, scope: &str, lifetime: u64) -> String {
+        let now = now_ms() / 1000;
+        let enc = |v: Json| URL_SAFE_NO_PAD.encode(v.to_string());
+        let signing = format!(
+            "{}.{}",
+            enc(json!({"alg": "RS256", "typ": "JWT", "kid": "k1"})),
+            enc(json!({"iss": email, "aud": aud, "scope": scope, "iat": now, "exp": now + lifetime}))
+        );
+        let mut sig = vec![0; key.public_modulus_len()];
+        key.sign(
+            &aws_lc_rs::signature::RSA_PKCS1_SHA256,
+            &aws_lc_rs::rand::SystemRandom::new(),
+            signing.as_bytes(),
+            &mut sig,
+        )
+        .unwrap();
+        format!("{signing}.{}", URL_SAFE_NO_PAD.encode(sig))
+    }
+
+    fn host_header() -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("host", "127.0.0.1:9050".parse().unwrap());
+        h
+    }
+
+    async fn exchange(bq: &BigQuery, form: &[(&str, &str)]) -> (StatusCode, Json) {
+        let body = serde_urlencoded::to_string(form).unwrap();
+        let r = token(State(bq.clone()), host_header(), body.into()).await;
+        let status = r.status();
+        let bytes = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    async fn insert(bq: &BigQuery, bearer: Option<&str>) -> StatusCode {
+        let mut h = HeaderMap::new();
+        if let Some(t) = bearer {
+            h.insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        let body = json!({"configuration": {"query": {"query": "SELECT 1"}}}).to_string();
+        insert_job(State(bq.clone()), Path("p".into()), h, body.into()).await.status()
+    }
+
+    /// A service account's signed assertion buys an access token; jobs record the account
+    /// of the token that created them, anonymous requests still work, and assertions that
+    /// are forged, for another audience, unscoped or long-lived are refused.
+    #[tokio::test]
+    async fn service_account_tokens_and_the_account_each_job_ran_as() {
+        let (tenant, pod, stranger) = (
+            KeyPair::generate(KeySize::Rsa2048).unwrap(),
+            KeyPair::generate(KeySize::Rsa2048).unwrap(),
+            KeyPair::generate(KeySize::Rsa2048).unwrap(),
+        );
+        let (t_email, p_email) = ("tenant@p.iam.gserviceaccount.com", "pod@p.iam.gserviceaccount.com");
+        let bq = BigQuery::default()
+            .with_service_account(&key_file(t_email, &tenant))
+            .unwrap()
+            .with_service_account(&key_file(p_email, &pod))
+            .unwrap();
+        let aud = "http://127.0.0.1:9050/token";
+        let scope = "https://www.googleapis.com/auth/cloud-platform";
+        let grant = |a: &str| [("grant_type", JWT_BEARER), ("assertion", a)].map(|(k, v)| (k, v.to_owned()));
+        let mut issued = Vec::new();
+        for (email, key) in [(t_email, &tenant), (p_email, &pod)] {
+            let a = assertion(email, key, aud, scope, 3600);
+            let form = grant(&a);
+            let (status, body) = exchange(&bq, &form.iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>()).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            assert_eq!((body["token_type"].as_str(), body["expires_in"].as_u64()), (Some("Bearer"), Some(3600)));
+            issued.push(body["access_token"].as_str().unwrap().to_owned());
+        }
+        // google-auth's audience is Google's endpoint, whatever the key's token_uri.
+        let a = assertion(t_email, &tenant, GOOGLE_TOKEN_URL, scope, 600);
+        let form = grant(&a);
+        let (status, _) = exchange(&bq, &form.iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>()).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(insert(&bq, Some(&issued[0])).await, StatusCode::OK);
+        assert_eq!(insert(&bq, Some(&issued[1])).await, StatusCode::OK);
+        assert_eq!(insert(&bq, None).await, StatusCode::OK);
+        assert_eq!(insert(&bq, Some("ya29.made-up")).await, StatusCode::UNAUTHORIZED);
+        let mut ran_as: Vec<_> = bq.jobs().into_iter().map(|j| j.service_account).collect();
+        ran_as.sort();
+        assert_eq!(ran_as, [None, Some(p_email.to_owned()), Some(t_email.to_owned())]);
+        assert!(bq.jobs().iter().all(|j| j.user_agent.is_empty()), "no User-Agent was sent");
+
+        let refused = [
+            (assertion(t_email, &stranger, aud, scope, 3600), "Invalid JWT Signature"),
+            (assertion("nobody@p.iam.gserviceaccount.com", &tenant, aud, scope, 3600), "no such service account"),
+            (assertion(t_email, &tenant, "https://example.com/token", scope, 3600), "aud must be"),
+            (assertion(t_email, &tenant, aud, "", 3600), "scope is missing"),
+            (assertion(t_email, &tenant, aud, scope, 7200), "short-lived"),
+        ];
+        for (a, why) in refused {
+            let form = grant(&a);
+            let (status, body) = exchange(&bq, &form.iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>()).await;
+            assert_eq!((status, body["error"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_grant")), "{why}");
+            assert!(body["error_description"].as_str().unwrap().contains(why), "{body} lacks {why}");
+        }
+        let (status, body) = exchange(&bq, &[("grant_type", "client_credentials")]).await;
+        assert_eq!((status, body["error"].as_str()), (StatusCode::BAD_REQUEST, Some("unsupported_grant_type")));
+    }
+
+    #[test]
+    fn a_key_file_needs_an_email_and_an_rsa_private_key() {
+        let key = KeyPair::generate(KeySize::Rsa2048).unwrap();
+        let mut file: Json = serde_json::from_str(&key_file("a@p.iam.gserviceaccount.com", &key)).unwrap();
+        assert!(BigQuery::default().with_service_account(&file.to_string()).is_ok());
+        file["private_key"] = json!("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n");
+        assert!(BigQuery::default().with_service_account(&file.to_string()).unwrap_err().contains("private_key"));
+        let err = BigQuery::default().with_service_account(r#"{"private_key": "x"}"#).unwrap_err();
+        assert!(err.contains("client_email"), "{err}");
     }
 }

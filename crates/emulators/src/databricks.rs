@@ -85,6 +85,10 @@ pub struct RunSummary {
     pub life_cycle_state: String,
     /// How the caller authenticated: `pat` or `oauth`.
     pub auth: String,
+    /// Which of the configured personal access tokens submitted the run (its position in
+    /// [`Settings::pats`], counting from 0), so tests can tell whose identity a run has
+    /// without the emulator ever showing a token.
+    pub pat: Option<usize>,
 }
 
 #[derive(Debug)]
@@ -99,6 +103,7 @@ struct Run {
     cancelled_at: Option<Instant>,
     forced: Option<Json>,
     auth: String,
+    pat: Option<usize>,
 }
 
 #[derive(Debug, Default)]
@@ -225,6 +230,7 @@ impl Databricks {
                 spec: r.spec.clone(),
                 life_cycle_state: run_state(r, now).0,
                 auth: r.auth.clone(),
+                pat: r.pat,
             })
             .collect()
     }
@@ -239,18 +245,18 @@ impl Databricks {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// `pat` or `oauth` for a valid bearer token.
-    fn authenticate(&self, headers: &HeaderMap) -> Result<String, Response<Body>> {
+    /// `pat` (with the token's position in the settings) or `oauth` for a valid bearer token.
+    fn authenticate(&self, headers: &HeaderMap) -> Result<(String, Option<usize>), Response<Body>> {
         let token = headers
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or_else(|| error(StatusCode::UNAUTHORIZED, "Missing or malformed Authorization header"))?;
-        if self.settings.pats.iter().any(|p| p == token) {
-            return Ok("pat".into());
+        if let Some(i) = self.settings.pats.iter().position(|p| p == token) {
+            return Ok(("pat".into(), Some(i)));
         }
         match self.lock().tokens.get(token) {
-            Some(expiry) if *expiry > Instant::now() => Ok("oauth".into()),
+            Some(expiry) if *expiry > Instant::now() => Ok(("oauth".into(), None)),
             Some(_) => Err(error(StatusCode::UNAUTHORIZED, "Token expired")),
             None => Err(error(StatusCode::UNAUTHORIZED, "Invalid access token")),
         }
@@ -347,7 +353,7 @@ fn host_of(headers: &HeaderMap, uri: &axum::http::Uri) -> String {
 }
 
 async fn submit(State(db): State<Databricks>, headers: HeaderMap, body: Bytes) -> Response<Body> {
-    let auth = match db.authenticate(&headers) {
+    let (auth, pat) = match db.authenticate(&headers) {
         Ok(a) => a,
         Err(r) => return r,
     };
@@ -393,6 +399,7 @@ async fn submit(State(db): State<Databricks>, headers: HeaderMap, body: Bytes) -
             cancelled_at: None,
             forced: None,
             auth,
+            pat,
         },
     );
     if let Some(t) = token {
@@ -544,5 +551,29 @@ mod tests {
         let err = check_integers(&json!({"new_cluster": {"num_workers": 1.0}}), "").unwrap_err();
         assert!(err.contains("new_cluster.num_workers"), "{err}");
         assert!(check_integers(&json!({"tasks": [{"timeout_seconds": 3600.0}]}), "").is_err());
+    }
+
+    fn bearer(token: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("authorization", format!("Bearer {token}").parse().unwrap());
+        h
+    }
+
+    /// With several PATs configured, each run records which one submitted it (and the
+    /// listing shows the position, never the token).
+    #[tokio::test]
+    async fn each_run_records_which_pat_submitted_it() {
+        let db =
+            Databricks::new(Settings { pats: vec!["dapi-pod".into(), "dapi-tenant".into()], ..Settings::default() });
+        let spec = Bytes::from_static(br#"{"run_name": "r", "new_cluster": {"num_workers": 1}}"#);
+        for token in ["dapi-tenant", "dapi-pod", "dapi-tenant"] {
+            assert_eq!(submit(State(db.clone()), bearer(token), spec.clone()).await.status(), StatusCode::OK);
+        }
+        assert_eq!(submit(State(db.clone()), bearer("dapi-other"), spec).await.status(), StatusCode::UNAUTHORIZED);
+        let pats: Vec<_> = db.runs().iter().map(|r| (r.auth.clone(), r.pat)).collect();
+        let pat = |i| ("pat".to_owned(), Some(i));
+        assert_eq!(pats, [pat(1), pat(0), pat(1)]);
+        let listed = serde_json::to_string(&db.runs()).unwrap();
+        assert!(listed.contains(r#""pat":1"#) && !listed.contains("dapi-"), "{listed}");
     }
 }

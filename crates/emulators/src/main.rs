@@ -17,7 +17,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Service {
-    /// BigQuery jobs API (point agents at it with BIGQUERY_EMULATOR_HOST=host:port).
+    /// BigQuery jobs API (point agents at it with BIGQUERY_EMULATOR_HOST=host:port) and
+    /// Google's token endpoint for service-account keys (`POST /token`).
     Bigquery {
         /// Port (0 picks a free one).
         #[arg(long, default_value_t = 9050)]
@@ -28,6 +29,10 @@ enum Service {
         /// Milliseconds a job stays RUNNING.
         #[arg(long, default_value_t = 400)]
         running_ms: u64,
+        /// A service-account key file (Google's JSON) whose account `POST /token` accepts
+        /// (repeatable); jobs then run as the account whose access token created them.
+        #[arg(long = "service-account", value_name = "FILE")]
+        service_accounts: Vec<std::path::PathBuf>,
     },
     /// Databricks Jobs API 2.1 and OAuth token endpoint, over HTTPS with a fresh test CA.
     Databricks {
@@ -64,7 +69,8 @@ enum Service {
         /// Port (0 picks a free one).
         #[arg(long, default_value_t = 9060)]
         port: u16,
-        /// A user and the public key (SPKI PEM file) registered for it, as ACCOUNT.USER=FILE (repeatable).
+        /// A user and the public key (SPKI PEM file) registered for it, as ACCOUNT.USER=FILE
+        /// (repeatable; the same user twice registers its second key, RSA_PUBLIC_KEY_2).
         #[arg(long = "user", value_name = "ACCOUNT.USER=FILE")]
         users: Vec<String>,
         /// Milliseconds a statement runs.
@@ -94,12 +100,23 @@ async fn main() -> ExitCode {
     tracing_subscriber::fmt().with_writer(std::io::stderr).init();
     let cli = Cli::parse();
     let running = match cli.service {
-        Service::Bigquery { port, pending_ms, running_ms } => {
+        Service::Bigquery { port, pending_ms, running_ms, service_accounts } => {
             let timing = emulators::bigquery::Timing {
                 pending: std::time::Duration::from_millis(pending_ms),
                 running: std::time::Duration::from_millis(running_ms),
             };
-            emulators::bigquery::BigQuery::new(timing).start(SocketAddr::new(cli.bind, port)).await
+            let mut bq = emulators::bigquery::BigQuery::new(timing);
+            for file in &service_accounts {
+                let key = std::fs::read_to_string(file).map_err(|e| e.to_string());
+                bq = match key.and_then(|k| bq.with_service_account(&k)) {
+                    Ok(bq) => bq,
+                    Err(e) => {
+                        tracing::error!(message = "Bad service account key.", file = %file.display(), error = %e);
+                        return ExitCode::from(2);
+                    }
+                };
+            }
+            bq.start(SocketAddr::new(cli.bind, port)).await
         }
         Service::Databricks {
             port,
@@ -155,9 +172,8 @@ async fn main() -> ExitCode {
                     return ExitCode::from(2);
                 };
                 match std::fs::read_to_string(file) {
-                    Ok(pem) => {
-                        keys.insert(name.to_owned(), pem);
-                    }
+                    // The same user twice: its second key (RSA_PUBLIC_KEY_2).
+                    Ok(pem) => keys.entry(name.to_owned()).or_insert_with(String::new).push_str(&format!("{pem}\n")),
                     Err(e) => {
                         tracing::error!(message = "Cannot read the public key.", file = %file, error = %e);
                         return ExitCode::from(2);

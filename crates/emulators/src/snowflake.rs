@@ -2,7 +2,8 @@
 //! deduplication and positional bindings), `GET /api/v2/statements/{handle}` and
 //! `POST /api/v2/statements/{handle}/cancel`, with key-pair JWT authentication verified
 //! against configured public keys as Snowflake verifies it (issuer fingerprint, subject,
-//! expiry, RS256 signature).
+//! expiry, RS256 signature). A user may have two keys (Snowflake's `RSA_PUBLIC_KEY` and
+//! `RSA_PUBLIC_KEY_2`); each statement records which user and key fingerprint signed it.
 //!
 //! Control endpoints: `GET /_emulator/snowflake/statements`, `POST /_emulator/snowflake/rules`
 //! ([`StatementRule`]), `POST|DELETE /_emulator/faults`.
@@ -39,7 +40,8 @@ struct UserKey {
 /// Users and how statements behave.
 #[derive(Debug, Clone, Default)]
 pub struct Settings {
-    /// `ACCOUNT.USER` (upper case) → public key (SPKI PEM), as `ALTER USER … SET RSA_PUBLIC_KEY`.
+    /// `ACCOUNT.USER` (upper case) → public key (SPKI PEM), as `ALTER USER … SET RSA_PUBLIC_KEY`;
+    /// two PEM blocks one after the other register a second key (`RSA_PUBLIC_KEY_2`).
     pub users: HashMap<String, String>,
     /// Time a statement runs.
     pub running: Duration,
@@ -69,11 +71,23 @@ pub struct StatementSummary {
     pub request_id: Option<String>,
     /// Whether a cancel was requested.
     pub cancelled: bool,
+    /// Who submitted it: the JWT's user and the fingerprint of the key that verified it.
+    pub auth: Authenticated,
+}
+
+/// The identity a key-pair JWT proved: which user, with which of its keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Authenticated {
+    /// `ACCOUNT.USER`, as the JWT's subject names it.
+    pub user: String,
+    /// `SHA256:<base64>` of the public key that verified the signature.
+    pub fingerprint: String,
 }
 
 #[derive(Debug)]
 struct Statement {
     handle: String,
+    auth: Authenticated,
     request: Json,
     request_id: Option<String>,
     created: Instant,
@@ -96,7 +110,7 @@ struct St {
 pub struct Snowflake {
     state: Arc<Mutex<St>>,
     faults: Faults,
-    users: Arc<HashMap<String, UserKey>>,
+    users: Arc<HashMap<String, Vec<UserKey>>>,
     running: Duration,
 }
 
@@ -129,14 +143,22 @@ impl Snowflake {
     /// An emulator for these users. Fails on a public key that does not parse.
     pub fn new(settings: Settings) -> Result<Self, String> {
         let mut users = HashMap::new();
-        for (name, pem) in settings.users {
-            let (_, doc) = pkcs8::Document::from_pem(pem.trim()).map_err(|e| format!("public key of {name}: {e}"))?;
-            let spki = pkcs8::spki::SubjectPublicKeyInfoRef::try_from(doc.as_bytes())
-                .map_err(|e| format!("public key of {name}: {e}"))?;
-            let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, doc.as_bytes());
-            let fingerprint = format!("SHA256:{}", STANDARD.encode(digest.as_ref()));
-            let pkcs1 = spki.subject_public_key.raw_bytes().to_vec();
-            users.insert(name.to_uppercase(), UserKey { fingerprint, pkcs1 });
+        for (name, pems) in settings.users {
+            let blocks = pem_blocks(&pems);
+            if blocks.is_empty() || blocks.len() > 2 {
+                return Err(format!("{name} needs one or two public keys (PEM), found {}", blocks.len()));
+            }
+            let mut keys = Vec::new();
+            for pem in blocks {
+                let (_, doc) = pkcs8::Document::from_pem(pem).map_err(|e| format!("public key of {name}: {e}"))?;
+                let spki = pkcs8::spki::SubjectPublicKeyInfoRef::try_from(doc.as_bytes())
+                    .map_err(|e| format!("public key of {name}: {e}"))?;
+                let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, doc.as_bytes());
+                let fingerprint = format!("SHA256:{}", STANDARD.encode(digest.as_ref()));
+                let pkcs1 = spki.subject_public_key.raw_bytes().to_vec();
+                keys.push(UserKey { fingerprint, pkcs1 });
+            }
+            users.insert(name.to_uppercase(), keys);
         }
         Ok(Self { state: Arc::default(), faults: Faults::default(), users: Arc::new(users), running: settings.running })
     }
@@ -173,6 +195,7 @@ impl Snowflake {
                 request: s.request.clone(),
                 request_id: s.request_id.clone(),
                 cancelled: s.cancelled,
+                auth: s.auth.clone(),
             })
             .collect()
     }
@@ -186,8 +209,8 @@ impl Snowflake {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Checks the key-pair JWT as Snowflake does.
-    fn authenticate(&self, headers: &HeaderMap) -> Result<(), Response<Body>> {
+    /// Checks the key-pair JWT as Snowflake does; who it proved.
+    fn authenticate(&self, headers: &HeaderMap) -> Result<Authenticated, Response<Body>> {
         let deny = |m: &str| error(StatusCode::UNAUTHORIZED, &format!("JWT token is invalid: {m}"));
         if headers.get("x-snowflake-authorization-token-type").and_then(|v| v.to_str().ok()) != Some("KEYPAIR_JWT") {
             return Err(deny("X-Snowflake-Authorization-Token-Type must be KEYPAIR_JWT"));
@@ -209,10 +232,11 @@ impl Snowflake {
         }
         let sub = claims.get("sub").and_then(Json::as_str).unwrap_or_default();
         let iss = claims.get("iss").and_then(Json::as_str).unwrap_or_default();
-        let key = self.users.get(sub).ok_or_else(|| deny(&format!("unknown user {sub}")))?;
-        if iss != format!("{sub}.{}", key.fingerprint) {
-            return Err(deny("issuer does not match the user's public key fingerprint"));
-        }
+        let keys = self.users.get(sub).ok_or_else(|| deny(&format!("unknown user {sub}")))?;
+        let key = keys
+            .iter()
+            .find(|k| iss == format!("{sub}.{}", k.fingerprint))
+            .ok_or_else(|| deny("issuer does not match the user's public key fingerprint"))?;
         let now = now_ms() / 1000;
         let exp = claims.get("exp").and_then(Json::as_u64).unwrap_or(0);
         let iat = claims.get("iat").and_then(Json::as_u64).unwrap_or(0);
@@ -222,7 +246,8 @@ impl Snowflake {
         let signature = URL_SAFE_NO_PAD.decode(sig).map_err(|_| deny("bad signature encoding"))?;
         UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, &key.pkcs1)
             .verify(format!("{h}.{c}").as_bytes(), &signature)
-            .map_err(|_| deny("signature does not verify"))
+            .map_err(|_| deny("signature does not verify"))?;
+        Ok(Authenticated { user: sub.to_owned(), fingerprint: key.fingerprint.clone() })
     }
 
     fn router(&self) -> Router {
@@ -236,6 +261,20 @@ impl Snowflake {
             .fallback(|| async { error(StatusCode::NOT_FOUND, "Not found") })
             .with_state(self.clone())
     }
+}
+
+/// The PEM blocks of `text`, in order.
+fn pem_blocks(text: &str) -> Vec<&str> {
+    let mut blocks = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("-----BEGIN ") {
+        let after = &rest[start..];
+        let Some(end) = after.find("-----END ") else { break };
+        let close = after[end + 9..].find("-----").map_or(after.len(), |k| end + 9 + k + 5);
+        blocks.push(after[..close].trim());
+        rest = &after[close..];
+    }
+    blocks
 }
 
 /// Number of `?` placeholders outside quoted strings.
@@ -305,9 +344,10 @@ async fn submit(
     Query(q): Query<SubmitQuery>,
     body: Bytes,
 ) -> Response<Body> {
-    if let Err(r) = sf.authenticate(&headers) {
-        return r;
-    }
+    let auth = match sf.authenticate(&headers) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
     sf.lock().submit_requests += 1;
     let Ok(request) = serde_json::from_slice::<Json>(&body) else {
         return error(StatusCode::BAD_REQUEST, "Unable to parse the request body as JSON");
@@ -343,6 +383,7 @@ async fn submit(
     let handle = uuid::Uuid::new_v4().to_string();
     let stmt = Statement {
         handle: handle.clone(),
+        auth,
         request,
         request_id: q.request_id.clone(),
         created: Instant::now(),
@@ -423,5 +464,100 @@ mod tests {
     #[test]
     fn placeholders_outside_quotes_are_counted() {
         assert_eq!(placeholders("select ? , '?' , \"?\" , ?"), 2);
+    }
+
+    use aws_lc_rs::encoding::{AsDer, PublicKeyX509Der};
+    use aws_lc_rs::rsa::{KeyPair, KeySize};
+    use aws_lc_rs::signature::KeyPair as _;
+
+    fn spki_pem(key: &KeyPair) -> String {
+        let der: PublicKeyX509Der<'static> = key.public_key().as_der().unwrap();
+        let b64 = STANDARD.encode(der.as_ref());
+        let lines: Vec<&str> = b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect();
+        format!("-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n", lines.join("\n"))
+    }
+
+    fn fingerprint(key: &KeyPair) -> String {
+        let der: PublicKeyX509Der<'static> = key.public_key().as_der().unwrap();
+        format!("SHA256:{}", STANDARD.encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der.as_ref())))
+    }
+
+    /// A key-pair JWT as Snowflake's clients make it, with the given issuer fingerprint.
+    fn jwt_headers(user: &str, key: &KeyPair, claimed: &str) -> HeaderMap {
+        let now = now_ms() / 1000;
+        let enc = |v: Json| URL_SAFE_NO_PAD.encode(v.to_string());
+        let signing = format!(
+            "{}.{}",
+            enc(json!({"alg": "RS256", "typ": "JWT"})),
+            enc(json!({"iss": format!("{user}.{claimed}"), "sub": user, "iat": now, "exp": now + 600}))
+        );
+        let mut sig = vec![0; key.public_modulus_len()];
+        key.sign(
+            &aws_lc_rs::signature::RSA_PKCS1_SHA256,
+            &aws_lc_rs::rand::SystemRandom::new(),
+            signing.as_bytes(),
+            &mut sig,
+        )
+        .unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("authorization", format!("Bearer {signing}.{}", URL_SAFE_NO_PAD.encode(sig)).parse().unwrap());
+        h.insert("x-snowflake-authorization-token-type", "KEYPAIR_JWT".parse().unwrap());
+        h
+    }
+
+    /// A user with two keys and another user: each statement records who signed it and
+    /// with which key; a key registered for nobody, or claimed for the wrong user, is refused.
+    #[tokio::test]
+    async fn statements_record_the_user_and_key_that_signed_them() {
+        let (tenant, tenant2, pod, stranger) = (
+            KeyPair::generate(KeySize::Rsa2048).unwrap(),
+            KeyPair::generate(KeySize::Rsa2048).unwrap(),
+            KeyPair::generate(KeySize::Rsa2048).unwrap(),
+            KeyPair::generate(KeySize::Rsa2048).unwrap(),
+        );
+        let users = HashMap::from([
+            ("ACC.TENANT".to_owned(), format!("{}{}", spki_pem(&tenant), spki_pem(&tenant2))),
+            ("ACC.POD".to_owned(), spki_pem(&pod)),
+        ]);
+        let sf = Snowflake::new(Settings { users, running: Duration::ZERO }).unwrap();
+        let body = Bytes::from_static(
+            br#"{"statement": "select ?", "bindings": {"1": {"type": "FIXED", "value": "1"}}, "role": "R"}"#,
+        );
+        let submit_as = |user: &str, key: &KeyPair, claimed: &KeyPair| {
+            submit(
+                State(sf.clone()),
+                jwt_headers(user, key, &fingerprint(claimed)),
+                Query(SubmitQuery { request_id: None, r#async: None }),
+                body.clone(),
+            )
+        };
+        assert_eq!(submit_as("ACC.TENANT", &tenant2, &tenant2).await.status(), StatusCode::OK);
+        assert_eq!(submit_as("ACC.POD", &pod, &pod).await.status(), StatusCode::OK);
+        assert_eq!(submit_as("ACC.TENANT", &tenant, &tenant).await.status(), StatusCode::OK);
+        // The pod's key is not the tenant's, and a stranger's key, even claimed as the
+        // tenant's fingerprint, does not verify.
+        assert_eq!(submit_as("ACC.TENANT", &pod, &pod).await.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(submit_as("ACC.TENANT", &stranger, &tenant).await.status(), StatusCode::UNAUTHORIZED);
+        let mut seen: Vec<_> = sf.statements().into_iter().map(|s| (s.auth.user, s.auth.fingerprint)).collect();
+        seen.sort();
+        let mut want = vec![
+            ("ACC.POD".to_owned(), fingerprint(&pod)),
+            ("ACC.TENANT".to_owned(), fingerprint(&tenant)),
+            ("ACC.TENANT".to_owned(), fingerprint(&tenant2)),
+        ];
+        want.sort();
+        assert_eq!(seen, want);
+        assert!(sf.statements().iter().all(|s| s.request["role"] == "R" && s.request["bindings"]["1"]["value"] == "1"));
+    }
+
+    #[test]
+    fn a_user_takes_one_or_two_keys() {
+        let key = spki_pem(&KeyPair::generate(KeySize::Rsa2048).unwrap());
+        let settings =
+            |pems: String| Settings { users: HashMap::from([("A.U".to_owned(), pems)]), running: Duration::ZERO };
+        assert!(Snowflake::new(settings(key.clone())).is_ok());
+        let err = Snowflake::new(settings(key.repeat(3))).unwrap_err();
+        assert!(err.contains("one or two public keys") && err.contains("found 3"), "{err}");
+        assert!(Snowflake::new(settings(String::new())).is_err());
     }
 }
