@@ -112,7 +112,7 @@ def test_discovery_lists_the_same_agents_as_flyte1(agent):
 def test_async_and_sync_tasks_and_errors(agent):
     _, r = run(agent, create_request(proto1.template("test_async", duration_ms=100), proto1.int_inputs(x=4)))
     assert r.phase == SUCCEEDED and outputs(r)["y"].scalar.primitive.integer == 8
-    assert r.log_links[0].name == "Test Console" and r.log_links[0].ready
+    assert r.log_links[0].name == "Test Console" and r.log_links[0].ready and r.log_links[0].link_type == 1  # DASHBOARD
     # A sync agent: the create runs the call, the get returns the result carried in the meta.
     meta, r = run(agent, create_request(proto1.template("test_sync"), test_openai.string_inputs(name="flyte2")))
     assert r.phase == SUCCEEDED and outputs(r)["greeting"].scalar.primitive.string_value == "hello, flyte2"

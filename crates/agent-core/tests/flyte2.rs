@@ -78,7 +78,8 @@ async fn an_async_task_runs_create_get_delete_with_named_outputs() {
     assert_eq!(outputs(&r), [("y".to_owned(), Value::Integer(42))]);
     assert_eq!(r.message, "done");
     assert_eq!(r.log_links[0].name, "Test Console");
-    assert!(r.log_links[0].ready);
+    assert!(r.log_links[0].ready, "the test agent's console is a dashboard");
+    assert_eq!(r.log_links[0].link_type, agent_core::pb::v2::core::task_log::LinkType::Dashboard as i32);
     assert!(r.custom_info.as_ref().unwrap().fields.contains_key("job_id"));
     client.delete_task(flyte2::delete_request(ASYNC_TYPE, &meta, None)).await.unwrap();
 

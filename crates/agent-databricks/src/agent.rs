@@ -287,9 +287,11 @@ fn resource_for(run: &Json) -> Resource {
     Resource::new(phase).with_message(message)
 }
 
-fn console_link(run: &Json, instance: &str, run_id: &str) -> LogLink {
+/// The run's page: Databricks' `run_page_url`, else (and always for flyte-sdk's tasks, as
+/// its connector links them) the job's run page on the instance.
+fn console_link(run: &Json, instance: &str, run_id: &str, flyte2: bool) -> LogLink {
     let job = run.get("job_id").map(|j| j.as_str().map_or_else(|| j.to_string(), str::to_owned)).unwrap_or_default();
-    let page = run.get("run_page_url").and_then(Json::as_str).filter(|u| !u.is_empty());
+    let page = run.get("run_page_url").and_then(Json::as_str).filter(|u| !u.is_empty() && !flyte2);
     let uri = page.map_or_else(|| format!("https://{instance}/#job/{job}/run/{run_id}"), str::to_owned);
     LogLink::new("Databricks Console", uri)
 }
@@ -349,7 +351,8 @@ impl AsyncAgent for DatabricksAgent {
             Ok(run) => run,
             Err(f) => return f.into_poll(SERVICE.name, &format!("run {run_id} on {instance}")),
         };
-        let mut resource = resource_for(&run).with_log_link(console_link(&run, instance, run_id));
+        let flyte2 = ctx.protocol() == Protocol::Flyteidl2;
+        let mut resource = resource_for(&run).with_log_link(console_link(&run, instance, run_id, flyte2));
         // A token stored in a Python agent's meta is this request's value, which the
         // process-wide scrubber does not know: the service's text is scrubbed of it here.
         if let Some(t) = &meta.auth_token {

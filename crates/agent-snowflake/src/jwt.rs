@@ -4,15 +4,9 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use agent_core::http::{Auth, Failure, TokenCache};
+use agent_core::http::{Auth, Failure, RsaSigner, TokenCache};
 use agent_core::prelude::*;
 use aws_lc_rs::digest::{SHA256, digest};
-use aws_lc_rs::encoding::AsDer;
-use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{KeyPair as _, RSA_PKCS1_SHA256, RsaKeyPair};
-use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use pkcs8::der::pem::PemLabel;
 use serde_json::json;
 
 use crate::account::AccountId;
@@ -24,54 +18,17 @@ const PASSPHRASE_SECRET: &str = "snowflake_private_key_passphrase";
 /// Snowflake accepts tokens valid for at most an hour.
 pub(crate) const LIFETIME_SECS: u64 = 3540;
 
-/// `{"alg":"RS256","typ":"JWT"}`, the header of every token, in base64url.
-const HEADER: &str = "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9";
-
-/// A parsed private key and its public key's fingerprint (`SHA256:<base64>`, as `DESC USER`
-/// shows it). Its `Debug` shows the public key only.
-#[derive(Debug)]
-pub(crate) struct Signer {
-    key: RsaKeyPair,
-    pub(crate) fingerprint: String,
+/// The key in `pem` (decrypted with `passphrase`), errors naming Snowflake's secrets.
+pub(crate) fn signer(pem: &str, passphrase: Option<&str>) -> Result<RsaSigner, AgentError> {
+    RsaSigner::from_pem(pem, passphrase, KEY_SECRET, PASSPHRASE_SECRET)
 }
 
-/// What the key must be, said in every key error.
-const KEY_FORMAT: &str = "it must be an RSA private key in PKCS#8 PEM (-----BEGIN PRIVATE KEY----- or, with the secret \
-                          snowflake_private_key_passphrase, -----BEGIN ENCRYPTED PRIVATE KEY-----)";
-
-impl Signer {
-    /// Parses a PKCS#8 PEM key, decrypting it with `passphrase` when it is encrypted. Errors
-    /// never quote the key.
-    pub(crate) fn from_pem(pem: &str, passphrase: Option<&str>) -> Result<Self, AgentError> {
-        let bad_key = |what: &str| AgentError::failed_precondition(format!("secret {KEY_SECRET} {what}; {KEY_FORMAT}"));
-        let (label, doc) = pkcs8::SecretDocument::from_pem(pem.trim()).map_err(|_| bad_key("is not valid PEM"))?;
-        let der = if label == pkcs8::EncryptedPrivateKeyInfo::PEM_LABEL {
-            let pass = passphrase
-                .ok_or_else(|| bad_key("is encrypted but the secret snowflake_private_key_passphrase is not set"))?;
-            let info: pkcs8::EncryptedPrivateKeyInfo<'_> =
-                doc.decode_msg().map_err(|_| bad_key("is not an encrypted PKCS#8 key"))?;
-            info.decrypt(pass).map_err(|_| bad_key("cannot be decrypted with snowflake_private_key_passphrase"))?
-        } else if label == pkcs8::PrivateKeyInfo::PEM_LABEL {
-            doc
-        } else {
-            return Err(bad_key(&format!("is a '{label}' PEM block")));
-        };
-        let key = RsaKeyPair::from_pkcs8(der.as_bytes()).map_err(|_| bad_key("is not an RSA key"))?;
-        let spki = key.public_key().as_der().map_err(|_| bad_key("has a public key that cannot be encoded"))?;
-        Ok(Self { fingerprint: format!("SHA256:{}", STANDARD.encode(digest(&SHA256, spki.as_ref()))), key })
-    }
-
-    /// A JWT for `account` (its locator or org-account, region suffix dropped) and `user`.
-    pub(crate) fn token(&self, account: &AccountId, user: &str, now_secs: u64) -> Result<String, AgentError> {
-        let qualified = format!("{}.{}", account.jwt_account(), user.to_uppercase());
-        let (iss, exp) = (format!("{qualified}.{}", self.fingerprint), now_secs + LIFETIME_SECS);
-        let claims = json!({"iss": iss, "sub": qualified, "iat": now_secs, "exp": exp}).to_string();
-        let input = format!("{HEADER}.{}", URL_SAFE_NO_PAD.encode(claims));
-        let mut sig = vec![0; self.key.public_modulus_len()];
-        let signed = self.key.sign(&RSA_PKCS1_SHA256, &SystemRandom::new(), input.as_bytes(), &mut sig);
-        signed.map_err(|_| AgentError::internal("signing the Snowflake JWT failed"))?;
-        Ok(format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig)))
-    }
+/// A JWT for `account` (its locator or org-account, region suffix dropped) and `user`:
+/// the issuer names the public key's fingerprint, as Snowflake requires.
+pub(crate) fn token(signer: &RsaSigner, account: &AccountId, user: &str, now_secs: u64) -> Result<String, AgentError> {
+    let qualified = format!("{}.{}", account.jwt_account(), user.to_uppercase());
+    let (iss, exp) = (format!("{qualified}.{}", signer.fingerprint()), now_secs + LIFETIME_SECS);
+    signer.sign(&json!({}), &json!({"iss": iss, "sub": qualified, "iat": now_secs, "exp": exp}))
 }
 
 /// Key-pair authentication of an account (second) and user (third) as [`Auth`]: a JWT
@@ -94,11 +51,12 @@ impl Auth for KeyPair<'_> {
             } else {
                 ctx.optional_secret(PASSPHRASE_SECRET)?
             };
-            let signer = Signer::from_pem(pem.expose(), passphrase.as_ref().map(Secret::expose))?;
+            let signer = signer(pem.expose(), passphrase.as_ref().map(Secret::expose))?;
             // The fingerprint is public; operators compare it with `DESC USER`.
-            tracing::debug!(account = account.as_str(), user, fingerprint = signer.fingerprint, "Made a Snowflake JWT");
+            let fingerprint = signer.fingerprint();
+            tracing::debug!(account = account.as_str(), user, fingerprint, "Made a Snowflake JWT");
             let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-            let token = Secret::new(signer.token(account, user, now)?);
+            let token = Secret::new(token(&signer, account, user, now)?);
             Ok::<_, AgentError>((token, Duration::from_secs(LIFETIME_SECS)))
         };
         Ok(Some(cache.get_or_fetch(&key, refused, sign).await?))
@@ -108,6 +66,8 @@ impl Auth for KeyPair<'_> {
 #[cfg(test)]
 mod tests {
     use aws_lc_rs::signature::{RSA_PKCS1_2048_8192_SHA256, UnparsedPublicKey};
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
     use super::*;
 
@@ -117,18 +77,17 @@ mod tests {
 
     #[test]
     fn fingerprint_matches_openssl_and_encrypted_keys_decrypt() {
-        let s = Signer::from_pem(KEY, None).unwrap();
-        assert_eq!(s.fingerprint, format!("SHA256:{}", FINGERPRINT.trim()));
-        let e = Signer::from_pem(ENCRYPTED, Some("flyte-test-passphrase")).unwrap();
-        assert_eq!(e.fingerprint, s.fingerprint);
-        let err = Signer::from_pem(ENCRYPTED, Some("wrong")).unwrap_err();
+        let s = signer(KEY, None).unwrap();
+        assert_eq!(s.fingerprint(), format!("SHA256:{}", FINGERPRINT.trim()));
+        let e = signer(ENCRYPTED, Some("flyte-test-passphrase")).unwrap();
+        assert_eq!(e.fingerprint(), s.fingerprint());
+        let err = signer(ENCRYPTED, Some("wrong")).unwrap_err();
         assert!(matches!(&err, AgentError::FailedPrecondition(m) if m.contains("cannot be decrypted")));
-        assert!(Signer::from_pem(ENCRYPTED, None).unwrap_err().message().contains("passphrase"));
-        let garbage =
-            Signer::from_pem("-----BEGIN PRIVATE KEY-----\nnot base64!\n-----END PRIVATE KEY-----", None).unwrap_err();
+        assert!(signer(ENCRYPTED, None).unwrap_err().message().contains("passphrase"));
+        let garbage = signer("-----BEGIN PRIVATE KEY-----\nnot base64!\n-----END PRIVATE KEY-----", None).unwrap_err();
         assert!(!garbage.message().contains("not base64"), "errors never quote the key: {garbage}");
         assert_eq!(
-            Signer::from_pem("not a key", None).unwrap_err().message(),
+            signer("not a key", None).unwrap_err().message(),
             "secret snowflake_private_key is not valid PEM; it must be an RSA private key in PKCS#8 PEM \
              (-----BEGIN PRIVATE KEY----- or, with the secret snowflake_private_key_passphrase, -----BEGIN ENCRYPTED PRIVATE KEY-----)"
         );
@@ -136,9 +95,9 @@ mod tests {
 
     #[test]
     fn claims_and_signature_are_what_snowflake_checks() {
-        let s = Signer::from_pem(KEY, None).unwrap();
+        let s = signer(KEY, None).unwrap();
         let account = AccountId::parse("xy12345.us-east-1", "account").unwrap();
-        let t = s.token(&account, "flyte_user", 1_700_000_000).unwrap();
+        let t = token(&s, &account, "flyte_user", 1_700_000_000).unwrap();
         let parts: Vec<&str> = t.split('.').collect();
         assert_eq!(URL_SAFE_NO_PAD.decode(parts[0]).unwrap(), br#"{"alg":"RS256","typ":"JWT"}"#);
         let claims: serde_json::Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
@@ -146,7 +105,7 @@ mod tests {
         assert_eq!(claims["iss"], format!("XY12345.FLYTE_USER.SHA256:{}", FINGERPRINT.trim()));
         assert_eq!(claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(), LIFETIME_SECS);
         // Verify with the public key alone, as Snowflake does.
-        let public = s.key.public_key().as_ref().to_vec();
+        let public = s.public_key().to_vec();
         let sig = URL_SAFE_NO_PAD.decode(parts[2]).unwrap();
         UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, &public)
             .verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &sig)

@@ -117,7 +117,8 @@ impl AsyncAgent for TestAsyncAgent {
         if let Some(key) = &meta.secret_key {
             ctx.secret(key)?;
         }
-        let link = LogLink::new("Test Console", format!("https://console.example.com/jobs/{}", meta.job_id));
+        let link =
+            LogLink::new("Test Console", format!("https://console.example.com/jobs/{}", meta.job_id)).dashboard();
         let elapsed = now_ms().saturating_sub(meta.started_at_ms);
         if elapsed < meta.duration_ms {
             return Ok(Resource::running()

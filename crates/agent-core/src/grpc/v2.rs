@@ -211,8 +211,9 @@ fn resource_to_v2(resource: &Resource) -> Result<c::Resource, Status> {
             let kind =
                 if ours.dashboard { core2::task_log::LinkType::Dashboard } else { core2::task_log::LinkType::External };
             link.link_type = kind as i32;
-            // Our links point at a console page that exists as soon as the job does.
-            link.ready = true;
+            // As flyte-sdk's connectors mark them: a dashboard (the job's page at the service)
+            // is ready as soon as the job exists; other links are left to the UI to decide.
+            link.ready = ours.dashboard;
             Ok(link)
         })
         .collect::<Result<_, Status>>()?;
@@ -474,7 +475,7 @@ mod tests {
         let names: Vec<_> = v2.outputs.as_ref().unwrap().literals.iter().map(|l| l.name.as_str()).collect();
         assert_eq!(names, ["a", "b"]);
         assert_eq!(v2.log_links[0].uri, "https://console.example/job/1");
-        assert!(v2.log_links[0].ready);
+        assert_eq!((v2.log_links[0].ready, v2.log_links[1].ready), (false, true), "only dashboards are ready");
         // And back through the sync meta.
         let meta = sync_result_meta(&TaskCategory::new("t", 0), &r).unwrap();
         assert_eq!(read_sync_result(&meta).unwrap(), v2);

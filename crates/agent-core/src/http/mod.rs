@@ -12,6 +12,7 @@
 //!   on a 401, cached with single-flight refresh.
 
 mod failure;
+mod jwt;
 mod tokens;
 mod trust;
 
@@ -30,6 +31,7 @@ use crate::retry::{RetryConfig, retry};
 use crate::secrets::Secret;
 
 pub use failure::{Failure, Service, retry_after};
+pub use jwt::RsaSigner;
 pub use tokens::{DEFAULT_CAPACITY, TokenCache};
 pub use trust::{TrustedHosts, client, header_value, path_id};
 
