@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json, json};
 
 use crate::client::{Client, SERVICE};
+use crate::credentials::KEY;
 use crate::params::{Datetimes, check_meta, check_task, query_parameters};
 
 /// The task type flytekit's `BigQueryTask` declares.
@@ -190,13 +191,15 @@ impl AsyncAgent for BigQueryAgent {
         let user_agent = (ctx.protocol() == Protocol::Flyteidl2).then(|| ua.clone());
         let mut meta = BigQueryMeta { job_id, project, location, results, user_agent };
         let job = build_job(&task, &meta, query, dt)?;
-        let created = match self.client.insert(ctx, &job, &ua).await.map_err(Failure::into_error)? {
+        // A service-account key the request brings (Flyte 2) is the job's identity.
+        let token = self.client.keys.token(ctx, task.declares_secret(KEY)).await?;
+        let created = match self.client.insert(ctx, token.as_ref(), &job, &ua).await.map_err(Failure::into_error)? {
             Some(job) => job,
             // Already created by an earlier attempt of this CreateTask: adopt it.
             None => {
                 let what = "lookup of the job created by an earlier attempt";
                 tracing::info!(message = "Adopting the job an earlier CreateTask created.", job_id = %meta.job_id);
-                self.client.get(ctx, what, &meta).await.map_err(Failure::into_error)?
+                self.client.get(ctx, token.as_ref(), what, &meta).await.map_err(Failure::into_error)?
             }
         };
         let reported = created.job_reference.and_then(|r| r.location);
@@ -206,7 +209,8 @@ impl AsyncAgent for BigQueryAgent {
 
     async fn get(&self, ctx: &Context, meta: BigQueryMeta) -> Result<Resource, AgentError> {
         check_meta(&meta.job_id, &meta.project, meta.location.as_deref())?;
-        match self.client.get(ctx, "job status check", &meta).await {
+        let token = self.client.keys.token(ctx, false).await?;
+        match self.client.get(ctx, token.as_ref(), "job status check", &meta).await {
             Ok(job) => Ok(resource_for(&job, &meta)),
             // Still running while BigQuery is unreachable: keep the link to the console.
             Err(f) => f
@@ -218,7 +222,8 @@ impl AsyncAgent for BigQueryAgent {
     async fn delete(&self, ctx: &Context, meta: BigQueryMeta) -> Result<(), AgentError> {
         check_meta(&meta.job_id, &meta.project, meta.location.as_deref())?;
         // A job BigQuery does not know (never created, or expired) is as cancelled as it gets.
-        self.client.cancel(ctx, &meta).await.or_else(Failure::into_cancel)
+        let token = self.client.keys.token(ctx, false).await?;
+        self.client.cancel(ctx, token.as_ref(), &meta).await.or_else(Failure::into_cancel)
     }
 }
 

@@ -2,10 +2,12 @@
 //! adapted to the kit's [`Failure`] by [`SERVICE`], the one declaration of how BigQuery
 //! answers; transient ones are retried inside the caller's deadline.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use agent_core::http::{Failure, RestSettings, Service, retry_after};
 use agent_core::prelude::*;
+use google_cloud_auth::credentials::Credentials;
 use google_cloud_bigquery_v2::client::JobService;
 use google_cloud_bigquery_v2::model::Job;
 use google_cloud_gax::error::Error as ApiError;
@@ -14,6 +16,7 @@ use google_cloud_gax::retry_policy::NeverRetry;
 
 use crate::agent::BigQueryMeta;
 use crate::config::Config;
+use crate::credentials::{Exchange, PerCall, with_token};
 
 /// How BigQuery answers: Google's error statuses, 404 for a job it does not know.
 pub(crate) const SERVICE: Service =
@@ -23,11 +26,12 @@ pub(crate) const SERVICE: Service =
 const ADC: &str = "Provide Application Default Credentials (workload identity or GOOGLE_APPLICATION_CREDENTIALS), \
                    or set BIGQUERY_EMULATOR_HOST for an emulator";
 
-/// The JobService client and how to retry it.
+/// The JobService client, how to retry it, and the exchange of keys requests bring.
 #[derive(Debug, Clone)]
 pub(crate) struct Client {
     jobs: JobService,
     rest: RestSettings,
+    pub(crate) keys: Arc<Exchange>,
 }
 
 impl Client {
@@ -40,20 +44,32 @@ impl Client {
         }
         // Retries happen in `call` below, where the deadline and Retry-After are known.
         let mut builder = JobService::builder().with_retry_policy(NeverRetry);
-        if let Some(host) = &config.emulator_host {
-            builder = builder
-                .with_endpoint(format!("http://{host}"))
-                .with_credentials(google_cloud_auth::credentials::anonymous::Builder::new().build());
-        } else if let Some(endpoint) = &config.endpoint {
-            builder = builder.with_endpoint(endpoint.clone());
-        }
-        let jobs =
-            builder.build().await.map_err(|e| format!("bigquery: cannot create the BigQuery client: {e}. {ADC}"))?;
-        Ok(Self { jobs, rest: config.rest.clone() })
+        let cannot = |e: &dyn std::fmt::Display| format!("bigquery: cannot create the BigQuery client: {e}. {ADC}");
+        let own = if let Some(host) = &config.emulator_host {
+            builder = builder.with_endpoint(format!("http://{host}"));
+            google_cloud_auth::credentials::anonymous::Builder::new().build()
+        } else {
+            if let Some(endpoint) = &config.endpoint {
+                builder = builder.with_endpoint(endpoint.clone());
+            }
+            google_cloud_auth::credentials::Builder::default().build().map_err(|e| cannot(&e))?
+        };
+        // One client for every call: each call's own token, when its request brought a key,
+        // replaces the agent's credentials for that call only.
+        builder = builder.with_credentials(Credentials::from(PerCall(own)));
+        let jobs = builder.build().await.map_err(|e| cannot(&e))?;
+        Ok(Self { jobs, rest: config.rest.clone(), keys: Arc::new(Exchange::new(config)?) })
     }
 
-    /// Runs call `what` with the shared retry policy; `attempt` gets the timeout of its try.
-    async fn call<T, Fut>(&self, ctx: &Context, what: &str, attempt: impl Fn(Duration) -> Fut) -> Result<T, Failure>
+    /// Runs call `what` with the shared retry policy, as `token` when the request brought a
+    /// key; `attempt` gets the timeout of its try.
+    async fn call<T, Fut>(
+        &self,
+        ctx: &Context,
+        token: Option<&Secret>,
+        what: &str,
+        attempt: impl Fn(Duration) -> Fut,
+    ) -> Result<T, Failure>
     where
         Fut: Future<Output = Result<T, ApiError>>,
     {
@@ -61,7 +77,7 @@ impl Client {
             .retried(ctx, |timeout| {
                 // Boxed: Google's request futures are large, and nested in the retry loop
                 // they would overflow a thread's stack in debug builds.
-                let sent = Box::pin(attempt(timeout));
+                let sent = Box::pin(with_token(token, attempt(timeout)));
                 async move { sent.await.map_err(|e| failure(what, &e)) }
             })
             .await
@@ -69,10 +85,16 @@ impl Client {
 
     /// `jobs.insert`; `None` when the job exists already (409), made by an earlier attempt
     /// of the same CreateTask. Safe to retry: the job id is fixed, so a repeat is a 409.
-    pub(crate) async fn insert(&self, ctx: &Context, job: &Job, ua: &str) -> Result<Option<Job>, Failure> {
+    pub(crate) async fn insert(
+        &self,
+        ctx: &Context,
+        token: Option<&Secret>,
+        job: &Job,
+        ua: &str,
+    ) -> Result<Option<Job>, Failure> {
         let project = job.job_reference.as_ref().map(|r| r.project_id.as_str()).unwrap_or_default();
         let conflict = |e: ApiError| if e.http_status_code() == Some(409) { Ok(None) } else { Err(e) };
-        self.call(ctx, "job insert", |timeout| {
+        self.call(ctx, token, "job insert", |timeout| {
             let call = self.jobs.insert_job().set_project_id(project).set_job(job.clone()).with_user_agent(ua);
             async move { call.with_attempt_timeout(timeout).send().await.map(Some).or_else(conflict) }
         })
@@ -80,17 +102,28 @@ impl Client {
     }
 
     /// `jobs.get` of `meta`'s job, for call `what`.
-    pub(crate) async fn get(&self, ctx: &Context, what: &str, meta: &BigQueryMeta) -> Result<Job, Failure> {
+    pub(crate) async fn get(
+        &self,
+        ctx: &Context,
+        token: Option<&Secret>,
+        what: &str,
+        meta: &BigQueryMeta,
+    ) -> Result<Job, Failure> {
         let call = self.jobs.get_job().set_project_id(&meta.project).set_job_id(&meta.job_id);
         let call = call.set_location(meta.location.clone().unwrap_or_default());
-        self.call(ctx, what, |timeout| call.clone().with_attempt_timeout(timeout).send()).await
+        self.call(ctx, token, what, |timeout| call.clone().with_attempt_timeout(timeout).send()).await
     }
 
     /// `jobs.cancel` of `meta`'s job.
-    pub(crate) async fn cancel(&self, ctx: &Context, meta: &BigQueryMeta) -> Result<(), Failure> {
+    pub(crate) async fn cancel(
+        &self,
+        ctx: &Context,
+        token: Option<&Secret>,
+        meta: &BigQueryMeta,
+    ) -> Result<(), Failure> {
         let call = self.jobs.cancel_job().set_project_id(&meta.project).set_job_id(&meta.job_id);
         let call = call.set_location(meta.location.clone().unwrap_or_default());
-        self.call(ctx, "job cancel", |timeout| call.clone().with_attempt_timeout(timeout).send()).await.map(drop)
+        self.call(ctx, token, "job cancel", |timeout| call.clone().with_attempt_timeout(timeout).send()).await.map(drop)
     }
 }
 

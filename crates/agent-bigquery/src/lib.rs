@@ -4,6 +4,7 @@
 mod agent;
 mod client;
 mod config;
+mod credentials;
 mod params;
 
 pub use agent::{BigQueryAgent, BigQueryMeta, TASK_TYPE};

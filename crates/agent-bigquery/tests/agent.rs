@@ -427,6 +427,56 @@ async fn flyte2_tasks_send_flyte_sdks_user_agent_and_datetimes() {
     );
 }
 
+/// A service-account key a flyte-sdk task brings is the job's identity: the agent makes its
+/// own token exchange at the key's token_uri, only when that endpoint is one it trusts, and
+/// a task that declares a key it did not bring is refused.
+#[tokio::test]
+async fn flyte2_jobs_run_as_the_service_account_the_request_brings() {
+    use agent_core::testing::flyte2;
+    const KEY: &str = include_str!("../../agent-snowflake/tests/fixtures/rsa_key.p8");
+    let key_file = |token_uri: &str| {
+        json!({"type": "service_account", "client_email": "tenant@p.iam.gserviceaccount.com", "private_key_id": "k1",
+               "private_key": KEY, "token_uri": token_uri})
+        .to_string()
+    };
+    let bq = BigQuery::new(Timing { pending: Duration::from_millis(30), running: Duration::from_millis(60) })
+        .with_service_account(&key_file("unused"))
+        .unwrap();
+    let emulator = bq.start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let mut cfg = Config { emulator_host: Some(emulator.host()), ..Config::default() };
+    cfg.rest.attempt_timeout = Duration::from_secs(2);
+    let agent = BigQueryAgent::new(&cfg).await.unwrap();
+    let server = TestServer::start(Registry::builder().async_agent(agent).unwrap()).await;
+    let mut client = server.connector_client().await;
+    // The key is declared as flyte-sdk declares it, by the name of the secret it is in.
+    let mut declared = custom();
+    declared["secrets"] = json!({"google_application_credentials": "tenant-sa-key"});
+    let t = task("SELECT 1", declared, vec![]);
+
+    let own = key_file(&format!("http://{}/token", emulator.host()));
+    let conn = flyte2::connection("bigquery_query_job_task", &[("google_application_credentials", &own)]);
+    let meta = client.create_task(flyte2::create_request(&t, Some(conn))).await.unwrap().into_inner().resource_meta;
+    let id = serde_json::from_slice::<serde_json::Value>(&meta).unwrap()["job_id"].as_str().unwrap().to_owned();
+    let job = bq.jobs().into_iter().find(|j| j.job_id == id).unwrap();
+    assert_eq!(job.service_account.as_deref(), Some("tenant@p.iam.gserviceaccount.com"));
+    assert_eq!(bq.token_requests(), 1);
+
+    // A key file pointing its assertion elsewhere is refused before anything is signed or sent.
+    let elsewhere = key_file("https://tokens.example.net/token");
+    let conn = flyte2::connection("bigquery_query_job_task", &[("google_application_credentials", &elsewhere)]);
+    let err = client.create_task(flyte2::create_request(&t, Some(conn))).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    // Not a key file: refused without quoting it.
+    let conn = flyte2::connection("bigquery_query_job_task", &[("google_application_credentials", "not json at all")]);
+    let err = client.create_task(flyte2::create_request(&t, Some(conn))).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(!err.message().contains("not json at all"), "{}", err.message());
+    // Declared and not brought: refused, and the job never runs as the agent.
+    let err = client.create_task(flyte2::create_request(&t, None)).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert_eq!((bq.insert_requests(), bq.token_requests()), (1, 1));
+}
+
 #[tokio::test]
 async fn hostile_metas_templates_and_inputs_are_handled() {
     let env = env().await;

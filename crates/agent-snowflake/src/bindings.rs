@@ -39,13 +39,16 @@ static VALUES: LazyLock<regex::Regex> = LazyLock::new(|| {
     regex::Regex::new(r"(?i)VALUES\s*\(((?:[^()]*|\([^)]*\))*)\)").expect("the VALUES pattern is valid")
 });
 
+/// Each renamed placeholder's element, with the name of the list input it comes from.
+type Elements = BTreeMap<String, (Value, String)>;
+
 /// A batch task's statement with its one `VALUES (…)` row written once per element of the
 /// list inputs (all of one length), each placeholder `%(name)s` of row `i` renamed
 /// `%(name_i)s`, and the element each renamed placeholder takes (with its input's name).
 fn expand_batch(
     sql: &str,
     inputs: &BTreeMap<String, Value>,
-) -> Result<(String, BTreeMap<String, (Value, String)>), AgentError> {
+) -> Result<(String, Elements), AgentError> {
     let bad = |why: String| AgentError::invalid_argument(why);
     let mut rows = None;
     for (name, value) in inputs {

@@ -20,7 +20,7 @@ pub(crate) const LIFETIME_SECS: u64 = 3540;
 
 /// The key in `pem` (decrypted with `passphrase`), errors naming Snowflake's secrets.
 pub(crate) fn signer(pem: &str, passphrase: Option<&str>) -> Result<RsaSigner, AgentError> {
-    RsaSigner::from_pem(pem, passphrase, KEY_SECRET, PASSPHRASE_SECRET)
+    RsaSigner::from_pem(pem, passphrase, KEY_SECRET, Some(PASSPHRASE_SECRET))
 }
 
 /// A JWT for `account` (its locator or org-account, region suffix dropped) and `user`:

@@ -24,19 +24,24 @@ pub struct RsaSigner {
 impl RsaSigner {
     /// Parses a PKCS#8 PEM key, decrypting it with `passphrase` when it is encrypted.
     /// `secret` and `passphrase_secret` name the secrets the key and passphrase come from in
-    /// errors (`FAILED_PRECONDITION`: the operator or the task fixes the secret).
+    /// errors (`FAILED_PRECONDITION`: the operator or the task fixes the secret); without a
+    /// passphrase secret, encrypted keys are not offered.
     pub fn from_pem(
         pem: &str,
         passphrase: Option<&str>,
         secret: &str,
-        passphrase_secret: &str,
+        passphrase_secret: Option<&str>,
     ) -> Result<Self, AgentError> {
         let bad_key = |what: &str| {
-            AgentError::failed_precondition(format!(
-                "secret {secret} {what}; it must be an RSA private key in PKCS#8 PEM (-----BEGIN PRIVATE KEY----- \
-                 or, with the secret {passphrase_secret}, -----BEGIN ENCRYPTED PRIVATE KEY-----)"
-            ))
+            let form = match passphrase_secret {
+                Some(p) => format!(
+                    "PKCS#8 PEM (-----BEGIN PRIVATE KEY----- or, with the secret {p}, -----BEGIN ENCRYPTED PRIVATE KEY-----)"
+                ),
+                None => "PKCS#8 PEM (-----BEGIN PRIVATE KEY-----)".to_owned(),
+            };
+            AgentError::failed_precondition(format!("secret {secret} {what}; it must be an RSA private key in {form}"))
         };
+        let passphrase_secret = passphrase_secret.unwrap_or("passphrase");
         let (label, doc) = pkcs8::SecretDocument::from_pem(pem.trim()).map_err(|_| bad_key("is not valid PEM"))?;
         let der = if label == pkcs8::EncryptedPrivateKeyInfo::PEM_LABEL {
             let missing = format!("is encrypted but the secret {passphrase_secret} is not set");
@@ -93,7 +98,7 @@ mod tests {
 
     #[test]
     fn tokens_carry_the_header_and_claims_and_verify_with_the_public_key() {
-        let s = RsaSigner::from_pem(KEY, None, "k", "p").unwrap();
+        let s = RsaSigner::from_pem(KEY, None, "k", Some("p")).unwrap();
         let t = s.sign(&json!({"kid": "key-1"}), &json!({"iss": "a@b", "aud": "https://x/token"})).unwrap();
         let parts: Vec<&str> = t.split('.').collect();
         assert_eq!(URL_SAFE_NO_PAD.decode(parts[0]).unwrap(), br#"{"alg":"RS256","kid":"key-1","typ":"JWT"}"#);
@@ -103,8 +108,12 @@ mod tests {
         UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, s.public_key())
             .verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &sig)
             .unwrap();
-        let e = RsaSigner::from_pem("garbage", None, "google_application_credentials", "none").unwrap_err();
-        assert!(e.message().starts_with("secret google_application_credentials is not valid PEM"), "{e}");
+        let e = RsaSigner::from_pem("garbage", None, "google_application_credentials", None).unwrap_err();
+        assert_eq!(
+            e.message(),
+            "secret google_application_credentials is not valid PEM; it must be an RSA private key in PKCS#8 PEM \
+             (-----BEGIN PRIVATE KEY-----)"
+        );
         assert!(!format!("{s:?}").contains("PRIVATE"));
     }
 }
