@@ -213,10 +213,17 @@ def test_snowflake_echoes(snowflake):
         return test_snowflake.serialize(SnowflakeTask(name=f"sf.echo.{user}", task_config=config,
                                                       query_template="select 1"))
 
+    def sdk_template(user):
+        # flyte-sdk's shape of the task (Flyte 2): the connection settings in custom, not config.
+        t = template(user)
+        t.custom.update(dict(t.config))
+        t.ClearField("config")
+        return t
+
     conn = connection("snowflake", snowflake_private_key=conn_pem)
     create1 = agent_pb2.CreateTaskRequest(template=template("flyte"), output_prefix="s3://b/o/0",
                                           task_execution_metadata=test_snowflake.metadata("echo1"))
-    create2 = create_request(template("echo2"), conn=conn, metadata=test_snowflake.metadata("echo2"))
+    create2 = create_request(sdk_template("echo2"), conn=conn, metadata=test_snowflake.metadata("echo2"))
     seen = Seen()
     # A failed statement's message comes back as a 422 in the SQL API's error format.
     drive_async(agent, Faults(emulator.url),

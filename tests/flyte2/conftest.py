@@ -101,6 +101,23 @@ class Ours:
         assert self.resource is not None, "our agent's task did not finish"
 
 
+def once_each(run_case):
+    """`run_case(name)` run at most once per name, on demand; a failure is kept and raised
+    again for each test of the case."""
+    done = {}
+
+    def run(name):
+        if name not in done:
+            try:
+                done[name] = run_case(name)
+            except Exception as e:  # noqa: BLE001 - raised again for every test of the case
+                done[name] = e
+        if isinstance(done[name], Exception):
+            raise done[name]
+        return done[name]
+    return run
+
+
 def create_error(agent: Agent, request: c2.CreateTaskRequest) -> grpc.RpcError:
     with pytest.raises(grpc.RpcError) as e:
         s2.AsyncConnectorServiceStub(agent.channel).CreateTask(request, timeout=20)

@@ -22,7 +22,7 @@ from google.cloud import bigquery
 
 import tasks
 from conftest import (
-    SUCCEEDED, Agent, Emulator, Ours, RsaKey, category, connection, create_error, create_request, harness, oracle,
+    SUCCEEDED, Agent, Emulator, Ours, RsaKey, category, connection, create_error, create_request, harness, once_each, oracle,
     workspace_binary,
 )
 
@@ -116,20 +116,9 @@ def run_oracle_get(request, sdk_meta: bytes, job_json: dict):
 
 @pytest.fixture(scope="module")
 def cases(agent, emulator, accounts):
-    """Each case run once, on demand (flyte-sdk's create, ours, then flyte-sdk's get of the
-    job ours made); a failure is kept and raised again for each test of the case."""
-    done = {}
-
-    def run(name):
-        if name not in done:
-            try:
-                done[name] = _run_case(name, agent, emulator, accounts)
-            except Exception as e:  # noqa: BLE001 - raised again for every test of the case
-                done[name] = e
-        if isinstance(done[name], Exception):
-            raise done[name]
-        return done[name]
-    return run
+    """Each case run once, on demand: flyte-sdk's create, ours, then flyte-sdk's get of the
+    job ours made."""
+    return once_each(lambda name: _run_case(name, agent, emulator, accounts))
 
 
 def _run_case(name, agent, emulator, accounts):

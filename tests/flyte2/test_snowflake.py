@@ -31,7 +31,7 @@ from snowflake.connector.cursor import SnowflakeCursor
 
 import tasks
 from conftest import (
-    SUCCEEDED, Agent, Emulator, Ours, RsaKey, category, connection, create_error, create_request, oracle,
+    SUCCEEDED, Agent, Emulator, Ours, RsaKey, category, connection, create_error, create_request, once_each, oracle,
     workspace_binary,
 )
 
@@ -201,20 +201,8 @@ def rendered(statement: str, bindings: dict) -> str:
 @pytest.fixture(scope="module")
 def cases(agent, emulator, keys):
     """Each case run once, on demand: flyte-sdk first (its query id a placeholder, which the
-    comparisons swap for our statement's handle), then our agent; a failure is kept and
-    raised again for each test of the case."""
-    done = {}
-
-    def run(name):
-        if name not in done:
-            try:
-                done[name] = _run_case(name, agent, emulator, keys)
-            except Exception as e:  # noqa: BLE001 - raised again for every test of the case
-                done[name] = e
-        if isinstance(done[name], Exception):
-            raise done[name]
-        return done[name]
-    return run
+    comparisons swap for our statement's handle), then our agent."""
+    return once_each(lambda name: _run_case(name, agent, emulator, keys))
 
 
 def _run_case(name, agent, emulator, keys):

@@ -45,10 +45,7 @@ type Elements = BTreeMap<String, (Value, String)>;
 /// A batch task's statement with its one `VALUES (…)` row written once per element of the
 /// list inputs (all of one length), each placeholder `%(name)s` of row `i` renamed
 /// `%(name_i)s`, and the element each renamed placeholder takes (with its input's name).
-fn expand_batch(
-    sql: &str,
-    inputs: &BTreeMap<String, Value>,
-) -> Result<(String, Elements), AgentError> {
+fn expand_batch(sql: &str, inputs: &BTreeMap<String, Value>) -> Result<(String, Elements), AgentError> {
     let bad = |why: String| AgentError::invalid_argument(why);
     let mut rows = None;
     for (name, value) in inputs {

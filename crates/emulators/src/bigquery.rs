@@ -709,21 +709,8 @@ mod tests {
     /// The JWT-bearer assertion google-auth makes for a key: iss, aud, scope, iat, exp.
     fn assertion(email: &str, key: &KeyPair, aud: &str, scope: &str, lifetime: u64) -> String {
         let now = now_ms() / 1000;
-        let enc = |v: Json| URL_SAFE_NO_PAD.encode(v.to_string());
-        let signing = format!(
-            "{}.{}",
-            enc(json!({"alg": "RS256", "typ": "JWT", "kid": "k1"})),
-            enc(json!({"iss": email, "aud": aud, "scope": scope, "iat": now, "exp": now + lifetime}))
-        );
-        let mut sig = vec![0; key.public_modulus_len()];
-        key.sign(
-            &aws_lc_rs::signature::RSA_PKCS1_SHA256,
-            &aws_lc_rs::rand::SystemRandom::new(),
-            signing.as_bytes(),
-            &mut sig,
-        )
-        .unwrap();
-        format!("{signing}.{}", URL_SAFE_NO_PAD.encode(sig))
+        let claims = json!({"iss": email, "aud": aud, "scope": scope, "iat": now, "exp": now + lifetime});
+        crate::signed_jwt(key, &json!({"alg": "RS256", "typ": "JWT", "kid": "k1"}), &claims)
     }
 
     fn host_header() -> HeaderMap {

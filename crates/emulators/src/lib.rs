@@ -11,5 +11,22 @@ pub mod openai;
 pub mod snowflake;
 pub mod tls;
 
+/// RS256 tokens for the emulators' own tests, signed as the services' clients sign them.
+#[cfg(test)]
+pub(crate) fn signed_jwt(
+    key: &aws_lc_rs::rsa::KeyPair,
+    header: &serde_json::Value,
+    claims: &serde_json::Value,
+) -> String {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let signing =
+        format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
+    let mut sig = vec![0; key.public_modulus_len()];
+    let (alg, rng) = (&aws_lc_rs::signature::RSA_PKCS1_SHA256, &aws_lc_rs::rand::SystemRandom::new());
+    key.sign(alg, rng, signing.as_bytes(), &mut sig).expect("a test key signs");
+    format!("{signing}.{}", URL_SAFE_NO_PAD.encode(sig))
+}
+
 pub use faults::{FaultAction, FaultRule, Faults};
 pub use http::Running;

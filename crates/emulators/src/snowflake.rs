@@ -485,22 +485,10 @@ mod tests {
     /// A key-pair JWT as Snowflake's clients make it, with the given issuer fingerprint.
     fn jwt_headers(user: &str, key: &KeyPair, claimed: &str) -> HeaderMap {
         let now = now_ms() / 1000;
-        let enc = |v: Json| URL_SAFE_NO_PAD.encode(v.to_string());
-        let signing = format!(
-            "{}.{}",
-            enc(json!({"alg": "RS256", "typ": "JWT"})),
-            enc(json!({"iss": format!("{user}.{claimed}"), "sub": user, "iat": now, "exp": now + 600}))
-        );
-        let mut sig = vec![0; key.public_modulus_len()];
-        key.sign(
-            &aws_lc_rs::signature::RSA_PKCS1_SHA256,
-            &aws_lc_rs::rand::SystemRandom::new(),
-            signing.as_bytes(),
-            &mut sig,
-        )
-        .unwrap();
+        let claims = json!({"iss": format!("{user}.{claimed}"), "sub": user, "iat": now, "exp": now + 600});
+        let token = crate::signed_jwt(key, &json!({"alg": "RS256", "typ": "JWT"}), &claims);
         let mut h = HeaderMap::new();
-        h.insert("authorization", format!("Bearer {signing}.{}", URL_SAFE_NO_PAD.encode(sig)).parse().unwrap());
+        h.insert("authorization", format!("Bearer {token}").parse().unwrap());
         h.insert("x-snowflake-authorization-token-type", "KEYPAIR_JWT".parse().unwrap());
         h
     }
