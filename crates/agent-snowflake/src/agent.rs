@@ -12,8 +12,9 @@ use crate::{bindings::translate, client::Client, client::SERVICE, config::Config
 
 /// The task type flytekit's `SnowflakeTask` declares.
 pub const TASK_TYPE: &str = "snowflake";
-/// The connection secret a flyte-sdk task names its private key by.
+/// The connection secrets a flyte-sdk task names its private key and passphrase by.
 const KEY: &str = "snowflake_private_key";
+const PASSPHRASE: &str = "snowflake_private_key_passphrase";
 /// flyte-sdk's `connection_kwargs` the SQL API honours (`role`, `session_parameters`), and
 /// the Python driver's own timeouts, which mean nothing without its login.
 const CONNECTION_KWARGS: &[&str] = &["role", "session_parameters", "login_timeout", "network_timeout"];
@@ -205,7 +206,9 @@ impl AsyncAgent for SnowflakeAgent {
         // flytekit puts the connection in `template.config`; flyte-sdk (Flyte 2) in `custom`,
         // with its own defaults, batch rows and the private key the task brings.
         let flyte2 = ctx.protocol() == Protocol::Flyteidl2;
-        ctx.task_credential(KEY, task.declares_secret(KEY))?;
+        for key in [KEY, PASSPHRASE] {
+            ctx.task_credential(key, task.declares_secret(key))?;
+        }
         let (meta, batch, origin) = if flyte2 {
             let (meta, batch) = Self::flyte2_meta(&task)?;
             (meta, batch, "template.custom.")

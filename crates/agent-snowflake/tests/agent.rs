@@ -303,3 +303,50 @@ async fn no_token_leaves_for_a_host_a_task_or_meta_names() {
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     assert!(status.message().contains("snowflake.allowed_accounts"), "{status:?}");
 }
+
+/// A flyte-sdk task (Flyte 2): settings from `custom` (schema PUBLIC by default), the role of
+/// its connection_kwargs, a batch row per element, signed with the key its request brings,
+/// and refused when it declares a key or passphrase its request lacks.
+#[tokio::test]
+async fn flyte2_tasks_take_custom_settings_batches_and_the_requests_key() {
+    use agent_core::json::json_to_struct;
+    use agent_core::testing::flyte2;
+    // The pod's key is not the user's: only the request's key can sign.
+    let env = env_with(&[("_FSEC_SNOWFLAKE_PRIVATE_KEY", ENCRYPTED)]).await;
+    let mut t =
+        task("insert into t (id) values (%(id)s)", vec![("id", Value::Collection(vec![1.into(), 2.into()]))], false);
+    t.template.config.clear();
+    let custom = serde_json::json!({
+        "account": "xy12345-us-east-1", "user": "flyte", "database": "DB", "warehouse": "WH", "batch": true,
+        "connection_kwargs": {"role": "ANALYST"},
+        "secrets": {"snowflake_private_key": "SNOWFLAKE_PRIVATE_KEY"},
+    });
+    t.template.custom = Some(json_to_struct(custom.as_object().unwrap()));
+    let mut client = env.server.connector_client().await;
+    let conn = flyte2::connection("snowflake", &[("snowflake_private_key", KEY)]);
+    let meta = client.create_task(flyte2::create_request(&t, Some(conn))).await.unwrap().into_inner().resource_meta;
+    let meta: serde_json::Value = serde_json::from_slice(&meta).unwrap();
+    assert_eq!(
+        (meta["schema"].as_str(), meta["connection_kwargs"]["role"].as_str()),
+        (Some("PUBLIC"), Some("ANALYST"))
+    );
+    let s = env.sf.statements().pop().unwrap();
+    assert_eq!(s.request["statement"], "insert into t (id) VALUES (?), (?)");
+    assert_eq!((s.request["schema"].as_str(), s.request["role"].as_str()), (Some("PUBLIC"), Some("ANALYST")));
+    assert_eq!(s.request["bindings"]["2"], serde_json::json!({"type": "FIXED", "value": "2"}));
+
+    // Declared, not brought: refused before anything is sent.
+    let before = env.sf.submit_requests();
+    let err = client.create_task(flyte2::create_request(&t, None)).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("'snowflake_private_key'"), "{}", err.message());
+    // A connection setting the SQL API cannot honour is named.
+    let mut odd = custom.clone();
+    odd["connection_kwargs"] = serde_json::json!({"authenticator": "externalbrowser"});
+    t.template.custom = Some(json_to_struct(odd.as_object().unwrap()));
+    let conn = flyte2::connection("snowflake", &[("snowflake_private_key", KEY)]);
+    let err = client.create_task(flyte2::create_request(&t, Some(conn))).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("connection_kwargs.authenticator"), "{}", err.message());
+    assert_eq!(env.sf.submit_requests(), before);
+}
