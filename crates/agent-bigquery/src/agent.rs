@@ -192,7 +192,7 @@ impl AsyncAgent for BigQueryAgent {
         let mut meta = BigQueryMeta { job_id, project, location, results, user_agent };
         let job = build_job(&task, &meta, query, dt)?;
         // A service-account key the request brings (Flyte 2) is the job's identity.
-        let token = self.client.keys.token(ctx, task.declares_secret(KEY)).await?;
+        let token = self.client.keys.token(ctx, task.declares_secret(KEY)).await.map_err(Failure::into_error)?;
         let created = match self.client.insert(ctx, token.as_ref(), &job, &ua).await.map_err(Failure::into_error)? {
             Some(job) => job,
             // Already created by an earlier attempt of this CreateTask: adopt it.
@@ -209,8 +209,13 @@ impl AsyncAgent for BigQueryAgent {
 
     async fn get(&self, ctx: &Context, meta: BigQueryMeta) -> Result<Resource, AgentError> {
         check_meta(&meta.job_id, &meta.project, meta.location.as_deref())?;
-        let token = self.client.keys.token(ctx, false).await?;
-        match self.client.get(ctx, token.as_ref(), "job status check", &meta).await {
+        // Token trouble is a failed status check like any other: passing trouble reports the
+        // job still running.
+        let checked = match self.client.keys.token(ctx, false).await {
+            Ok(token) => self.client.get(ctx, token.as_ref(), "job status check", &meta).await,
+            Err(f) => Err(f),
+        };
+        match checked {
             Ok(job) => Ok(resource_for(&job, &meta)),
             // Still running while BigQuery is unreachable: keep the link to the console.
             Err(f) => f
@@ -222,7 +227,7 @@ impl AsyncAgent for BigQueryAgent {
     async fn delete(&self, ctx: &Context, meta: BigQueryMeta) -> Result<(), AgentError> {
         check_meta(&meta.job_id, &meta.project, meta.location.as_deref())?;
         // A job BigQuery does not know (never created, or expired) is as cancelled as it gets.
-        let token = self.client.keys.token(ctx, false).await?;
+        let token = self.client.keys.token(ctx, false).await.map_err(Failure::into_error)?;
         self.client.cancel(ctx, token.as_ref(), &meta).await.or_else(Failure::into_cancel)
     }
 }

@@ -52,27 +52,29 @@ struct KeyFile {
 }
 
 tokio::task_local! {
-    /// The access token of the call being made, when its request brought a key.
-    static CALL_TOKEN: Secret;
+    /// Whose identity the call being made uses: its request's token, or (`None`) the agent's.
+    static CALL_TOKEN: Option<Secret>;
 }
 
-/// `call` with `token` as the bearer of every Google request it makes; without one, the
+/// `call` with `token` as the bearer of every Google request it makes; with `None`, the
 /// agent's own credentials.
 pub(crate) async fn with_token<F: Future>(token: Option<&Secret>, call: F) -> F::Output {
-    match token {
-        Some(t) => CALL_TOKEN.scope(t.clone(), call).await,
-        None => call.await,
-    }
+    CALL_TOKEN.scope(token.cloned(), call).await
 }
 
 /// The credentials Google's client holds: the current call's token when its request
-/// brought a key (one client serves every tenant), else the agent's own.
+/// brought a key (one client serves every tenant), else the agent's own. A request made
+/// outside [`with_token`] (say, from a task Google's client spawned) gets no credentials
+/// at all rather than a guess: a tenant's job must never run as the agent by accident.
 #[derive(Debug)]
 pub(crate) struct PerCall(pub(crate) Credentials);
 
 impl CredentialsProvider for PerCall {
     async fn headers(&self, extensions: Extensions) -> Result<CacheableResource<HeaderMap>, CredentialsError> {
-        let Ok(token) = CALL_TOKEN.try_with(Secret::clone) else {
+        let Ok(token) = CALL_TOKEN.try_with(Option::clone) else {
+            return Err(CredentialsError::from_msg(false, "a BigQuery request outside a call's scope has no identity"));
+        };
+        let Some(token) = token else {
             return self.0.headers(extensions).await;
         };
         let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
@@ -111,13 +113,22 @@ impl Exchange {
 
     /// The access token for the key the request brought, `None` when it brought none (the
     /// agent's credentials apply), and `FAILED_PRECONDITION` when the task `declared` one
-    /// that did not come.
-    pub(crate) async fn token(&self, ctx: &Context, declared: bool) -> Result<Option<Secret>, AgentError> {
+    /// that did not come. A token endpoint's passing trouble is a transient [`Failure`].
+    pub(crate) async fn token(&self, ctx: &Context, declared: bool) -> Result<Option<Secret>, Failure> {
         let Some(file) = ctx.task_credential(KEY, declared)? else { return Ok(None) };
+        // serde's message may quote the text it read (a key file encoded twice is one JSON
+        // string holding the key): only its kind and position are said.
         let key: KeyFile = serde_json::from_str(file.expose()).map_err(|e| {
+            let kind = match e.classify() {
+                serde_json::error::Category::Data => "a field is missing or has the wrong type",
+                serde_json::error::Category::Eof => "the JSON ends early",
+                serde_json::error::Category::Syntax | serde_json::error::Category::Io => "it is not JSON",
+            };
             AgentError::failed_precondition(format!(
-                "the connection secret {KEY} is not a service-account key file (JSON with client_email and \
-                 private_key): {e}"
+                "the connection secret {KEY} is not a service-account key file (a JSON object with client_email and \
+                 private_key): {kind} (line {}, column {})",
+                e.line(),
+                e.column()
             ))
         })?;
         let uri = key.token_uri.clone().filter(|u| !u.trim().is_empty()).unwrap_or_else(|| GOOGLE_TOKEN_URI.into());
@@ -125,8 +136,7 @@ impl Exchange {
         // One token per account, key and endpoint; the cache keeps digests of its keys.
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key.private_key.as_bytes());
         let id = format!("{}|{uri}|{:x?}", key.client_email, digest.as_ref());
-        let token = self.tokens.get_or_fetch(&id, None, || self.exchange(ctx, &key, &uri)).await;
-        token.map(Some).map_err(Failure::into_error)
+        self.tokens.get_or_fetch(&id, None, || self.exchange(ctx, &key, &uri)).await.map(Some)
     }
 
     /// The JWT-bearer grant: an assertion signed with the key, for `uri`.
@@ -151,5 +161,27 @@ impl Exchange {
         let token =
             token.ok_or_else(|| TOKEN_SERVICE.unreachable("token exchange", "the answer has no access_token"))?;
         Ok((Secret::new(token), Duration::from_secs(answer.body["expires_in"].as_u64().unwrap_or(3600))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Google's client gets the call's own token inside its scope, the agent's credentials
+    /// when the call brought none, and nothing at all outside any call's scope.
+    #[tokio::test]
+    async fn each_call_gets_its_own_identity_and_no_call_a_guessed_one() {
+        let provider = PerCall(google_cloud_auth::credentials::anonymous::Builder::new().build());
+        let bearer = |r: Result<CacheableResource<HeaderMap>, CredentialsError>| match r.unwrap() {
+            CacheableResource::New { data, .. } => data.get(AUTHORIZATION).map(|v| v.to_str().unwrap().to_owned()),
+            CacheableResource::NotModified => panic!("no headers"),
+        };
+        let token = Secret::new("ya29.call-token");
+        let own = with_token(Some(&token), provider.headers(Extensions::new())).await;
+        assert_eq!(bearer(own).as_deref(), Some("Bearer ya29.call-token"));
+        let agents = with_token(None, provider.headers(Extensions::new())).await;
+        assert_eq!(bearer(agents), None, "the agent's (anonymous) credentials");
+        assert!(provider.headers(Extensions::new()).await.is_err(), "outside a call: no identity");
     }
 }

@@ -466,11 +466,15 @@ async fn flyte2_jobs_run_as_the_service_account_the_request_brings() {
     let conn = flyte2::connection("bigquery_query_job_task", &[("google_application_credentials", &elsewhere)]);
     let err = client.create_task(flyte2::create_request(&t, Some(conn))).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
-    // Not a key file: refused without quoting it.
-    let conn = flyte2::connection("bigquery_query_job_task", &[("google_application_credentials", "not json at all")]);
-    let err = client.create_task(flyte2::create_request(&t, Some(conn))).await.unwrap_err();
-    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
-    assert!(!err.message().contains("not json at all"), "{}", err.message());
+    // Not a key file: refused without quoting it, also when it is the key file encoded twice
+    // (one JSON string holding it), which serde's own message would quote.
+    for bad in ["not json at all".to_owned(), serde_json::to_string(&own).unwrap()] {
+        let conn = flyte2::connection("bigquery_query_job_task", &[("google_application_credentials", &bad)]);
+        let err = client.create_task(flyte2::create_request(&t, Some(conn))).await.unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+        let m = err.message();
+        assert!(!m.contains("not json") && !m.contains("PRIVATE KEY") && !m.contains("client_email\\"), "{m}");
+    }
     // Declared and not brought: refused, and the job never runs as the agent.
     let err = client.create_task(flyte2::create_request(&t, None)).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");

@@ -248,6 +248,12 @@ impl Context {
         }
     }
 
+    /// The agent's own secret `key` (the pod's), whatever the request carries: for a
+    /// credential that belongs with another of the agent's own (a passphrase with its key).
+    pub fn agent_secret(&self, key: &str) -> Result<Option<Secret>, AgentError> {
+        self.secrets.get_optional(key)
+    }
+
     /// A secret that may be absent, looked up as [`Context::secret`] does.
     pub fn optional_secret(&self, key: &str) -> Result<Option<Secret>, AgentError> {
         match self.connection.get(key) {

@@ -148,7 +148,8 @@ pub(crate) fn flyte2_job_spec(task: &TaskRequest, custom: &Map<String, Json>) ->
         Some(Json::Array(a)) => a.is_empty(),
         Some(Json::Number(n)) => n.as_f64() == Some(0.0),
     };
-    if unset(conf.get("existing_cluster_id")) {
+    // flyte-sdk fills a new cluster in only when no existing one is named at all.
+    if conf.get("existing_cluster_id").is_none_or(Json::is_null) {
         let Some(Json::Object(cluster)) = conf.get_mut("new_cluster") else {
             return Err(AgentError::invalid_argument(
                 "template.custom.databricksConf: set existing_cluster_id or new_cluster (an object)",
@@ -245,6 +246,9 @@ mod tests {
         let spec = flyte2_job_spec(&task(), &plain).unwrap();
         assert_eq!(spec["new_cluster"]["spark_env_vars"], json!({"foo": "bar"}));
         assert_eq!(spec["new_cluster"]["spark_conf"], json!({}));
+        // An existing cluster named even as "" is left to Databricks to judge, as flyte-sdk does.
+        let empty = custom(json!({"databricksConf": {"existing_cluster_id": "", "new_cluster": {"num_workers": 1}}}));
+        assert_eq!(flyte2_job_spec(&task(), &empty).unwrap()["new_cluster"], json!({"num_workers": 1}));
         for (bad, why) in [
             (json!({}), "databricksConf: missing"),
             (json!({"databricksConf": []}), "must be an object"),

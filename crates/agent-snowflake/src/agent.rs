@@ -206,9 +206,8 @@ impl AsyncAgent for SnowflakeAgent {
         // flytekit puts the connection in `template.config`; flyte-sdk (Flyte 2) in `custom`,
         // with its own defaults, batch rows and the private key the task brings.
         let flyte2 = ctx.protocol() == Protocol::Flyteidl2;
-        for key in [KEY, PASSPHRASE] {
-            ctx.task_credential(key, task.declares_secret(key))?;
-        }
+        let own_key = ctx.task_credential(KEY, task.declares_secret(KEY))?.is_some();
+        ctx.task_credential(PASSPHRASE, task.declares_secret(PASSPHRASE))?;
         let (meta, batch, origin) = if flyte2 {
             let (meta, batch) = Self::flyte2_meta(&task)?;
             (meta, batch, "template.custom.")
@@ -228,6 +227,19 @@ impl AsyncAgent for SnowflakeAgent {
                 "template.config.",
             )
         };
+        // A role or session settings of the task's choosing apply to its own identity only: a
+        // statement signed with the agent's key runs with the agent's settings.
+        let chosen = meta
+            .connection_kwargs
+            .iter()
+            .flat_map(|k| k.keys())
+            .find(|k| ["role", "session_parameters"].contains(&k.as_str()));
+        if let (Some(key), false) = (chosen, own_key) {
+            return Err(AgentError::permission_denied(format!(
+                "template.custom.connection_kwargs.{key}: only a task that brings its own key ({KEY} in the request) \
+                 may choose it; with the agent's key, statements run with the agent's settings (snowflake.role)"
+            )));
+        }
         let account = meta.account(&self.allowed, origin)?;
         let (statement, bindings) = translate(task.sql_statement()?, &task, batch)?;
         let (database, schema, warehouse) = (&meta.database, &meta.schema, &meta.warehouse);

@@ -41,16 +41,19 @@ impl Auth for KeyPair<'_> {
         // The key is read for every call, so a rotated secret applies at once: the cache
         // key names it (by digest), with the account and user the token is for.
         let KeyPair(cache, account, user) = *self;
-        let pem = ctx.secret(KEY_SECRET)?;
-        let key = format!("{}|{user}|{:x?}", account.as_str(), &digest(&SHA256, pem.expose().as_bytes()).as_ref()[..8]);
+        // A key the request brought (Flyte 2) is opened only with a passphrase it brought, and
+        // the agent's key only with the agent's passphrase: neither opens the other's.
+        let (pem, passphrase) = match ctx.task_credential(KEY_SECRET, false)? {
+            Some(sent) => (sent, ctx.task_credential(PASSPHRASE_SECRET, false)?),
+            None => (ctx.secret(KEY_SECRET)?, ctx.agent_secret(PASSPHRASE_SECRET)?),
+        };
+        // The cache key names the key and its passphrase (by digest): a token signed with an
+        // encrypted key is handed only to a caller who could open that key itself.
+        let mut material = pem.expose().as_bytes().to_vec();
+        material.push(0);
+        material.extend(passphrase.as_ref().map(|p| p.expose().as_bytes()).unwrap_or_default());
+        let key = format!("{}|{user}|{:x?}", account.as_str(), digest(&SHA256, &material).as_ref());
         let sign = || async {
-            // A key the request brought (Flyte 2) is opened only with a passphrase it brought:
-            // the pod's passphrase belongs to the pod's key.
-            let passphrase = if ctx.task_credential(KEY_SECRET, false)?.is_some() {
-                ctx.task_credential(PASSPHRASE_SECRET, false)?
-            } else {
-                ctx.optional_secret(PASSPHRASE_SECRET)?
-            };
             let signer = signer(pem.expose(), passphrase.as_ref().map(Secret::expose))?;
             // The fingerprint is public; operators compare it with `DESC USER`.
             let fingerprint = signer.fingerprint();

@@ -348,5 +348,46 @@ async fn flyte2_tasks_take_custom_settings_batches_and_the_requests_key() {
     let err = client.create_task(flyte2::create_request(&t, Some(conn))).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains("connection_kwargs.authenticator"), "{}", err.message());
+    // A declared passphrase must come with the request too.
+    let mut both = custom.clone();
+    both["secrets"]["snowflake_private_key_passphrase"] = serde_json::json!("SNOWFLAKE_PASSPHRASE");
+    t.template.custom = Some(json_to_struct(both.as_object().unwrap()));
+    let conn = flyte2::connection("snowflake", &[("snowflake_private_key", KEY)]);
+    let err = client.create_task(flyte2::create_request(&t, Some(conn))).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("'snowflake_private_key_passphrase'"), "{}", err.message());
+    // A task that brings no key of its own cannot choose the role the agent's key runs with.
+    let mut undeclared = custom.clone();
+    undeclared.as_object_mut().unwrap().remove("secrets");
+    t.template.custom = Some(json_to_struct(undeclared.as_object().unwrap()));
+    let err = client.create_task(flyte2::create_request(&t, None)).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("connection_kwargs.role"), "{}", err.message());
     assert_eq!(env.sf.submit_requests(), before);
+}
+
+/// A JWT signed with an encrypted key is cached under the key and its passphrase: a caller
+/// with the same key but no (or another) passphrase gets no token, and a passphrase a
+/// request brings never opens the agent's key.
+#[tokio::test]
+async fn an_encrypted_keys_token_is_only_for_callers_who_can_open_it() {
+    use agent_core::testing::flyte2;
+    let env = env_with(&[("_FSEC_SNOWFLAKE_PRIVATE_KEY", ENCRYPTED)]).await;
+    let mut t = task("select 1", vec![], false);
+    t.template.config.clear();
+    let custom =
+        serde_json::json!({"account": "xy12345-us-east-1", "user": "flyte", "database": "DB", "warehouse": "WH"});
+    t.template.custom = Some(agent_core::json::json_to_struct(custom.as_object().unwrap()));
+    let mut client = env.server.connector_client().await;
+    let with = |secrets: &[(&str, &str)]| flyte2::create_request(&t, Some(flyte2::connection("snowflake", secrets)));
+    let pass = "flyte-test-passphrase";
+    let key_and_pass = [("snowflake_private_key", ENCRYPTED), ("snowflake_private_key_passphrase", pass)];
+    client.create_task(with(&key_and_pass)).await.unwrap();
+    // Same key, no passphrase: the cached token is not handed out; the key cannot be opened.
+    let err = client.create_task(with(&[("snowflake_private_key", ENCRYPTED)])).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("encrypted"), "{}", err.message());
+    // A passphrase alone does not open the agent's (encrypted) key.
+    let err = client.create_task(with(&[("snowflake_private_key_passphrase", pass)])).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
 }
