@@ -750,7 +750,7 @@ fn snowflake_setup(host: &str, _dir: &std::path::Path) -> External {
         task_type: "snowflake",
         template: core::TaskTemplate {
             r#type: "snowflake".into(),
-            config: [("user", "flyte"), ("account", "bench")]
+            config: [("user", "flyte"), ("account", "bench"), ("database", "DB"), ("warehouse", "WH")]
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),

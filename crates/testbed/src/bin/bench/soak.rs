@@ -122,7 +122,11 @@ async fn soak_one(o: &Options, setup: fn(&str, &std::path::Path) -> External) ->
     for i in 0..o.concurrency {
         let (stop, next_task) = (stop.clone(), next_task.clone());
         let (template, inputs, task_type) = (ext.template.clone(), ext.inputs.clone(), ext.task_type);
-        let client = if i % 2 == 0 { flyte1.clone() } else { flyte1.clone().flyte2(Vec::new()) };
+        let (client, template) = if i % 2 == 0 {
+            (flyte1.clone(), template)
+        } else {
+            (flyte1.clone().flyte2(Vec::new()), flyte_sdk_shape(template))
+        };
         loops.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
             let (mut tasks, mut succeeded, mut failures) = (0u64, 0u64, Vec::new());
@@ -237,4 +241,16 @@ async fn run_task(
             }
         }
     }
+}
+
+/// The template as flyte-sdk would serialize the task for a Flyte 2 backend: its plugins
+/// keep the connection settings flytekit puts in `config` (Snowflake's) in `custom`.
+fn flyte_sdk_shape(mut template: agent_core::pb::core::TaskTemplate) -> agent_core::pb::core::TaskTemplate {
+    if template.config.is_empty() {
+        return template;
+    }
+    let mut custom = template.custom.take().map(|c| agent_core::json::struct_to_json(&c)).unwrap_or_default();
+    custom.extend(std::mem::take(&mut template.config).into_iter().map(|(k, v)| (k, v.into())));
+    template.custom = Some(agent_core::json::json_to_struct(&custom));
+    template
 }
