@@ -16,7 +16,9 @@
 //! - `POST /_emulator/bigquery/rules`: an [`OutcomeRule`] for queries containing a string;
 //! - `POST /_emulator/bigquery/jobs/{project}/{job_id}`: force a job's state (any string,
 //!   so clients can be tested against states BigQuery may add) and error;
-//! - `POST|DELETE /_emulator/faults`: fault injection (see [`crate::faults`]).
+//! - `POST|DELETE /_emulator/faults`: fault injection (see [`crate::faults`]);
+//! - `GET /_emulator/stats`, `GET|PUT /_emulator/shaping`: counters, latency and rate limit
+//!   (see [`crate::shaping`]).
 
 // Helpers return ready-made HTTP error responses; their size is irrelevant in an emulator.
 #![allow(clippy::result_large_err)]
@@ -39,6 +41,8 @@ use serde_json::{Value as Json, json};
 
 use crate::faults::Faults;
 use crate::http::{Running, json_response};
+use crate::shaping::Shaping;
+use crate::tls::TestCa;
 
 /// How long jobs stay in each state unless a rule says otherwise.
 #[derive(Debug, Clone)]
@@ -146,6 +150,7 @@ struct St {
 pub struct BigQuery {
     state: Arc<Mutex<St>>,
     faults: Faults,
+    shaping: Shaping,
     timing: Timing,
     /// Service account email → its public key (PKCS#1 DER).
     accounts: Arc<HashMap<String, Vec<u8>>>,
@@ -294,19 +299,33 @@ impl BigQuery {
 
     /// Serves on `addr` (port 0 for any free port).
     pub async fn start(&self, addr: SocketAddr) -> std::io::Result<Running> {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        Ok(crate::http::serve(
-            listener,
-            self.router(),
-            self.faults.clone(),
-            crate::http::Formats { error: error_body, echo: echo_body },
-            None,
-        ))
+        Ok(crate::http::serve(tokio::net::TcpListener::bind(addr).await?, self.service(), None))
+    }
+
+    /// Serves HTTPS on `addr` with a server certificate from `ca` (ALPN `h2` and
+    /// `http/1.1`): clients trusting [`TestCa::ca_pem`] reach it at [`Running::url`].
+    pub async fn start_https(&self, addr: SocketAddr, ca: &TestCa) -> std::io::Result<Running> {
+        Ok(crate::http::serve(tokio::net::TcpListener::bind(addr).await?, self.service(), Some(ca.acceptor())))
+    }
+
+    /// The router with this emulator's faults, shaping and formats.
+    fn service(&self) -> crate::http::Service {
+        crate::http::Service {
+            router: self.router(),
+            faults: self.faults.clone(),
+            shaping: self.shaping.clone(),
+            formats: crate::http::Formats { error: error_body, echo: echo_body },
+        }
     }
 
     /// The fault rules.
     pub fn faults(&self) -> &Faults {
         &self.faults
+    }
+
+    /// Latency, rate limit and counters (see [`crate::shaping`]).
+    pub fn shaping(&self) -> &Shaping {
+        &self.shaping
     }
 
     /// Adds an outcome rule.

@@ -6,7 +6,8 @@
 //! Control endpoints: `GET /_emulator/databricks/runs` (runs and request counts),
 //! `POST /_emulator/databricks/rules` ([`RunRule`]), `POST /_emulator/databricks/runs/{id}`
 //! (force `state`/`status` JSON verbatim), `DELETE /_emulator/databricks/tokens` (revoke
-//! issued OAuth tokens), `POST|DELETE /_emulator/faults`.
+//! issued OAuth tokens), `POST|DELETE /_emulator/faults`, and the shared `GET /_emulator/stats`
+//! and `GET|PUT /_emulator/shaping` (see [`crate::shaping`]).
 
 // Helpers return ready-made HTTP error responses; their size is irrelevant in an emulator.
 #![allow(clippy::result_large_err)]
@@ -26,6 +27,7 @@ use serde_json::{Value as Json, json};
 
 use crate::faults::Faults;
 use crate::http::{Running, json_response};
+use crate::shaping::Shaping;
 use crate::tls::TestCa;
 
 /// Credentials the emulator accepts and how runs behave.
@@ -122,6 +124,7 @@ struct St {
 pub struct Databricks {
     state: Arc<Mutex<St>>,
     faults: Faults,
+    shaping: Shaping,
     settings: Arc<Settings>,
 }
 
@@ -184,24 +187,37 @@ fn check_integers(v: &Json, path: &str) -> Result<(), String> {
 impl Databricks {
     /// An emulator with these settings.
     pub fn new(settings: Settings) -> Self {
-        Self { state: Arc::default(), faults: Faults::default(), settings: Arc::new(settings) }
+        Self {
+            state: Arc::default(),
+            faults: Faults::default(),
+            shaping: Shaping::default(),
+            settings: Arc::new(settings),
+        }
     }
 
     /// Serves on `addr` over HTTPS with certificates from `ca` (or plain HTTP without).
     pub async fn start(&self, addr: SocketAddr, ca: Option<&TestCa>) -> std::io::Result<Running> {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        Ok(crate::http::serve(
-            listener,
-            self.router(),
-            self.faults.clone(),
-            crate::http::Formats { error: error_body, echo: echo_body },
-            ca.map(TestCa::acceptor),
-        ))
+        Ok(crate::http::serve(tokio::net::TcpListener::bind(addr).await?, self.service(), ca.map(TestCa::acceptor)))
+    }
+
+    /// The router with this emulator's faults, shaping and formats.
+    fn service(&self) -> crate::http::Service {
+        crate::http::Service {
+            router: self.router(),
+            faults: self.faults.clone(),
+            shaping: self.shaping.clone(),
+            formats: crate::http::Formats { error: error_body, echo: echo_body },
+        }
     }
 
     /// The fault rules.
     pub fn faults(&self) -> &Faults {
         &self.faults
+    }
+
+    /// Latency, rate limit and counters (see [`crate::shaping`]).
+    pub fn shaping(&self) -> &Shaping {
+        &self.shaping
     }
 
     /// Adds a run rule.

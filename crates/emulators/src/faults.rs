@@ -150,8 +150,9 @@ impl Faults {
 }
 
 /// A small deterministic generator (xorshift) for probabilistic faults: reproducible runs
-/// matter more here than statistical quality.
-fn next_fraction(state: &mut u64) -> f64 {
+/// matter more here than statistical quality (the latency sampler of [`crate::shaping`] uses
+/// it too).
+pub(crate) fn next_fraction(state: &mut u64) -> f64 {
     if *state == 0 {
         *state = 0x9E37_79B9_7F4A_7C15;
     }

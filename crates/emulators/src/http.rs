@@ -1,6 +1,8 @@
-//! Serving an emulator's routes with faults applied in front of them. hyper is driven
-//! per connection (not through `axum::serve`) so that a fault can drop the connection
-//! without an answer, as a crashing load balancer would.
+//! Serving an emulator's routes with faults and shaping applied in front of them (in that
+//! order; see [`crate::shaping`]), and the control routes every emulator shares
+//! (`/_emulator/stats`, `/_emulator/shaping`). hyper is driven per connection (not through
+//! `axum::serve`) so that a fault can drop the connection without an answer, as a crashing
+//! load balancer would, and so connections can be counted.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -16,6 +18,7 @@ use tokio::task::JoinHandle;
 use tower::ServiceExt;
 
 use crate::faults::{FaultAction, Faults};
+use crate::shaping::{Admission, Shaping, ShapingSettings};
 
 /// Formats an error body in the emulated service's own shape.
 pub(crate) type ErrorBody = fn(StatusCode, &str) -> serde_json::Value;
@@ -35,10 +38,28 @@ pub(crate) struct Formats {
 /// Largest request body an echo repeats.
 const MAX_ECHOED_BODY: usize = 64 * 1024;
 
+/// Largest `PUT /_emulator/shaping` body.
+const MAX_CONTROL_BODY: usize = 64 * 1024;
+
+/// HTTP/2 streams a client may have open on one connection. hyper's default (200) would
+/// make a benchmark client queue its calls or open more connections; this lets thousands
+/// of in-flight calls multiplex over one.
+pub(crate) const MAX_CONCURRENT_STREAMS: u32 = 16_384;
+
+/// What serving one emulator needs besides its listener.
+#[derive(Clone)]
+pub(crate) struct Service {
+    pub(crate) router: Router,
+    pub(crate) faults: Faults,
+    pub(crate) shaping: Shaping,
+    pub(crate) formats: Formats,
+}
+
 /// A running emulator. Dropping it stops the server.
 #[derive(Debug)]
 pub struct Running {
     addr: SocketAddr,
+    tls: bool,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
@@ -54,9 +75,9 @@ impl Running {
         self.addr.to_string()
     }
 
-    /// `http://host:port`.
+    /// `http://host:port`, or `https://host:port` when served over TLS.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", if self.tls { "https" } else { "http" }, self.addr)
     }
 
     /// Stops accepting connections and waits for the accept loop to end.
@@ -81,14 +102,9 @@ impl Drop for Running {
     }
 }
 
-pub(crate) fn serve(
-    listener: TcpListener,
-    router: Router,
-    faults: Faults,
-    formats: Formats,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-) -> Running {
+pub(crate) fn serve(listener: TcpListener, service: Service, tls: Option<tokio_rustls::TlsAcceptor>) -> Running {
     let addr = listener.local_addr().expect("a bound listener has an address");
+    let running_tls = tls.is_some();
     let (tx, mut rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         loop {
@@ -99,15 +115,15 @@ pub(crate) fn serve(
                 },
                 _ = &mut rx => return,
             };
+            service.shaping.connection_accepted();
             let _ = stream.set_nodelay(true);
-            let router = router.clone();
-            let faults = faults.clone();
+            let service = service.clone();
             let tls = tls.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                    handle(req, router.clone(), faults.clone(), formats)
-                });
-                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let service =
+                    hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| handle(req, service.clone()));
+                let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                builder.http2().max_concurrent_streams(MAX_CONCURRENT_STREAMS);
                 match tls {
                     Some(acceptor) => {
                         if let Ok(stream) = acceptor.accept(stream).await {
@@ -121,15 +137,18 @@ pub(crate) fn serve(
             });
         }
     });
-    Running { addr, shutdown: Some(tx), task }
+    Running { addr, tls: running_tls, shutdown: Some(tx), task }
 }
 
-async fn handle(
-    req: Request<hyper::body::Incoming>,
-    router: Router,
-    faults: Faults,
-    formats: Formats,
-) -> Result<Response<Body>, std::io::Error> {
+async fn handle(req: Request<hyper::body::Incoming>, service: Service) -> Result<Response<Body>, std::io::Error> {
+    let Service { router, faults, shaping, formats } = service;
+    let path = req.uri().path();
+    if path == "/_emulator/stats" || path == "/_emulator/shaping" {
+        return Ok(control(req, &shaping, formats).await);
+    }
+    if !path.starts_with("/_emulator/") {
+        shaping.request_seen();
+    }
     match faults.take(req.method().as_str(), req.uri().path()) {
         Some(FaultAction::Drop) => {
             // Returning an error makes hyper close the connection with no response.
@@ -165,8 +184,70 @@ async fn handle(
         }
         None => {}
     }
-    let resp = router.oneshot(req.map(Body::new)).await;
-    Ok(resp.unwrap_or_else(|e: Infallible| match e {}))
+    // Emulator-specific control routes (faults, state) are neither limited nor delayed.
+    let ticket = if req.uri().path().starts_with("/_emulator/") { None } else { Some(shaping.admit()) };
+    let admission = ticket.and_then(|t| t.admission);
+    if let Some(a) = admission.filter(|a| !a.admitted) {
+        let message = format!(
+            "Rate limit reached for requests (emulated limit: bursts of {}); please try again in {}.",
+            a.limit,
+            crate::shaping::openai_duration(a.retry_after)
+        );
+        let mut resp =
+            json_response(StatusCode::TOO_MANY_REQUESTS, &(formats.error)(StatusCode::TOO_MANY_REQUESTS, &message));
+        let headers = resp.headers_mut();
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(crate::shaping::retry_after_secs(a.retry_after)));
+        headers.insert("retry-after-ms", HeaderValue::from(crate::shaping::retry_after_millis(a.retry_after)));
+        rate_limit_headers(headers, &a);
+        return Ok(resp);
+    }
+    if let Some(delay) = ticket.map(|t| t.delay).filter(|d| !d.is_zero()) {
+        tokio::time::sleep(delay).await;
+    }
+    let mut resp = router.oneshot(req.map(Body::new)).await.unwrap_or_else(|e: Infallible| match e {});
+    if let Some(a) = admission {
+        rate_limit_headers(resp.headers_mut(), &a);
+    }
+    Ok(resp)
+}
+
+/// OpenAI's request rate-limit headers.
+fn rate_limit_headers(headers: &mut axum::http::HeaderMap, a: &Admission) {
+    headers.insert("x-ratelimit-limit-requests", HeaderValue::from(a.limit));
+    headers.insert("x-ratelimit-remaining-requests", HeaderValue::from(a.remaining));
+    if let Ok(reset) = HeaderValue::from_str(&crate::shaping::openai_duration(a.reset)) {
+        headers.insert("x-ratelimit-reset-requests", reset);
+    }
+}
+
+fn to_json(value: impl serde::Serialize) -> serde_json::Value {
+    serde_json::to_value(value).unwrap_or_default()
+}
+
+/// `GET /_emulator/stats`, `GET|PUT /_emulator/shaping`.
+async fn control(req: Request<hyper::body::Incoming>, shaping: &Shaping, formats: Formats) -> Response<Body> {
+    let bad = |status: StatusCode, message: &str| json_response(status, &(formats.error)(status, message));
+    let method = req.method().clone();
+    match (req.uri().path(), method.as_str()) {
+        ("/_emulator/stats", "GET") => json_response(StatusCode::OK, &to_json(shaping.stats())),
+        ("/_emulator/shaping", "GET") => json_response(StatusCode::OK, &to_json(shaping.settings())),
+        ("/_emulator/shaping", "PUT") => {
+            let Ok(body) = axum::body::to_bytes(Body::new(req.into_body()), MAX_CONTROL_BODY).await else {
+                return bad(StatusCode::BAD_REQUEST, "the shaping settings must be a JSON object of at most 64 KiB");
+            };
+            let applied = serde_json::from_slice::<ShapingSettings>(&body)
+                .map_err(|e| format!("shaping settings: {e}"))
+                .and_then(|settings| shaping.apply(&settings));
+            match applied {
+                Ok(()) => json_response(StatusCode::OK, &to_json(shaping.settings())),
+                Err(e) => bad(StatusCode::BAD_REQUEST, &e),
+            }
+        }
+        (path, _) => bad(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &format!("{path} takes {}", if path.ends_with("stats") { "GET" } else { "GET or PUT" }),
+        ),
+    }
 }
 
 /// What a careless service says back: the request's credentials and body.

@@ -2,12 +2,24 @@
 //! benchmarks: they speak the real endpoints, JSON shapes and error bodies, keep state,
 //! and inject faults on request. Use them in-process ([`bigquery::BigQuery::start`]) or
 //! through the `emulators` binary.
+//!
+//! Every emulator shares one serving path (HTTP/1.1 and HTTP/2, up to 16,384 concurrent
+//! streams a connection; HTTPS with a [`tls::TestCa`] through `start_https`, or
+//! Databricks' `start`), and with it:
+//! - [`faults`]: injected errors, delays, dropped connections and echoes
+//!   (`POST|DELETE /_emulator/faults`, each emulator's `faults()`);
+//! - [`shaping`]: a per-request latency distribution and a token-bucket rate limit
+//!   answered with 429 and OpenAI's `x-ratelimit-*` headers (`PUT /_emulator/shaping`,
+//!   each emulator's `shaping()`, the binary's `--latency-ms`, `--latency-p99-ms`,
+//!   `--rate-limit`, `--burst`), and counters of requests, 429s and connections
+//!   (`GET /_emulator/stats`).
 
 pub mod bigquery;
 pub mod databricks;
 pub mod faults;
 mod http;
 pub mod openai;
+pub mod shaping;
 pub mod snowflake;
 pub mod tls;
 
@@ -30,3 +42,4 @@ pub(crate) fn signed_jwt(
 
 pub use faults::{FaultAction, FaultRule, Faults};
 pub use http::Running;
+pub use shaping::{Latency, RateLimit, Shaping, ShapingSettings, Stats};

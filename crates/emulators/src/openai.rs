@@ -3,7 +3,8 @@
 //! error bodies. Batches move validating → in_progress → finalizing → completed over time.
 //!
 //! Control endpoints: `GET /_emulator/openai/state` (batches and chat request counts, with the
-//! organizations seen), `POST|DELETE /_emulator/faults`.
+//! organizations seen), `POST|DELETE /_emulator/faults`, and the shared `GET /_emulator/stats`
+//! and `GET|PUT /_emulator/shaping` (see [`crate::shaping`]).
 
 // Helpers return ready-made HTTP error responses; their size is irrelevant in an emulator.
 #![allow(clippy::result_large_err)]
@@ -23,6 +24,8 @@ use serde_json::{Value as Json, json};
 
 use crate::faults::Faults;
 use crate::http::{Running, json_response};
+use crate::shaping::Shaping;
+use crate::tls::TestCa;
 
 /// Keys, models and timing.
 #[derive(Debug, Clone)]
@@ -66,6 +69,7 @@ struct St {
 pub struct OpenAi {
     state: Arc<Mutex<St>>,
     faults: Faults,
+    shaping: Shaping,
     settings: Arc<Settings>,
 }
 
@@ -112,24 +116,43 @@ fn error(status: StatusCode, message: &str) -> Response<Body> {
 impl OpenAi {
     /// An emulator with these settings.
     pub fn new(settings: Settings) -> Self {
-        Self { state: Arc::default(), faults: Faults::default(), settings: Arc::new(settings) }
+        Self {
+            state: Arc::default(),
+            faults: Faults::default(),
+            shaping: Shaping::default(),
+            settings: Arc::new(settings),
+        }
     }
 
     /// Serves plain HTTP on `addr` (agents reach it through `OPENAI_BASE_URL`).
     pub async fn start(&self, addr: SocketAddr) -> std::io::Result<Running> {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        Ok(crate::http::serve(
-            listener,
-            self.router(),
-            self.faults.clone(),
-            crate::http::Formats { error: error_body, echo: echo_body },
-            None,
-        ))
+        Ok(crate::http::serve(tokio::net::TcpListener::bind(addr).await?, self.service(), None))
+    }
+
+    /// Serves HTTPS on `addr` with a server certificate from `ca` (ALPN `h2` and
+    /// `http/1.1`): clients trusting [`TestCa::ca_pem`] reach it at [`Running::url`].
+    pub async fn start_https(&self, addr: SocketAddr, ca: &TestCa) -> std::io::Result<Running> {
+        Ok(crate::http::serve(tokio::net::TcpListener::bind(addr).await?, self.service(), Some(ca.acceptor())))
+    }
+
+    /// The router with this emulator's faults, shaping and formats.
+    fn service(&self) -> crate::http::Service {
+        crate::http::Service {
+            router: self.router(),
+            faults: self.faults.clone(),
+            shaping: self.shaping.clone(),
+            formats: crate::http::Formats { error: error_body, echo: echo_body },
+        }
     }
 
     /// The fault rules.
     pub fn faults(&self) -> &Faults {
         &self.faults
+    }
+
+    /// Latency, rate limit and counters (see [`crate::shaping`]).
+    pub fn shaping(&self) -> &Shaping {
+        &self.shaping
     }
 
     /// Every batch, as the API would return it now.

@@ -6,7 +6,8 @@
 //! `RSA_PUBLIC_KEY_2`); each statement records which user and key fingerprint signed it.
 //!
 //! Control endpoints: `GET /_emulator/snowflake/statements`, `POST /_emulator/snowflake/rules`
-//! ([`StatementRule`]), `POST|DELETE /_emulator/faults`.
+//! ([`StatementRule`]), `POST|DELETE /_emulator/faults`, and the shared `GET /_emulator/stats`
+//! and `GET|PUT /_emulator/shaping` (see [`crate::shaping`]).
 
 // Helpers return ready-made HTTP error responses; their size is irrelevant in an emulator.
 #![allow(clippy::result_large_err)]
@@ -29,6 +30,8 @@ use serde_json::{Value as Json, json};
 
 use crate::faults::Faults;
 use crate::http::{Running, json_response};
+use crate::shaping::Shaping;
+use crate::tls::TestCa;
 
 /// A user's registered public key.
 #[derive(Debug, Clone)]
@@ -110,6 +113,7 @@ struct St {
 pub struct Snowflake {
     state: Arc<Mutex<St>>,
     faults: Faults,
+    shaping: Shaping,
     users: Arc<HashMap<String, Vec<UserKey>>>,
     running: Duration,
 }
@@ -160,24 +164,44 @@ impl Snowflake {
             }
             users.insert(name.to_uppercase(), keys);
         }
-        Ok(Self { state: Arc::default(), faults: Faults::default(), users: Arc::new(users), running: settings.running })
+        Ok(Self {
+            state: Arc::default(),
+            faults: Faults::default(),
+            shaping: Shaping::default(),
+            users: Arc::new(users),
+            running: settings.running,
+        })
     }
 
     /// Serves plain HTTP on `addr` (agents reach it through `SNOWFLAKE_BASE_URL`).
     pub async fn start(&self, addr: SocketAddr) -> std::io::Result<Running> {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        Ok(crate::http::serve(
-            listener,
-            self.router(),
-            self.faults.clone(),
-            crate::http::Formats { error: error_body, echo: echo_body },
-            None,
-        ))
+        Ok(crate::http::serve(tokio::net::TcpListener::bind(addr).await?, self.service(), None))
+    }
+
+    /// Serves HTTPS on `addr` with a server certificate from `ca` (ALPN `h2` and
+    /// `http/1.1`): clients trusting [`TestCa::ca_pem`] reach it at [`Running::url`].
+    pub async fn start_https(&self, addr: SocketAddr, ca: &TestCa) -> std::io::Result<Running> {
+        Ok(crate::http::serve(tokio::net::TcpListener::bind(addr).await?, self.service(), Some(ca.acceptor())))
+    }
+
+    /// The router with this emulator's faults, shaping and formats.
+    fn service(&self) -> crate::http::Service {
+        crate::http::Service {
+            router: self.router(),
+            faults: self.faults.clone(),
+            shaping: self.shaping.clone(),
+            formats: crate::http::Formats { error: error_body, echo: echo_body },
+        }
     }
 
     /// The fault rules.
     pub fn faults(&self) -> &Faults {
         &self.faults
+    }
+
+    /// Latency, rate limit and counters (see [`crate::shaping`]).
+    pub fn shaping(&self) -> &Shaping {
+        &self.shaping
     }
 
     /// Adds a statement rule.
