@@ -173,7 +173,8 @@ async fn faults_come_before_the_rate_limit() {
     assert_eq!(refused.status(), 429);
     // A token every 1000 s: Retry-After rounds 999.x s up.
     assert_eq!(header(&refused, "retry-after"), "1000");
-    assert_eq!(ai.shaping().stats(), Stats { requests: 3, rate_limited: 1, connections: 1 });
+    let stats = ai.shaping().stats();
+    assert_eq!((stats.requests, stats.rate_limited), (3, 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
