@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent_core::http::{Failure, RestSettings, Service, retry_after};
+use agent_core::http::{Failure, SdkCalls, Service, limit, retry_after};
 use agent_core::prelude::*;
 use google_cloud_auth::credentials::Credentials;
 use google_cloud_bigquery_v2::client::JobService;
@@ -30,7 +30,7 @@ const ADC: &str = "Provide Application Default Credentials (workload identity or
 #[derive(Debug, Clone)]
 pub(crate) struct Client {
     jobs: JobService,
-    rest: RestSettings,
+    calls: SdkCalls,
     pub(crate) keys: Arc<Exchange>,
 }
 
@@ -45,12 +45,19 @@ impl Client {
         // Retries happen in `call` below, where the deadline and Retry-After are known.
         let mut builder = JobService::builder().with_retry_policy(NeverRetry);
         let cannot = |e: &dyn std::fmt::Display| format!("bigquery: cannot create the BigQuery client: {e}. {ADC}");
+        // The endpoint whose adaptive limit the calls share (`host:port`).
+        let mut endpoint = "bigquery.googleapis.com:443".to_owned();
         let own = if let Some(host) = &config.emulator_host {
+            endpoint.clone_from(host);
             builder = builder.with_endpoint(format!("http://{host}"));
             google_cloud_auth::credentials::anonymous::Builder::new().build()
         } else {
-            if let Some(endpoint) = &config.endpoint {
-                builder = builder.with_endpoint(endpoint.clone());
+            if let Some(url) = &config.endpoint {
+                if let Ok(u) = reqwest::Url::parse(url) {
+                    let host = u.host_str().unwrap_or_default();
+                    endpoint = format!("{host}:{}", u.port_or_known_default().unwrap_or(443));
+                }
+                builder = builder.with_endpoint(url.clone());
             }
             google_cloud_auth::credentials::Builder::default().build().map_err(|e| cannot(&e))?
         };
@@ -58,7 +65,8 @@ impl Client {
         // replaces the agent's credentials for that call only.
         builder = builder.with_credentials(Credentials::from(PerCall(own)));
         let jobs = builder.build().await.map_err(|e| cannot(&e))?;
-        Ok(Self { jobs, rest: config.rest.clone(), keys: Arc::new(Exchange::new(config)?) })
+        let calls = SdkCalls::new("bigquery", &config.rest, &endpoint);
+        Ok(Self { jobs, calls, keys: Arc::new(Exchange::new(config)?) })
     }
 
     /// Runs call `what` with the shared retry policy, as `token` when the request brought a
@@ -73,8 +81,8 @@ impl Client {
     where
         Fut: Future<Output = Result<T, ApiError>>,
     {
-        self.rest
-            .retried(ctx, |timeout| {
+        self.calls
+            .retried(ctx, what, |timeout| {
                 // Boxed: Google's request futures are large, and nested in the retry loop
                 // they would overflow a thread's stack in debug builds.
                 let sent = Box::pin(with_token(token, attempt(timeout)));
@@ -132,6 +140,8 @@ impl Client {
 /// transient; credentials the agent could not get are a precondition the operator fixes.
 fn failure(what: &str, e: &ApiError) -> Failure {
     if let Some(code) = e.http_status_code() {
+        // What Google answered steers the endpoint's limit (a 429 lowers it).
+        limit::observe(code, e.http_headers().unwrap_or(&http::HeaderMap::new()));
         let message = e.status().map(|s| s.message.as_str()).filter(|m| !m.is_empty()).unwrap_or("no message");
         let after = e.http_headers().and_then(|h| h.get("retry-after")?.to_str().ok()).and_then(retry_after);
         return SERVICE.status(what, code, message, after);

@@ -43,8 +43,12 @@ pub struct ServerConfig {
     /// so one maximum-size request peaks under 90 MiB against the charts' 256 MiB memory
     /// limit; raise that limit with this setting (`tests/limits.rs` measures both).
     pub max_message_size: usize,
-    /// Calls in flight per agent towards its external service; more wait for a slot within
-    /// their deadline, so a burst of Propeller calls cannot exhaust the service's quota.
+    /// The operator's hard ceiling on calls in flight per agent (create, get, delete,
+    /// execute); more wait for a slot within their deadline. Below it, each service
+    /// endpoint's adaptive limit decides how many calls the service gets (see
+    /// `agent_core::http::limit`). 4096 by default: far above what the service limits
+    /// allow, and at the ~15 KiB an in-flight call costs (`cargo xtask bench --slow`),
+    /// about 60 MiB, well inside the charts' 256 MiB.
     pub max_concurrent_calls: usize,
     /// How long in-flight calls may run after SIGTERM before the process exits anyway.
     #[serde(with = "humantime_serde")]
@@ -69,9 +73,9 @@ pub struct ServerConfig {
 /// HTTP/2 connection and call limits (`http2.*`).
 ///
 /// Propeller is unaffected by the defaults: it sends every call with a deadline (3–10 s
-/// by default), starts a call as soon as it connects (ListAgents every 10 s), and uses
-/// far fewer than `max_concurrent_streams` calls at once per connection (a client past
-/// the limit queues its calls, it does not fail them).
+/// by default), starts a call as soon as it connects (ListAgents every 10 s), and gets
+/// as many calls at once on its one connection as `max_concurrent_calls` allows (a client
+/// past `max_concurrent_streams` queues its calls, it does not fail them).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Http2Config {
@@ -101,7 +105,7 @@ impl Default for Http2Config {
         Self {
             keepalive_interval: Duration::from_secs(60),
             keepalive_timeout: Duration::from_secs(20),
-            max_concurrent_streams: 256,
+            max_concurrent_streams: 4096,
             header_read_timeout: Duration::from_secs(20),
             max_call_duration: Duration::from_secs(600),
         }
@@ -136,7 +140,7 @@ listen_address: 0.0.0.0
 port: 8000
 metrics_port: 9090
 max_message_size: 16777216
-max_concurrent_calls: 64
+max_concurrent_calls: 4096
 grace_period: 25s
 shutdown_delay: 0s
 log_format: human
@@ -144,7 +148,7 @@ log_level: info
 http2:
   keepalive_interval: 60s
   keepalive_timeout: 20s
-  max_concurrent_streams: 256
+  max_concurrent_streams: 4096
   header_read_timeout: 20s
   max_call_duration: 10m
 ";
@@ -182,7 +186,7 @@ pub struct CliArgs {
     /// Largest gRPC message in bytes [default: 16777216].
     #[arg(long, value_name = "BYTES")]
     pub max_message_size: Option<usize>,
-    /// Calls in flight per agent towards its service [default: 64].
+    /// Hard ceiling on calls in flight per agent [default: 4096].
     #[arg(long, value_name = "N")]
     pub max_concurrent_calls: Option<usize>,
     /// Time allowed for in-flight calls after SIGTERM, e.g. 25s [default: 25s].

@@ -276,6 +276,7 @@ pub fn serve_metrics(addr: SocketAddr) -> Result<(), String> {
         .map_err(|e| format!("metrics_port: cannot serve metrics on {addr}: {e}"))?;
     metrics::reset();
     metrics::describe();
+    crate::http::limit::metric::describe();
     Ok(())
 }
 

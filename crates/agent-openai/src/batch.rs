@@ -153,7 +153,7 @@ impl AsyncAgent for BatchAgent {
             let id = batch["id"].as_str().filter(|i| !i.is_empty()).map(str::to_owned);
             id.ok_or_else(|| AgentError::internal("OpenAI created a batch without an id").into())
         };
-        let batch_id = self.client.rest.retried(ctx, once).await.map_err(Failure::into_error)?;
+        let batch_id = self.client.calls.retried(ctx, "batch creation", once).await.map_err(Failure::into_error)?;
         Ok(BatchMeta { batch_id, openai_org: org })
     }
 
@@ -161,7 +161,7 @@ impl AsyncAgent for BatchAgent {
         let (id, sdk) =
             (path_id("batch_id", &meta.batch_id)?, &self.client.sdk(ctx, meta.openai_org.as_deref(), META_ORG)?);
         let status = |_| async move { sdk.batches().retrieve_byot(id).await };
-        match self.client.rest.retried_sdk(ctx, &SERVICE, "batch status check", status, failure).await {
+        match self.client.calls.retried_sdk(ctx, &SERVICE, "batch status check", status, failure).await {
             Ok(batch) => resource_for(&batch),
             Err(f) => f.into_poll(SERVICE.name, &format!("batch {id}")),
         }
@@ -177,7 +177,7 @@ impl AsyncAgent for BatchAgent {
                 other => other,
             }
         };
-        let cancelled = self.client.rest.retried_sdk(ctx, &SERVICE, "batch cancellation", cancel, failure).await;
+        let cancelled = self.client.calls.retried_sdk(ctx, &SERVICE, "batch cancellation", cancel, failure).await;
         cancelled.map(drop).or_else(Failure::into_cancel)
     }
 }
@@ -201,7 +201,7 @@ impl BatchAgent {
             // Each page is retried on its own, so one fault does not restart the walk.
             let query = &[("limit", Some("100")), ("after", after.as_deref())];
             let list = |_| async move { sdk.batches().query(query)?.list_byot::<Json>().await };
-            let page = self.client.rest.retried_sdk(ctx, &SERVICE, "batch list", list, failure).await?;
+            let page = self.client.calls.retried_sdk(ctx, &SERVICE, "batch list", list, failure).await?;
             let batches = page["data"].as_array().map(Vec::as_slice).unwrap_or_default();
             if let Some(id) = batches.iter().find(|b| marked_by(b, key)).and_then(|b| b["id"].as_str()) {
                 return Ok(Some(id.to_owned()));

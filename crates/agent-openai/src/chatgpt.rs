@@ -49,7 +49,7 @@ impl SyncAgent for ChatGptAgent {
         let chat = |_| async move { sdk.chat().create_byot::<_, Json>(request.clone()).await };
         // A failed completion is the task's result, not an RPC error: Propeller retries a
         // transient one as a new attempt.
-        Ok(match self.0.rest.retried_sdk(ctx, &SERVICE, "chat completion", chat, failure).await {
+        Ok(match self.0.calls.retried_sdk(ctx, &SERVICE, "chat completion", chat, failure).await {
             Ok(completion) => {
                 let content = completion.pointer("/choices/0/message/content").and_then(Json::as_str);
                 Resource::succeeded().with_output("o0", content.unwrap_or_default().to_owned())

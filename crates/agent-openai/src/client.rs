@@ -1,13 +1,15 @@
-//! OpenAI through async-openai on the kit's pooled client (its CA bundle, user agent and
-//! redirect policy apply); the key and organization are set per call, since they come
-//! from the (rotatable) secret and the task. async-openai's errors are adapted into the
-//! kit's [`Failure`], classified once by [`SERVICE`]. Each attempt the kit retries is one
-//! SDK call, inside which async-openai retries a 429, a 5xx or a refused connection up to
-//! three times with short backoff (so a lone 429 never reaches the kit).
+//! OpenAI through async-openai on the kit's pooled client (its CA bundle, user agent,
+//! redirect policy and HTTP/2 apply); the key and organization are set per call, since
+//! they come from the (rotatable) secret and the task. async-openai's errors are adapted
+//! into the kit's [`Failure`], classified once by [`SERVICE`]. Each attempt the kit
+//! retries is one SDK call in a slot of the endpoint's adaptive limit; async-openai's own
+//! retry layer is replaced by [`Observed`], which reports every answer (its status,
+//! `Retry-After`, `x-ratelimit-remaining-requests`) to that limit, so no 429 is retried
+//! out of the limit's sight.
 
 use std::time::Duration;
 
-use agent_core::http::{Failure, RestClient, RestSettings, Service, TrustedHosts, header_value};
+use agent_core::http::{Failure, Observed, RestClient, RestSettings, SdkCalls, Service, TrustedHosts, header_value};
 use agent_core::prelude::*;
 use async_openai::config::OpenAIConfig;
 use async_openai::error::OpenAIError;
@@ -32,8 +34,8 @@ pub(crate) type Sdk = async_openai::Client<OpenAIConfig>;
 pub(crate) struct Client {
     http: reqwest::Client,
     api_base: String,
-    /// How calls are timed and retried.
-    pub(crate) rest: RestSettings,
+    /// How calls are timed, retried and limited.
+    pub(crate) calls: SdkCalls,
 }
 
 impl Client {
@@ -47,7 +49,10 @@ impl Client {
         let base = config.base_url.as_deref().unwrap_or(async_openai::config::OPENAI_API_BASE);
         let trusted = TrustedHosts::new("openai.base_url").origin(base, "openai.base_url")?;
         let http = RestClient::new(SERVICE, "openai", &rest, trusted)?.reqwest().clone();
-        Ok(Self { http, api_base: base.trim_end_matches('/').to_owned(), rest })
+        let url = reqwest::Url::parse(base).map_err(|e| format!("openai.base_url: {e}"))?;
+        let endpoint = format!("{}:{}", url.host_str().unwrap_or_default(), url.port_or_known_default().unwrap_or(443));
+        let calls = SdkCalls::new("openai", &rest, &endpoint);
+        Ok(Self { http, api_base: base.trim_end_matches('/').to_owned(), calls })
     }
 
     /// The SDK for one call: the agent's key, the organization `field` (of the template
@@ -64,7 +69,8 @@ impl Client {
         let config = OpenAIConfig::new().with_api_key(key.expose()).with_api_base(&self.api_base);
         // No organization: async-openai's `OPENAI_ORG_ID`, as flytekit's client reads it.
         let config = if let Some(o) = org { config.with_org_id(o) } else { config };
-        Ok(Sdk::build(self.http.clone(), config))
+        let answers = Observed(async_openai::middleware::ReqwestService::new(self.http.clone()));
+        Ok(Sdk::build(self.http.clone(), config).with_http_service(answers))
     }
 }
 

@@ -34,6 +34,11 @@ pub enum Failure {
     Unauthenticated(String),
     /// For good, with the status a user should see.
     Rejected(AgentError),
+    /// Not sent: no slot to the service came free in time (see [`super::limit`]). Not
+    /// retried (the call already waited as long as its deadline allowed); `UNAVAILABLE`
+    /// for a create or cancel, "still running" for a status check, a retryable failure for
+    /// a sync task.
+    Busy(String),
 }
 
 impl From<AgentError> for Failure {
@@ -53,13 +58,16 @@ impl Failure {
 
     /// Whether retrying later may help.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Transient { .. })
+        matches!(self, Self::Transient { .. } | Self::Busy(_))
     }
 
     /// The message for users.
     pub fn message(&self) -> &str {
         match self {
-            Self::Transient { message, .. } | Self::Missing(message) | Self::Unauthenticated(message) => message,
+            Self::Transient { message, .. }
+            | Self::Busy(message)
+            | Self::Missing(message)
+            | Self::Unauthenticated(message) => message,
             Self::Rejected(e) => e.message(),
         }
     }
@@ -67,7 +75,7 @@ impl Failure {
     /// The error for a call that failed for good (after its retries).
     pub fn into_error(self) -> AgentError {
         match self {
-            Self::Transient { message, .. } => AgentError::unavailable(message),
+            Self::Transient { message, .. } | Self::Busy(message) => AgentError::unavailable(message),
             Self::Missing(message) => AgentError::not_found(message),
             Self::Unauthenticated(message) => AgentError::permission_denied(message),
             Self::Rejected(e) => e,
@@ -80,7 +88,9 @@ impl Failure {
     /// checks again), so service trouble never fails a task; anything else is an error.
     pub fn into_poll(self, service: &str, object: &str) -> Result<Resource, AgentError> {
         match self {
-            Self::Transient { message, .. } => Ok(Resource::unreachable(service, object, &message)),
+            Self::Transient { message, .. } | Self::Busy(message) => {
+                Ok(Resource::unreachable(service, object, &message))
+            }
             Self::Missing(message) => {
                 Ok(Resource::failed(format!("{service} no longer knows the {object}: {message}")))
             }

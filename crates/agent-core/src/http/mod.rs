@@ -3,8 +3,12 @@
 //! - [`RestSettings`]: `attempt_timeout`, `retry_budget`, `ca_bundle`, flattened into
 //!   every agent's settings section.
 //! - [`RestClient`]: one pooled reqwest client (rustls, the extra CA bundle, the agent's
-//!   user agent, no redirects) that sends only to [`TrustedHosts`], with a per-attempt
-//!   timeout and retries inside the caller's deadline (`Retry-After` in both forms).
+//!   user agent, no redirects, HTTP/2 where the service offers it) that sends only to
+//!   [`TrustedHosts`], with a per-attempt timeout and retries inside the caller's deadline
+//!   (`Retry-After` in both forms), each attempt within the endpoint's adaptive
+//!   concurrency limit ([`limit`]).
+//! - [`SdkCalls`]: the same timing, retries and limit for agents on a vendor SDK, whose
+//!   HTTP layer reports answers through [`limit::observe`] ([`Observed`] for a tower one).
 //! - [`Service`] and [`Failure`]: one classification of a service's answer, declared once
 //!   per agent, with one poll/cancel policy ([`Failure::into_poll`],
 //!   [`Failure::into_cancel`]).
@@ -13,11 +17,13 @@
 
 mod failure;
 mod jwt;
+pub mod limit;
 mod tokens;
 mod trust;
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -32,6 +38,7 @@ use crate::secrets::Secret;
 
 pub use failure::{Failure, Service, retry_after};
 pub use jwt::RsaSigner;
+pub use limit::Limiter;
 pub use tokens::{DEFAULT_CAPACITY, TokenCache};
 pub use trust::{TrustedHosts, client, header_value, path_id};
 
@@ -50,11 +57,19 @@ pub struct RestSettings {
     /// Extra CA certificates (PEM) to trust, e.g. a private CA or a proxy's;
     /// `SSL_CERT_FILE` works too.
     pub ca_bundle: Option<PathBuf>,
+    /// Calls in flight to one service endpoint before its answers have said more or fewer
+    /// are welcome; the limit then adapts (see [`limit`]).
+    pub initial_concurrency: usize,
 }
 
 impl Default for RestSettings {
     fn default() -> Self {
-        Self { attempt_timeout: Duration::from_secs(5), retry_budget: Duration::from_secs(8), ca_bundle: None }
+        Self {
+            attempt_timeout: Duration::from_secs(5),
+            retry_budget: Duration::from_secs(8),
+            ca_bundle: None,
+            initial_concurrency: 256,
+        }
     }
 }
 
@@ -63,17 +78,60 @@ impl RestSettings {
     pub fn retry(&self) -> RetryConfig {
         RetryConfig { default_budget: self.retry_budget, ..RetryConfig::default() }
     }
+}
+
+/// How an agent on a vendor SDK (Google's client, async-openai) calls its service: its
+/// [`RestSettings`] and the adaptive limit of the one endpoint the SDK talks to. Each
+/// attempt holds a slot of that limit; the SDK's HTTP layer reports the answer with
+/// [`limit::observe`] (or, without a report, success counts as answered).
+#[derive(Debug, Clone)]
+pub struct SdkCalls {
+    /// The timing and retry settings.
+    pub settings: RestSettings,
+    endpoint: Arc<limit::Endpoint>,
+}
+
+impl SdkCalls {
+    /// Calls of the agent with settings section `section` to `endpoint` (`host:port`).
+    pub fn new(section: &str, settings: &RestSettings, endpoint: &str) -> Self {
+        let endpoint = Limiter::new(section, settings.initial_concurrency).endpoint(endpoint);
+        Self { settings: settings.clone(), endpoint }
+    }
+
+    /// The endpoint's limit.
+    pub fn endpoint(&self) -> &limit::Endpoint {
+        &self.endpoint
+    }
 
     /// Runs `attempt` (given its timeout: `attempt_timeout`, or less when the deadline
-    /// is nearer) until it succeeds, fails for good, or the caller's deadline would pass.
-    /// For agents on a vendor SDK, whose errors the attempt classifies into a [`Failure`].
-    pub async fn retried<T, Fut>(&self, ctx: &Context, mut attempt: impl FnMut(Duration) -> Fut) -> Result<T, Failure>
+    /// is nearer) until it succeeds, fails for good, or the caller's deadline would pass;
+    /// each attempt waits for a slot first. The attempt classifies the SDK's errors into a
+    /// [`Failure`]; `what` names the call in a [`Failure::Busy`]. A call made inside
+    /// another's attempt (a lookup before a create) rides on that attempt's slot: waiting
+    /// for a second slot while holding one could starve every holder.
+    pub async fn retried<T, Fut>(
+        &self,
+        ctx: &Context,
+        what: &str,
+        mut attempt: impl FnMut(Duration) -> Fut,
+    ) -> Result<T, Failure>
     where
         Fut: Future<Output = Result<T, Failure>>,
     {
-        let policy = self.retry();
+        let policy = self.settings.retry();
         let deadline = policy.deadline(ctx);
-        retry(&policy, deadline, |left| attempt(self.attempt_timeout.min(left)), Failure::verdict).await
+        let timeout = self.settings.attempt_timeout;
+        let nested = limit::in_attempt();
+        let one = |left: Duration| {
+            let sent = attempt(timeout.min(left));
+            async move {
+                if nested {
+                    return sent.await;
+                }
+                self.endpoint.acquire(what, Some(deadline)).await?.run(sent).await
+            }
+        };
+        retry(&policy, deadline, one, Failure::verdict).await
     }
 
     /// [`Self::retried`] for a vendor SDK's call `what` to `service`: each attempt is `attempt`'s
@@ -91,7 +149,35 @@ impl RestSettings {
     where
         Fut: Future<Output = Result<T, E>>,
     {
-        self.retried(ctx, |limit| Box::pin(service.timed(what, limit, attempt(limit), &adapt))).await
+        self.retried(ctx, what, |limit| Box::pin(service.timed(what, limit, attempt(limit), &adapt))).await
+    }
+}
+
+/// A tower service of an SDK's HTTP layer (async-openai's) that reports each answer to
+/// the attempt's limit ([`limit::observe`]) on its way back.
+#[derive(Debug, Clone)]
+pub struct Observed<S>(pub S);
+
+impl<S, R> tower::Service<R> for Observed<S>
+where
+    S: tower::Service<R, Response = reqwest::Response>,
+    S::Future: Send + 'static,
+{
+    type Response = reqwest::Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<reqwest::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: R) -> Self::Future {
+        let answer = self.0.call(request);
+        Box::pin(async move {
+            let response = answer.await?;
+            limit::observe(response.status().as_u16(), response.headers());
+            Ok(response)
+        })
     }
 }
 
@@ -196,6 +282,7 @@ pub struct RestClient {
     service: Service,
     policy: RetryConfig,
     attempt_timeout: Duration,
+    limits: Arc<Limiter>,
 }
 
 impl RestClient {
@@ -210,7 +297,9 @@ impl RestClient {
     ) -> Result<Self, String> {
         let user_agent = format!("flyte-agent-{section}/{}", env!("CARGO_PKG_VERSION"));
         let http = client(&user_agent, settings.ca_bundle.as_deref(), &format!("{section}.ca_bundle"))?;
-        Ok(Self { http, trusted, service, policy: settings.retry(), attempt_timeout: settings.attempt_timeout })
+        let limits = Arc::new(Limiter::new(section, settings.initial_concurrency));
+        let (policy, attempt_timeout) = (settings.retry(), settings.attempt_timeout);
+        Ok(Self { http, trusted, service, policy, attempt_timeout, limits })
     }
 
     /// The service this client classifies answers for.
@@ -253,30 +342,38 @@ impl RestClient {
     ) -> Result<Answer, Failure> {
         // The host is checked before any token is fetched or any byte sent.
         let url = self.check(call.url)?;
+        let endpoint = self.limits.for_url(&url);
+        let deadline = self.deadline(ctx);
         let attempts = AtomicU32::new(0);
-        let (url, shape, attempts) = (&url, &shape, &attempts);
+        let (url, shape, attempts, endpoint) = (&url, &shape, &attempts, &endpoint);
         let attempt = |left: Duration| async move {
             let n = attempts.fetch_add(1, Ordering::Relaxed) + 1;
             let token = auth.bearer(ctx, None).await?;
-            match self.send(call, url, token.as_ref(), left, |r| shape(r, n)).await {
+            let send = |token: Option<Secret>| async move {
+                let mut permit = endpoint.acquire(call.what, Some(deadline)).await?;
+                let left = deadline.saturating_duration_since(Instant::now()).min(left);
+                self.send(call, url, token.as_ref(), left, &mut permit, |r| shape(r, n)).await
+            };
+            match send(token.clone()).await {
                 // An OAuth token can be revoked before it expires: fetch a new one, once.
                 Err(Failure::Unauthenticated(_)) if auth.refreshable() => {
-                    let fresh = auth.bearer(ctx, token.as_ref()).await?;
-                    self.send(call, url, fresh.as_ref(), left, |r| shape(r, n)).await
+                    send(auth.bearer(ctx, token.as_ref()).await?).await
                 }
                 other => other,
             }
         };
-        retry(&self.policy, self.deadline(ctx), attempt, Failure::verdict).await
+        retry(&self.policy, deadline, attempt, Failure::verdict).await
     }
 
-    /// One attempt: send, read, classify.
+    /// One attempt in `permit`'s slot: send, read, classify; the answer's status and
+    /// headers go to the endpoint's limit.
     async fn send(
         &self,
         call: Call<'_>,
         url: &reqwest::Url,
         token: Option<&Secret>,
         left: Duration,
+        permit: &mut limit::Permit,
         shape: impl FnOnce(RequestBuilder) -> RequestBuilder,
     ) -> Result<Answer, Failure> {
         let mut req = self.http.request(call.method.clone(), url.clone()).timeout(self.attempt_timeout.min(left));
@@ -304,6 +401,7 @@ impl RestClient {
             self.service.unreachable(what, format_args!("request failed: {}", e.without_url()))
         })?;
         let status = resp.status().as_u16();
+        permit.answered(limit::Signal::of(status, resp.headers()));
         let wait = resp.headers().get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(retry_after);
         let bytes = resp.bytes().await.map_err(|e| {
             self.service.unreachable(what, format_args!("reading the answer failed: {}", e.without_url()))
@@ -516,6 +614,7 @@ mod tests {
     #[tokio::test]
     async fn sdk_attempts_are_cut_off_at_their_timeout_retried_and_their_errors_adapted() {
         let rest = RestSettings { attempt_timeout: Duration::from_millis(50), ..RestSettings::default() };
+        let rest = SdkCalls::new("svc", &rest, "svc.example.com:443");
         let (tries, limits) = (AtomicU32::new(0), Mutex::new(Vec::new()));
         // A hanging attempt, then a lost connection, then an answer.
         let answer = rest

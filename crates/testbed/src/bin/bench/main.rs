@@ -1,7 +1,8 @@
 //! Benchmark of the agent server (not a timed test): start-to-SERVING time, idle and peak
 //! RSS, and GetTask / ExecuteTaskSync throughput with p50/p99 latency over loopback, for
 //! the test agent and, as the baseline, a bare tonic server answering the same RPCs with
-//! a constant. Run it with `cargo xtask bench`.
+//! a constant. Run it with `cargo xtask bench`; `--slow` runs the agents against slow and
+//! rate-limited emulators instead (see `slow.rs`).
 //!
 //! Client and server share the machine's cores, for the agent and the baseline alike, so
 //! the ratio between the two is the figure to read.
@@ -9,6 +10,7 @@
 // A benchmark reports on stdout.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod slow;
 mod soak;
 
 use std::path::PathBuf;
@@ -52,6 +54,10 @@ struct Options {
     openai: bool,
     /// Soak the async agents against their emulators with injected faults instead.
     soak: bool,
+    /// Run the slow-service scenarios instead (`--seconds` is each one's measured time).
+    slow: bool,
+    /// Only this slow-service scenario (from 1).
+    scenario: Option<usize>,
     /// Probability of each kind of fault on each emulator request, in the soak.
     fault_rate: f64,
     /// Agent and baseline are measured alternately this many times; medians are reported,
@@ -78,13 +84,21 @@ fn main() {
         snowflake: false,
         openai: false,
         soak: false,
+        slow: false,
+        scenario: None,
         fault_rate: 0.02,
     };
+    let mut seconds_given = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = || it.next().and_then(|v| v.parse::<u64>().ok()).unwrap_or_else(|| usage());
         match a.as_str() {
-            "--seconds" => o.duration = Duration::from_secs(value()),
+            "--seconds" => {
+                o.duration = Duration::from_secs(value());
+                seconds_given = true;
+            }
+            "--slow" => o.slow = true,
+            "--scenario" => o.scenario = Some(value() as usize),
             "--concurrency" => o.concurrency = value() as usize,
             "--connections" => o.connections = value() as usize,
             "--starts" => o.starts = value() as usize,
@@ -104,7 +118,10 @@ fn main() {
         let clean = rt.block_on(soak::run(&o));
         std::process::exit(if clean { 0 } else { 1 });
     }
-    if o.bigquery {
+    if o.slow {
+        let measure = if seconds_given { o.duration } else { Duration::from_secs(20) };
+        rt.block_on(slow::run(measure, o.scenario));
+    } else if o.bigquery {
         rt.block_on(bench_bigquery(o));
     } else if o.databricks {
         rt.block_on(bench_databricks(o));
@@ -119,7 +136,7 @@ fn main() {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: bench [--seconds N] [--concurrency N] [--connections N] [--starts N] [--rounds N] [--no-metrics] [--bigquery | --databricks | --snowflake | --openai] | bench --soak [--seconds N] [--concurrency N] [--fault-percent P] | bench bare-server PORT"
+        "usage: bench [--seconds N] [--concurrency N] [--connections N] [--starts N] [--rounds N] [--no-metrics] [--bigquery | --databricks | --snowflake | --openai] | bench --slow [--seconds N] [--scenario N] | bench --soak [--seconds N] [--concurrency N] [--fault-percent P] | bench bare-server PORT"
     );
     std::process::exit(2)
 }
