@@ -121,3 +121,39 @@ def test_python_pickled_meta_is_refused_clearly(oai_agent):
         agent_pb2_grpc.AsyncAgentServiceStub(oai_agent.channel).GetTask(agent_pb2.GetTaskRequest(
             task_type="openai-batch", resource_meta=pickled, task_category=agent_pb2.TaskCategory(name="openai-batch")), timeout=10)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "pickled" in e.value.details()
+
+
+def test_a_rate_limited_service_as_propeller_meets_it():
+    """ChatGPT tasks sent at once, as Propeller's sync path does, to a service allowing 20
+    requests a second: every task succeeds within its deadline, each is one accepted
+    completion, and the agent's metrics show the limit it learnt and the 429s it saw."""
+    import concurrent.futures
+    import re
+
+    from flytekitplugins.openai import ChatGPTTask
+
+    emulator = Emulator("openai", "--rate-limit", "20", "--burst", "5", "--latency-ms", "50")
+    agent = Agent(workspace_binary("agent-openai"),
+                  env={"OPENAI_BASE_URL": f"{emulator.url}/v1", "_FSEC_FLYTE_OPENAI_API_KEY": KEY})
+    try:
+        template = serialize(ChatGPTTask(name="chat.limited", chatgpt_config={"model": "gpt-4o-mini"}))
+        with concurrent.futures.ThreadPoolExecutor(max_workers=60) as pool:
+            results = list(pool.map(lambda i: execute_sync(agent, template, string_inputs(message=f"m{i}")), range(60)))
+        assert [r.phase for r in results] == [SUCCEEDED] * 60, [r.message for r in results if r.phase != SUCCEEDED][:3]
+        stats = json.loads(urllib.request.urlopen(f"{emulator.url}/_emulator/stats", timeout=5).read())
+        assert stats["rate_limited"] > 0 and stats["requests"] - stats["rate_limited"] == 60, stats
+        metrics = agent.scrape_metrics()
+        labels = f'agent="openai",endpoint="{emulator.host}"'
+
+        def value(name):
+            m = re.search(rf'^{name}{{([^}}]*)}} (\S+)$', metrics, re.M)
+            assert m and all(part in m.group(1) for part in labels.split(",")), (name, metrics)
+            return float(m.group(2))
+
+        assert value("flyte_agent_service_throttled_total") > 0
+        assert value("flyte_agent_service_concurrency_limit") < 256, "the limit came down from its start"
+        assert value("flyte_agent_service_calls_in_flight") == 0
+        assert value("flyte_agent_service_calls_waiting") == 0
+    finally:
+        assert agent.stop() == 0, agent.logs()
+        emulator.stop()

@@ -141,7 +141,7 @@ impl Client {
 fn failure(what: &str, e: &ApiError) -> Failure {
     if let Some(code) = e.http_status_code() {
         // What Google answered steers the endpoint's limit (a 429 lowers it).
-        limit::observe(code, e.http_headers().unwrap_or(&http::HeaderMap::new()));
+        limit::observe(code, e.http_headers().unwrap_or(&http::HeaderMap::new()), None);
         let message = e.status().map(|s| s.message.as_str()).filter(|m| !m.is_empty()).unwrap_or("no message");
         let after = e.http_headers().and_then(|h| h.get("retry-after")?.to_str().ok()).and_then(retry_after);
         return SERVICE.status(what, code, message, after);

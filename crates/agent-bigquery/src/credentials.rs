@@ -149,7 +149,7 @@ impl Exchange {
         let form = [("grant_type", JWT_BEARER), ("assertion", assertion.expose())];
         let call = Call::new("token exchange", &Method::POST, uri).scrubbing(&assertion);
         let answer = self.rest.call(ctx, call, &Anonymous, |r, _| r.form(&form)).await.map_err(|f| match f {
-            f @ Failure::Transient { .. } => f,
+            f @ (Failure::Transient { .. } | Failure::Busy(_)) => f,
             refused => AgentError::permission_denied(format!(
                 "Google refused the service account {}: {}",
                 key.client_email,

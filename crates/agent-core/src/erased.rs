@@ -12,7 +12,7 @@ use crate::pb::core;
 use crate::resource::Resource;
 
 pub(crate) trait DynAsyncAgent: Send + Sync {
-    fn create<'a>(&'a self, ctx: &'a Context, task: TaskRequest) -> BoxFuture<'a, Result<Vec<u8>, AgentError>>;
+    fn create<'a>(&'a self, ctx: &'a Context, task: Box<TaskRequest>) -> BoxFuture<'a, Result<Vec<u8>, AgentError>>;
     fn get<'a>(&'a self, ctx: &'a Context, meta: &'a [u8]) -> BoxFuture<'a, Result<Resource, AgentError>>;
     fn delete<'a>(&'a self, ctx: &'a Context, meta: &'a [u8]) -> BoxFuture<'a, Result<(), AgentError>>;
     fn get_metrics<'a>(
@@ -30,7 +30,7 @@ pub(crate) trait DynAsyncAgent: Send + Sync {
 }
 
 pub(crate) trait DynSyncAgent: Send + Sync {
-    fn execute<'a>(&'a self, ctx: &'a Context, task: TaskRequest) -> BoxFuture<'a, Result<Resource, AgentError>>;
+    fn execute<'a>(&'a self, ctx: &'a Context, task: Box<TaskRequest>) -> BoxFuture<'a, Result<Resource, AgentError>>;
 }
 
 /// Runs an agent future, turning a panic into `INTERNAL` instead of a dropped connection.
@@ -48,9 +48,9 @@ async fn guarded<T>(
 }
 
 impl<A: AsyncAgent> DynAsyncAgent for A {
-    fn create<'a>(&'a self, ctx: &'a Context, task: TaskRequest) -> BoxFuture<'a, Result<Vec<u8>, AgentError>> {
+    fn create<'a>(&'a self, ctx: &'a Context, task: Box<TaskRequest>) -> BoxFuture<'a, Result<Vec<u8>, AgentError>> {
         Box::pin(async move {
-            let meta = guarded("create", AsyncAgent::create(self, ctx, task)).await?;
+            let meta = guarded("create", AsyncAgent::create(self, ctx, *task)).await?;
             encode_meta(&meta)
         })
     }
@@ -95,8 +95,8 @@ impl<A: AsyncAgent> DynAsyncAgent for A {
 }
 
 impl<S: SyncAgent> DynSyncAgent for S {
-    fn execute<'a>(&'a self, ctx: &'a Context, task: TaskRequest) -> BoxFuture<'a, Result<Resource, AgentError>> {
-        Box::pin(guarded("execute", SyncAgent::execute(self, ctx, task)))
+    fn execute<'a>(&'a self, ctx: &'a Context, task: Box<TaskRequest>) -> BoxFuture<'a, Result<Resource, AgentError>> {
+        Box::pin(async move { guarded("execute", SyncAgent::execute(self, ctx, *task)).await })
     }
 }
 

@@ -131,7 +131,12 @@ impl AgentService {
     }
 
     /// Starts a job: `CreateTask`. Returns the encoded resource meta.
-    pub async fn create(&self, task: TaskRequest, call: CallInfo) -> Result<Vec<u8>, AgentError> {
+    ///
+    /// The task travels boxed (the front ends box it): a `TaskRequest` is about 2.5 KiB,
+    /// and each async layer it passed through by value would keep its own copy for the
+    /// whole call, which is most of what a call in flight costs.
+    pub async fn create(&self, task: impl Into<Box<TaskRequest>>, call: CallInfo) -> Result<Vec<u8>, AgentError> {
+        let task = task.into();
         let category = task.category();
         m::observe_input_bytes(self.metric_label(&category), prost::Message::encoded_len(&task.inputs));
         let result = self
@@ -179,8 +184,10 @@ impl AgentService {
         result.map_err(|e| scrub_error(e, &call.connection.scrubber()))
     }
 
-    /// Runs a sync task: `ExecuteTaskSync`. The result is always terminal.
-    pub async fn execute(&self, task: TaskRequest, call: CallInfo) -> Result<Resource, AgentError> {
+    /// Runs a sync task: `ExecuteTaskSync`. The result is always terminal. The task is
+    /// boxed as for [`Self::create`].
+    pub async fn execute(&self, task: impl Into<Box<TaskRequest>>, call: CallInfo) -> Result<Resource, AgentError> {
+        let task = task.into();
         let category = task.category();
         m::observe_input_bytes(self.metric_label(&category), prost::Message::encoded_len(&task.inputs));
         let result = self

@@ -139,7 +139,7 @@ impl Workspace<'_> {
         let answer = self.client.rest.call(ctx, call, &Anonymous, |r, _| r.form(&form)).await;
         let body = answer
             .map_err(|f| match f {
-                f @ (Failure::Transient { .. } | Failure::Rejected(AgentError::Internal(_))) => f,
+                f @ (Failure::Transient { .. } | Failure::Busy(_) | Failure::Rejected(AgentError::Internal(_))) => f,
                 refused => {
                     let why = refused.message();
                     AgentError::permission_denied(format!(

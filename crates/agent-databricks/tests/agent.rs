@@ -633,3 +633,50 @@ async fn flyte2_tasks_run_under_their_own_token_with_flyte_sdks_run() {
     let err = client.get_task(flyte2::get_request("databricks", &meta, None)).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
 }
+
+/// With every slot to the workspace taken by slow calls, a create whose deadline would
+/// pass first is UNAVAILABLE (Propeller retries it) and a poll reports the run still
+/// running; neither reaches the service, and both answer before their deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_that_cannot_get_a_slot_in_time_are_unavailable_or_still_running() {
+    let env = env_with(fast(), &[("_FSEC_FLYTE_DATABRICKS_ACCESS_TOKEN", PAT)], |c, _| {
+        c.rest.initial_concurrency = 1;
+        c.rest.attempt_timeout = Duration::from_secs(10);
+    })
+    .await;
+    let t = task("databricks", classic(json!({})));
+    let meta = create(&env, &t).await.unwrap();
+    // That answer raised the limit (slow start, to 2 or 3); four slow creates take every slot.
+    env.db.shaping().set_latency(Some(emulators::Latency::fixed(Duration::from_secs(5))));
+    let holders = async {
+        let all = futures_util::future::join_all((0..4).map(|_| create(&env, &t))).await;
+        all.iter().all(Result::is_ok)
+    };
+    let late = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let sent_before = env.db.shaping().stats().requests;
+        let start = std::time::Instant::now();
+        let created = env.server.async_client().await.create_task(timed(create_req(&t))).await;
+        let polled = env.server.async_client().await.get_task(timed(get_request("databricks", &meta))).await;
+        let took = start.elapsed();
+        (created, polled, took, env.db.shaping().stats().requests - sent_before)
+    };
+    let (held, (created, polled, took, sent)) = tokio::join!(holders, late);
+    assert!(held, "the slow creates succeed");
+    let refused = created.unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{}", refused.message());
+    assert!(refused.message().contains("adaptive concurrency limit"), "{}", refused.message());
+    let polled = Resource::from_proto(&polled.unwrap().into_inner().resource.unwrap());
+    assert_eq!(polled.phase, Phase::Running, "{}", polled.message);
+    assert!(polled.message.contains("was not sent"), "{}", polled.message);
+    // Each answered within its 2 s deadline, and neither reached the service.
+    assert!(took < Duration::from_secs(4), "{took:?}");
+    assert_eq!(sent, 0);
+}
+
+/// A request with a 2 s deadline.
+fn timed<T>(msg: T) -> agent_core::testing::Request<T> {
+    let mut r = agent_core::testing::Request::new(msg);
+    r.set_timeout(Duration::from_secs(2));
+    r
+}

@@ -9,7 +9,9 @@
 
 use std::time::Duration;
 
-use agent_core::http::{Failure, Observed, RestClient, RestSettings, SdkCalls, Service, TrustedHosts, header_value};
+use agent_core::http::{
+    Failure, Lanes, Observed, RestClient, RestSettings, SdkCalls, Service, TrustedHosts, header_value,
+};
 use agent_core::prelude::*;
 use async_openai::config::OpenAIConfig;
 use async_openai::error::OpenAIError;
@@ -32,7 +34,7 @@ pub(crate) type Sdk = async_openai::Client<OpenAIConfig>;
 /// What the agents share: the pooled HTTP client, where it sends, how calls are retried.
 #[derive(Debug, Clone)]
 pub(crate) struct Client {
-    http: reqwest::Client,
+    http: Lanes,
     api_base: String,
     /// How calls are timed, retried and limited.
     pub(crate) calls: SdkCalls,
@@ -48,7 +50,7 @@ impl Client {
         // checked at start-up, and no redirect is ever followed elsewhere.
         let base = config.base_url.as_deref().unwrap_or(async_openai::config::OPENAI_API_BASE);
         let trusted = TrustedHosts::new("openai.base_url").origin(base, "openai.base_url")?;
-        let http = RestClient::new(SERVICE, "openai", &rest, trusted)?.reqwest().clone();
+        let http = RestClient::new(SERVICE, "openai", &rest, trusted)?.lanes().clone();
         let url = reqwest::Url::parse(base).map_err(|e| format!("openai.base_url: {e}"))?;
         let endpoint = format!("{}:{}", url.host_str().unwrap_or_default(), url.port_or_known_default().unwrap_or(443));
         let calls = SdkCalls::new("openai", &rest, &endpoint);
@@ -69,8 +71,9 @@ impl Client {
         let config = OpenAIConfig::new().with_api_key(key.expose()).with_api_base(&self.api_base);
         // No organization: async-openai's `OPENAI_ORG_ID`, as flytekit's client reads it.
         let config = if let Some(o) = org { config.with_org_id(o) } else { config };
-        let answers = Observed(async_openai::middleware::ReqwestService::new(self.http.clone()));
-        Ok(Sdk::build(self.http.clone(), config).with_http_service(answers))
+        let answers = Observed::new(self.http.clone(), async_openai::middleware::ReqwestService::new);
+        // The SDK's own client only builds requests; `answers` sends them on the attempt's lane.
+        Ok(Sdk::build(self.http.get(0).clone(), config).with_http_service(answers))
     }
 }
 

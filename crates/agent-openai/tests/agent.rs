@@ -117,7 +117,7 @@ async fn chatgpt_failures_are_results_not_rpc_errors() {
     assert_eq!(r.phase, Phase::RetryableFailed, "{}", r.message);
     assert!(!r.message.contains(KEY));
     env.ai.faults().clear();
-    // A single 429 is absorbed by the client's own bounded retry.
+    // A single 429 is absorbed by the kit's retry inside the deadline.
     env.ai.faults().push(FaultRule::new(FaultAction::Status { code: 429, retry_after_secs: Some(0) }, 1).path("/chat"));
     assert_eq!(
         execute(&env, &chat_task(json!({"model": "gpt-4o-mini"}), Some("hi"))).await.unwrap().phase,

@@ -47,11 +47,12 @@ fn task_request(
     inputs: Option<crate::pb::core::LiteralMap>,
     output_prefix: String,
     metadata: Option<admin::TaskExecutionMetadata>,
-) -> Result<TaskRequest, Status> {
+) -> Result<Box<TaskRequest>, Status> {
     let template = template.ok_or_else(|| {
         to_status(&AgentError::invalid_argument("template is missing; the request must carry the task template"))
     })?;
-    Ok(TaskRequest { template, inputs: inputs.unwrap_or_default(), output_prefix, metadata, ..Default::default() })
+    let inputs = inputs.unwrap_or_default();
+    Ok(Box::new(TaskRequest { template, inputs, output_prefix, metadata, ..Default::default() }))
 }
 
 #[tonic::async_trait]
@@ -61,8 +62,11 @@ impl async_agent_service_server::AsyncAgentService for V1 {
         req: Request<admin::CreateTaskRequest>,
     ) -> Result<Response<admin::CreateTaskResponse>, Status> {
         let call = CallInfo { deadline: deadline(&req), ..CallInfo::default() };
-        let r = req.into_inner();
-        let task = task_request(r.template, r.inputs, r.output_prefix, r.task_execution_metadata)?;
+        // The request is consumed here, so it is not kept for the whole call.
+        let task = {
+            let r = req.into_inner();
+            task_request(r.template, r.inputs, r.output_prefix, r.task_execution_metadata)?
+        };
         let resource_meta = self.svc.create(task, call).await.map_err(|e| to_status(&e))?;
         Ok(Response::new(admin::CreateTaskResponse { resource_meta }))
     }
@@ -154,24 +158,30 @@ impl sync_agent_service_server::SyncAgentService for V1 {
         let call = CallInfo { deadline: deadline(&req), ..CallInfo::default() };
         let mut stream = req.into_inner();
         let invalid = |m: &str| to_status(&AgentError::invalid_argument(m));
-        let header = match stream.message().await? {
-            Some(admin::ExecuteTaskSyncRequest { part: Some(sync_req::Part::Header(h)) }) => h,
-            Some(_) => {
-                return Err(invalid("the first ExecuteTaskSync message must be the header (template, output prefix)"));
-            }
-            None => {
-                return Err(invalid("the ExecuteTaskSync stream ended before the header was sent"));
-            }
+        // The messages are consumed in this block, so they are not kept for the whole call.
+        let task = {
+            let header = match stream.message().await? {
+                Some(admin::ExecuteTaskSyncRequest { part: Some(sync_req::Part::Header(h)) }) => h,
+                Some(_) => {
+                    return Err(invalid(
+                        "the first ExecuteTaskSync message must be the header (template, output prefix)",
+                    ));
+                }
+                None => {
+                    return Err(invalid("the ExecuteTaskSync stream ended before the header was sent"));
+                }
+            };
+            let inputs = match stream.message().await? {
+                Some(admin::ExecuteTaskSyncRequest { part: Some(sync_req::Part::Inputs(i)) }) => Some(i),
+                // A task without inputs may half-close right after the header.
+                None => None,
+                Some(_) => {
+                    return Err(invalid("the second ExecuteTaskSync message must carry the inputs"));
+                }
+            };
+            task_request(header.template, inputs, header.output_prefix, header.task_execution_metadata)?
         };
-        let inputs = match stream.message().await? {
-            Some(admin::ExecuteTaskSyncRequest { part: Some(sync_req::Part::Inputs(i)) }) => Some(i),
-            // A task without inputs may half-close right after the header.
-            None => None,
-            Some(_) => {
-                return Err(invalid("the second ExecuteTaskSync message must carry the inputs"));
-            }
-        };
-        let task = task_request(header.template, inputs, header.output_prefix, header.task_execution_metadata)?;
+        // The remaining request messages are not read (a client may keep its side open).
         let resource = self.svc.execute(task, call).await.map_err(|e| to_status(&e))?;
         let response = admin::ExecuteTaskSyncResponse {
             res: Some(sync_resp::Res::Header(admin::ExecuteTaskSyncResponseHeader {

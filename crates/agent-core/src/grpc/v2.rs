@@ -177,11 +177,11 @@ fn task_request(
     inputs: Option<task::Inputs>,
     output_prefix: String,
     metadata: Option<c::TaskExecutionMetadata>,
-) -> Result<TaskRequest, Status> {
+) -> Result<Box<TaskRequest>, Status> {
     let template = template.ok_or_else(|| invalid("template is missing; the request must carry the task template"))?;
     let mut template: core::TaskTemplate = transcode("template", &template)?;
     let declared_secrets = strip_connection_spec(&mut template);
-    Ok(TaskRequest {
+    Ok(Box::new(TaskRequest {
         template,
         declared_secrets,
         inputs: from_named(inputs.unwrap_or_default().literals, "inputs").map_err(|e| to_status(&e))?,
@@ -189,7 +189,7 @@ fn task_request(
         metadata: metadata
             .map(|m| transcode::<_, admin::TaskExecutionMetadata>("task_execution_metadata", &m))
             .transpose()?,
-    })
+    }))
 }
 
 /// A [`Resource`] in Flyte 2's shape. Outputs are listed by name, so the message is the
@@ -280,8 +280,11 @@ fn connector(a: &AgentInfo) -> c::Connector {
 impl async_connector_service_server::AsyncConnectorService for V2 {
     async fn create_task(&self, req: Request<c::CreateTaskRequest>) -> Result<Response<c::CreateTaskResponse>, Status> {
         let call = Self::call(&req, req.get_ref().connection.as_ref())?;
-        let r = req.into_inner();
-        let task = task_request(r.template, r.inputs, r.output_prefix, r.task_execution_metadata)?;
+        // The request is consumed here, so it is not kept for the whole call.
+        let task = {
+            let r = req.into_inner();
+            task_request(r.template, r.inputs, r.output_prefix, r.task_execution_metadata)?
+        };
         let category = task.category();
         let resource_meta = if self.svc.registry().is_sync(&category) == Some(true) {
             let resource = self.svc.execute(task, call).await.map_err(|e| to_status(&e))?;

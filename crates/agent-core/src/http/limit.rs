@@ -7,6 +7,9 @@
 //! window (the anchors: TCP Reno, Netflix's concurrency-limits, Envoy's adaptive
 //! concurrency filter):
 //!
+//! - **First contact**: one call goes alone until the endpoint has answered once. It
+//!   opens the connection and learns whether the service speaks HTTP/2; calls sent together
+//!   before that would each open a connection of their own.
 //! - **Slow start**: while nothing has pushed back, every answered call adds one, so the
 //!   limit doubles per round trip, but only while it is put to use (calls wait, or at
 //!   least half the slots are taken): an idle agent does not grow a limit it never tested.
@@ -14,9 +17,15 @@
 //! - **Multiplicative decrease** (×0.9) on a push-back: a 429 or 503, a rate-limit header
 //!   saying the quota is spent (OpenAI's `x-ratelimit-remaining-requests: 0`), or latency
 //!   rising to twice its long-run average (the service queueing). At most once per round
-//!   trip: answers to calls sent before the last decrease say nothing about the new limit.
-//! - **Retry-After** (`retry-after`, or `retry-after-ms` as OpenAI sends it) holds every
-//!   new call to that endpoint until then.
+//!   trip: answers to calls sent before the last decrease say nothing about the new limit,
+//!   except that each further refusal among them takes one more slot away, down to half
+//!   the limit before the decrease. So the cut grows with the share of a round trip's
+//!   calls that were refused (as DCTCP's does with the share of marked packets): a limit
+//!   slightly too high loses 10%, one far too high up to half per round trip.
+//! - **Pauses**: `Retry-After` (or `retry-after-ms`, as OpenAI sends it) holds every new
+//!   call to that endpoint until then; a spent quota holds them for the time one request's
+//!   worth of quota takes to come back (`x-ratelimit-reset-requests` ÷
+//!   `x-ratelimit-limit-requests`).
 //!
 //! Calls wait for a slot in arrival order (a fair semaphore), and never past the point
 //! where the service's usual latency would carry them over their deadline: such a call
@@ -55,6 +64,9 @@ const BACKOFF: f64 = 0.9;
 const LATENCY_TOLERANCE: f64 = 2.0;
 /// Answers before latency is trusted as a signal.
 const LATENCY_WARMUP: u64 = 50;
+/// Shortest pause after a refusal that names one: a service answering `Retry-After: 0`
+/// to every call must not be called back in a tight loop.
+const MIN_PAUSE: Duration = Duration::from_millis(50);
 /// Longest pause a Retry-After can impose (a hostile or broken header must not stall an
 /// endpoint for a day).
 const MAX_PAUSE: Duration = Duration::from_secs(60);
@@ -156,6 +168,14 @@ struct State {
     /// Counts decreases; a call's answer may decrease only if no decrease happened
     /// since it was sent.
     epoch: u64,
+    /// The limit to open with once the endpoint has answered ([`Self::warm`]).
+    initial: f64,
+    /// Whether the endpoint has answered yet; until then one call at a time.
+    warm: bool,
+    /// Whether it answers over HTTP/2, once known: then calls spread over lanes.
+    http2: bool,
+    /// The limit before the last decrease.
+    cut_from: f64,
     slow_start: bool,
     paused_until: Option<Instant>,
     /// Latency averages in seconds: recent (α 1/10) and long-run (α 1/100).
@@ -171,8 +191,9 @@ pub enum Signal {
     Unanswered,
     /// Answered, not pushing back.
     Answered,
-    /// Answered, and the quota is spent (the call itself went through).
-    QuotaSpent,
+    /// Answered, and the quota is spent (the call itself went through); the next request's
+    /// worth of quota is back after the pause, when the headers say.
+    QuotaSpent(Option<Duration>),
     /// Refused for load (429, 503), to be tried again after the pause, if given.
     Throttled(Option<Duration>),
 }
@@ -187,13 +208,39 @@ impl Signal {
             let pause = ms
                 .map(|ms| Duration::from_secs_f64(ms / 1000.0))
                 .or_else(|| header("retry-after").and_then(retry_after));
-            return Self::Throttled(pause);
+            return Self::Throttled(pause.map(|p| p.max(MIN_PAUSE)));
         }
         if header("x-ratelimit-remaining-requests").and_then(|v| v.parse::<u64>().ok()) == Some(0) {
-            return Self::QuotaSpent;
+            let reset = header("x-ratelimit-reset-requests").and_then(go_duration);
+            let quota = header("x-ratelimit-limit-requests").and_then(|v| v.parse::<u32>().ok()).filter(|q| *q > 0);
+            return Self::QuotaSpent(reset.zip(quota).map(|(reset, quota)| reset / quota));
         }
         Self::Answered
     }
+}
+
+/// A duration as OpenAI writes it (Go's format): `20ms`, `1.5s`, `6m0s`, `1h2m3s`.
+fn go_duration(text: &str) -> Option<Duration> {
+    let mut total = 0.0;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let value: f64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let seconds = match &rest[..unit] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return None,
+        };
+        total += value * seconds;
+        rest = &rest[unit..];
+    }
+    (!text.is_empty() && total.is_finite()).then(|| Duration::from_secs_f64(total))
 }
 
 impl Endpoint {
@@ -206,18 +253,22 @@ impl Endpoint {
             throttled: counter!(metric::THROTTLED, &labels),
             refused: counter!(metric::REFUSED, &labels),
         };
-        gauges.limit.set(initial as f64);
+        gauges.limit.set(1.0);
         Self {
             name: name.to_owned(),
             agent: agent.to_owned(),
-            slots: Arc::new(Semaphore::new(initial)),
+            slots: Arc::new(Semaphore::new(1)),
             state: Mutex::new(State {
-                limit: initial as f64,
-                granted: initial,
+                limit: 1.0,
+                granted: 1,
+                initial: initial as f64,
+                warm: false,
+                http2: false,
                 debt: 0,
                 in_flight: 0,
                 waiting: 0,
                 epoch: 0,
+                cut_from: initial as f64,
                 slow_start: true,
                 paused_until: None,
                 recent: 0.0,
@@ -248,28 +299,28 @@ impl Endpoint {
     /// in the message of the [`Failure::Busy`] a call that cannot be served gets.
     pub async fn acquire(self: &Arc<Self>, what: &str, deadline: Option<Instant>) -> Result<Permit, Failure> {
         let (expected, give_up) = {
-            let mut s = self.lock();
+            let s = self.lock();
             let expected = Duration::from_secs_f64(s.recent);
-            let give_up = deadline.map(|d| d.checked_sub(expected).unwrap_or(d));
-            s.waiting += 1;
-            self.gauges.waiting.set(s.waiting as f64);
-            (expected, give_up)
+            (expected, deadline.map(|d| d.checked_sub(expected).unwrap_or(d)))
         };
+        // Counted as waiting until this returns or is dropped (a caller that gives up).
+        let waiting = Waiting::new(self);
         let acquire = self.slots.clone().acquire_owned();
         let slot = match give_up {
             Some(at) => tokio::time::timeout_at(at.into(), acquire).await.ok(),
             None => Some(acquire.await),
         };
+        drop(waiting);
         let mut permit = {
             let mut s = self.lock();
-            s.waiting -= 1;
-            self.gauges.waiting.set(s.waiting as f64);
             match slot {
                 Some(Ok(slot)) => {
                     s.in_flight += 1;
                     self.gauges.in_flight.set(s.in_flight as f64);
                     Permit {
                         endpoint: self.clone(),
+                        lane: if s.http2 { (s.in_flight - 1) / super::STREAMS_PER_LANE } else { 0 },
+                        http2: None,
                         slot: Some(slot),
                         sent: Instant::now(),
                         epoch: s.epoch,
@@ -316,10 +367,18 @@ impl Endpoint {
     }
 
     /// Takes a call's answer into account and returns its slot.
-    fn release(&self, slot: OwnedSemaphorePermit, sent: Instant, epoch: u64, signal: Signal) {
+    fn release(&self, slot: OwnedSemaphorePermit, sent: Instant, epoch: u64, signal: Signal, http2: Option<bool>) {
         let mut s = self.lock();
         s.in_flight -= 1;
         let latency = sent.elapsed().as_secs_f64();
+        if let Some(h2) = http2 {
+            s.http2 = h2;
+        }
+        if !s.warm && signal != Signal::Unanswered {
+            s.warm = true;
+            let opening = s.limit.max(s.initial);
+            self.set_limit(&mut s, opening);
+        }
         match signal {
             Signal::Unanswered => {}
             Signal::Answered => {
@@ -331,18 +390,25 @@ impl Endpoint {
                     self.set_limit(&mut s, raised);
                 }
             }
-            Signal::QuotaSpent => {
+            Signal::QuotaSpent(pause) => {
                 s.sample(latency);
                 self.gauges.throttled.increment(1);
                 self.decrease(&mut s, epoch);
+                s.pause(pause);
             }
             Signal::Throttled(pause) => {
                 self.gauges.throttled.increment(1);
-                self.decrease(&mut s, epoch);
-                if let Some(pause) = pause {
-                    let until = Instant::now() + pause.min(MAX_PAUSE);
-                    s.paused_until = Some(s.paused_until.map_or(until, |p| p.max(until)));
+                if epoch + 1 == s.epoch {
+                    // Another refusal of the round trip just cut: the cut was not deep enough.
+                    let floor = (s.cut_from / 2.0).max(MIN_LIMIT);
+                    let lowered = (s.limit - 1.0).max(floor);
+                    if lowered < s.limit {
+                        self.set_limit(&mut s, lowered);
+                    }
+                } else {
+                    self.decrease(&mut s, epoch);
                 }
+                s.pause(pause);
             }
         }
         self.gauges.in_flight.set(s.in_flight as f64);
@@ -362,6 +428,7 @@ impl Endpoint {
         }
         s.epoch += 1;
         s.slow_start = false;
+        s.cut_from = s.limit;
         let lowered = s.limit * BACKOFF;
         self.set_limit(s, lowered);
     }
@@ -385,6 +452,14 @@ impl Endpoint {
 }
 
 impl State {
+    /// Holds new calls for `pause` (at most [`MAX_PAUSE`]), unless held longer already.
+    fn pause(&mut self, pause: Option<Duration>) {
+        if let Some(pause) = pause {
+            let until = Instant::now() + pause.min(MAX_PAUSE);
+            self.paused_until = Some(self.paused_until.map_or(until, |p| p.max(until)));
+        }
+    }
+
     /// Adds a latency sample; whether latency has risen enough to mean queueing.
     fn sample(&mut self, latency: f64) -> bool {
         self.answers += 1;
@@ -393,8 +468,30 @@ impl State {
             return false;
         }
         self.recent += (latency - self.recent) / 10.0;
-        self.long_run += (latency - self.long_run) / 100.0;
+        // The plain mean while warming up, so one odd first answer does not set the baseline.
+        let weight = (self.answers as f64).min(100.0);
+        self.long_run += (latency - self.long_run) / weight;
         self.answers > LATENCY_WARMUP && self.recent > LATENCY_TOLERANCE * self.long_run
+    }
+}
+
+/// A call waiting for a slot, counted in the endpoint's queue depth while it lives.
+struct Waiting<'a>(&'a Endpoint);
+
+impl<'a> Waiting<'a> {
+    fn new(endpoint: &'a Endpoint) -> Self {
+        let mut s = endpoint.lock();
+        s.waiting += 1;
+        endpoint.gauges.waiting.set(s.waiting as f64);
+        Self(endpoint)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut s = self.0.lock();
+        s.waiting -= 1;
+        self.0.gauges.waiting.set(s.waiting as f64);
     }
 }
 
@@ -402,6 +499,9 @@ impl State {
 #[derive(Debug)]
 pub struct Permit {
     endpoint: Arc<Endpoint>,
+    lane: usize,
+    /// Whether the answer came over HTTP/2, when the sender knows.
+    http2: Option<bool>,
     slot: Option<OwnedSemaphorePermit>,
     sent: Instant,
     epoch: u64,
@@ -409,34 +509,71 @@ pub struct Permit {
 }
 
 impl Permit {
+    /// Which of the agent's [`super::Lanes`] the call goes out on: the calls in flight to
+    /// the endpoint when it was sent, per [`super::STREAMS_PER_LANE`], so a light load
+    /// shares one connection and a heavy one spreads over as many as it needs.
+    pub fn lane(&self) -> usize {
+        self.lane
+    }
+
     /// Records the service's answer.
     pub fn answered(&mut self, signal: Signal) {
         self.signal = signal;
     }
 
+    /// Records the protocol the answer came over (HTTP/2 or not).
+    pub fn over_http2(&mut self, http2: bool) {
+        self.http2 = Some(http2);
+    }
+
+    /// Whether the service refused the call for load (429, 503) and said when to come back
+    /// (`Retry-After`). Such a call is sent again once the pause is over and the limit lets
+    /// it, for as long as its deadline allows, without counting as a failed attempt: the
+    /// refusal was the service's load, not the call's fault. A refusal without a pause is
+    /// retried as any transient failure is, with backoff and a bounded number of attempts,
+    /// so a service that is down is not called in a loop.
+    pub fn throttled(&self) -> bool {
+        matches!(self.signal, Signal::Throttled(Some(_)))
+    }
+
     /// Runs one attempt of an SDK's call with this slot: what the SDK's HTTP layer reports
     /// through [`observe`] while it runs is the answer; with no report, a success counts as
-    /// answered and a failure as unanswered.
-    pub async fn run<T, E>(mut self, attempt: impl Future<Output = Result<T, E>>) -> Result<T, E> {
-        let seen = Arc::new(Mutex::new(None));
+    /// answered and a failure as unanswered. Returns the result, and whether the service
+    /// refused the call for load.
+    pub async fn run<T, E>(mut self, attempt: impl Future<Output = Result<T, E>>) -> (Result<T, E>, bool) {
+        let seen = Arc::new(Attempt { lane: self.lane, seen: Mutex::new(None) });
         let result = OBSERVED.scope(seen.clone(), attempt).await;
-        let reported = *seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let reported = *seen.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        self.http2 = reported.and_then(|(_, h2)| h2);
+        let reported = reported.map(|(signal, _)| signal);
         self.signal = reported.unwrap_or(if result.is_ok() { Signal::Answered } else { Signal::Unanswered });
-        result
+        (result, self.throttled())
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
         if let Some(slot) = self.slot.take() {
-            self.endpoint.release(slot, self.sent, self.epoch, self.signal);
+            self.endpoint.release(slot, self.sent, self.epoch, self.signal, self.http2);
         }
     }
 }
 
+/// What an SDK's HTTP layer learns from, and tells, the attempt it runs in.
+#[derive(Debug)]
+struct Attempt {
+    lane: usize,
+    seen: Mutex<Option<(Signal, Option<bool>)>>,
+}
+
 tokio::task_local! {
-    /// The answer an SDK's HTTP layer saw during the current attempt (see [`Permit::run`]).
-    static OBSERVED: Arc<Mutex<Option<Signal>>>;
+    /// The current SDK attempt (see [`Permit::run`]).
+    static OBSERVED: Arc<Attempt>;
+}
+
+/// For an SDK's HTTP layer: the lane of the current attempt (0 outside one).
+pub fn lane() -> usize {
+    OBSERVED.try_with(|a| a.lane).unwrap_or(0)
 }
 
 /// Whether the current task runs inside an SDK attempt's slot (see [`Permit::run`]).
@@ -445,10 +582,11 @@ pub fn in_attempt() -> bool {
 }
 
 /// For an SDK's HTTP layer (async-openai's tower service, Google's errors): reports the
-/// status and headers of the answer the current attempt got. Outside an attempt, a no-op.
-pub fn observe(status: u16, headers: &HeaderMap) {
-    let _ = OBSERVED.try_with(|seen| {
-        *seen.lock().unwrap_or_else(PoisonError::into_inner) = Some(Signal::of(status, headers));
+/// status and headers of the answer the current attempt got, and whether it came over
+/// HTTP/2 when the layer knows. Outside an attempt, a no-op.
+pub fn observe(status: u16, headers: &HeaderMap, http2: Option<bool>) {
+    let _ = OBSERVED.try_with(|attempt| {
+        *attempt.seen.lock().unwrap_or_else(PoisonError::into_inner) = Some((Signal::of(status, headers), http2));
     });
 }
 
@@ -456,8 +594,36 @@ pub fn observe(status: u16, headers: &HeaderMap) {
 mod tests {
     use super::*;
 
-    fn endpoint(initial: usize) -> Arc<Endpoint> {
+    /// An endpoint that has not answered yet: one call at a time.
+    fn cold(initial: usize) -> Arc<Endpoint> {
         Limiter::new("test", initial).endpoint("svc:443")
+    }
+
+    /// An endpoint after its first answer, at its initial limit (2 for an initial 1: slow
+    /// start counted that answer).
+    fn endpoint(initial: usize) -> Arc<Endpoint> {
+        let e = cold(initial);
+        let mut p = e.try_acquire_now();
+        p.answered(Signal::Answered);
+        drop(p);
+        e
+    }
+
+    impl Endpoint {
+        fn try_acquire_now(self: &Arc<Self>) -> Permit {
+            let slot = self.slots.clone().try_acquire_owned().unwrap();
+            let mut s = self.lock();
+            s.in_flight += 1;
+            Permit {
+                endpoint: self.clone(),
+                lane: 0,
+                http2: None,
+                slot: Some(slot),
+                sent: Instant::now(),
+                epoch: s.epoch,
+                signal: Signal::Unanswered,
+            }
+        }
     }
 
     async fn answer(e: &Arc<Endpoint>, signal: Signal) {
@@ -475,10 +641,28 @@ mod tests {
         // OpenAI's milliseconds are finer than the whole seconds of Retry-After.
         h.insert("retry-after-ms", "250".parse().unwrap());
         assert_eq!(Signal::of(429, &h), Signal::Throttled(Some(Duration::from_millis(250))));
+        // "Come back at once" still waits a moment.
+        h.insert("retry-after-ms", "0".parse().unwrap());
+        assert_eq!(Signal::of(429, &h), Signal::Throttled(Some(MIN_PAUSE)));
+        h.insert("retry-after-ms", "250".parse().unwrap());
         h.insert("x-ratelimit-remaining-requests", "0".parse().unwrap());
-        assert_eq!(Signal::of(200, &h), Signal::QuotaSpent);
+        assert_eq!(Signal::of(200, &h), Signal::QuotaSpent(None));
+        // 500 requests a minute: one request's worth comes back every 120 ms.
+        h.insert("x-ratelimit-limit-requests", "500".parse().unwrap());
+        h.insert("x-ratelimit-reset-requests", "1m0s".parse().unwrap());
+        assert_eq!(Signal::of(200, &h), Signal::QuotaSpent(Some(Duration::from_millis(120))));
         h.insert("x-ratelimit-remaining-requests", "12".parse().unwrap());
         assert_eq!(Signal::of(200, &h), Signal::Answered);
+    }
+
+    #[test]
+    fn durations_in_openais_format() {
+        let d = |t| go_duration(t).map(|d: Duration| d.as_millis());
+        assert_eq!(
+            (d("20ms"), d("1.5s"), d("6m0s"), d("1h2m3s")),
+            (Some(20), Some(1500), Some(360_000), Some(3_723_000))
+        );
+        assert_eq!((d(""), d("5"), d("3x"), d("ms")), (None, None, None, None));
     }
 
     #[tokio::test]
@@ -520,14 +704,14 @@ mod tests {
         for _ in 0..100 {
             held.push(e.acquire("call", None).await.unwrap());
         }
-        // All hundred were sent before the cut: only the first 429 of them counts.
-        for p in &mut held {
-            p.answered(Signal::Throttled(None));
-        }
+        // All hundred were sent before the cut: the first refusal cuts by a tenth.
+        // (Refused calls beyond the first would cut deeper; these answered "busy" with a
+        // 503 once and then said nothing.)
+        held[0].answered(Signal::Throttled(None));
         drop(held);
         assert_eq!(e.limit(), 90);
         // A call sent after the cut cuts again.
-        answer(&e, Signal::QuotaSpent).await;
+        answer(&e, Signal::QuotaSpent(None)).await;
         assert_eq!(e.limit(), 81);
         // Now growth is about one per round trip, not one per answer.
         let mut held = Vec::new();
@@ -540,6 +724,32 @@ mod tests {
         drop(held);
         assert!((81..=82).contains(&e.limit()), "{}", e.limit());
         assert_eq!(e.load(), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn the_more_of_a_round_trip_is_refused_the_deeper_the_cut() {
+        // Two of a hundred refused: a tenth off, and one more.
+        let e = endpoint(100);
+        let mut held: Vec<_> = Vec::new();
+        for _ in 0..100 {
+            held.push(e.acquire("call", None).await.unwrap());
+        }
+        for (i, p) in held.iter_mut().enumerate() {
+            p.answered(if i < 2 { Signal::Throttled(None) } else { Signal::Unanswered });
+        }
+        drop(held);
+        assert_eq!(e.limit(), 89);
+        // Eighty of a hundred refused: down to half, no further.
+        let e = endpoint(100);
+        let mut held: Vec<_> = Vec::new();
+        for _ in 0..100 {
+            held.push(e.acquire("call", None).await.unwrap());
+        }
+        for (i, p) in held.iter_mut().enumerate() {
+            p.answered(if i < 80 { Signal::Throttled(None) } else { Signal::Unanswered });
+        }
+        drop(held);
+        assert_eq!(e.limit(), 50);
     }
 
     #[tokio::test]
@@ -562,7 +772,7 @@ mod tests {
 
     #[tokio::test]
     async fn waiting_calls_are_served_in_arrival_order() {
-        let e = endpoint(1);
+        let e = cold(1);
         let first = e.acquire("call", None).await.unwrap();
         let order = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
@@ -585,7 +795,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_call_that_cannot_make_its_deadline_is_refused_naming_the_limit() {
-        let e = endpoint(1);
+        let e = cold(1);
         // The endpoint usually answers in 300 ms.
         {
             let mut p = e.acquire("call", None).await.unwrap();
@@ -639,6 +849,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn one_call_goes_alone_until_the_first_answer_and_http2_spreads_calls_over_lanes() {
+        let e = cold(300);
+        let first = e.acquire("call", None).await.unwrap();
+        assert!(tokio::time::timeout(Duration::from_millis(50), e.acquire("call", None)).await.is_err());
+        assert_eq!(e.load(), (1, 0), "a caller that gave up waiting left the queue");
+        // No answer (a refused connection) teaches nothing: still one at a time.
+        drop(first);
+        let mut first = e.acquire("call", None).await.unwrap();
+        assert!(tokio::time::timeout(Duration::from_millis(50), e.acquire("call", None)).await.is_err());
+        first.answered(Signal::Answered);
+        first.over_http2(true);
+        drop(first);
+        assert_eq!(e.limit(), 300);
+        // Over HTTP/2, every STREAMS_PER_LANE calls in flight take the next lane.
+        let mut held = Vec::new();
+        for _ in 0..250 {
+            held.push(e.acquire("call", None).await.unwrap());
+        }
+        let lanes: Vec<usize> = [0, 99, 100, 199, 200, 249].iter().map(|i| held[*i].lane()).collect();
+        assert_eq!(lanes, [0, 0, 1, 1, 2, 2]);
+        drop(held);
+        // Over HTTP/1.1, every call has its own connection anyway: one lane.
+        let mut p = e.acquire("call", None).await.unwrap();
+        p.answered(Signal::Answered);
+        p.over_http2(false);
+        drop(p);
+        let held: Vec<_> = futures_util::future::join_all((0..150).map(|_| e.acquire("call", None))).await;
+        assert!(held.iter().all(|p| p.as_ref().unwrap().lane() == 0));
+    }
+
+    #[tokio::test]
     async fn endpoints_are_bounded_and_idle_ones_forgotten() {
         let l = Limiter::new("test", 2);
         let kept = l.endpoint("kept:1");
@@ -656,16 +897,16 @@ mod tests {
         let p = e.acquire("call", None).await.unwrap();
         let mut h = HeaderMap::new();
         h.insert("retry-after", "1".parse().unwrap());
-        let r: Result<(), ()> = p
+        let (r, throttled): (Result<(), ()>, bool) = p
             .run(async {
-                observe(429, &h);
+                observe(429, &h, Some(true));
                 Err(())
             })
             .await;
-        assert!(r.is_err());
+        assert!(r.is_err() && throttled);
         assert_eq!(e.limit(), 9);
         // Outside an attempt, reporting does nothing.
-        observe(429, &h);
+        observe(429, &h, None);
         assert_eq!(e.limit(), 9);
     }
 }

@@ -40,7 +40,7 @@ pub use failure::{Failure, Service, retry_after};
 pub use jwt::RsaSigner;
 pub use limit::Limiter;
 pub use tokens::{DEFAULT_CAPACITY, TokenCache};
-pub use trust::{TrustedHosts, client, header_value, path_id};
+pub use trust::{LANES, Lanes, STREAMS_PER_LANE, TrustedHosts, client, header_value, path_id};
 
 /// How an agent talks to its service over HTTP; every agent's settings section embeds
 /// it with `#[serde(flatten)]`, so the keys sit beside the agent's own
@@ -88,19 +88,21 @@ impl RestSettings {
 pub struct SdkCalls {
     /// The timing and retry settings.
     pub settings: RestSettings,
-    endpoint: Arc<limit::Endpoint>,
+    limits: Arc<Limiter>,
+    endpoint: String,
 }
 
 impl SdkCalls {
     /// Calls of the agent with settings section `section` to `endpoint` (`host:port`).
     pub fn new(section: &str, settings: &RestSettings, endpoint: &str) -> Self {
-        let endpoint = Limiter::new(section, settings.initial_concurrency).endpoint(endpoint);
-        Self { settings: settings.clone(), endpoint }
+        let limits = Arc::new(Limiter::new(section, settings.initial_concurrency));
+        Self { settings: settings.clone(), limits, endpoint: endpoint.to_owned() }
     }
 
-    /// The endpoint's limit.
-    pub fn endpoint(&self) -> &limit::Endpoint {
-        &self.endpoint
+    /// The endpoint's limit (made on first use, so its metrics register with the
+    /// exporter the server installs after the agents are built).
+    pub fn endpoint(&self) -> Arc<limit::Endpoint> {
+        self.limits.endpoint(&self.endpoint)
     }
 
     /// Runs `attempt` (given its timeout: `attempt_timeout`, or less when the deadline
@@ -113,7 +115,7 @@ impl SdkCalls {
         &self,
         ctx: &Context,
         what: &str,
-        mut attempt: impl FnMut(Duration) -> Fut,
+        attempt: impl FnMut(Duration) -> Fut,
     ) -> Result<T, Failure>
     where
         Fut: Future<Output = Result<T, Failure>>,
@@ -122,13 +124,24 @@ impl SdkCalls {
         let deadline = policy.deadline(ctx);
         let timeout = self.settings.attempt_timeout;
         let nested = limit::in_attempt();
-        let one = |left: Duration| {
-            let sent = attempt(timeout.min(left));
-            async move {
-                if nested {
-                    return sent.await;
+        let attempt = &std::sync::Mutex::new(attempt);
+        let one = |_: Duration| async move {
+            let next = || {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let mut attempt = attempt.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                (*attempt)(timeout.min(left))
+            };
+            if nested {
+                return next().await;
+            }
+            let endpoint = self.endpoint();
+            loop {
+                let permit = endpoint.acquire(what, Some(deadline)).await?;
+                // A refusal for load is sent again when the limit lets it (see `Permit::throttled`).
+                match permit.run(next()).await {
+                    (Err(_), true) if Instant::now() < deadline => {}
+                    (result, _) => return result,
                 }
-                self.endpoint.acquire(what, Some(deadline)).await?.run(sent).await
             }
         };
         retry(&policy, deadline, one, Failure::verdict).await
@@ -153,29 +166,55 @@ impl SdkCalls {
     }
 }
 
-/// A tower service of an SDK's HTTP layer (async-openai's) that reports each answer to
-/// the attempt's limit ([`limit::observe`]) on its way back.
-#[derive(Debug, Clone)]
-pub struct Observed<S>(pub S);
+/// An SDK's HTTP layer as a tower service (async-openai's): each request goes out on its
+/// attempt's lane of [`Lanes`] ([`limit::lane`]), through the service `make` builds over
+/// that lane's client, and its answer is reported to the attempt's limit
+/// ([`limit::observe`]) on its way back.
+pub struct Observed<S> {
+    lanes: Lanes,
+    make: fn(reqwest::Client) -> S,
+}
+
+impl<S> Observed<S> {
+    /// Requests through `make(client)` for the lane's client.
+    pub fn new(lanes: Lanes, make: fn(reqwest::Client) -> S) -> Self {
+        Self { lanes, make }
+    }
+}
+
+impl<S> Clone for Observed<S> {
+    fn clone(&self) -> Self {
+        Self { lanes: self.lanes.clone(), make: self.make }
+    }
+}
+
+impl<S> std::fmt::Debug for Observed<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Observed").finish_non_exhaustive()
+    }
+}
 
 impl<S, R> tower::Service<R> for Observed<S>
 where
-    S: tower::Service<R, Response = reqwest::Response>,
+    S: tower::Service<R, Response = reqwest::Response> + Send + 'static,
     S::Future: Send + 'static,
+    R: Send + 'static,
 {
     type Response = reqwest::Response;
     type Error = S::Error;
     type Future = std::pin::Pin<Box<dyn Future<Output = Result<reqwest::Response, S::Error>> + Send>>;
 
-    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
-        self.0.poll_ready(cx)
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        // Each call gets its own service over its lane, readied in `call`.
+        std::task::Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, request: R) -> Self::Future {
-        let answer = self.0.call(request);
+        let service = (self.make)(self.lanes.get(limit::lane()).clone());
         Box::pin(async move {
-            let response = answer.await?;
-            limit::observe(response.status().as_u16(), response.headers());
+            let response = tower::ServiceExt::oneshot(service, request).await?;
+            let http2 = response.version() == reqwest::Version::HTTP_2;
+            limit::observe(response.status().as_u16(), response.headers(), Some(http2));
             Ok(response)
         })
     }
@@ -277,7 +316,7 @@ impl<'a> Call<'a> {
 /// The one client agents reach their service with (see the module docs).
 #[derive(Debug, Clone)]
 pub struct RestClient {
-    http: reqwest::Client,
+    http: Lanes,
     trusted: TrustedHosts,
     service: Service,
     policy: RetryConfig,
@@ -296,7 +335,7 @@ impl RestClient {
         trusted: TrustedHosts,
     ) -> Result<Self, String> {
         let user_agent = format!("flyte-agent-{section}/{}", env!("CARGO_PKG_VERSION"));
-        let http = client(&user_agent, settings.ca_bundle.as_deref(), &format!("{section}.ca_bundle"))?;
+        let http = Lanes::new(&user_agent, settings.ca_bundle.as_deref(), &format!("{section}.ca_bundle"))?;
         let limits = Arc::new(Limiter::new(section, settings.initial_concurrency));
         let (policy, attempt_timeout) = (settings.retry(), settings.attempt_timeout);
         Ok(Self { http, trusted, service, policy, attempt_timeout, limits })
@@ -307,9 +346,9 @@ impl RestClient {
         &self.service
     }
 
-    /// The pooled reqwest client, for an SDK that takes one (async-openai): the CA
+    /// The pooled reqwest clients, for an SDK that takes one (async-openai): the CA
     /// bundle, user agent and redirect policy then apply to it too.
-    pub fn reqwest(&self) -> &reqwest::Client {
+    pub fn lanes(&self) -> &Lanes {
         &self.http
     }
 
@@ -349,15 +388,23 @@ impl RestClient {
         let attempt = |left: Duration| async move {
             let n = attempts.fetch_add(1, Ordering::Relaxed) + 1;
             let token = auth.bearer(ctx, None).await?;
-            let send = |token: Option<Secret>| async move {
-                let mut permit = endpoint.acquire(call.what, Some(deadline)).await?;
-                let left = deadline.saturating_duration_since(Instant::now()).min(left);
-                self.send(call, url, token.as_ref(), left, &mut permit, |r| shape(r, n)).await
+            let send = |token: Option<Secret>, mut n: u32| async move {
+                loop {
+                    let mut permit = endpoint.acquire(call.what, Some(deadline)).await?;
+                    let left = deadline.saturating_duration_since(Instant::now()).min(left);
+                    let sent = self.send(call, url, token.as_ref(), left, &mut permit, |r| shape(r, n)).await;
+                    // A refusal for load is sent again when the limit lets it (see `Permit::throttled`),
+                    // numbered as an attempt of its own for services that mark resubmissions.
+                    if !(sent.is_err() && permit.throttled() && Instant::now() < deadline) {
+                        return sent;
+                    }
+                    n = attempts.fetch_add(1, Ordering::Relaxed) + 1;
+                }
             };
-            match send(token.clone()).await {
+            match send(token.clone(), n).await {
                 // An OAuth token can be revoked before it expires: fetch a new one, once.
                 Err(Failure::Unauthenticated(_)) if auth.refreshable() => {
-                    send(auth.bearer(ctx, token.as_ref()).await?).await
+                    send(auth.bearer(ctx, token.as_ref()).await?, n).await
                 }
                 other => other,
             }
@@ -376,7 +423,8 @@ impl RestClient {
         permit: &mut limit::Permit,
         shape: impl FnOnce(RequestBuilder) -> RequestBuilder,
     ) -> Result<Answer, Failure> {
-        let mut req = self.http.request(call.method.clone(), url.clone()).timeout(self.attempt_timeout.min(left));
+        let http = self.http.get(permit.lane());
+        let mut req = http.request(call.method.clone(), url.clone()).timeout(self.attempt_timeout.min(left));
         if let Some(t) = token {
             req = req.bearer_auth(t.expose());
         }
@@ -402,6 +450,7 @@ impl RestClient {
         })?;
         let status = resp.status().as_u16();
         permit.answered(limit::Signal::of(status, resp.headers()));
+        permit.over_http2(resp.version() == reqwest::Version::HTTP_2);
         let wait = resp.headers().get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(retry_after);
         let bytes = resp.bytes().await.map_err(|e| {
             self.service.unreachable(what, format_args!("reading the answer failed: {}", e.without_url()))

@@ -9,20 +9,76 @@ use crate::error::AgentError;
 /// It never follows redirects: a redirect would carry the request, and whatever
 /// credentials it holds, to a host nobody checked.
 pub fn client(user_agent: &str, ca_bundle: Option<&std::path::Path>, setting: &str) -> Result<reqwest::Client, String> {
-    let mut builder = reqwest::Client::builder().user_agent(user_agent).redirect(reqwest::redirect::Policy::none());
-    if let Some(path) = ca_bundle {
-        let pem = std::fs::read(path).map_err(|e| format!("{setting}: cannot read {}: {e}", path.display()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| format!("{setting}: {} is not a PEM bundle: {e}", path.display()))?;
-        // A file without a single certificate parses as an empty bundle; trusting nothing
-        // extra is not what the operator asked for.
-        if certs.is_empty() {
-            return Err(format!(
-                "{setting}: {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
-                path.display()
-            ));
+    Ok(Lanes::new(user_agent, ca_bundle, setting)?.first)
+}
+
+/// Calls in flight one HTTP/2 connection carries before the next lane opens its own:
+/// the lowest per-connection stream limit of the services' front ends (Google's is 100).
+pub const STREAMS_PER_LANE: usize = 100;
+/// Lanes per agent: with [`STREAMS_PER_LANE`] calls each, thousands in flight.
+pub const LANES: usize = 32;
+
+/// An agent's HTTP clients, each with its own connection pool (a "lane"), all built as
+/// [`client`] builds one. A client keeps one HTTP/2 connection per host, and a server
+/// caps the calls one connection carries (100 at Google's front ends), past which the
+/// client queues them; so calls beyond that many in flight take the next lane, which
+/// opens its own connection. Lane 0 is built at once (checking the settings) and
+/// negotiates the protocol (ALPN); the others are only used for hosts that answered over
+/// HTTP/2 (see [`super::limit::Permit::lane`]), so they speak it from the start, and a
+/// burst of calls on a new lane shares one new connection instead of racing to open one
+/// each.
+#[derive(Debug, Clone)]
+pub struct Lanes {
+    user_agent: String,
+    certs: Vec<reqwest::Certificate>,
+    first: reqwest::Client,
+    /// Lanes 1 and up.
+    more: std::sync::Arc<[std::sync::OnceLock<reqwest::Client>]>,
+}
+
+impl Lanes {
+    /// The lanes of an agent (see [`client`] for the arguments).
+    pub fn new(user_agent: &str, ca_bundle: Option<&std::path::Path>, setting: &str) -> Result<Self, String> {
+        let mut certs = Vec::new();
+        if let Some(path) = ca_bundle {
+            let pem = std::fs::read(path).map_err(|e| format!("{setting}: cannot read {}: {e}", path.display()))?;
+            certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| format!("{setting}: {} is not a PEM bundle: {e}", path.display()))?;
+            // A file without a single certificate parses as an empty bundle; trusting nothing
+            // extra is not what the operator asked for.
+            if certs.is_empty() {
+                return Err(format!(
+                    "{setting}: {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                    path.display()
+                ));
+            }
         }
-        builder = builder.tls_certs_merge(certs);
+        let first = build(user_agent, &certs, false)?;
+        let more = (1..LANES).map(|_| std::sync::OnceLock::new()).collect();
+        Ok(Self { user_agent: user_agent.to_owned(), certs, first, more })
+    }
+
+    /// The client of `lane` (see [`super::limit::Permit::lane`]), built on first use; lane 0
+    /// if it cannot be (it was built from the same settings, so that does not happen).
+    pub fn get(&self, lane: usize) -> &reqwest::Client {
+        let Some(slot) = lane.checked_sub(1).and_then(|i| self.more.get(i)) else { return &self.first };
+        if let Some(c) = slot.get() {
+            return c;
+        }
+        match build(&self.user_agent, &self.certs, true) {
+            Ok(c) => slot.get_or_init(|| c),
+            Err(_) => &self.first,
+        }
+    }
+}
+
+fn build(user_agent: &str, certs: &[reqwest::Certificate], http2_only: bool) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder().user_agent(user_agent).redirect(reqwest::redirect::Policy::none());
+    if http2_only {
+        builder = builder.http2_prior_knowledge();
+    }
+    if !certs.is_empty() {
+        builder = builder.tls_certs_merge(certs.to_vec());
     }
     builder.build().map_err(|e| format!("cannot build the HTTP client: {e}"))
 }
