@@ -34,25 +34,27 @@ pub(crate) trait DynSyncAgent: Send + Sync {
 }
 
 /// Runs an agent future, turning a panic into `INTERNAL` instead of a dropped connection.
-async fn guarded<T>(
-    what: &str,
+/// A combinator rather than an `async fn`, which would keep the agent's future (kilobytes)
+/// twice for the whole call.
+fn guarded<T>(
+    what: &'static str,
     fut: impl std::future::Future<Output = Result<T, AgentError>>,
-) -> Result<T, AgentError> {
-    match AssertUnwindSafe(fut).catch_unwind().await {
+) -> impl std::future::Future<Output = Result<T, AgentError>> {
+    AssertUnwindSafe(fut).catch_unwind().map(move |caught| match caught {
         Ok(r) => r,
         Err(_) => {
             tracing::error!(message = "Agent panicked.", operation = what);
             Err(AgentError::internal(format!("the agent failed unexpectedly during {what}; see the agent's logs")))
         }
-    }
+    })
 }
 
 impl<A: AsyncAgent> DynAsyncAgent for A {
     fn create<'a>(&'a self, ctx: &'a Context, task: Box<TaskRequest>) -> BoxFuture<'a, Result<Vec<u8>, AgentError>> {
-        Box::pin(async move {
-            let meta = guarded("create", AsyncAgent::create(self, ctx, *task)).await?;
-            encode_meta(&meta)
-        })
+        // Out of its box first, so the box is freed now rather than when the call ends; and
+        // combinators, not an `async` block, so the agent's future is kept once.
+        let task = *task;
+        Box::pin(guarded("create", AsyncAgent::create(self, ctx, task)).map(|meta| encode_meta(&meta?)))
     }
 
     fn get<'a>(&'a self, ctx: &'a Context, meta: &'a [u8]) -> BoxFuture<'a, Result<Resource, AgentError>> {
@@ -96,7 +98,9 @@ impl<A: AsyncAgent> DynAsyncAgent for A {
 
 impl<S: SyncAgent> DynSyncAgent for S {
     fn execute<'a>(&'a self, ctx: &'a Context, task: Box<TaskRequest>) -> BoxFuture<'a, Result<Resource, AgentError>> {
-        Box::pin(async move { guarded("execute", SyncAgent::execute(self, ctx, *task)).await })
+        // Out of its box first, so the box is freed now rather than when the call ends.
+        let task = *task;
+        Box::pin(guarded("execute", SyncAgent::execute(self, ctx, task)))
     }
 }
 

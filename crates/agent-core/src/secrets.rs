@@ -245,9 +245,10 @@ tokio::task_local! {
 }
 
 /// Runs `fut` (an agent's work for one call) with `secrets` as the current call's, so that
-/// [`redact`] (and so every log line written meanwhile) scrubs them too.
-pub async fn scoped<F: Future>(secrets: ConnectionSecrets, fut: F) -> F::Output {
-    CALL.scope(secrets, fut).await
+/// [`redact`] (and so every log line written meanwhile) scrubs them too. (Not an `async
+/// fn`, which would keep `fut` twice for the whole call.)
+pub fn scoped<F: Future>(secrets: ConnectionSecrets, fut: F) -> impl Future<Output = F::Output> {
+    CALL.scope(secrets, fut)
 }
 
 /// Runs `f` (one poll of a call's stream) with `secrets` as the current call's.

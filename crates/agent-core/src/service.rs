@@ -260,18 +260,22 @@ impl AgentService {
         if self.inner.registry.is_sync(category).is_some() { &category.name } else { m::UNKNOWN_TASK_TYPE }
     }
 
-    /// Runs one operation, recording flytekit's success/failure counters and latency.
-    pub(crate) async fn measured<T>(
-        &self,
-        category: &TaskCategory,
+    /// Runs one operation, recording flytekit's success/failure counters and latency. A
+    /// combinator rather than an `async fn`: an `async fn` keeps its future argument twice
+    /// for the whole call (once as the argument, once as the future it awaits), and this
+    /// wraps every call in flight.
+    pub(crate) fn measured<'a, T: 'a>(
+        &'a self,
+        category: &'a TaskCategory,
         operation: &'static str,
         protocol: Protocol,
-        fut: impl std::future::Future<Output = Result<T, AgentError>>,
-    ) -> Result<T, AgentError> {
+        fut: impl std::future::Future<Output = Result<T, AgentError>> + 'a,
+    ) -> impl std::future::Future<Output = Result<T, AgentError>> + 'a {
         let start = Instant::now();
-        let result = fut.await;
-        m::record(self.metric_label(category), operation, protocol.as_str(), start, result.as_ref().err());
-        result
+        futures_util::FutureExt::map(fut, move |result| {
+            m::record(self.metric_label(category), operation, protocol.as_str(), start, result.as_ref().err());
+            result
+        })
     }
 
     /// Every agent: `ListAgents`.

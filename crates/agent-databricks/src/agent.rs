@@ -335,6 +335,8 @@ impl AsyncAgent for DatabricksAgent {
         if let (None, Some(id)) = (spec.get("idempotency_token"), task.attempt_id("databricks")) {
             spec.insert("idempotency_token".into(), json!(format!("flyte-{}", id.simple())));
         }
+        // The task is not needed while the service is called: freed now, not when the call ends.
+        drop((task, custom));
         let answer =
             self.client.at(&meta, token)?.call(ctx, Method::POST, "runs/submit", &[], Some(&spec.into())).await;
         // `get`, not indexing: an answer that is not an object must not panic.

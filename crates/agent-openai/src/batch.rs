@@ -136,6 +136,8 @@ impl AsyncAgent for BatchAgent {
         {
             m.insert(ATTEMPT_KEY.into(), json!(digest(key)));
         }
+        // The task is not needed while the service is called: freed now, not when the call ends.
+        drop(task);
         // Broken connections and lost answers are retried inside the deadline; each try
         // first looks for the batch an earlier one may have created, so none is doubled.
         let (sdk, request, attempt) = (&sdk, &Json::Object(request), attempt.as_deref());
@@ -147,9 +149,8 @@ impl AsyncAgent for BatchAgent {
                 return Ok(id);
             }
             let batches = sdk.batches();
-            let batch = SERVICE
-                .timed("batch creation", limit, batches.create_byot::<_, Json>(request.clone()), failure)
-                .await?;
+            let batch =
+                SERVICE.timed("batch creation", limit, batches.create_byot::<&Json, Json>(request), failure).await?;
             let id = batch["id"].as_str().filter(|i| !i.is_empty()).map(str::to_owned);
             id.ok_or_else(|| AgentError::internal("OpenAI created a batch without an id").into())
         };

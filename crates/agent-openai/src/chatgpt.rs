@@ -5,7 +5,7 @@ use serde_json::{Map, Value as Json, json};
 
 use agent_core::prelude::*;
 
-use crate::client::{Client, ORG_FIELD, SERVICE, failure};
+use crate::client::{Client, ORG_FIELD, SERVICE, Sdk, failure};
 use crate::config::Config;
 
 /// The task type flytekit's `ChatGPTTask` declares.
@@ -27,13 +27,9 @@ impl ChatGptAgent {
     pub fn new(config: Config) -> Result<Self, String> {
         Ok(Self(Client::new(&config, config.chat_timeout)?))
     }
-}
 
-impl SyncAgent for ChatGptAgent {
-    const NAME: &str = "ChatGPT Connector";
-    const TASK_TYPES: &[&str] = &[TASK_TYPE];
-
-    async fn execute(&self, ctx: &Context, task: TaskRequest) -> Result<Resource, AgentError> {
+    /// The SDK for the call and the completion request the task asks for.
+    fn request(&self, ctx: &Context, task: &TaskRequest) -> Result<(Sdk, Json), AgentError> {
         let custom: Custom = task.custom_as()?;
         if custom.chatgpt_config.get("model").and_then(Json::as_str).is_none_or(str::is_empty) {
             let missing = "template.custom.chatgpt_config.model: missing; ChatGPTTask needs a model";
@@ -44,17 +40,33 @@ impl SyncAgent for ChatGptAgent {
         let mut request = custom.chatgpt_config;
         request.insert("messages".into(), json!([{"role": "user", "content": task.input::<String>("message")?}]));
         request.insert("stream".into(), json!(false));
-        let sdk = &self.0.sdk(ctx, custom.openai_organization.as_deref(), ORG_FIELD)?;
-        let request = &Json::Object(request);
-        let chat = |_| async move { sdk.chat().create_byot::<_, Json>(request.clone()).await };
-        // A failed completion is the task's result, not an RPC error: Propeller retries a
-        // transient one as a new attempt.
-        Ok(match self.0.calls.retried_sdk(ctx, &SERVICE, "chat completion", chat, failure).await {
-            Ok(completion) => {
-                let content = completion.pointer("/choices/0/message/content").and_then(Json::as_str);
-                Resource::succeeded().with_output("o0", content.unwrap_or_default().to_owned())
-            }
-            Err(f) => f.into_sync_result(),
-        })
+        let sdk = self.0.sdk(ctx, custom.openai_organization.as_deref(), ORG_FIELD)?;
+        Ok((sdk, Json::Object(request)))
+    }
+}
+
+impl SyncAgent for ChatGptAgent {
+    const NAME: &str = "ChatGPT Connector";
+    const TASK_TYPES: &[&str] = &[TASK_TYPE];
+
+    fn execute(&self, ctx: &Context, task: TaskRequest) -> impl Future<Output = Result<Resource, AgentError>> + Send {
+        // The request is built before the future, which then keeps only it while the
+        // completion is awaited, not the whole task: a call in flight stays small.
+        let prepared = self.request(ctx, &task);
+        async move {
+            let (sdk, request) = prepared?;
+            let (sdk, request) = (&sdk, &request);
+            // Serialized from a reference: a copy per attempt would be kept for the whole call.
+            let chat = |_| async move { sdk.chat().create_byot::<&Json, Json>(request).await };
+            // A failed completion is the task's result, not an RPC error: Propeller retries a
+            // transient one as a new attempt.
+            Ok(match self.0.calls.retried_sdk(ctx, &SERVICE, "chat completion", chat, failure).await {
+                Ok(completion) => {
+                    let content = completion.pointer("/choices/0/message/content").and_then(Json::as_str);
+                    Resource::succeeded().with_output("o0", content.unwrap_or_default().to_owned())
+                }
+                Err(f) => f.into_sync_result(),
+            })
+        }
     }
 }

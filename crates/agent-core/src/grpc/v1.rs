@@ -156,32 +156,11 @@ impl sync_agent_service_server::SyncAgentService for V1 {
         req: Request<Streaming<admin::ExecuteTaskSyncRequest>>,
     ) -> Result<Response<Self::ExecuteTaskSyncStream>, Status> {
         let call = CallInfo { deadline: deadline(&req), ..CallInfo::default() };
-        let mut stream = req.into_inner();
-        let invalid = |m: &str| to_status(&AgentError::invalid_argument(m));
-        // The messages are consumed in this block, so they are not kept for the whole call.
-        let task = {
-            let header = match stream.message().await? {
-                Some(admin::ExecuteTaskSyncRequest { part: Some(sync_req::Part::Header(h)) }) => h,
-                Some(_) => {
-                    return Err(invalid(
-                        "the first ExecuteTaskSync message must be the header (template, output prefix)",
-                    ));
-                }
-                None => {
-                    return Err(invalid("the ExecuteTaskSync stream ended before the header was sent"));
-                }
-            };
-            let inputs = match stream.message().await? {
-                Some(admin::ExecuteTaskSyncRequest { part: Some(sync_req::Part::Inputs(i)) }) => Some(i),
-                // A task without inputs may half-close right after the header.
-                None => None,
-                Some(_) => {
-                    return Err(invalid("the second ExecuteTaskSync message must carry the inputs"));
-                }
-            };
-            task_request(header.template, inputs, header.output_prefix, header.task_execution_metadata)?
-        };
-        // The remaining request messages are not read (a client may keep its side open).
+        // Read in a future of its own, boxed and freed once the task is read: the messages
+        // (a template is kilobytes) would otherwise size the future kept for the whole call.
+        // The stream is dropped with it, so its buffers are not kept either; a client may
+        // still send on its side, which is then discarded.
+        let task = Box::pin(read_sync_task(req.into_inner())).await?;
         let resource = self.svc.execute(task, call).await.map_err(|e| to_status(&e))?;
         let response = admin::ExecuteTaskSyncResponse {
             res: Some(sync_resp::Res::Header(admin::ExecuteTaskSyncResponseHeader {
@@ -210,4 +189,24 @@ impl agent_metadata_service_server::AgentMetadataService for V1 {
             agents: self.svc.list_agents().iter().map(agent_proto).collect(),
         }))
     }
+}
+
+/// The task an `ExecuteTaskSync` stream carries: the header, then the inputs (absent when
+/// the client half-closes after the header).
+async fn read_sync_task(mut stream: Streaming<admin::ExecuteTaskSyncRequest>) -> Result<Box<TaskRequest>, Status> {
+    let invalid = |m: &str| to_status(&AgentError::invalid_argument(m));
+    let header = match stream.message().await? {
+        Some(admin::ExecuteTaskSyncRequest { part: Some(sync_req::Part::Header(h)) }) => h,
+        Some(_) => {
+            return Err(invalid("the first ExecuteTaskSync message must be the header (template, output prefix)"));
+        }
+        None => return Err(invalid("the ExecuteTaskSync stream ended before the header was sent")),
+    };
+    let inputs = match stream.message().await? {
+        Some(admin::ExecuteTaskSyncRequest { part: Some(sync_req::Part::Inputs(i)) }) => Some(i),
+        // A task without inputs may half-close right after the header.
+        None => None,
+        Some(_) => return Err(invalid("the second ExecuteTaskSync message must carry the inputs")),
+    };
+    task_request(header.template, inputs, header.output_prefix, header.task_execution_metadata)
 }

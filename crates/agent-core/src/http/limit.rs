@@ -28,8 +28,8 @@
 //!   `x-ratelimit-limit-requests`).
 //!
 //! Calls wait for a slot in arrival order (a fair semaphore), and never past the point
-//! where the service's usual latency would carry them over their deadline: such a call
-//! gets [`Failure::Busy`] naming the limit (a sync task's retryable failure, a poll's
+//! where the service's usual latency (with a quarter more for its spread, as learned while
+//! they wait) would carry them over their deadline: such a call is not sent, and gets [`Failure::Busy`] naming the limit (a sync task's retryable failure, a poll's
 //! "still running", a create's `UNAVAILABLE`). Endpoints are keyed by `host:port`, at
 //! most [`MAX_ENDPOINTS`] of them (hosts can come from tasks, after the trust check), so a
 //! stream of distinct hosts cannot grow the process. The server's `max_concurrent_calls`
@@ -67,6 +67,13 @@ const LATENCY_WARMUP: u64 = 50;
 /// Shortest pause after a refusal that names one: a service answering `Retry-After: 0`
 /// to every call must not be called back in a tight loop.
 const MIN_PAUSE: Duration = Duration::from_millis(50);
+/// A call is sent only with at least this many times the endpoint's recent latency left
+/// of its deadline: answers vary around the average, and a call sent with just the average
+/// left times out about half the time, having spent the service's quota.
+const HEADROOM: f64 = 1.25;
+/// A call waiting for a slot looks at least this often at whether its deadline can still
+/// be met: the endpoint's latency is learned, and changes, while calls wait.
+const RECHECK: Duration = Duration::from_secs(1);
 /// Longest pause a Retry-After can impose (a hostile or broken header must not stall an
 /// endpoint for a day).
 const MAX_PAUSE: Duration = Duration::from_secs(60);
@@ -297,59 +304,80 @@ impl Endpoint {
     /// A slot for one call, waited for in arrival order until `deadline` less the
     /// endpoint's recent latency (no deadline: as long as it takes). `what` names the call
     /// in the message of the [`Failure::Busy`] a call that cannot be served gets.
+    ///
+    /// The give-up point follows the latency as it is learned while the call waits: calls
+    /// that start waiting before the endpoint has ever answered would otherwise wait their
+    /// whole deadline and then be sent with no time to be answered, spending the service's
+    /// quota on calls that time out (and freeing their slots early, which sends more).
     pub async fn acquire(self: &Arc<Self>, what: &str, deadline: Option<Instant>) -> Result<Permit, Failure> {
-        let (expected, give_up) = {
-            let s = self.lock();
-            let expected = Duration::from_secs_f64(s.recent);
-            (expected, deadline.map(|d| d.checked_sub(expected).unwrap_or(d)))
-        };
+        let give_up = |d: Instant| d.checked_sub(self.expected()).unwrap_or(d);
         // Counted as waiting until this returns or is dropped (a caller that gives up).
         let waiting = Waiting::new(self);
-        let acquire = self.slots.clone().acquire_owned();
-        let slot = match give_up {
-            Some(at) => tokio::time::timeout_at(at.into(), acquire).await.ok(),
-            None => Some(acquire.await),
+        let mut acquire = std::pin::pin!(self.slots.clone().acquire_owned());
+        let slot = match deadline {
+            None => acquire.await.ok(),
+            // Looked at again at least every [`RECHECK`]; waiting again keeps the call's
+            // place in the queue.
+            Some(d) => loop {
+                let wake = give_up(d).min(Instant::now() + RECHECK);
+                if let Ok(slot) = tokio::time::timeout_at(wake.into(), acquire.as_mut()).await {
+                    break slot.ok();
+                }
+                if Instant::now() >= give_up(d) {
+                    break None;
+                }
+            },
         };
         drop(waiting);
-        let mut permit = {
+        let permit = {
             let mut s = self.lock();
-            match slot {
-                Some(Ok(slot)) => {
-                    s.in_flight += 1;
-                    self.gauges.in_flight.set(s.in_flight as f64);
-                    Permit {
-                        endpoint: self.clone(),
-                        lane: if s.http2 { (s.in_flight - 1) / super::STREAMS_PER_LANE } else { 0 },
-                        http2: None,
-                        slot: Some(slot),
-                        sent: Instant::now(),
-                        epoch: s.epoch,
-                        signal: Signal::Unanswered,
-                    }
-                }
-                _ => {
-                    self.gauges.refused.increment(1);
-                    return Err(self.busy(what, &s));
-                }
+            let Some(slot) = slot else {
+                self.gauges.refused.increment(1);
+                return Err(self.busy(what, &s));
+            };
+            s.in_flight += 1;
+            self.gauges.in_flight.set(s.in_flight as f64);
+            Permit {
+                endpoint: self.clone(),
+                lane: if s.http2 { (s.in_flight - 1) / super::STREAMS_PER_LANE } else { 0 },
+                http2: None,
+                slot: Some(slot),
+                sent: Instant::now(),
+                epoch: s.epoch,
+                signal: Signal::Unanswered,
             }
         };
-        // A Retry-After holds every call to the endpoint; the slot is kept meanwhile.
-        let paused = self.lock().paused_until.filter(|p| *p > Instant::now());
-        if let Some(until) = paused {
-            if deadline.is_some_and(|d| until + expected > d) {
-                self.gauges.refused.increment(1);
-                let left = until.saturating_duration_since(Instant::now());
-                return Err(Failure::Busy(format!(
+        // A Retry-After holds every call to the endpoint; the slot is kept meanwhile. A call
+        // that would then (or already does) have less time left than the service takes is
+        // not sent: dropping the permit returns the slot unanswered.
+        let now = Instant::now();
+        let until = self.lock().paused_until.filter(|p| *p > now);
+        if deadline.is_some_and(|d| until.unwrap_or(now) > give_up(d)) {
+            self.gauges.refused.increment(1);
+            let refusal = match until {
+                Some(until) => Failure::Busy(format!(
                     "{what} was not sent: {} asked the agent to wait {:.1} s before calling again (Retry-After), \
                      which leaves this call too little of its deadline; the task can be retried",
                     self.name,
-                    left.as_secs_f64()
-                )));
-            }
+                    until.saturating_duration_since(now).as_secs_f64()
+                )),
+                None => self.busy(what, &self.lock()),
+            };
+            drop(permit);
+            return Err(refusal);
+        }
+        let mut permit = permit;
+        if let Some(until) = until {
             tokio::time::sleep_until(until.into()).await;
             permit.sent = Instant::now();
         }
         Ok(permit)
+    }
+
+    /// How long a call must have left to be worth sending: what the endpoint has recently
+    /// taken to answer, with [`HEADROOM`] (zero before its first answer).
+    fn expected(&self) -> Duration {
+        Duration::from_secs_f64(self.lock().recent * HEADROOM)
     }
 
     fn busy(&self, what: &str, s: &State) -> Failure {
@@ -808,11 +836,35 @@ mod tests {
         let err = e.acquire("chat completion", Some(start + Duration::from_millis(500))).await.unwrap_err();
         // It gave up when only the usual latency was left, not at the deadline.
         let waited = start.elapsed();
-        assert!(waited >= Duration::from_millis(150) && waited < Duration::from_millis(450), "{waited:?}");
+        // (The usual latency with its headroom: 375 ms.)
+        assert!(waited >= Duration::from_millis(100) && waited < Duration::from_millis(450), "{waited:?}");
         assert!(matches!(err, Failure::Busy(_)), "{err:?}");
         let m = err.message();
         assert!(m.contains("chat completion") && m.contains("at most 2 calls in flight to svc:443"), "{m}");
         drop(held);
+    }
+
+    #[tokio::test]
+    async fn calls_waiting_before_the_first_answer_give_up_once_the_latency_is_known() {
+        let e = cold(1);
+        let start = Instant::now();
+        // The first call goes alone (cold endpoint); the second waits with a 500 ms
+        // deadline, when no latency is known yet.
+        let mut first = e.acquire("call", None).await.unwrap();
+        let second = tokio::spawn({
+            let e = e.clone();
+            async move { e.acquire("chat completion", Some(start + Duration::from_millis(500))).await.map(drop) }
+        });
+        // The first answer comes after 300 ms and opens a second slot (slow start), when
+        // the waiting call has 200 ms left: less than the service takes, so it is refused
+        // rather than sent to time out.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        first.answered(Signal::Answered);
+        drop(first);
+        let refused = second.await.unwrap().expect_err("a call with 200 ms left was sent to a 300 ms service");
+        assert!(matches!(refused, Failure::Busy(_)), "{refused:?}");
+        assert!(start.elapsed() < Duration::from_millis(450), "{:?}", start.elapsed());
+        assert_eq!(e.load(), (0, 0));
     }
 
     #[tokio::test]

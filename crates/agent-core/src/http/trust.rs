@@ -9,7 +9,7 @@ use crate::error::AgentError;
 /// It never follows redirects: a redirect would carry the request, and whatever
 /// credentials it holds, to a host nobody checked.
 pub fn client(user_agent: &str, ca_bundle: Option<&std::path::Path>, setting: &str) -> Result<reqwest::Client, String> {
-    Ok(Lanes::new(user_agent, ca_bundle, setting)?.first)
+    Ok(Lanes::new(user_agent, ca_bundle, setting)?.0.first.clone())
 }
 
 /// Calls in flight one HTTP/2 connection carries before the next lane opens its own:
@@ -27,8 +27,13 @@ pub const LANES: usize = 32;
 /// HTTP/2 (see [`super::limit::Permit::lane`]), so they speak it from the start, and a
 /// burst of calls on a new lane shares one new connection instead of racing to open one
 /// each.
+///
+/// Cloning is cheap (one shared value): every call's SDK client holds a clone.
 #[derive(Debug, Clone)]
-pub struct Lanes {
+pub struct Lanes(std::sync::Arc<LanesInner>);
+
+#[derive(Debug)]
+struct LanesInner {
     user_agent: String,
     certs: Vec<reqwest::Certificate>,
     first: reqwest::Client,
@@ -55,25 +60,32 @@ impl Lanes {
         }
         let first = build(user_agent, &certs, false)?;
         let more = (1..LANES).map(|_| std::sync::OnceLock::new()).collect();
-        Ok(Self { user_agent: user_agent.to_owned(), certs, first, more })
+        Ok(Self(std::sync::Arc::new(LanesInner { user_agent: user_agent.to_owned(), certs, first, more })))
     }
 
     /// The client of `lane` (see [`super::limit::Permit::lane`]), built on first use; lane 0
     /// if it cannot be (it was built from the same settings, so that does not happen).
     pub fn get(&self, lane: usize) -> &reqwest::Client {
-        let Some(slot) = lane.checked_sub(1).and_then(|i| self.more.get(i)) else { return &self.first };
+        let lanes = &*self.0;
+        let Some(slot) = lane.checked_sub(1).and_then(|i| lanes.more.get(i)) else { return &lanes.first };
         if let Some(c) = slot.get() {
             return c;
         }
-        match build(&self.user_agent, &self.certs, true) {
+        match build(&lanes.user_agent, &lanes.certs, true) {
             Ok(c) => slot.get_or_init(|| c),
-            Err(_) => &self.first,
+            Err(_) => &lanes.first,
         }
     }
 }
 
 fn build(user_agent: &str, certs: &[reqwest::Certificate], http2_only: bool) -> Result<reqwest::Client, String> {
-    let mut builder = reqwest::Client::builder().user_agent(user_agent).redirect(reqwest::redirect::Policy::none());
+    // No retries inside reqwest: its default keeps a copy of every request in flight so it
+    // can resend one an HTTP/2 server refused unprocessed (memory per call, for thousands
+    // in flight), and the callers' own retries, inside the deadline, already resend it.
+    let mut builder = reqwest::Client::builder()
+        .user_agent(user_agent)
+        .redirect(reqwest::redirect::Policy::none())
+        .retry(reqwest::retry::never());
     if http2_only {
         builder = builder.http2_prior_knowledge();
     }

@@ -5,7 +5,7 @@
 //! with a fixed latency and optionally a token-bucket rate limit, starts the agent binary
 //! against it, and runs N closed-loop callers, each call with Propeller's 10 s deadline.
 //! After a warm-up it measures: calls/s against the ideal (in flight ÷ latency, or the
-//! rate limit when lower), p50/p99, calls the agent refused because their deadline could
+//! rate limit when lower), p50/p99 (of calls sent after the warm-up), calls the agent refused because their deadline could
 //! no longer be met (a sync task's retryable failure, a poll's "still running", a create's
 //! UNAVAILABLE, each naming the limit), other failures, the service's 429s, the agent's
 //! peak RSS and RSS per in-flight call, and the adaptive limit it ended at.
@@ -283,7 +283,11 @@ async fn caller(kind: Kind, ch: Channel, stop: Arc<AtomicBool>, window: (Instant
             match outcome {
                 Outcome::Ok => {
                     tally.ok += 1;
-                    hist.saturating_record(u64::try_from((done - sent).as_micros()).unwrap_or(u64::MAX).max(1));
+                    // Latency only of calls sent after the warm-up: the first ones queue while
+                    // the limit opens up.
+                    if sent >= window.0 {
+                        hist.saturating_record(u64::try_from((done - sent).as_micros()).unwrap_or(u64::MAX).max(1));
+                    }
                 }
                 Outcome::Refused => {
                     tally.refused += 1;
