@@ -29,8 +29,9 @@
 //!
 //! Calls wait for a slot in arrival order (a fair semaphore), and never past the point
 //! where the service's usual latency (with a quarter more for its spread, as learned while
-//! they wait) would carry them over their deadline: such a call is not sent, and gets [`Failure::Busy`] naming the limit (a sync task's retryable failure, a poll's
-//! "still running", a create's `UNAVAILABLE`). Endpoints are keyed by `host:port`, at
+//! they wait) would carry them over their deadline: such a call is not sent, and gets
+//! [`Failure::Busy`] naming the limit (a sync task's retryable failure, a poll's "still
+//! running", a create's `UNAVAILABLE`). Endpoints are keyed by `host:port`, at
 //! most [`MAX_ENDPOINTS`] of them (hosts can come from tasks, after the trust check), so a
 //! stream of distinct hosts cannot grow the process. The server's `max_concurrent_calls`
 //! stays the operator's hard ceiling over all of an agent's calls.

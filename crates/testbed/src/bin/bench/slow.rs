@@ -5,10 +5,11 @@
 //! with a fixed latency and optionally a token-bucket rate limit, starts the agent binary
 //! against it, and runs N closed-loop callers, each call with Propeller's 10 s deadline.
 //! After a warm-up it measures: calls/s against the ideal (in flight ÷ latency, or the
-//! rate limit when lower), p50/p99 (of calls sent after the warm-up), calls the agent refused because their deadline could
-//! no longer be met (a sync task's retryable failure, a poll's "still running", a create's
-//! UNAVAILABLE, each naming the limit), other failures, the service's 429s, the agent's
-//! peak RSS and RSS per in-flight call, and the adaptive limit it ended at.
+//! rate limit when lower), p50/p99 (of calls sent after the warm-up), calls the agent
+//! refused because their deadline could no longer be met (a sync task's retryable
+//! failure, a poll's "still running", a create's UNAVAILABLE, each naming the limit),
+//! other failures, the service's 429s, the agent's peak RSS and RSS per in-flight call,
+//! and the adaptive limit it ended at.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
