@@ -5,6 +5,7 @@ health, reflection, Prometheus metrics, traces and shutdown."""
 from __future__ import annotations
 
 import json
+import pathlib
 import re
 import signal
 import subprocess
@@ -89,6 +90,14 @@ def test_health_is_serving_for_the_server_and_each_service(agent):
                 "flyteidl.service.AgentMetadataService", "flyteidl2.connector.AsyncConnectorService",
                 "flyteidl2.connector.ConnectorMetadataService"]:
         assert stub.Check(health_pb2.HealthCheckRequest(service=svc)).status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_the_process_runs_without_transparent_huge_pages(agent):
+    # 2 MiB pages make memory resident that a few calls in flight touched (see server.rs).
+    status = pathlib.Path(f"/proc/{agent.proc.pid}/status").read_text()
+    if "THP_enabled:" not in status:
+        pytest.skip("this kernel does not report THP_enabled")
+    assert "THP_enabled:\t0" in status
 
 
 def test_reflection_lets_grpcurl_list_describe_and_call(agent):

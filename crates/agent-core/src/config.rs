@@ -47,8 +47,8 @@ pub struct ServerConfig {
     /// execute); more wait for a slot within their deadline. Below it, each service
     /// endpoint's adaptive limit decides how many calls the service gets (see
     /// `agent_core::http::limit`). 4096 by default: far above what the service limits
-    /// allow, and at the ~36 KiB an in-flight call costs (`cargo xtask bench -- --slow`),
-    /// about 150 MiB over the ~20 MiB idle, inside the charts' 256 MiB.
+    /// allow, and at the ~30 KiB an in-flight call costs (`cargo xtask bench -- --slow`),
+    /// about 120 MiB over the ~13 MiB idle, inside the charts' 256 MiB.
     pub max_concurrent_calls: usize,
     /// How long in-flight calls may run after SIGTERM before the process exits anyway.
     #[serde(with = "humantime_serde")]

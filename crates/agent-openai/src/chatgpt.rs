@@ -51,11 +51,12 @@ impl SyncAgent for ChatGptAgent {
 
     fn execute(&self, ctx: &Context, task: TaskRequest) -> impl Future<Output = Result<Resource, AgentError>> + Send {
         // The request is built before the future, which then keeps only it while the
-        // completion is awaited, not the whole task: a call in flight stays small.
-        let prepared = self.request(ctx, &task);
+        // completion is awaited, not the whole task: a call in flight stays small. Boxed,
+        // since what the future captures it keeps apart from what it unpacks.
+        let prepared = self.request(ctx, &task).map(Box::new);
         async move {
-            let (sdk, request) = prepared?;
-            let (sdk, request) = (&sdk, &request);
+            let prepared = prepared?;
+            let (sdk, request) = (&prepared.0, &prepared.1);
             // Serialized from a reference: a copy per attempt would be kept for the whole call.
             let chat = |_| async move { sdk.chat().create_byot::<&Json, Json>(request).await };
             // A failed completion is the task's result, not an RPC error: Propeller retries a

@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use agent_core::AgentService;
+use agent_core::config::ServerConfig;
 use agent_core::http::RestSettings;
 use agent_core::json::json_to_struct;
 use agent_core::literals::{Value, values_to_literal_map};
@@ -32,6 +33,11 @@ impl Drop for Env {
 
 /// The emulator over HTTPS (HTTP/2 offered) and the ChatGPT agent trusting its CA.
 async fn env(initial_concurrency: usize) -> Env {
+    env_with(initial_concurrency, test_config().max_concurrent_calls).await
+}
+
+/// [`env`] with the agent's ceiling on calls in flight.
+async fn env_with(initial_concurrency: usize, max_concurrent_calls: usize) -> Env {
     let ca = TestCa::generate().unwrap();
     let ai = OpenAi::new(Settings::default());
     let emulator = ai.start_https(([127, 0, 0, 1], 0).into(), &ca).await.unwrap();
@@ -47,7 +53,7 @@ async fn env(initial_concurrency: usize) -> Env {
     };
     let registry = Registry::builder().sync_agent(ChatGptAgent::new(config).unwrap()).unwrap();
     let service = AgentService::new(registry, secrets(&[("_FSEC_FLYTE_OPENAI_API_KEY", "sk-emulator-key")]));
-    let server = TestServer::start_with(service, test_config()).await;
+    let server = TestServer::start_with(service, ServerConfig { max_concurrent_calls, ..test_config() }).await;
     Env { ai, _emulator: emulator, server, dir }
 }
 
@@ -93,6 +99,22 @@ async fn calls_in_flight_share_one_http2_connection() {
     // A hundred 300 ms calls at once, not one after another.
     assert!(start.elapsed() < Duration::from_secs(3), "{:?}", start.elapsed());
     assert_eq!(env.ai.shaping().stats().connections, 1, "one TCP+TLS connection for every call");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_past_a_connections_streams_take_more_lanes_that_trust_the_same_ca() {
+    let env = env_with(256, 1024).await;
+    env.ai.shaping().set_latency(Some(Latency::fixed(Duration::from_millis(500))));
+    assert_eq!(chat(&env.server, Duration::from_secs(10)).await.phase, Phase::Succeeded);
+    // 250 at once: lanes 1 and 2 open their own HTTP/2 connections, each checking the
+    // emulator's certificate against the configured CA bundle as lane 0 did.
+    let results = many(&env.server, 250, Duration::from_secs(10)).await;
+    assert!(
+        results.iter().all(|r| r.phase == Phase::Succeeded),
+        "{:?}",
+        results.iter().find(|r| r.phase != Phase::Succeeded)
+    );
+    assert_eq!(env.ai.shaping().stats().connections, 3, "100 streams per connection");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

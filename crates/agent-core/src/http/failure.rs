@@ -199,18 +199,19 @@ impl Service {
 
     /// One attempt of a vendor SDK's call `what`, cut off after `limit` (an SDK future may
     /// have no time limit of its own); its error is classified by `adapt`, the agent's
-    /// reading of the SDK's errors through this service.
-    pub async fn timed<T, E>(
-        &self,
-        what: &str,
+    /// reading of the SDK's errors through this service. A combinator, not an `async fn`,
+    /// which would hold the SDK's future (a kilobyte or more) twice for the whole call.
+    pub fn timed<'a, T, E>(
+        &'a self,
+        what: &'a str,
         limit: Duration,
-        call: impl Future<Output = Result<T, E>>,
-        adapt: impl FnOnce(&str, &E) -> Failure,
-    ) -> Result<T, Failure> {
-        match tokio::time::timeout(limit, call).await {
+        call: impl Future<Output = Result<T, E>> + 'a,
+        adapt: impl FnOnce(&str, &E) -> Failure + 'a,
+    ) -> impl Future<Output = Result<T, Failure>> + 'a {
+        futures_util::FutureExt::map(tokio::time::timeout(limit, call), move |answer| match answer {
             Ok(answer) => answer.map_err(|e| adapt(what, &e)),
             Err(_) => Err(self.unreachable(what, format_args!("no answer within {} ms", limit.as_millis()))),
-        }
+        })
     }
 
     /// The message in an error body, or a placeholder.

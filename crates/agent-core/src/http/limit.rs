@@ -568,15 +568,19 @@ impl Permit {
     /// Runs one attempt of an SDK's call with this slot: what the SDK's HTTP layer reports
     /// through [`observe`] while it runs is the answer; with no report, a success counts as
     /// answered and a failure as unanswered. Returns the result, and whether the service
-    /// refused the call for load.
-    pub async fn run<T, E>(mut self, attempt: impl Future<Output = Result<T, E>>) -> (Result<T, E>, bool) {
+    /// refused the call for load. A combinator, so the attempt is not held twice.
+    pub fn run<T, E>(
+        mut self,
+        attempt: impl Future<Output = Result<T, E>>,
+    ) -> impl Future<Output = (Result<T, E>, bool)> {
         let seen = Arc::new(Attempt { lane: self.lane, seen: Mutex::new(None) });
-        let result = OBSERVED.scope(seen.clone(), attempt).await;
-        let reported = *seen.seen.lock().unwrap_or_else(PoisonError::into_inner);
-        self.http2 = reported.and_then(|(_, h2)| h2);
-        let reported = reported.map(|(signal, _)| signal);
-        self.signal = reported.unwrap_or(if result.is_ok() { Signal::Answered } else { Signal::Unanswered });
-        (result, self.throttled())
+        futures_util::FutureExt::map(OBSERVED.scope(seen.clone(), attempt), move |result| {
+            let reported = *seen.seen.lock().unwrap_or_else(PoisonError::into_inner);
+            self.http2 = reported.and_then(|(_, h2)| h2);
+            let reported = reported.map(|(signal, _)| signal);
+            self.signal = reported.unwrap_or(if result.is_ok() { Signal::Answered } else { Signal::Unanswered });
+            (result, self.throttled())
+        })
     }
 }
 

@@ -35,7 +35,8 @@ pub struct Lanes(std::sync::Arc<LanesInner>);
 #[derive(Debug)]
 struct LanesInner {
     user_agent: String,
-    certs: Vec<reqwest::Certificate>,
+    /// TLS for lanes 1 and up, which speak HTTP/2 only; it shares lane 0's verifier.
+    http2_tls: rustls::ClientConfig,
     first: reqwest::Client,
     /// Lanes 1 and up.
     more: std::sync::Arc<[std::sync::OnceLock<reqwest::Client>]>,
@@ -44,10 +45,12 @@ struct LanesInner {
 impl Lanes {
     /// The lanes of an agent (see [`client`] for the arguments).
     pub fn new(user_agent: &str, ca_bundle: Option<&std::path::Path>, setting: &str) -> Result<Self, String> {
+        use rustls::pki_types::{CertificateDer, pem::PemObject as _};
         let mut certs = Vec::new();
         if let Some(path) = ca_bundle {
             let pem = std::fs::read(path).map_err(|e| format!("{setting}: cannot read {}: {e}", path.display()))?;
-            certs = reqwest::Certificate::from_pem_bundle(&pem)
+            certs = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| format!("{setting}: {} is not a PEM bundle: {e}", path.display()))?;
             // A file without a single certificate parses as an empty bundle; trusting nothing
             // extra is not what the operator asked for.
@@ -58,9 +61,12 @@ impl Lanes {
                 ));
             }
         }
-        let first = build(user_agent, &certs, false)?;
+        let tls = tls(certs)?;
+        let mut http2_tls = tls.clone();
+        http2_tls.alpn_protocols = vec![b"h2".to_vec()];
+        let first = build(user_agent, tls, false)?;
         let more = (1..LANES).map(|_| std::sync::OnceLock::new()).collect();
-        Ok(Self(std::sync::Arc::new(LanesInner { user_agent: user_agent.to_owned(), certs, first, more })))
+        Ok(Self(std::sync::Arc::new(LanesInner { user_agent: user_agent.to_owned(), http2_tls, first, more })))
     }
 
     /// The client of `lane` (see [`super::limit::Permit::lane`]), built on first use; lane 0
@@ -71,26 +77,44 @@ impl Lanes {
         if let Some(c) = slot.get() {
             return c;
         }
-        match build(&lanes.user_agent, &lanes.certs, true) {
+        match build(&lanes.user_agent, lanes.http2_tls.clone(), true) {
             Ok(c) => slot.get_or_init(|| c),
             Err(_) => &lanes.first,
         }
     }
 }
 
-fn build(user_agent: &str, certs: &[reqwest::Certificate], http2_only: bool) -> Result<reqwest::Client, String> {
+/// TLS as reqwest sets it up by default (the platform's roots, which honour
+/// `SSL_CERT_FILE`, plus `extra`; TLS 1.2 and 1.3; HTTP/2 or 1.1 by ALPN), built once:
+/// every lane shares its verifier, where each client reqwest configures parses every
+/// root certificate again (about 60 KiB per lane).
+fn tls(extra: Vec<rustls::pki_types::CertificateDer<'static>>) -> Result<rustls::ClientConfig, String> {
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let verifier = rustls_platform_verifier::Verifier::new_with_extra_roots(extra, provider.clone())
+        .map_err(|e| format!("cannot load the trusted root certificates: {e}"))?;
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("cannot set up TLS: {e}"))?
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(verifier))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+fn build(user_agent: &str, tls: rustls::ClientConfig, http2_only: bool) -> Result<reqwest::Client, String> {
     // No retries inside reqwest: its default keeps a copy of every request in flight so it
     // can resend one an HTTP/2 server refused unprocessed (memory per call, for thousands
     // in flight), and the callers' own retries, inside the deadline, already resend it.
+    // A policy that never retries still copies each request unless it allows zero retries.
+    let no_retries = reqwest::retry::never().max_retries_per_request(0);
     let mut builder = reqwest::Client::builder()
         .user_agent(user_agent)
         .redirect(reqwest::redirect::Policy::none())
-        .retry(reqwest::retry::never());
+        .retry(no_retries)
+        .tls_backend_preconfigured(tls);
     if http2_only {
         builder = builder.http2_prior_knowledge();
-    }
-    if !certs.is_empty() {
-        builder = builder.tls_certs_merge(certs.to_vec());
     }
     builder.build().map_err(|e| format!("cannot build the HTTP client: {e}"))
 }
