@@ -119,10 +119,20 @@ pub(crate) fn demo(root: &Path) -> Result<()> {
     )?;
     let (sf, sf_host) = emulator(&bin, "snowflake", &["--user", &user, "--running-ms", "1500"])?;
     let (oai, oai_host) = emulator(&bin, "openai", &["--step-ms", "500"])?;
-    let mut procs = vec![bq, dbx, sf, oai];
+    let (hooks, hooks_host) = emulator(&bin, "webhook", &[])?;
+    let mut procs = vec![bq, dbx, sf, oai, hooks];
+    // Webhooks may not reach loopback unless the operator allows it; the receiver is there.
+    let webhook_config = work.join("webhook.yaml");
+    std::fs::write(&webhook_config, "webhook:\n  allow_cidrs: [\"127.0.0.1/32\"]\n")?;
+    // The sample (serialized by flytekit) names the receiver's default port.
+    let webhook_samples = work.join("webhook-samples");
+    std::fs::create_dir_all(&webhook_samples)?;
+    let template = std::fs::read_to_string(samples.join("webhook.template.json"))?;
+    std::fs::write(webhook_samples.join("webhook.template.json"), template.replace("127.0.0.1:9080", &hooks_host))?;
+    std::fs::copy(samples.join("webhook.inputs.json"), webhook_samples.join("webhook.inputs.json"))?;
 
     let key = std::fs::read_to_string(snowflake_key.join("rsa_key.p8"))?;
-    let agents: [(&str, Vec<(&str, String)>); 4] = [
+    let agents: [(&str, Vec<(&str, String)>); 5] = [
         ("agent-bigquery", vec![("BIGQUERY_EMULATOR_HOST", bq_host)]),
         (
             "agent-databricks",
@@ -143,6 +153,7 @@ pub(crate) fn demo(root: &Path) -> Result<()> {
                 ("_FSEC_FLYTE_OPENAI_API_KEY", "sk-emulator-key".into()),
             ],
         ),
+        ("agent-webhook", vec![("AGENT_CONFIG", webhook_config.to_string_lossy().into_owned())]),
     ];
     let mut endpoints = std::collections::HashMap::new();
     for (name, env) in &agents {
@@ -159,12 +170,13 @@ pub(crate) fn demo(root: &Path) -> Result<()> {
     let snowflake2: [&str; 3] = ["--flyte2", "--secret", &key_secret];
     let databricks2: [&str; 3] = ["--flyte2", "--secret", "databricks_token=dapi-emulator-token"];
     let (flytekit, flyte_sdk) = (samples.clone(), samples.join("flyte2"));
-    let tasks: [(&str, &str, &str, &[&str], &Path); 9] = [
+    let tasks: [(&str, &str, &str, &[&str], &Path); 10] = [
         ("agent-bigquery", "bigquery_query_job_task", "async", &[], &flytekit),
         ("agent-databricks", "databricks", "async", &[], &flytekit),
         ("agent-snowflake", "snowflake", "async", &[], &flytekit),
         ("agent-openai", "chatgpt", "sync", &[], &flytekit),
         ("agent-openai", "openai-batch", "async", &[], &flytekit),
+        ("agent-webhook", "webhook", "sync", &[], &webhook_samples),
         ("agent-openai", "chatgpt", "Flyte 2", &["--flyte2"], &flytekit),
         ("agent-snowflake", "snowflake", "Flyte 2", &snowflake2, &flyte_sdk),
         ("agent-databricks", "databricks", "Flyte 2", &databricks2, &flyte_sdk),

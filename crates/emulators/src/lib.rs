@@ -22,6 +22,7 @@ pub mod openai;
 pub mod shaping;
 pub mod snowflake;
 pub mod tls;
+pub mod webhook;
 
 /// RS256 tokens for the emulators' own tests, signed as the services' clients sign them.
 #[cfg(test)]

@@ -179,6 +179,17 @@ enum Service {
         #[command(flatten)]
         shaping: ShapingArgs,
     },
+    /// A webhook receiver: any request answered 200 and remembered
+    /// (`GET /_emulator/webhook/requests`); `/status/CODE` answers that status.
+    Webhook {
+        /// Port (0 picks a free one).
+        #[arg(long, default_value_t = 9080)]
+        port: u16,
+        #[command(flatten)]
+        tls: TlsArgs,
+        #[command(flatten)]
+        shaping: ShapingArgs,
+    },
 }
 
 fn pairs(v: &[String]) -> std::collections::HashMap<String, String> {
@@ -267,6 +278,18 @@ async fn main() -> ExitCode {
                 Err(code) => return code,
             }
         }
+        Service::Webhook { port, tls, shaping } => {
+            let rx = emulators::webhook::Receiver::new();
+            if let Err(code) = shape(rx.shaping(), &shaping) {
+                return code;
+            }
+            let addr = SocketAddr::new(cli.bind, port);
+            match tls.ca() {
+                Ok(Some(ca)) => rx.start_https(addr, &ca).await,
+                Ok(None) => rx.start(addr).await,
+                Err(code) => return code,
+            }
+        }
         Service::Snowflake { port, users, running_ms, tls, shaping } => {
             let mut keys = std::collections::HashMap::new();
             for u in &users {
@@ -344,13 +367,14 @@ mod tests {
     fn every_emulator_takes_the_shaping_flags_and_https_where_plain_is_the_default() {
         Cli::command().debug_assert();
         let flags = ["--latency-ms", "10", "--latency-p99-ms", "40", "--rate-limit", "2.5", "--burst", "7"];
-        for service in ["bigquery", "databricks", "snowflake", "openai"] {
+        for service in ["bigquery", "databricks", "snowflake", "openai", "webhook"] {
             let cli = Cli::try_parse_from(["emulators", service].into_iter().chain(flags)).unwrap();
             let shaping = match &cli.service {
                 Service::Bigquery { shaping, .. }
                 | Service::Databricks { shaping, .. }
                 | Service::Snowflake { shaping, .. }
-                | Service::Openai { shaping, .. } => shaping.settings(),
+                | Service::Openai { shaping, .. }
+                | Service::Webhook { shaping, .. } => shaping.settings(),
             };
             let want = emulators::ShapingSettings {
                 latency_ms: Some(10),
@@ -363,17 +387,20 @@ mod tests {
             assert!(Cli::try_parse_from(["emulators", service, "--latency-p99-ms", "5"]).is_err(), "{service}");
             assert!(Cli::try_parse_from(["emulators", service, "--burst", "5"]).is_err(), "{service}");
         }
-        for service in ["bigquery", "snowflake", "openai"] {
+        for service in ["bigquery", "snowflake", "openai", "webhook"] {
             let cli = Cli::try_parse_from(["emulators", service, "--tls", "--ca-out", "ca.pem"]).unwrap();
             let tls = match &cli.service {
-                Service::Bigquery { tls, .. } | Service::Snowflake { tls, .. } | Service::Openai { tls, .. } => tls,
+                Service::Bigquery { tls, .. }
+                | Service::Snowflake { tls, .. }
+                | Service::Openai { tls, .. }
+                | Service::Webhook { tls, .. } => tls,
                 Service::Databricks { .. } => unreachable!(),
             };
             assert!(tls.tls && tls.ca_out.as_deref() == Some(std::path::Path::new("ca.pem")), "{service}");
             // Plain HTTP by default; a CA file without --tls is a mistake worth a refusal.
             let plain = Cli::try_parse_from(["emulators", service]).unwrap();
             assert!(
-                matches!(plain.service, Service::Bigquery { ref tls, .. } | Service::Snowflake { ref tls, .. } | Service::Openai { ref tls, .. } if !tls.tls)
+                matches!(plain.service, Service::Bigquery { ref tls, .. } | Service::Snowflake { ref tls, .. } | Service::Openai { ref tls, .. } | Service::Webhook { ref tls, .. } if !tls.tls)
             );
             assert!(Cli::try_parse_from(["emulators", service, "--ca-out", "ca.pem"]).is_err(), "{service}");
         }

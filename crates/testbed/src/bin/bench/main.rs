@@ -52,6 +52,8 @@ struct Options {
     snowflake: bool,
     /// Benchmark agent-openai's ChatGPT agent against the OpenAI emulator instead.
     openai: bool,
+    /// Benchmark agent-webhook against the webhook receiver instead.
+    webhook: bool,
     /// Soak the async agents against their emulators with injected faults instead.
     soak: bool,
     /// Run the slow-service scenarios instead (`--seconds` is each one's measured time).
@@ -83,6 +85,7 @@ fn main() {
         databricks: false,
         snowflake: false,
         openai: false,
+        webhook: false,
         soak: false,
         slow: false,
         scenario: None,
@@ -107,6 +110,7 @@ fn main() {
             "--databricks" => o.databricks = true,
             "--snowflake" => o.snowflake = true,
             "--openai" => o.openai = true,
+            "--webhook" => o.webhook = true,
             "--rounds" => o.rounds = value().max(1) as usize,
             "--soak" => o.soak = true,
             "--fault-percent" => o.fault_rate = value() as f64 / 100.0,
@@ -129,6 +133,8 @@ fn main() {
         rt.block_on(bench_snowflake(o));
     } else if o.openai {
         rt.block_on(bench_openai(o));
+    } else if o.webhook {
+        rt.block_on(bench_webhook(o));
     } else {
         rt.block_on(run(o));
     }
@@ -136,7 +142,7 @@ fn main() {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: bench [--seconds N] [--concurrency N] [--connections N] [--starts N] [--rounds N] [--no-metrics] [--bigquery | --databricks | --snowflake | --openai] | bench --slow [--seconds N] [--scenario N] | bench --soak [--seconds N] [--concurrency N] [--fault-percent P] | bench bare-server PORT"
+        "usage: bench [--seconds N] [--concurrency N] [--connections N] [--starts N] [--rounds N] [--no-metrics] [--bigquery | --databricks | --snowflake | --openai | --webhook] | bench --slow [--seconds N] [--scenario N] | bench --soak [--seconds N] [--concurrency N] [--fault-percent P] | bench bare-server PORT"
     );
     std::process::exit(2)
 }
@@ -695,33 +701,93 @@ async fn start_measured(o: &Options, agent: &str, env: &[(String, String)]) -> (
 
 /// ExecuteTaskSync through agent-openai's ChatGPT agent against the OpenAI emulator.
 async fn bench_openai(o: Options) {
-    let (mut emulator, host) = start_emulator(&["openai", "--port", "0"].map(String::from));
-    let env = [
-        ("OPENAI_BASE_URL".to_owned(), format!("http://{host}/v1")),
-        ("_FSEC_FLYTE_OPENAI_API_KEY".to_owned(), "sk-emulator-key".to_owned()),
-    ];
-    let (starts, agent, idle) = start_measured(&o, "agent-openai", &env).await;
     let custom = serde_json::json!({"openai_organization": "org", "chatgpt_config": {"model": "gpt-4o-mini", "max_tokens": 100.0}});
+    let sync = Sync {
+        title: "agent-openai ChatGPT ExecuteTaskSync against the OpenAI emulator (each call = one chat completion over loopback HTTP)",
+        label: "agent-openai ExecuteTaskSync",
+        agent: "agent-openai",
+        emulator: "openai",
+        task_type: "chatgpt",
+        custom,
+        inputs: vec![("message", agent_core::literals::Value::from("hello"))],
+    };
+    bench_sync(o, sync, |host, _| {
+        vec![
+            ("OPENAI_BASE_URL".to_owned(), format!("http://{host}/v1")),
+            ("_FSEC_FLYTE_OPENAI_API_KEY".to_owned(), "sk-emulator-key".to_owned()),
+        ]
+    })
+    .await;
+}
+
+/// ExecuteTaskSync through agent-webhook against the webhook receiver: flytekit's
+/// WebhookTask with a templated URL and JSON body.
+async fn bench_webhook(o: Options) {
+    let sync = Sync {
+        title: "agent-webhook ExecuteTaskSync against the webhook receiver (each call = one templated POST over loopback HTTP, its address checked)",
+        label: "agent-webhook ExecuteTaskSync",
+        agent: "agent-webhook",
+        emulator: "webhook",
+        task_type: "webhook",
+        custom: serde_json::json!({"url": "http://RECEIVER/runs/{inputs.run}", "method": "POST",
+            "headers": {"Content-Type": "application/json"}, "data": {"text": "run {inputs.run} done", "run": "{inputs.run}"},
+            "show_data": false, "show_url": true, "timeout_sec": 10.0}),
+        inputs: vec![("run", agent_core::literals::Value::from("r-42"))],
+    };
+    bench_sync(o, sync, |_, dir| {
+        // The receiver listens on loopback, which webhooks may not reach by default.
+        let config = dir.join("webhook.yaml");
+        std::fs::write(&config, "webhook:\n  allow_cidrs: [\"127.0.0.1/32\"]\n").expect("bench config");
+        vec![("AGENT_CONFIG".to_owned(), config.to_string_lossy().into_owned())]
+    })
+    .await;
+}
+
+/// One sync agent benchmarked against its emulator.
+struct Sync {
+    title: &'static str,
+    label: &'static str,
+    agent: &'static str,
+    emulator: &'static str,
+    task_type: &'static str,
+    /// `template.custom`; `RECEIVER` in its strings becomes the emulator's host.
+    custom: serde_json::Value,
+    inputs: Vec<(&'static str, agent_core::literals::Value)>,
+}
+
+async fn bench_sync(o: Options, sync: Sync, env: impl FnOnce(&str, &std::path::Path) -> Vec<(String, String)>) {
+    let (mut emulator, host) = start_emulator(&[sync.emulator, "--port", "0"].map(String::from));
+    let dir = std::env::temp_dir().join(format!("agent-bench-{}-{}", sync.emulator, std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let env = env(&host, &dir);
+    let (starts, agent, idle) = start_measured(&o, sync.agent, &env).await;
+    let custom: serde_json::Value =
+        serde_json::from_str(&sync.custom.to_string().replace("RECEIVER", &host)).expect("the same JSON");
     let tmpl = core::TaskTemplate {
-        r#type: "chatgpt".into(),
+        r#type: sync.task_type.into(),
         custom: custom.as_object().map(agent_core::json::json_to_struct),
         ..Default::default()
     };
-    let ins = agent_core::literals::values_to_literal_map([("message", agent_core::literals::Value::from("hello"))]);
+    let ins = agent_core::literals::values_to_literal_map(sync.inputs);
     let mut rounds = Vec::new();
     for _ in 0..o.rounds {
         rounds.push(
-            load_task_type(agent.port, Rpc::Sync(Box::new((tmpl.clone(), ins.clone()))), Vec::new(), "chatgpt", &o)
-                .await,
+            load_task_type(
+                agent.port,
+                Rpc::Sync(Box::new((tmpl.clone(), ins.clone()))),
+                Vec::new(),
+                sync.task_type,
+                &o,
+            )
+            .await,
         );
     }
     let peak = rss_kib(agent.child.id()).1;
     drop(agent);
     let _ = emulator.kill();
     let _ = emulator.wait();
-    println!(
-        "agent-openai ChatGPT ExecuteTaskSync against the OpenAI emulator (each call = one chat completion over loopback HTTP)"
-    );
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("{}", sync.title);
     println!(
         "{} callers over {} connections, median of {} rounds of {} s\n",
         o.concurrency,
@@ -731,7 +797,7 @@ async fn bench_openai(o: Options) {
     );
     println!("| server / RPC                       |     req/s | p50 ms  | p99 ms  | max ms  | errors |");
     println!("|------------------------------------|-----------|---------|---------|---------|--------|");
-    println!("{}", row("agent-openai ExecuteTaskSync", &merge(rounds)));
+    println!("{}", row(sync.label, &merge(rounds)));
     println!(
         "\nstart to SERVING: median {:.1} ms over {} starts; RSS idle {:.1} MiB, peak under load {:.1} MiB",
         ms(starts[starts.len() / 2]),

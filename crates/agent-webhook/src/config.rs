@@ -1,0 +1,49 @@
+//! Settings of the webhook agent: the `webhook` section of the configuration.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// No environment variable of flytekit's means a webhook setting.
+pub(crate) const ENV: &[(&str, &str)] = &[];
+
+/// `webhook.*` settings (`AGENT_WEBHOOK__<KEY>` in the environment).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address ranges (CIDR, or one address) webhooks may reach although they are
+    /// forbidden by default (loopback, link-local, private, shared, multicast, reserved):
+    /// e.g. an in-cluster service's range.
+    pub allow_cidrs: Vec<String>,
+    /// More ranges webhooks never reach; wins over `allow_cidrs`.
+    pub deny_cidrs: Vec<String>,
+    /// When set, the only hosts webhooks may call: `hooks.slack.com`, or `.example.com`
+    /// for every host below it. Their addresses are still checked.
+    pub allow_hosts: Vec<String>,
+    /// Hosts webhooks never call, in the same form.
+    pub deny_hosts: Vec<String>,
+    /// Redirects followed, each checked as the first URL was. flytekit follows none (a
+    /// redirect is a failed task), which is the default. A task whose headers carry one of
+    /// its secrets never follows a redirect.
+    pub max_redirects: usize,
+    /// Largest answer read, in bytes; a larger one fails the task saying so.
+    pub max_response_bytes: usize,
+    /// Extra PEM bundle of CAs to trust beside the system's (an internal webhook's).
+    pub ca_bundle: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            allow_cidrs: Vec::new(),
+            deny_cidrs: Vec::new(),
+            allow_hosts: Vec::new(),
+            deny_hosts: ["localhost", ".localhost", "metadata.google.internal", ".cluster.local"]
+                .map(String::from)
+                .to_vec(),
+            max_redirects: 0,
+            max_response_bytes: 1024 * 1024,
+            ca_bundle: None,
+        }
+    }
+}
