@@ -233,6 +233,23 @@ def test_flytekits_sensor_engine_and_the_agent_agree_on_each_others_metas(sensor
     loop.close()
 
 
+def test_access_denied_fails_saying_so(azure, tmp_path):
+    """Azurite checks the account key: with a wrong one, the sensor fails instead of
+    waiting forever."""
+    config = tmp_path / "agent.yaml"
+    config.write_text(json.dumps({"sensor": {"azure_endpoint": f"http://127.0.0.1:{azure.port}/{AZ_ACCOUNT}"}}))
+    wrong = "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXktd3Jvbmcta2V5LXdyb25nLWtleQ=="
+    a = Agent(workspace_binary("agent-sensor"), env={"FLYTE_AZURE_STORAGE_ACCOUNT_NAME": AZ_ACCOUNT,
+                                                     "FLYTE_AZURE_STORAGE_ACCOUNT_KEY": wrong},
+              args=("--config", str(config)))
+    try:
+        r = poll(a, create(a, f"abfs://flyte-az@{AZ_ACCOUNT}.dfs.core.windows.net/x"))
+        assert r.phase == FAILED and "access denied" in r.message, r.message
+        assert wrong not in r.message
+    finally:
+        assert a.stop() == 0, a.logs()
+
+
 def test_other_sensors_are_refused_with_where_to_route_them(sensor_agent):
     import grpc
 

@@ -133,3 +133,27 @@ async fn paths_outside_the_roots_are_refused_before_any_check() {
     let err = env.server.async_client().await.create_task(create_request(&file_sensor(&escape))).await.unwrap_err();
     assert!(err.message().contains("'..'"), "{}", err.message());
 }
+
+/// The red-team case: a host in every disguise, put where a path names a bucket, account
+/// or container, is refused before any request (the trap is never reached), with the
+/// agent configured for an Azure account so a token would have somewhere to go.
+#[tokio::test]
+async fn no_disguised_host_in_a_path_is_called() {
+    use agent_core::testing::hostile::{Trap, hostile_hosts};
+    let trap = Trap::start().await;
+    let config = Config { azure_account: Some("flyteacct".into()), ..Config::default() };
+    let registry = Registry::builder().async_agent(SensorAgent::new(config).unwrap()).unwrap();
+    let server = TestServer::start_with(AgentService::new(registry, secrets(&[])), test_config()).await;
+    for host in hostile_hosts(trap.addr()) {
+        for path in [
+            format!("s3://{host}/key"),
+            format!("gs://{host}/key"),
+            format!("abfs://data@{host}/key"),
+            format!("abfss://{host}@flyteacct.dfs.core.windows.net/key"),
+        ] {
+            let err = server.async_client().await.create_task(create_request(&file_sensor(&path))).await.unwrap_err();
+            assert_eq!(err.code(), Code::InvalidArgument, "{path}: {}", err.message());
+        }
+    }
+    assert_eq!(trap.reached(), 0, "a disguised host was called");
+}
