@@ -1,5 +1,6 @@
-//! `bench --soak`: simulated Propeller loops against every async agent while its
-//! emulator injects faults (429 with Retry-After, 503, dropped connections, lost
+//! `bench --soak`: simulated Propeller loops against every async agent whose service we
+//! emulate (not the sensor: its storage emulators come from PyPI and npm and inject no
+//! faults) while its emulator injects faults (429 with Retry-After, 503, dropped connections, lost
 //! responses, slow answers) at a chosen rate. Each loop runs tasks one after another:
 //! CreateTask with a fresh task execution id, GetTask every 100 ms until a terminal
 //! phase, each call with Propeller's 10 s deadline. Half the loops speak Flyte 1
