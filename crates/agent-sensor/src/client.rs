@@ -61,13 +61,20 @@ pub(crate) enum Found {
 #[derive(Debug)]
 pub(crate) struct Client {
     config: Config,
-    roots: Vec<PathBuf>,
+    /// Each root as configured and as it resolves (they differ when it is a link).
+    roots: Vec<(PathBuf, PathBuf)>,
     /// Keys and client secrets, read once at start-up (flytekit's variable names).
     s3_keys: Option<(Secret, Secret)>,
     azure_key: Option<Secret>,
     azure_client_secret: Option<Secret>,
-    stores: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
-    order: Mutex<std::collections::VecDeque<String>>,
+    stores: Mutex<Stores>,
+}
+
+/// The stores made so far and the order they were made in (oldest first).
+#[derive(Debug, Default)]
+struct Stores {
+    by_id: HashMap<String, Arc<dyn ObjectStore>>,
+    order: std::collections::VecDeque<String>,
 }
 
 fn env_secret(name: &str) -> Option<Secret> {
@@ -80,7 +87,10 @@ impl Client {
         let roots = config
             .local_roots
             .iter()
-            .map(|r| std::fs::canonicalize(r).map_err(|e| format!("sensor.local_roots: {}: {e}", r.display())))
+            .map(|r| {
+                let real = std::fs::canonicalize(r).map_err(|e| format!("sensor.local_roots: {}: {e}", r.display()))?;
+                Ok::<_, String>((r.clone(), real))
+            })
             .collect::<Result<_, _>>()?;
         let s3_keys = env_secret("FLYTE_AWS_ACCESS_KEY_ID").zip(env_secret("FLYTE_AWS_SECRET_ACCESS_KEY"));
         Ok(Self {
@@ -90,7 +100,6 @@ impl Client {
             azure_client_secret: env_secret("FLYTE_AZURE_CLIENT_SECRET"),
             config,
             stores: Mutex::default(),
-            order: Mutex::default(),
         })
     }
 
@@ -130,7 +139,9 @@ impl Client {
             // the operator named.
             let configured = self.config.azure_account.as_deref() == Some(account.as_str());
             let listed = self.config.allowed_buckets.iter().any(|b| b == &format!("{account}/{container}"));
-            if !configured && !listed {
+            // With a list, only what it names; without one, the agent's own account.
+            let allowed = if self.config.allowed_buckets.is_empty() { configured } else { listed };
+            if !allowed {
                 return Err(bad(&format!(
                     "the storage account '{account}' is not the agent's (sensor.azure_account) nor listed in \
                      sensor.allowed_buckets as {account}/{container}"
@@ -168,7 +179,7 @@ impl Client {
         if p.components().any(|c| matches!(c, Component::ParentDir)) {
             return Err("'..' is not allowed".to_owned());
         }
-        let inside = |p: &std::path::Path| self.roots.iter().any(|r| p.starts_with(r));
+        let inside = |p: &std::path::Path| self.roots.iter().any(|(r, real)| p.starts_with(r) || p.starts_with(real));
         if !inside(p) {
             return Err("is not under the agent's sensor.local_roots".to_owned());
         }
@@ -195,14 +206,26 @@ impl Client {
         }
     }
 
+    /// A local path's existence, told only inside the roots. A link may lead out of them, so
+    /// the nearest ancestor that exists is resolved and must be inside, whether or not the
+    /// path itself exists: a task that can write links under a root then learns nothing
+    /// about files outside it (an escaping path is refused the same way either way).
     async fn exists_locally(&self, path: &std::path::Path) -> Found {
-        match tokio::fs::canonicalize(path).await {
-            // A link may lead out of the roots: what it leads to must be inside too.
-            Ok(real) if self.roots.iter().any(|r| real.starts_with(r)) => Found::Yes,
-            Ok(_) => Found::Never("the path leads (through a link) out of the agent's sensor.local_roots".to_owned()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Found::No,
-            Err(e) => Found::Unsure(format!("cannot check the path: {e}")),
+        let inside = |real: &std::path::Path| self.roots.iter().any(|(_, r)| real.starts_with(r));
+        let escaped =
+            || Found::Never("the path leads (through a link) out of the agent's sensor.local_roots".to_owned());
+        let mut at = Some(path);
+        while let Some(p) = at {
+            match tokio::fs::canonicalize(p).await {
+                Ok(real) if !inside(&real) => return escaped(),
+                Ok(_) if p == path => return Found::Yes,
+                Ok(_) => return Found::No,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => at = p.parent(),
+                // No detail: an error text could tell what is there.
+                Err(_) => return Found::Unsure("the path cannot be checked".to_owned()),
+            }
         }
+        Found::No
     }
 
     /// The store for the location's bucket, made on first use.
@@ -213,19 +236,22 @@ impl Client {
             Location::Azure { account, container, .. } => format!("az://{account}/{container}"),
             Location::Local(_) => return Err("local paths have no store".to_owned()),
         };
-        if let Some(s) = self.stores.lock().unwrap_or_else(PoisonError::into_inner).get(&id) {
+        if let Some(s) = self.stores.lock().unwrap_or_else(PoisonError::into_inner).by_id.get(&id) {
             return Ok(s.clone());
         }
         let store = self.build(location).map_err(|e| format!("cannot set up the storage client: {e}"))?;
         let mut stores = self.stores.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut order = self.order.lock().unwrap_or_else(PoisonError::into_inner);
-        if stores.len() >= CACHED_STORES
-            && let Some(oldest) = order.pop_front()
-        {
-            stores.remove(&oldest);
+        // Another poll may have made it meanwhile: keep one, so the order never repeats an
+        // id and the bound holds.
+        if let Some(s) = stores.by_id.get(&id) {
+            return Ok(s.clone());
         }
-        order.push_back(id.clone());
-        stores.insert(id, store.clone());
+        while stores.by_id.len() >= CACHED_STORES {
+            let Some(oldest) = stores.order.pop_front() else { break };
+            stores.by_id.remove(&oldest);
+        }
+        stores.order.push_back(id.clone());
+        stores.by_id.insert(id, store.clone());
         Ok(store)
     }
 
@@ -430,6 +456,12 @@ mod tests {
             let e = c.locate(bad).unwrap_err().to_string();
             assert!(e.contains("inputs.path"), "{bad}: {e}");
         }
+        let listed = client(|c| {
+            c.azure_account = Some("flyteacct".into());
+            c.allowed_buckets = vec!["flyteacct/data".into()];
+        });
+        assert!(listed.locate("az://data/x").is_ok());
+        assert!(listed.locate("az://other/x").is_err(), "a list names every container allowed");
         let only = client(|c| c.allowed_buckets = vec!["ok-bucket".into()]);
         assert!(only.locate("s3://ok-bucket/x").is_ok());
         assert!(only.locate("s3://other-bucket/x").unwrap_err().to_string().contains("sensor.allowed_buckets"));
@@ -453,6 +485,11 @@ mod tests {
         assert!(at(&root.join("../outside/secret")).is_err());
         assert!(at(&outside.join("secret")).is_err());
         assert!(matches!(c.exists(&at(&root.join("link")).unwrap()).await, Found::Never(_)));
+        // A link to a folder outside: whether a file there exists or not, the same refusal.
+        std::os::unix::fs::symlink(&outside, root.join("out")).unwrap();
+        assert!(matches!(c.exists(&at(&root.join("out/secret")).unwrap()).await, Found::Never(_)));
+        assert!(matches!(c.exists(&at(&root.join("out/missing")).unwrap()).await, Found::Never(_)));
+        assert!(matches!(c.exists(&at(&root.join("out/a/b/c")).unwrap()).await, Found::Never(_)));
         assert!(client(|_| {}).locate(file.to_str().unwrap()).unwrap_err().to_string().contains("local_roots"));
         let _ = std::fs::remove_dir_all(&dir);
     }

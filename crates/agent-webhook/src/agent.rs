@@ -85,7 +85,7 @@ impl WebhookAgent {
             }
         };
         let (headers, carries_secret) = field("headers", true)?;
-        let headers = header_map(&headers)?;
+        let headers = header_map(&headers, carries_secret)?;
         let (data, _) = field("data", false)?;
         let flag = |key: &str| -> Result<bool, AgentError> {
             Ok(match field(key, false)?.0 {
@@ -156,7 +156,7 @@ fn custom(task: &TaskRequest) -> Map<String, Json> {
 /// The headers of the filled template: a map of names to values (written as Python's
 /// `str()` writes non-strings). A value that cannot be a header is refused without
 /// echoing it: it may hold a secret.
-fn header_map(headers: &Json) -> Result<HeaderMap, AgentError> {
+fn header_map(headers: &Json, sensitive: bool) -> Result<HeaderMap, AgentError> {
     let mut map = HeaderMap::new();
     let entries = match headers {
         Json::Null => return Ok(map),
@@ -167,12 +167,15 @@ fn header_map(headers: &Json) -> Result<HeaderMap, AgentError> {
         let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
             AgentError::invalid_argument(format!("template.custom.headers: '{name}' is not a header name"))
         })?;
-        let value = HeaderValue::from_str(&py_str(value)).map_err(|_| {
+        let mut value = HeaderValue::from_str(&py_str(value)).map_err(|_| {
             AgentError::invalid_argument(format!(
                 "template.custom.headers.{name}: the value holds characters a header cannot (line breaks, control \
                  characters)"
             ))
         })?;
+        // Headers holding a secret stay out of HTTP/2's header compression tables and
+        // out of `Debug` output.
+        value.set_sensitive(sensitive);
         map.append(header, value);
     }
     Ok(map)

@@ -38,7 +38,7 @@ impl Default for Config {
             allow_cidrs: Vec::new(),
             deny_cidrs: Vec::new(),
             allow_hosts: Vec::new(),
-            deny_hosts: ["localhost", ".localhost", "metadata.google.internal", ".cluster.local"]
+            deny_hosts: ["localhost", ".localhost", "metadata", "metadata.google.internal", ".cluster.local", ".svc"]
                 .map(String::from)
                 .to_vec(),
             max_redirects: 0,

@@ -32,11 +32,17 @@ const FORBIDDEN: &[(&str, &str)] = &[
     ("240.0.0.0/4", "reserved"),
     ("::/128", "unspecified"),
     ("::1/128", "loopback"),
+    ("::/96", "IPv4-compatible (deprecated; names an IPv4 address)"),
+    ("::ffff:0:0:0/96", "IPv4-translated (names an IPv4 address)"),
     ("64:ff9b::/96", "NAT64 (reaches IPv4 addresses)"),
     ("64:ff9b:1::/48", "NAT64 (reaches IPv4 addresses)"),
+    ("100::/64", "discard-only"),
+    ("2001::/32", "Teredo (reaches IPv4 addresses)"),
+    ("2001:db8::/32", "documentation"),
     ("2002::/16", "6to4 (reaches IPv4 addresses)"),
     ("fc00::/7", "unique local (private; AWS's IPv6 metadata endpoint)"),
     ("fe80::/10", "link-local"),
+    ("fec0::/10", "site-local (deprecated, private)"),
     ("ff00::/8", "multicast"),
 ];
 
@@ -131,8 +137,13 @@ impl Rules {
         }
         let Some(host) = url.host_str() else { return Err(Refused("the URL has no host".to_owned())) };
         // The URL parser writes every spelling of an address (2130706433, 0x7f.1) as one.
+        // The host rules apply to a literal too, as written: with `allow_hosts` set, an
+        // address must be listed itself.
         match host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
-            Ok(ip) => self.check_ip(ip),
+            Ok(ip) => {
+                self.check_name(&ip.to_string())?;
+                self.check_ip(ip)
+            }
             Err(_) => self.check_name(host),
         }
     }
@@ -210,7 +221,19 @@ mod tests {
         for ip in ["127.0.0.1", "169.254.169.254", "10.0.0.7", "172.20.1.1", "192.168.1.1", "100.100.1.1", "0.0.0.0"] {
             assert!(r.check_ip(ip.parse().unwrap()).is_err(), "{ip}");
         }
-        for ip in ["::1", "fd00:ec2::254", "fe80::1", "::ffff:127.0.0.1", "::ffff:169.254.169.254", "64:ff9b::a00:1"] {
+        for ip in [
+            "::1",
+            "fd00:ec2::254",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "64:ff9b::a00:1",
+            "::169.254.169.254",
+            "::127.0.0.1",
+            "::ffff:0:a9fe:a9fe",
+            "fec0::1",
+            "2001:0:4136:e378::1",
+        ] {
             assert!(r.check_ip(ip.parse().unwrap()).is_err(), "{ip}");
         }
         for ip in ["93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946", "8.8.8.8"] {
@@ -248,8 +271,11 @@ mod tests {
         assert!(check("http://Metadata.Google.Internal./computeMetadata").is_err());
         assert!(check("http://api.default.svc.cluster.local/").is_err());
         assert!(check("file:///etc/passwd").is_err());
-        let only = rules(|c| c.allow_hosts = vec![".example.com".into()]);
+        let only = rules(|c| c.allow_hosts = vec![".example.com".into(), "203.0.113.7".into()]);
         assert!(only.check_url(&reqwest::Url::parse("https://a.example.com/").unwrap()).is_ok());
         assert!(only.check_url(&reqwest::Url::parse("https://example.com.evil.io/").unwrap()).is_err());
+        // An allowlist holds for addresses too: only a listed one passes.
+        assert!(only.check_url(&reqwest::Url::parse("http://203.0.113.9/").unwrap()).is_err());
+        assert!(only.check_url(&reqwest::Url::parse("http://203.0.113.7/").unwrap()).is_ok());
     }
 }

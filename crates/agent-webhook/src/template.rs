@@ -9,8 +9,6 @@
 //! tables as their URI, datetimes in ISO form, durations in seconds, msgpack-encoded
 //! values as JSON text.
 
-use std::time::{Duration, SystemTime};
-
 use agent_core::literals::Value;
 use agent_core::prelude::AgentError;
 use serde_json::{Map, Number, Value as Json};
@@ -198,15 +196,24 @@ fn doubles(v: &Json) -> Json {
 }
 
 /// Python's `datetime.isoformat()` of a UTC instant: microseconds only when not zero.
+/// Any instant a Timestamp holds is written, before 1970 included (civil date from days,
+/// after Howard Hinnant's algorithm), so no input can make the agent panic.
 fn isoformat(seconds: i64, nanos: i32) -> String {
-    let offset = Duration::new(seconds.unsigned_abs(), 0);
-    let at = if seconds >= 0 { SystemTime::UNIX_EPOCH + offset } else { SystemTime::UNIX_EPOCH - offset };
-    let micros = u32::try_from(nanos.max(0)).unwrap_or_default() / 1000;
-    let at = at + Duration::from_micros(u64::from(micros));
-    let text = humantime::format_rfc3339_micros(at).to_string();
-    let text = text.trim_end_matches('Z');
-    let text = if micros == 0 { text.trim_end_matches(".000000") } else { text };
-    format!("{text}+00:00")
+    let days = seconds.div_euclid(86_400);
+    let secs = seconds.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (h, m, sec) = (secs / 3600, secs % 3600 / 60, secs % 60);
+    let micros = nanos.clamp(0, 999_999_999) / 1000;
+    let fraction = if micros == 0 { String::new() } else { format!(".{micros:06}") };
+    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{sec:02}{fraction}+00:00")
 }
 
 /// Python's `str()` of a plain value.
@@ -422,6 +429,20 @@ mod tests {
             json!("2023-11-14T22:13:20.000123+00:00")
         );
         assert_eq!(native(&Value::Datetime(Timestamp { seconds: 0, nanos: 0 })), json!("1970-01-01T00:00:00+00:00"));
+        // Before 1970 and far ahead: written, never a panic.
+        assert_eq!(
+            native(&Value::Datetime(Timestamp { seconds: -1, nanos: 500_000 })),
+            json!("1969-12-31T23:59:59.000500+00:00")
+        );
+        assert_eq!(
+            native(&Value::Datetime(Timestamp { seconds: 951_782_400, nanos: 0 })),
+            json!("2000-02-29T00:00:00+00:00")
+        );
+        assert_eq!(
+            native(&Value::Datetime(Timestamp { seconds: -62_135_596_800, nanos: 0 })),
+            json!("0001-01-01T00:00:00+00:00")
+        );
+        let _ = native(&Value::Datetime(Timestamp { seconds: i64::MAX / 2, nanos: i32::MAX }));
         assert_eq!(py_str(&native(&Value::Duration(PbDuration { seconds: 5, nanos: 0 }))), "5.0");
         let packed = rmp_serde::to_vec_named(&json!({"a": 1, "é": [true]})).unwrap();
         assert_eq!(
