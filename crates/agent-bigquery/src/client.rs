@@ -44,6 +44,10 @@ impl Client {
         }
         // Retries happen in `call` below, where the deadline and Retry-After are known.
         let mut builder = JobService::builder().with_retry_policy(NeverRetry);
+        // Google's client makes the CLIENT spans (and sends `traceparent`) itself.
+        if agent_core::telemetry::exporting() {
+            builder = builder.with_tracing();
+        }
         let cannot = |e: &dyn std::fmt::Display| format!("bigquery: cannot create the BigQuery client: {e}. {ADC}");
         // The endpoint whose adaptive limit the calls share (`host:port`).
         let mut endpoint = "bigquery.googleapis.com:443".to_owned();

@@ -27,8 +27,9 @@ pub enum LogFormat {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
-    /// Address to listen on. `0.0.0.0` (all interfaces) by default; `127.0.0.1` keeps the
-    /// agent reachable from this machine only.
+    /// Address to listen on. `::` by default: every interface, IPv6 and IPv4 (one
+    /// dual-stack socket, as flytekit's `[::]:8000`); `127.0.0.1` keeps the agent
+    /// reachable from this machine only.
     pub listen_address: IpAddr,
     /// gRPC port (Propeller's default endpoints use 8000).
     pub port: u16,
@@ -136,7 +137,7 @@ fn default_tls_reload_interval() -> Duration {
 
 /// The built-in defaults, as a YAML document (also shown by `--help`).
 pub const DEFAULTS: &str = "\
-listen_address: 0.0.0.0
+listen_address: \"::\"
 port: 8000
 metrics_port: 9090
 max_message_size: 16777216
@@ -180,7 +181,7 @@ pub struct CliArgs {
     /// Prometheus metrics port, 0 to disable [default: 9090].
     #[arg(long)]
     pub metrics_port: Option<u16>,
-    /// Address to listen on [default: 0.0.0.0].
+    /// Address to listen on [default: ::, IPv6 and IPv4].
     #[arg(long, value_name = "IP")]
     pub listen_address: Option<IpAddr>,
     /// Largest gRPC message in bytes [default: 16777216].
@@ -454,7 +455,7 @@ mod tests {
         let s = Settings::load(&CliArgs::default(), env(&[])).unwrap();
         assert_eq!(s.server.port, 8000);
         assert_eq!(s.server.metrics_port, 9090);
-        assert_eq!(s.server.listen_address.to_string(), "0.0.0.0");
+        assert_eq!(s.server.listen_address.to_string(), "::");
         assert_eq!(s.server.grace_period, Duration::from_secs(25));
         assert_eq!(s.server.log_format, LogFormat::Human);
     }

@@ -2,7 +2,7 @@
 //! graceful shutdown on SIGTERM/SIGINT. An agent's `main` is a call to [`run`].
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches};
@@ -24,6 +24,38 @@ fn no_huge_pages() {
     #[cfg(target_os = "linux")]
     // Refused only by kernels before 3.15, which then keep their own setting.
     let _ = rustix::thread::disable_transparent_huge_pages(true);
+}
+
+/// Binds the gRPC port. `::` (the default) is one dual-stack socket, IPv6 and IPv4 alike,
+/// whatever the host's `bindv6only` says, so the agent becomes ready on IPv4-only,
+/// dual-stack and IPv6-only clusters. A host without IPv6 at all gets `0.0.0.0` instead,
+/// with a warning. Returns the address actually bound, which the metrics port shares.
+fn listen(address: IpAddr, port: u16) -> Result<(TcpListener, IpAddr), String> {
+    let bind = |address: IpAddr| -> std::io::Result<TcpListener> {
+        let at = SocketAddr::new(address, port);
+        let socket = socket2::Socket::new(socket2::Domain::for_address(at), socket2::Type::STREAM, None)?;
+        if address.is_ipv6() && address.is_unspecified() {
+            socket.set_only_v6(false)?;
+        }
+        // A restarted agent rebinds at once, past connections still in TIME_WAIT.
+        socket.set_reuse_address(true)?;
+        socket.bind(&at.into())?;
+        socket.listen(1024)?;
+        socket.set_nonblocking(true)?;
+        TcpListener::from_std(socket.into())
+    };
+    let unspecified_v6 = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+    match bind(address) {
+        Ok(l) => Ok((l, address)),
+        Err(e) if address == unspecified_v6 => {
+            let v4 = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+            let l =
+                bind(v4).map_err(|e4| format!("port: cannot listen on [::]:{port} ({e}) nor on {v4}:{port} ({e4})"))?;
+            tracing::warn!(message = "IPv6 is not available; listening on IPv4 only.", error = %e, address = %v4);
+            Ok((l, v4))
+        }
+        Err(e) => Err(format!("port: cannot listen on {}: {e}", SocketAddr::new(address, port))),
+    }
 }
 
 /// Names the binary in `--help`, logs and traces.
@@ -155,11 +187,9 @@ impl AgentServer {
 
     /// Binds the gRPC and metrics ports and serves until `shutdown` resolves, then drains.
     pub async fn serve_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), String> {
-        let grpc_addr = SocketAddr::new(self.config.listen_address, self.config.port);
-        let listener =
-            TcpListener::bind(grpc_addr).await.map_err(|e| format!("port: cannot listen on {grpc_addr}: {e}"))?;
+        let (listener, address) = listen(self.config.listen_address, self.config.port)?;
         if self.config.metrics_port != 0 {
-            crate::telemetry::serve_metrics(SocketAddr::new(self.config.listen_address, self.config.metrics_port))?;
+            crate::telemetry::serve_metrics(SocketAddr::new(address, self.config.metrics_port))?;
         }
         self.serve_on(listener, shutdown).await
     }
@@ -192,5 +222,34 @@ impl AgentServer {
         grpc::serve(self.service, listener, options, shutdown).await.map_err(|e| format!("gRPC server failed: {e}"))?;
         tracing::info!(message = "Stopped.");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv6Addr};
+
+    #[tokio::test]
+    async fn the_default_address_is_one_socket_for_ipv4_and_ipv6() {
+        let (listener, bound) = super::listen(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        if bound.is_ipv4() {
+            // This host has no IPv6 at all: the fallback took over, IPv4 still works.
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            return;
+        }
+        assert!(listener.local_addr().unwrap().is_ipv6());
+        // IPv4 clients reach the IPv6 socket (as ::ffff:127.0.0.1), so do IPv6 ones.
+        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("IPv4 on the dual-stack socket");
+        let (peer, _) = listener.accept().await.unwrap();
+        assert!(peer.peer_addr().unwrap().ip().to_canonical().is_loopback());
+        if let Ok(_v6) = tokio::net::TcpStream::connect(("::1", port)).await {
+            listener.accept().await.unwrap();
+        }
+        // An address that is not the default fails plainly, naming the setting.
+        let taken = super::listen("127.0.0.1".parse().unwrap(), 0).unwrap().0;
+        let again = super::listen("127.0.0.1".parse().unwrap(), taken.local_addr().unwrap().port());
+        let err = again.expect_err("a port in use is refused");
+        assert!(err.starts_with("port: cannot listen on 127.0.0.1:"), "{err}");
     }
 }

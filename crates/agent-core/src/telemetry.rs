@@ -4,14 +4,23 @@
 //! Every formatted log line is scrubbed of secret values before it is written
 //! ([`Scrubbed`]); traces carry spans only, not log events, so service text reaches no
 //! exporter unscrubbed; a panic is logged through the same path instead of being printed.
+//!
+//! Traces follow OpenTelemetry's semantic conventions: a SERVER span per gRPC call
+//! (`grpc::trace`), a CLIENT span per HTTP request to a service ([`client_span`]) whose
+//! W3C `traceparent` goes out with the request ([`inject`]), and JSON log lines written
+//! inside a traced call carry its `trace_id` and `span_id`. The resource honours
+//! `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES`; the binary's name is the service
+//! name when neither gives one.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
 
-use opentelemetry::propagation::Extractor;
-use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::propagation::{Extractor, Injector};
+use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -33,6 +42,13 @@ impl Telemetry {
     }
 }
 
+/// Whether traces are exported (an OTLP endpoint is configured).
+pub fn exporting() -> bool {
+    ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
+        .iter()
+        .any(|v| std::env::var(v).is_ok_and(|s| !s.is_empty()))
+}
+
 /// Installs the global subscriber: log format and level from `config` (`RUST_LOG`, when
 /// set, wins), plus an OpenTelemetry layer when an OTLP endpoint is configured.
 pub fn init(config: &ServerConfig, service_name: &str) -> Result<Telemetry, String> {
@@ -40,26 +56,34 @@ pub fn init(config: &ServerConfig, service_name: &str) -> Result<Telemetry, Stri
         Ok(f) if !f.is_empty() => EnvFilter::try_new(&f).map_err(|e| format!("RUST_LOG: {e}"))?,
         _ => EnvFilter::try_new(&config.log_level).map_err(|e| format!("log_level: {e}"))?,
     };
+    let (json, dispatch) =
+        WithTraceIds::new(tracing_subscriber::fmt::format().json().flatten_event(true).with_current_span(false));
     let fmt = match config.log_format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
+            .event_format(json)
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
             .with_writer(Scrubbed(std::io::stderr))
+            .and_then(dispatch)
             .boxed(),
         LogFormat::Human => tracing_subscriber::fmt::layer().with_writer(Scrubbed(std::io::stderr)).boxed(),
     };
 
-    let endpoint_set = ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
-        .iter()
-        .any(|v| std::env::var(v).is_ok_and(|s| !s.is_empty()));
     let mut telemetry = Telemetry::default();
-    let otel = if endpoint_set {
+    let otel = if exporting() {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .build()
             .map_err(|e| format!("OTEL_EXPORTER_OTLP_ENDPOINT: {e}"))?;
-        let resource = opentelemetry_sdk::Resource::builder().with_service_name(service_name.to_owned()).build();
+        // The SDK's detectors read OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES; the
+        // binary's name stands in only where neither names the service.
+        let named = std::env::var("OTEL_SERVICE_NAME").is_ok_and(|v| !v.trim().is_empty())
+            || std::env::var("OTEL_RESOURCE_ATTRIBUTES")
+                .is_ok_and(|v| v.split(',').any(|kv| kv.trim_start().starts_with("service.name=")));
+        let mut resource = opentelemetry_sdk::Resource::builder();
+        if !named {
+            resource = resource.with_service_name(service_name.to_owned());
+        }
+        let resource = resource.build();
         let provider = SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build();
         let tracer = provider.tracer("flyte-agent");
         opentelemetry::global::set_tracer_provider(provider.clone());
@@ -141,14 +165,30 @@ impl Extractor for HeaderExtractor<'_> {
     }
 }
 
-/// The span of one gRPC call, continuing the caller's trace when the request carries
-/// W3C trace context (`traceparent`).
-pub(crate) fn grpc_span<B>(req: &http::Request<B>) -> tracing::Span {
+struct HeaderInjector<'a>(&'a mut http::HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (http::HeaderName::try_from(key), http::HeaderValue::try_from(value)) {
+            self.0.insert(name, value);
+        }
+    }
+}
+
+/// The SERVER span of one gRPC call, continuing the caller's trace when the request
+/// carries W3C trace context (`traceparent`).
+pub(crate) fn server_span<B>(req: &http::Request<B>) -> tracing::Span {
     let path = req.uri().path();
+    let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or((path, ""));
     let span = tracing::info_span!(
         "grpc",
         otel.name = %path.trim_start_matches('/'),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
         rpc.system = "grpc",
+        rpc.service = %service,
+        rpc.method = %method,
+        rpc.grpc.status_code = tracing::field::Empty,
         flyte.protocol = protocol_of(path)
     );
     // Most calls (Propeller's) carry no trace context; skip the propagator for them.
@@ -157,6 +197,113 @@ pub(crate) fn grpc_span<B>(req: &http::Request<B>) -> tracing::Span {
         let _ = span.set_parent(parent);
     }
     span
+}
+
+/// Records a call's gRPC status on its server span. The codes that mean the server
+/// failed (not the caller) mark the span as an error, as the RPC conventions say.
+pub(crate) fn record_grpc_status(span: &tracing::Span, code: i32) {
+    span.record("rpc.grpc.status_code", code);
+    // UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS.
+    if matches!(code, 2 | 4 | 12 | 13 | 14 | 15) {
+        span.record("otel.status_code", "error");
+    }
+}
+
+/// The CLIENT span of one HTTP request to an external service. The URL is recorded
+/// without its query, which can carry identifiers a service treats as secret.
+pub fn client_span(method: &str, url: &reqwest::Url) -> tracing::Span {
+    let host = url.host_str().unwrap_or_default();
+    let port = url.port_or_known_default().unwrap_or_default();
+    tracing::info_span!(
+        "http",
+        otel.name = %method,
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = %method,
+        server.address = %host,
+        server.port = i64::from(port),
+        url.full = %format_args!("{}://{}:{}{}", url.scheme(), host, port, url.path()),
+        http.response.status_code = tracing::field::Empty,
+    )
+}
+
+/// Records the answer's status on a [`client_span`]; 4xx and 5xx mark it as an error.
+pub fn record_http_status(span: &tracing::Span, status: u16) {
+    span.record("http.response.status_code", i64::from(status));
+    if status >= 400 {
+        span.record("otel.status_code", "error");
+    }
+}
+
+/// Adds `span`'s W3C trace context (`traceparent`) to an outgoing request's headers, so
+/// the service's own traces join the caller's. Nothing is added when tracing is off.
+pub fn inject(span: &tracing::Span, headers: &mut http::HeaderMap) {
+    let cx = span.context();
+    if cx.span().span_context().is_valid() {
+        opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut HeaderInjector(headers)));
+    }
+}
+
+/// JSON log lines with the current trace's `trace_id` and `span_id`, so a log search
+/// lands on the trace and back. The ids are read through the subscriber ([`DispatchOf`]
+/// hands it over), since inside an event the global one is not reachable.
+struct WithTraceIds<F>(F, Arc<OnceLock<tracing::dispatcher::WeakDispatch>>);
+
+impl<F> WithTraceIds<F> {
+    /// The format, and the layer that must join the same subscriber for the ids to show.
+    fn new(format: F) -> (Self, DispatchOf) {
+        let dispatch = Arc::new(OnceLock::new());
+        (Self(format, dispatch.clone()), DispatchOf(dispatch))
+    }
+
+    fn ids<S, N>(&self, ctx: &FmtContext<'_, S, N>) -> Option<(String, String)>
+    where
+        S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+        N: for<'a> FormatFields<'a> + 'static,
+    {
+        let span = ctx.lookup_current()?;
+        let dispatch = self.1.get()?.upgrade()?;
+        let cx = tracing_opentelemetry::get_otel_context(&span.id(), &dispatch)?;
+        let otel = cx.span();
+        let sc = otel.span_context();
+        sc.is_valid().then(|| (sc.trace_id().to_string(), sc.span_id().to_string()))
+    }
+}
+
+/// Remembers the subscriber it joins, for [`WithTraceIds`].
+struct DispatchOf(Arc<OnceLock<tracing::dispatcher::WeakDispatch>>);
+
+impl<S: tracing::Subscriber> Layer<S> for DispatchOf {
+    fn on_register_dispatch(&self, subscriber: &tracing::Dispatch) {
+        let _ = self.0.set(subscriber.downgrade());
+    }
+}
+
+impl<S, N, F> FormatEvent<S, N> for WithTraceIds<F>
+where
+    F: FormatEvent<S, N>,
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let Some((trace_id, span_id)) = self.ids(ctx) else {
+            return self.0.format_event(ctx, writer, event);
+        };
+        let mut line = String::new();
+        self.0.format_event(ctx, Writer::new(&mut line), event)?;
+        match line.trim_end().strip_suffix('}') {
+            Some(head) => {
+                let tail = &line[head.len() + 1..];
+                write!(writer, "{head},\"trace_id\":\"{trace_id}\",\"span_id\":\"{span_id}\"}}{tail}")
+            }
+            None => writer.write_str(&line),
+        }
+    }
 }
 
 /// The protocol generation a gRPC method path belongs to, for trace attributes:
@@ -193,6 +340,20 @@ pub mod metrics {
     pub const LATENCY: &str = "flyte_connector_request_latency_seconds";
     /// Size of the inputs literal map of create/execute calls, by `task_type`.
     pub const INPUT_BYTES: &str = "flyte_connector_input_literal_bytes";
+    /// gRPC calls being served right now (health checks left out): what loads an agent
+    /// that waits on slow services, and what the charts' autoscaler can follow.
+    pub const IN_FLIGHT: &str = "flyte_agent_requests_in_flight";
+
+    /// Latency buckets (seconds): from a cached GetTask (well under a millisecond) to
+    /// Propeller's longest default deadline and a slow sync call.
+    pub const LATENCY_BUCKETS: &[f64] =
+        &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+    /// Input size buckets (bytes), up to the default 16 MiB message limit.
+    pub const INPUT_BYTES_BUCKETS: &[f64] =
+        &[256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262_144.0, 1_048_576.0, 4_194_304.0, 16_777_216.0];
+
+    /// The gauge behind [`super::InFlight`], taken once the exporter is installed.
+    pub(crate) static IN_FLIGHT_GAUGE: std::sync::OnceLock<metrics::Gauge> = std::sync::OnceLock::new();
 
     /// The `task_type` label for categories this binary does not serve: a label per
     /// requested name would let any caller create unbounded metric series.
@@ -236,6 +397,8 @@ pub mod metrics {
         describe_counter!(FAILURE, "Requests the agent failed, by error code.");
         describe_histogram!(LATENCY, metrics::Unit::Seconds, "Time spent serving a request.");
         describe_histogram!(INPUT_BYTES, metrics::Unit::Bytes, "Size of the inputs of create and execute requests.");
+        metrics::describe_gauge!(IN_FLIGHT, "gRPC calls being served (health checks not counted).");
+        let _ = IN_FLIGHT_GAUGE.set(metrics::gauge!(IN_FLIGHT));
     }
 
     pub(crate) fn record(
@@ -267,16 +430,59 @@ pub mod metrics {
     }
 }
 
-/// Serves `/metrics` on `addr`. Histograms render as Prometheus summaries (quantiles,
-/// `_sum`, `_count`), the type flytekit uses.
+/// One gRPC call in [`metrics::IN_FLIGHT`], for as long as the guard lives.
+#[derive(Debug)]
+pub(crate) struct InFlight(Option<&'static ::metrics::Gauge>);
+
+impl InFlight {
+    pub(crate) fn enter() -> Self {
+        let gauge = metrics::IN_FLIGHT_GAUGE.get();
+        if let Some(g) = gauge {
+            g.increment(1.0);
+        }
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(g) = self.0 {
+            g.decrement(1.0);
+        }
+    }
+}
+
+/// How often the `process_*` metrics are sampled (CPU, RSS, open files, threads).
+const PROCESS_SAMPLE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Serves `/metrics` on `addr`: latencies and sizes as Prometheus histograms (buckets add
+/// up across replicas, where flytekit's summaries' quantiles cannot), and the `process_*`
+/// metrics Prometheus' client libraries (flytekit's server among them) export. Must run
+/// inside the tokio runtime, which samples the process metrics.
 pub fn serve_metrics(addr: SocketAddr) -> Result<(), String> {
+    use metrics_exporter_prometheus::Matcher;
+    let err = |e: metrics_exporter_prometheus::BuildError| format!("metrics_port: {e}");
     metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(metrics::LATENCY.into()), metrics::LATENCY_BUCKETS)
+        .map_err(err)?
+        .set_buckets_for_metric(Matcher::Full(metrics::INPUT_BYTES.into()), metrics::INPUT_BYTES_BUCKETS)
+        .map_err(err)?
         .with_http_listener(addr)
         .install()
         .map_err(|e| format!("metrics_port: cannot serve metrics on {addr}: {e}"))?;
     metrics::reset();
     metrics::describe();
     crate::http::limit::metric::describe();
+    let process = metrics_process::Collector::default();
+    process.describe();
+    process.collect();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(PROCESS_SAMPLE_INTERVAL);
+        loop {
+            every.tick().await;
+            process.collect();
+        }
+    });
     Ok(())
 }
 
@@ -314,6 +520,65 @@ mod tests {
             assert_eq!(logged.matches("[REDACTED]").count(), 3, "{logged}");
             assert!(!logged.contains("pod-key-in") && !logged.contains("conn-key-in"), "{logged}");
         }
+    }
+
+    #[test]
+    fn json_lines_inside_a_span_of_a_trace_carry_its_ids() {
+        use opentelemetry::trace::TracerProvider as _;
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let out = crate::testing::CapturedLogs::default();
+        let (json, dispatch) = super::WithTraceIds::new(
+            tracing_subscriber::fmt::format().json().flatten_event(true).with_current_span(false),
+        );
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .event_format(json)
+                    .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+                    .with_writer(Scrubbed(out.clone())),
+            )
+            .with(dispatch);
+        let _guard = tracing::subscriber::set_default(subscriber);
+        tracing::info!(message = "Outside.");
+        let span = tracing::info_span!("grpc", otel.kind = "server");
+        span.in_scope(|| tracing::info!(message = "Inside."));
+        let lines: Vec<serde_json::Value> =
+            out.text().lines().map(|l| serde_json::from_str(l).expect("each line is JSON")).collect();
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].get("trace_id").is_none(), "{:?}", lines[0]);
+        let trace_id = lines[1]["trace_id"].as_str().expect("trace_id");
+        let span_id = lines[1]["span_id"].as_str().expect("span_id");
+        assert_eq!((trace_id.len(), span_id.len()), (32, 16));
+        assert_eq!(lines[1]["message"], "Inside.");
+        use opentelemetry::trace::TraceContextExt as _;
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        assert_eq!(span.context().span().span_context().trace_id().to_string(), trace_id);
+    }
+
+    #[test]
+    fn client_spans_send_the_trace_along_and_record_no_query() {
+        use opentelemetry::trace::TracerProvider as _;
+        opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let subscriber =
+            tracing_subscriber::registry().with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let url = reqwest::Url::parse("https://svc.example.com/api/2.1/jobs/runs/get?run_id=7&token=x").unwrap();
+        let span = super::client_span("GET", &url);
+        let mut headers = http::HeaderMap::new();
+        super::inject(&span, &mut headers);
+        let traceparent = headers.get("traceparent").expect("traceparent").to_str().unwrap().to_owned();
+        use opentelemetry::trace::TraceContextExt as _;
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        let cx = span.context();
+        let sc = cx.span().span_context().clone();
+        assert_eq!(traceparent, format!("00-{}-{}-01", sc.trace_id(), sc.span_id()));
+        // Without a tracer nothing is added.
+        drop(_guard);
+        let mut none = http::HeaderMap::new();
+        super::inject(&super::client_span("GET", &url), &mut none);
+        assert!(none.is_empty());
     }
 
     #[test]

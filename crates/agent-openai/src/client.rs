@@ -13,8 +13,10 @@ use agent_core::http::{
     Failure, Lanes, Observed, RestClient, RestSettings, SdkCalls, Service, TrustedHosts, header_value,
 };
 use agent_core::prelude::*;
+use agent_core::telemetry;
 use async_openai::config::OpenAIConfig;
 use async_openai::error::OpenAIError;
+use async_openai::middleware::HttpRequestFactory;
 
 use crate::config::Config;
 
@@ -71,9 +73,38 @@ impl Client {
         let config = OpenAIConfig::new().with_api_key(key.expose()).with_api_base(&self.api_base);
         // No organization: async-openai's `OPENAI_ORG_ID`, as flytekit's client reads it.
         let config = if let Some(o) = org { config.with_org_id(o) } else { config };
-        let answers = Observed::new(self.http.clone(), async_openai::middleware::ReqwestService::new);
+        let answers = Observed::new(self.http.clone(), Traced);
         // The SDK's own client only builds requests; `answers` sends them on the attempt's lane.
         Ok(Sdk::build(self.http.get(0).clone(), config).with_http_service(answers))
+    }
+}
+
+/// async-openai's transport with a CLIENT span for each request, whose trace context goes
+/// out with it (`traceparent`); otherwise the SDK's plain send.
+#[derive(Debug, Clone)]
+pub(crate) struct Traced(reqwest::Client);
+
+impl tower::Service<HttpRequestFactory> for Traced {
+    type Response = reqwest::Response;
+    type Error = OpenAIError;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<reqwest::Response, OpenAIError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: HttpRequestFactory) -> Self::Future {
+        let client = self.0.clone();
+        Box::pin(async move {
+            let mut request = request.build().await?;
+            let span = telemetry::client_span(request.method().as_str(), request.url());
+            telemetry::inject(&span, request.headers_mut());
+            let answer = tracing::Instrument::instrument(client.execute(request), span.clone())
+                .await
+                .map_err(OpenAIError::Reqwest)?;
+            telemetry::record_http_status(&span, answer.status().as_u16());
+            Ok(answer)
+        })
     }
 }
 

@@ -112,11 +112,15 @@ impl Client {
         } else {
             request.json(&call.data)
         };
-        let response = match request.send().await {
+        let span = agent_core::telemetry::client_span(call.method.as_str(), &call.url);
+        let mut traced = reqwest::header::HeaderMap::new();
+        agent_core::telemetry::inject(&span, &mut traced);
+        let response = match tracing::Instrument::instrument(request.headers(traced).send(), span.clone()).await {
             Ok(r) => r,
             Err(e) => return failed_call(&call.url, &e, timeout),
         };
         let status = response.status().as_u16();
+        agent_core::telemetry::record_http_status(&span, status);
         let text = match read_bounded(response, self.max_response_bytes).await {
             Ok(text) => text,
             Err(Unread::TooLarge) => {

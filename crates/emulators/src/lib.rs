@@ -19,6 +19,7 @@ pub mod databricks;
 pub mod faults;
 mod http;
 pub mod openai;
+pub mod otlp;
 pub mod shaping;
 pub mod snowflake;
 pub mod tls;

@@ -179,6 +179,13 @@ enum Service {
         #[command(flatten)]
         shaping: ShapingArgs,
     },
+    /// An OpenTelemetry collector: traces received over OTLP/gRPC, listed at
+    /// `GET /_emulator/otlp/spans` (point OTEL_EXPORTER_OTLP_ENDPOINT at http://ADDRESS).
+    Otlp {
+        /// Port (0 picks a free one).
+        #[arg(long, default_value_t = 4317)]
+        port: u16,
+    },
     /// A webhook receiver: any request answered 200 and remembered
     /// (`GET /_emulator/webhook/requests`); `/status/CODE` answers that status.
     Webhook {
@@ -278,6 +285,7 @@ async fn main() -> ExitCode {
                 Err(code) => return code,
             }
         }
+        Service::Otlp { port } => emulators::otlp::Collector::new().start(SocketAddr::new(cli.bind, port)).await,
         Service::Webhook { port, tls, shaping } => {
             let rx = emulators::webhook::Receiver::new();
             if let Err(code) = shape(rx.shaping(), &shaping) {
@@ -375,6 +383,7 @@ mod tests {
                 | Service::Snowflake { shaping, .. }
                 | Service::Openai { shaping, .. }
                 | Service::Webhook { shaping, .. } => shaping.settings(),
+                Service::Otlp { .. } => unreachable!(),
             };
             let want = emulators::ShapingSettings {
                 latency_ms: Some(10),
@@ -394,7 +403,7 @@ mod tests {
                 | Service::Snowflake { tls, .. }
                 | Service::Openai { tls, .. }
                 | Service::Webhook { tls, .. } => tls,
-                Service::Databricks { .. } => unreachable!(),
+                Service::Databricks { .. } | Service::Otlp { .. } => unreachable!(),
             };
             assert!(tls.tls && tls.ca_out.as_deref() == Some(std::path::Path::new("ca.pem")), "{service}");
             // Plain HTTP by default; a CA file without --tls is a mistake worth a refusal.

@@ -6,6 +6,7 @@ pub(crate) mod codec;
 mod http2;
 mod status;
 mod tls;
+mod trace;
 mod v1;
 pub(crate) mod v2;
 
@@ -180,8 +181,8 @@ pub(crate) async fn serve(
         .http2_keepalive_interval(Some(limits.keepalive_interval))
         .http2_keepalive_timeout(Some(limits.keepalive_timeout))
         .max_concurrent_streams(limits.max_concurrent_streams)
+        .layer(trace::layer())
         .layer(http2::max_call_duration(limits.max_call_duration))
-        .trace_fn(crate::telemetry::grpc_span)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

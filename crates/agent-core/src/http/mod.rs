@@ -435,7 +435,11 @@ impl RestClient {
             req = req.json(b);
         }
         let what = call.what;
-        let resp = shape(req).send().await.map_err(|e| {
+        let span = crate::telemetry::client_span(call.method.as_str(), url);
+        let mut traced = http::HeaderMap::new();
+        crate::telemetry::inject(&span, &mut traced);
+        let sending = tracing::Instrument::instrument(shape(req).headers(traced).send(), span.clone());
+        let resp = sending.await.map_err(|e| {
             // A request that cannot even be built (a header value with a line break, say)
             // came from a bad value, not from a service in trouble: retrying cannot help.
             if e.is_builder() {
@@ -449,6 +453,7 @@ impl RestClient {
             self.service.unreachable(what, format_args!("request failed: {}", e.without_url()))
         })?;
         let status = resp.status().as_u16();
+        crate::telemetry::record_http_status(&span, status);
         permit.answered(limit::Signal::of(status, resp.headers()));
         permit.over_http2(resp.version() == reqwest::Version::HTTP_2);
         let wait = resp.headers().get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(retry_after);
