@@ -4,7 +4,6 @@ against Kubernetes' strict schemas and yamllint, and check the promises the char
 
 import json
 import pathlib
-import re
 import subprocess
 import sys
 import tarfile
@@ -14,7 +13,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from conftest import AGENT_CHARTS, CHARTS, ROOT
+from conftest import AGENT_CHARTS, CHARTS, ROOT, split_notes
 
 KUBE_VERSIONS = ["1.32.0", "1.37.0"]
 SHARED_VALUES = sorted((ROOT / "tests/charts/values").glob("*.yaml"))
@@ -304,12 +303,16 @@ def test_values_and_chart_files_are_clean(chart):
     assert lint.returncode == 0, lint.stdout
 
 
+CONNECTOR_BLOCK = "Flyte 1.16 and later, connector-service: Propeller configuration"
+AGENT_BLOCK = "Flyte 1.15 and earlier, agent-service: Propeller configuration"
+
+
 def notes_blocks(chart, name=None, namespace="flyte", values=None):
-    """The NOTES split into its two Propeller configuration blocks, parsed."""
+    """The NOTES and their Propeller configuration blocks for both Flyte 1 plugins, parsed
+    (test_propeller.py checks every block)."""
     notes = render(chart, values or {}, name=name, namespace=namespace)[f"{chart}/templates/NOTES.txt"]
-    parts = re.split(r"^# Flyte .*$", notes, flags=re.M)
-    assert len(parts) == 3, notes
-    return notes, yaml.safe_load(parts[1]), yaml.safe_load(parts[2])
+    _, blocks = split_notes(notes)
+    return notes, blocks[CONNECTOR_BLOCK], blocks[AGENT_BLOCK]
 
 
 @pytest.mark.parametrize("chart", AGENT_CHARTS)
@@ -335,14 +338,6 @@ def test_notes_route_the_task_types(chart, release, namespace, service):
         assert cfg.get(routes, {}) == {t: service for t in asynchronous}
     for t in asynchronous + synchronous:
         assert t in notes
-
-
-def test_readme_shows_what_the_notes_print():
-    """The README's Propeller snippet is the NOTES of agent-bigquery in namespace flyte."""
-    readme = (ROOT / "README.md").read_text()
-    notes = render("agent-bigquery", {})["agent-bigquery/templates/NOTES.txt"]
-    block = notes[notes.index("# Flyte 1.16 and later") :].strip()
-    assert block in readme, "README.md's Propeller snippet differs from agent-bigquery's NOTES.txt"
 
 
 @pytest.mark.parametrize("chart", AGENT_CHARTS)

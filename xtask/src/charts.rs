@@ -18,7 +18,8 @@ pub(crate) fn check(root: &Path) -> Result<()> {
     run(&mut tools::pytest(&venv, root, "tests/charts"))
 }
 
-/// `cargo xtask package-charts`: one `.tgz` per agent chart (library included) in `out`.
+/// `cargo xtask package-charts`: one `.tgz` per chart (library included; the umbrella chart
+/// with every agent chart inside) in `out`.
 pub(crate) fn package(root: &Path, version: Option<&str>, out: &Path) -> Result<()> {
     let venv = tools::tools_venv(root)?;
     std::fs::create_dir_all(out)?;
@@ -31,14 +32,29 @@ pub(crate) fn package(root: &Path, version: Option<&str>, out: &Path) -> Result<
     run(&mut cmd)
 }
 
-/// Resolves the library dependency and packages each agent chart with the release
-/// version as both chart version and appVersion (the image tag).
+/// Packages each chart with the release version as both chart version and appVersion (the
+/// image tag), from a copy of `charts/` whose Chart.yaml files carry that version: the agent
+/// charts first (their library resolved), then the umbrella chart, which packs the agent
+/// charts as its dependencies and so needs them at the release version too.
 const PACKAGE: &str = r#"
-import pathlib, sys
+import pathlib, shutil, sys, tempfile
 import helm_python as helm
+import yaml
 charts, out, version = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 helm.disable_logging()
-for chart in sorted(p for p in charts.iterdir() if (p / "Chart.yaml").is_file() and p.name != "agent-common"):
-    helm.dependency_update(chart)
-    print(helm.package(chart, destination=out, version=version, app_version=version))
+with tempfile.TemporaryDirectory() as tmp:
+    copy = pathlib.Path(tmp) / "charts"
+    shutil.copytree(charts, copy, symlinks=True, ignore=shutil.ignore_patterns("charts", "Chart.lock"))
+    dirs = [p for p in sorted(copy.iterdir()) if (p / "Chart.yaml").is_file() and p.name != "agent-common"]
+    dirs.sort(key=lambda p: not p.name.startswith("agent-"))
+    for chart in dirs:
+        meta = yaml.safe_load((chart / "Chart.yaml").read_text())
+        meta["version"] = meta["appVersion"] = version
+        for dep in meta.get("dependencies", []):
+            if dep["name"] != "agent-common":
+                dep["version"] = version
+        (chart / "Chart.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
+    for chart in dirs:
+        helm.dependency_update(chart)
+        print(helm.package(chart, destination=out, version=version, app_version=version))
 "#;

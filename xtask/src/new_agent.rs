@@ -2,7 +2,8 @@
 //! tests against a local emulator of the service) and `charts/agent-NAME` from
 //! `xtask/templates/`. Nothing else needs registering: the workspace takes every crate
 //! under `crates/`, `build-images` every `agent-*` crate, and the chart and e2e checks
-//! every chart.
+//! every chart; only the umbrella chart `charts/flyte-agents` lists its agents by hand
+//! (Chart.yaml, values.yaml, values.schema.json), and a chart test fails until it does.
 //!
 //! `cargo xtask new-agent-check` proves the scaffold works as generated: it copies the
 //! working tree, scaffolds an agent into the copy, and runs its tests, clippy, rustfmt and
@@ -98,7 +99,8 @@ pub(crate) fn scaffold(root: &Path, name: &str) -> Result<()> {
     println!(
         "Next: make src/agent.rs speak the service's API and the emulator in tests/agent.rs speak it too, \
          then `cargo test -p agent-{0}`. The image (`cargo xtask build-images --agent {0}`) and the chart checks \
-         pick it up by themselves.",
+         pick it up by themselves; add it to the umbrella chart charts/flyte-agents (Chart.yaml, values.yaml, \
+         values.schema.json).",
         names.kebab
     );
     Ok(())

@@ -91,8 +91,19 @@ stringData:
 {{- end }}
 {{- end }}
 
+{{/*
+The autoscaler: CPU and memory utilisation, and the gRPC calls each pod serves
+(flyte_agent_requests_in_flight, a Pods metric a metrics adapter such as prometheus-adapter
+serves), in any combination; at least one, since an HPA without metrics would quietly fall
+back to Kubernetes' default of 80% CPU.
+*/}}
 {{- define "agent-common.hpa" -}}
 {{- if .Values.autoscaling.enabled }}
+{{- $a := .Values.autoscaling }}
+{{- $inFlight := $a.callsInFlight | default dict }}
+{{- if not (or $a.targetCPUUtilizationPercentage $a.targetMemoryUtilizationPercentage $inFlight.enabled) }}
+{{- fail "autoscaling.enabled: give the autoscaler a metric (targetCPUUtilizationPercentage, targetMemoryUtilizationPercentage or callsInFlight.enabled)" }}
+{{- end }}
 ---
 apiVersion: autoscaling/v2
 kind: HorizontalPodAutoscaler
@@ -125,6 +136,16 @@ spec:
           type: Utilization
           averageUtilization: {{ . }}
     {{- end }}
+    {{- if $inFlight.enabled }}
+    {{- $target := required "autoscaling.callsInFlight.targetAverageValue: calls in flight per pod to scale at" $inFlight.targetAverageValue }}
+    - type: Pods
+      pods:
+        metric:
+          name: flyte_agent_requests_in_flight
+        target:
+          type: AverageValue
+          averageValue: {{ if kindIs "string" $target }}{{ $target | quote }}{{ else }}{{ $target | int64 | quote }}{{ end }}
+    {{- end }}
 {{- end }}
 {{- end }}
 
@@ -150,7 +171,30 @@ spec:
 {{- end }}
 {{- end }}
 
+{{/*
+The prometheus-operator objects, a ServiceMonitor or a PodMonitor: "agent-common.all" renders
+both through this one part.
+*/}}
 {{- define "agent-common.servicemonitor" -}}
+{{- $pm := .Values.metrics.podMonitor | default dict }}
+{{- if and .Values.metrics.enabled .Values.metrics.serviceMonitor.enabled $pm.enabled }}
+{{- fail "metrics.serviceMonitor.enabled and metrics.podMonitor.enabled: choose one; both would scrape every pod twice" }}
+{{- end }}
+{{- include "agent-common.servicemonitorObject" . }}
+{{- include "agent-common.podmonitor" . }}
+{{- end }}
+
+{{/*
+prometheus-operator gives every target an `endpoint` label (the port's name, here always
+"metrics"); the agents' per-service metrics carry their own `endpoint` (host:port), which
+Prometheus would then rename to exported_endpoint. Dropping the target's keeps the agents'.
+*/}}
+{{- define "agent-common.dropEndpointLabel" -}}
+- action: labeldrop
+  regex: endpoint
+{{- end }}
+
+{{- define "agent-common.servicemonitorObject" -}}
 {{- if and .Values.metrics.enabled .Values.metrics.serviceMonitor.enabled }}
 ---
 apiVersion: monitoring.coreos.com/v1
@@ -172,5 +216,43 @@ spec:
       path: /metrics
       interval: {{ .Values.metrics.serviceMonitor.interval }}
       scrapeTimeout: {{ .Values.metrics.serviceMonitor.scrapeTimeout }}
+      relabelings:
+        {{- include "agent-common.dropEndpointLabel" . | nindent 8 }}
+{{- end }}
+{{- end }}
+
+{{/*
+Scrapes the pods' metrics container port directly (no Service port involved). The job label
+is set to the Service's name, the job a ServiceMonitor gives, so queries do not depend on
+which of the two scraped the pods.
+*/}}
+{{- define "agent-common.podmonitor" -}}
+{{- $pm := .Values.metrics.podMonitor | default dict }}
+{{- if and .Values.metrics.enabled $pm.enabled }}
+---
+apiVersion: monitoring.coreos.com/v1
+kind: PodMonitor
+metadata:
+  name: {{ include "agent-common.fullname" . }}
+  namespace: {{ .Release.Namespace }}
+  labels:
+    {{- include "agent-common.labels" . | nindent 4 }}
+    {{- with $pm.labels }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+spec:
+  selector:
+    matchLabels:
+      {{- include "agent-common.selectorLabels" . | nindent 6 }}
+  podMetricsEndpoints:
+    - port: metrics
+      path: /metrics
+      interval: {{ $pm.interval | default "30s" }}
+      scrapeTimeout: {{ $pm.scrapeTimeout | default "10s" }}
+      relabelings:
+        {{- include "agent-common.dropEndpointLabel" . | nindent 8 }}
+        - action: replace
+          targetLabel: job
+          replacement: {{ include "agent-common.fullname" . }}
 {{- end }}
 {{- end }}
