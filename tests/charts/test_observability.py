@@ -13,11 +13,16 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from conftest import CHARTS, ROOT
+from conftest import CHARTS, ROOT, UMBRELLA
 
 KUBE_VERSIONS = ["1.32.0", "1.37.0"]
 OBSERVABILITY = CHARTS / "observability"
-DASHBOARD = OBSERVABILITY / "flyte-agents-dashboard.json"
+# The one copy of the dashboard: inside the umbrella chart, which ships it as a ConfigMap
+# (Helm reads only files inside a chart); test_umbrella.py checks that ConfigMap.
+DASHBOARD = CHARTS / UMBRELLA / "dashboards/flyte-agents.json"
+# Grafana knows a dashboard by its uid: a new one makes an imported or provisioned copy a
+# second dashboard, beside the old one, with links and bookmarks pointing at the old one.
+DASHBOARD_UID = "flyte-agents-rs"
 ADAPTER_VALUES = OBSERVABILITY / "prometheus-adapter-values.yaml"
 IN_FLIGHT = "flyte_agent_requests_in_flight"
 
@@ -451,9 +456,15 @@ def call_arguments(expr, function):
     return out
 
 
+def test_the_dashboard_is_in_one_place():
+    """No second copy to drift: every Grafana dashboard under charts/ is the chart's file."""
+    boards = [p for p in CHARTS.rglob("*.json") if "panels" in json.loads(p.read_text())]
+    assert boards == [DASHBOARD]
+
+
 def test_dashboard_parses_and_has_the_template_variables():
     board = dashboard()
-    assert board["uid"] and board["title"]
+    assert board["uid"] == DASHBOARD_UID and board["title"]
     variables = {v["name"]: v for v in board["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource"
     assert variables["datasource"]["query"] == "prometheus"
@@ -553,3 +564,13 @@ def test_readme_documents_the_observability_values():
     rows = (CHARTS / "README.md").read_text()
     for key in ("`metrics.podMonitor.enabled` / `interval` / `scrapeTimeout` / `labels`", "`autoscaling.callsInFlight.enabled` / `targetAverageValue`"):
         assert key in rows, key
+
+
+def test_readme_links_to_the_observability_files_that_are_there():
+    """The dashboard and the adapter rule, linked and named where they are (they have moved)."""
+    readme = (CHARTS / "README.md").read_text()
+    for target in re.findall(r"\]\(([^)#:]+)\)", readme):
+        assert (CHARTS / target).exists(), target
+    for path in (DASHBOARD, ADAPTER_VALUES):
+        relative = path.relative_to(CHARTS).as_posix()
+        assert f"]({relative})" in readme and f"charts/{relative}" in readme, relative

@@ -1,8 +1,10 @@
 """The umbrella chart flyte-agents: every agent chart as a dependency switched on by
 agents.NAME, each still its own Deployment, Service, HPA and PDB and rendered as its own
-chart renders it; the settings under global reach every agent; the release packages carry
-the agents at the release version. (Its NOTES are checked in test_propeller.py.)"""
+chart renders it; the settings under global reach every agent; the Grafana dashboard it
+ships as a ConfigMap when asked; the release packages carry the agents at the release
+version, and the dashboard. (Its NOTES are checked in test_propeller.py.)"""
 
+import json
 import pathlib
 import re
 import shutil
@@ -24,6 +26,11 @@ ALIASES = {dep["alias"]: dep["name"] for dep in META["dependencies"] if "alias" 
 # The agent charts the umbrella installs (a test checks that is every agent chart).
 UMBRELLA_AGENTS = sorted(ALIASES.values())
 EVERY_AGENT = {"agents": dict.fromkeys(ALIASES, True)}
+# The agents' Grafana dashboard, whose one copy is in the chart (test_observability.py checks
+# its queries); grafanaDashboard.enabled ships it as a ConfigMap for Grafana's sidecar.
+DASHBOARD_FILE = "dashboards/flyte-agents.json"
+DASHBOARD_TEMPLATE = f"{UMBRELLA}/templates/grafana-dashboard.yaml"
+WITH_DASHBOARD = {"grafanaDashboard": {"enabled": True}}
 
 
 def render(values, name="flyte-agents", namespace="flyte", chart=UMBRELLA):
@@ -66,7 +73,7 @@ def test_every_agent_chart_is_a_dependency_switched_by_its_name():
         assert schema["properties"][alias]["type"] == "object"
 
 
-@pytest.mark.parametrize("values", [{}, EVERY_AGENT], ids=["none", "all"])
+@pytest.mark.parametrize("values", [{}, EVERY_AGENT, {**EVERY_AGENT, **WITH_DASHBOARD}], ids=["none", "all", "dashboard"])
 def test_lint_is_clean(values):
     report = helm.lint(CHARTS / UMBRELLA, values, strict=True, with_subcharts=True)
     assert report["errors"] == []
@@ -147,6 +154,80 @@ def test_a_standalone_chart_with_no_globals_is_unchanged():
     assert container["image"] == "ghcr.io/flyte-agents-rs/agent-databricks:0.1.0"
 
 
+def dashboard_configmap(rendered):
+    """The dashboard ConfigMap of a render (None when there is none), with its parsed JSON."""
+    docs = [d for d in yaml.safe_load_all(rendered.get(DASHBOARD_TEMPLATE, "")) if d]
+    if not docs:
+        return None, None
+    (doc,) = docs
+    assert doc["kind"] == "ConfigMap"
+    assert list(doc["data"]) == ["flyte-agents.json"], "one dashboard, one key"
+    return doc, json.loads(doc["data"]["flyte-agents.json"])
+
+
+def test_the_dashboard_is_off_by_default():
+    assert VALUES["grafanaDashboard"]["enabled"] is False
+    for values in ({}, EVERY_AGENT):
+        rendered = render(values)
+        assert rendered.get(DASHBOARD_TEMPLATE, "").strip() == ""
+        assert ("flyte-agents", "ConfigMap") not in objects(rendered)
+
+
+@pytest.mark.parametrize("values", [WITH_DASHBOARD, {**EVERY_AGENT, **WITH_DASHBOARD}], ids=["alone", "with-agents"])
+def test_the_dashboard_configmap_is_the_repository_dashboard_for_grafanas_sidecar(values):
+    rendered = render(values)
+    doc, board = dashboard_configmap(rendered)
+    for version in KUBE_VERSIONS:
+        kubernetes_validate.validate(doc, version, strict=True)
+    assert board == json.loads((CHARTS / UMBRELLA / DASHBOARD_FILE).read_text())
+    meta = doc["metadata"]
+    assert meta["name"] == "flyte-agents-dashboard" and meta["namespace"] == "flyte"
+    # The label kube-prometheus-stack's and the grafana chart's sidecars look for, as a string.
+    assert meta["labels"]["grafana_dashboard"] == "1"
+    assert meta["labels"]["app.kubernetes.io/instance"] == "flyte-agents"
+    assert "annotations" not in meta
+    # The agents' own objects are the same with it or without it.
+    without = objects(render(values | {"grafanaDashboard": {"enabled": False}}))
+    assert {k: v for k, v in objects(rendered).items() if k != ("flyte-agents", "ConfigMap")} == without
+
+
+def test_the_dashboard_labels_annotations_and_namespace_are_configurable():
+    values = {
+        "grafanaDashboard": {
+            "enabled": True,
+            # A sidecar set up with label: dashboards, labelValue: flyte, folderAnnotation: grafana_folder.
+            "labels": {"grafana_dashboard": None, "dashboards": "flyte", "team": "platform"},
+            "annotations": {"grafana_folder": "Flyte", "k8s-sidecar-target-directory": "/tmp/dashboards/Flyte"},
+            "namespace": "monitoring",
+        }
+    }
+    doc, board = dashboard_configmap(render(values, name="agents"))
+    for version in KUBE_VERSIONS:
+        kubernetes_validate.validate(doc, version, strict=True)
+    meta = doc["metadata"]
+    assert meta["name"] == "agents-dashboard" and meta["namespace"] == "monitoring"
+    assert "grafana_dashboard" not in meta["labels"]
+    assert meta["labels"]["dashboards"] == "flyte" and meta["labels"]["team"] == "platform"
+    assert meta["annotations"] == values["grafanaDashboard"]["annotations"]
+    assert board["uid"] == json.loads((CHARTS / UMBRELLA / DASHBOARD_FILE).read_text())["uid"]
+    # A label of the chart's own can be set too: the values win, no key is written twice.
+    own = {"grafanaDashboard": {"enabled": True, "labels": {"app.kubernetes.io/part-of": "observability"}}}
+    doc, _ = dashboard_configmap(render(own))
+    assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "observability"
+    assert doc["metadata"]["labels"]["grafana_dashboard"] == "1"
+
+
+def test_the_readme_dashboard_values_render():
+    readme = (CHARTS / "README.md").read_text()
+    blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", readme, flags=re.S)]
+    (shown,) = [b for b in blocks if isinstance(b, dict) and "grafanaDashboard" in b]
+    doc, _ = dashboard_configmap(render(shown))
+    assert doc["metadata"]["namespace"] == shown["grafanaDashboard"]["namespace"]
+    assert doc["metadata"]["annotations"] == shown["grafanaDashboard"]["annotations"]
+    assert doc["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert "`grafanaDashboard.enabled` | false |" in readme
+
+
 @pytest.mark.parametrize(
     "bad",
     [
@@ -155,6 +236,12 @@ def test_a_standalone_chart_with_no_globals_is_unchanged():
         {"global": {"tls": {"enable": True}}},
         {"global": {"propeller": {"timeouts": {"GetTask": "soon"}}}},
         {"agents": {"databricks": True}, "databricks": {"enabled": True}},
+        {"grafanaDashboard": {"enable": True}},
+        {"grafanaDashboard": {"enabled": "true"}},
+        {"grafanaDashboard": {"enabled": True, "labels": {"grafana_dashboard": 1}}},
+        {"grafanaDashboard": {"enabled": True, "labels": {"bad key!": "1"}}},
+        {"grafanaDashboard": {"enabled": True, "namespace": "Monitoring"}},
+        {"grafanaDashboard": {"enabled": True, "annotations": {"grafana_folder": ["Flyte"]}}},
     ],
     ids=lambda v: str(v),
 )
@@ -180,9 +267,16 @@ def test_release_packages_carry_the_agents_at_the_release_version(tmp_path):
         names = set(tar.getnames())
     for chart in UMBRELLA_AGENTS:
         assert f"{UMBRELLA}/charts/{chart}/charts/agent-common/Chart.yaml" in names
+    # The dashboard travels inside the chart, byte for byte, and the packaged chart ships it.
+    with tarfile.open(archive) as tar:
+        packed = tar.extractfile(f"{UMBRELLA}/{DASHBOARD_FILE}").read()
+    assert packed == (CHARTS / UMBRELLA / DASHBOARD_FILE).read_bytes()
     with helm.Chart.load_archive(archive.read_bytes()) as c:
-        rendered = c.render(EVERY_AGENT, name="flyte-agents", namespace="flyte")
+        rendered = c.render({**EVERY_AGENT, **WITH_DASHBOARD}, name="flyte-agents", namespace="flyte")
+    _, board = dashboard_configmap(rendered)
+    assert board == json.loads(packed)
     objs = objects(rendered)
+    del objs[("flyte-agents", "ConfigMap")]
     for chart in UMBRELLA_AGENTS:
         (container,) = objs[(chart, "Deployment")]["spec"]["template"]["spec"]["containers"]
         assert container["image"].endswith(f"/{chart}:9.9.9")

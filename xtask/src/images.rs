@@ -134,8 +134,10 @@ pub(crate) fn build(root: &Path, args: &BuildArgs) -> Result<Vec<Built>> {
     };
     let context = root.join("target/images/context");
 
+    // `cargo auditable build`: each binary carries its dependency list, so scanners can
+    // tell which crates (and versions) a stripped static binary holds.
     let mut cargo_build = cargo(root);
-    cargo_build.args(["build", "--release", "--locked", "--target", target]);
+    cargo_build.args(["auditable", "build", "--release", "--locked", "--target", target]);
     for agent in &agents {
         cargo_build.args(["--package", &format!("agent-{agent}"), "--bin", &format!("agent-{agent}")]);
     }
@@ -145,8 +147,10 @@ pub(crate) fn build(root: &Path, args: &BuildArgs) -> Result<Vec<Built>> {
         tools::ensure_rust_target(target)?;
         // aws-lc-sys (rustls' crypto) compiles C, and for musl that takes musl-gcc.
         tools::ensure_commands(&[("musl-gcc", "musl-tools")])?;
-        run(&mut cargo_build)?;
+        let auditable = tools::cargo_tool(root, "cargo-auditable", "cargo-auditable", tools::CARGO_AUDITABLE)?;
+        run(cargo_build.env("PATH", with_path(&auditable)?))?;
         stage_context(root, &context, target, &agents)?;
+        write_sboms(root, &context, &agents)?;
     }
 
     let revision = output(Command::new("git").current_dir(root).args(["rev-parse", "HEAD"])).unwrap_or_default();
@@ -227,6 +231,58 @@ fn stage_context(root: &Path, context: &Path, target: &str, agents: &[String]) -
     std::fs::copy(ca_bundle()?, etc.join("ssl/certs/ca-certificates.crt"))?;
     std::fs::write(etc.join("passwd"), "root:x:0:0:root:/:/sbin/nologin\nagent:x:65532:65532:agent:/:/sbin/nologin\n")?;
     std::fs::write(etc.join("group"), "root:x:0:\nagent:x:65532:\n")?;
+    Ok(())
+}
+
+/// `PATH` with `dir` first.
+fn with_path(dir: &Path) -> Result<std::ffi::OsString> {
+    let rest = std::env::var_os("PATH").unwrap_or_default();
+    Ok(std::env::join_paths(std::iter::once(dir.to_path_buf()).chain(std::env::split_paths(&rest)))?)
+}
+
+/// Where the SBOM of an agent's image is written beside the image (CI keeps it as an
+/// artifact); the same file is inside the image at [`SBOM_IN_IMAGE`].
+pub(crate) fn sbom_path(root: &Path, agent: &str) -> PathBuf {
+    root.join("target/images/sbom").join(format!("agent-{agent}.cdx.json"))
+}
+
+/// Where the image keeps its SBOM (see docker/Dockerfile).
+const SBOM_IN_IMAGE: &str = "usr/share/doc/agent/sbom.cdx.json";
+
+/// One CycloneDX SBOM per agent, read back from what `cargo auditable` embedded in the
+/// staged binary, so the SBOM lists exactly the crates linked into what ships.
+fn write_sboms(root: &Path, context: &Path, agents: &[String]) -> Result<()> {
+    let tool = tools::cargo_tool(root, "auditable2cdx", "auditable2cdx", tools::AUDITABLE2CDX)?;
+    std::fs::create_dir_all(context.join("sbom"))?;
+    for agent in agents {
+        let binary = context.join("bin").join(format!("agent-{agent}"));
+        let sbom = output(Command::new(tool.join("auditable2cdx")).arg(&binary))
+            .with_context(|| format!("reading the dependency list cargo auditable embedded in {}", binary.display()))?;
+        check_sbom(&sbom, agent)?;
+        std::fs::write(context.join("sbom").join(format!("agent-{agent}.cdx.json")), &sbom)?;
+        let beside = sbom_path(root, agent);
+        std::fs::create_dir_all(beside.parent().unwrap_or(root))?;
+        std::fs::write(&beside, &sbom)?;
+    }
+    Ok(())
+}
+
+/// An SBOM is CycloneDX JSON naming the agent's crate as the component it describes and
+/// listing the crates every agent links (the gRPC server, the TLS stack, agent-core).
+fn check_sbom(text: &str, agent: &str) -> Result<()> {
+    let bom: Value = serde_json::from_str(text).context("the SBOM is not JSON")?;
+    ensure!(bom["bomFormat"] == "CycloneDX", "the SBOM is not CycloneDX: {}", bom["bomFormat"]);
+    let name = format!("agent-{agent}");
+    ensure!(
+        bom["metadata"]["component"]["name"] == name.as_str(),
+        "the SBOM describes {}",
+        bom["metadata"]["component"]["name"]
+    );
+    let components: Vec<&str> =
+        bom["components"].as_array().into_iter().flatten().filter_map(|c| c["name"].as_str()).collect();
+    for needed in ["agent-core", "tonic", "rustls", "tokio"] {
+        ensure!(components.contains(&needed), "the SBOM of {name} does not list {needed}");
+    }
     Ok(())
 }
 
@@ -375,6 +431,8 @@ fn run_unpacked(root: &Path, venv: &Path, engine: Engine, built: &Built) -> Resu
             std::fs::copy(Path::new("/").join(file), rootfs.join(file))?;
         }
     }
+    let sbom = std::fs::read_to_string(rootfs.join(SBOM_IN_IMAGE)).context("the image has no SBOM")?;
+    check_sbom(&sbom, &built.agent)?;
     let certs = rootfs.join("etc/ssl/certs/ca-certificates.crt");
     ensure!(std::fs::metadata(&certs).is_ok_and(|m| m.len() > 0), "the image has no CA bundle");
 
@@ -509,10 +567,14 @@ fn run_docker(root: &Path, venv: &Path, built: &Built) -> Result<Observed> {
         &built.image,
     ]))?;
     let probed = probe(root, venv, &built.agent, grpc, metrics, started);
+    let copied = root.join("target/images").join(format!("sbom-of-{}.json", built.agent));
+    let sbom = output(Command::new("docker").arg("cp").arg(format!("{id}:/{SBOM_IN_IMAGE}")).arg(&copied))
+        .and_then(|_| Ok(std::fs::read_to_string(&copied)?));
     let stop = output(Command::new("docker").args(["stop", "--time", "30", &id]));
     let code = output(Command::new("docker").args(["inspect", "--format", "{{.State.ExitCode}}", &id]));
     let _ = Command::new("docker").args(["rm", "--force", &id]).output();
     let (ready, task_types) = probed?;
+    check_sbom(&sbom.context("the image has no SBOM")?, &built.agent)?;
     stop?;
     ensure!(code? == "0", "the agent did not exit cleanly after SIGTERM");
     let size = inspect[0]["Size"].as_u64().unwrap_or(0);

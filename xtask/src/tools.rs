@@ -167,6 +167,24 @@ pub(crate) fn cargo_deny(root: &Path) -> Result<PathBuf> {
     Ok(dir.join("bin"))
 }
 
+/// `cargo auditable`'s pinned version: it embeds each binary's dependency list (crate,
+/// version, source) in a section of the binary, which scanners (trivy, grype, syft, cargo
+/// audit bin) read from the stripped static binaries in the images.
+pub(crate) const CARGO_AUDITABLE: &str = "0.7.7";
+/// `auditable2cdx`'s pinned version: it turns that embedded list into a CycloneDX SBOM.
+pub(crate) const AUDITABLE2CDX: &str = "0.1.0";
+
+/// The directory holding the pinned `crate_name` binary `bin`, installed on first use with
+/// `cargo install --locked` from crates.io into `target/tools/` (each is small: a minute or
+/// two on 2 cores, once per machine or CI cache).
+pub(crate) fn cargo_tool(root: &Path, crate_name: &str, bin: &str, version: &str) -> Result<PathBuf> {
+    let dir = root.join("target/tools").join(format!("{crate_name}-{version}"));
+    if !dir.join("bin").join(bin).is_file() {
+        run(cargo(root).args(["install", crate_name, "--locked", "--version", version, "--root"]).arg(&dir))?;
+    }
+    Ok(dir.join("bin"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
