@@ -13,7 +13,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from conftest import AGENT_CHARTS, CHARTS, ROOT, split_notes
+from conftest import AGENT_CHARTS, CHARTS, ROOT, UMBRELLA, split_notes
 
 KUBE_VERSIONS = ["1.32.0", "1.37.0"]
 SHARED_VALUES = sorted((ROOT / "tests/charts/values").glob("*.yaml"))
@@ -286,7 +286,7 @@ def test_schema_rejects_bad_values(bad):
         render(AGENT_CHARTS[0], bad)
 
 
-@pytest.mark.parametrize("chart", AGENT_CHARTS)
+@pytest.mark.parametrize("chart", AGENT_CHARTS + [UMBRELLA])
 def test_values_and_chart_files_are_clean(chart):
     d = CHARTS / chart
     check = subprocess.run(

@@ -13,7 +13,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from conftest import CHARTS, ROOT, UMBRELLA
+from conftest import AGENT_CHARTS, CHARTS, ROOT, UMBRELLA
+from test_charts import by_kind, manifests
+from test_charts import render as render_chart
 
 KUBE_VERSIONS = ["1.32.0", "1.37.0"]
 OBSERVABILITY = CHARTS / "observability"
@@ -27,35 +29,14 @@ ADAPTER_VALUES = OBSERVABILITY / "prometheus-adapter-values.yaml"
 IN_FLIGHT = "flyte_agent_requests_in_flight"
 
 
-def _agent_charts():
-    """The charts of an agent binary (they name its task types), not the library or an umbrella."""
-    out = []
-    for p in sorted(CHARTS.iterdir()):
-        meta = p / "Chart.yaml"
-        if meta.is_file() and "agents.flyte.org/async-task-types" in (yaml.safe_load(meta.read_text()).get("annotations") or {}):
-            out.append(p.name)
-    return out
-
-
-AGENTS = _agent_charts()
+AGENTS = AGENT_CHARTS
 
 
 def render(chart, values, name=None, namespace="flyte"):
-    with helm.Chart.load(CHARTS / chart) as c:
-        rendered = c.render(values, name=name or chart, namespace=namespace)
-    docs = []
-    for path, text in rendered.items():
-        if not path.endswith("NOTES.txt"):
-            docs.extend(d for d in yaml.safe_load_all(text) if d)
-    return docs
+    return manifests(render_chart(chart, values, name=name, namespace=namespace))
 
 
-def kinds(docs):
-    out = {}
-    for d in docs:
-        assert d["kind"] not in out, f"two {d['kind']} objects"
-        out[d["kind"]] = d
-    return out
+kinds = by_kind
 
 
 def test_there_are_agent_charts():

@@ -22,7 +22,7 @@ from flyteidl.service import agent_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conftest import Agent, Emulator, workspace_binary
-from test_webhook import inputs_of, received, serialize
+from test_webhook import inputs_of, receiver, received, serialize  # noqa: F401 (receiver: the fixture)
 
 SUCCEEDED = 3
 
@@ -30,13 +30,6 @@ SUCCEEDED = 3
 @pytest.fixture(scope="module")
 def collector():
     e = Emulator("otlp")
-    yield e
-    e.stop()
-
-
-@pytest.fixture(scope="module")
-def receiver():
-    e = Emulator("webhook")
     yield e
     e.stop()
 
