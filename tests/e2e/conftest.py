@@ -251,3 +251,19 @@ def bigquery():
     yield a, e
     assert a.stop() == 0, a.logs()
     e.stop()
+
+
+def execute_sync(agent, template, inputs, timeout: float = 30, metadata=None):
+    """ExecuteTaskSync as Propeller streams it (the header, then the inputs); the one
+    answer's resource."""
+    from flyteidl.admin import agent_pb2
+    from flyteidl.service import agent_pb2_grpc
+
+    def requests():
+        yield agent_pb2.ExecuteTaskSyncRequest(header=agent_pb2.CreateRequestHeader(template=template, output_prefix="s3://b/o/0"))
+        yield agent_pb2.ExecuteTaskSyncRequest(inputs=inputs)
+
+    stub = agent_pb2_grpc.SyncAgentServiceStub(agent.channel)
+    responses = list(stub.ExecuteTaskSync(requests(), timeout=timeout, metadata=metadata))
+    assert len(responses) == 1 and responses[0].WhichOneof("res") == "header"
+    return responses[0].header.resource

@@ -15,7 +15,7 @@ from flyteidl.admin import agent_pb2
 from flyteidl.core import identifier_pb2, literals_pb2
 from flyteidl.service import agent_pb2_grpc
 
-from conftest import Agent, Emulator, workspace_binary
+from conftest import Agent, Emulator, execute_sync, workspace_binary
 
 KEY = "sk-emulator-key"
 SUCCEEDED, FAILED, RETRYABLE_FAILED = 3, 5, 8
@@ -47,16 +47,6 @@ def serialize(task):
 def string_inputs(**values):
     return literals_pb2.LiteralMap(literals={k: literals_pb2.Literal(scalar=literals_pb2.Scalar(
         primitive=literals_pb2.Primitive(string_value=v))) for k, v in values.items()})
-
-
-def execute_sync(agent, template, inputs):
-    def requests():
-        yield agent_pb2.ExecuteTaskSyncRequest(header=agent_pb2.CreateRequestHeader(template=template, output_prefix="s3://b/o/0"))
-        yield agent_pb2.ExecuteTaskSyncRequest(inputs=inputs)
-
-    responses = list(agent_pb2_grpc.SyncAgentServiceStub(agent.channel).ExecuteTaskSync(requests(), timeout=15))
-    assert len(responses) == 1 and responses[0].WhichOneof("res") == "header"
-    return responses[0].header.resource
 
 
 def test_both_agents_are_listed(oai_agent):

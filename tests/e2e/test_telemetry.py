@@ -21,7 +21,7 @@ from flyteidl.admin import agent_pb2
 from flyteidl.service import agent_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from conftest import Agent, Emulator, workspace_binary
+from conftest import Agent, Emulator, execute_sync, workspace_binary
 from test_webhook import inputs_of, receiver, received, serialize  # noqa: F401 (receiver: the fixture)
 
 SUCCEEDED = 3
@@ -69,13 +69,8 @@ def test_one_call_is_one_trace_from_the_caller_through_the_agent_to_the_service(
     for _ in range(3):
         health_pb2_grpc.HealthStub(traced_agent.channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
 
-    def requests():
-        yield agent_pb2.ExecuteTaskSyncRequest(header=agent_pb2.CreateRequestHeader(template=template, output_prefix="s3://b/o/0"))
-        yield agent_pb2.ExecuteTaskSyncRequest(inputs=inputs_of(n=7))
-
-    stub = agent_pb2_grpc.SyncAgentServiceStub(traced_agent.channel)
-    answers = list(stub.ExecuteTaskSync(requests(), timeout=30, metadata=[("traceparent", f"00-{trace_id}-{caller_span}-01")]))
-    assert answers[0].header.resource.phase == SUCCEEDED, answers[0].header.resource.message
+    resource = execute_sync(traced_agent, template, inputs_of(n=7), metadata=[("traceparent", f"00-{trace_id}-{caller_span}-01")])
+    assert resource.phase == SUCCEEDED, resource.message
 
     trace = spans(collector, trace_id)
     by_kind = {s["kind"]: s for s in trace}

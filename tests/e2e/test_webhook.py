@@ -19,7 +19,7 @@ from flyteidl.admin import agent_pb2
 from flyteidl.core import literals_pb2
 from flyteidl.service import agent_pb2_grpc
 
-from conftest import Agent, Emulator, workspace_binary
+from conftest import Agent, Emulator, execute_sync, workspace_binary
 
 SUCCEEDED, FAILED, RETRYABLE_FAILED = 3, 5, 8
 
@@ -62,16 +62,6 @@ def inputs_of(**values):
 
     ctx = FlyteContextManager.current_context()
     return asyncio.run(TypeEngine.dict_to_literal_map_pb(ctx, values))
-
-
-def execute_sync(agent, template, inputs):
-    def requests():
-        yield agent_pb2.ExecuteTaskSyncRequest(header=agent_pb2.CreateRequestHeader(template=template, output_prefix="s3://b/o/0"))
-        yield agent_pb2.ExecuteTaskSyncRequest(inputs=inputs)
-
-    responses = list(agent_pb2_grpc.SyncAgentServiceStub(agent.channel).ExecuteTaskSync(requests(), timeout=30))
-    assert len(responses) == 1 and responses[0].WhichOneof("res") == "header"
-    return responses[0].header.resource
 
 
 def python_connector(template, inputs):
