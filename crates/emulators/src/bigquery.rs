@@ -24,7 +24,6 @@
 #![allow(clippy::result_large_err)]
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -40,9 +39,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value as Json, json};
 
 use crate::faults::Faults;
-use crate::http::{Running, json_response};
+use crate::http::json_response;
 use crate::shaping::Shaping;
-use crate::tls::TestCa;
 
 /// How long jobs stay in each state unless a rule says otherwise.
 #[derive(Debug, Clone)]
@@ -295,17 +293,6 @@ impl BigQuery {
             .verify(format!("{h}.{c}").as_bytes(), &signature)
             .map_err(|_| "Invalid JWT Signature.".to_owned())?;
         Ok(iss.to_owned())
-    }
-
-    /// Serves on `addr` (port 0 for any free port).
-    pub async fn start(&self, addr: SocketAddr) -> std::io::Result<Running> {
-        Ok(crate::http::serve(tokio::net::TcpListener::bind(addr).await?, self.service(), None))
-    }
-
-    /// Serves HTTPS on `addr` with a server certificate from `ca` (ALPN `h2` and
-    /// `http/1.1`): clients trusting [`TestCa::ca_pem`] reach it at [`Running::url`].
-    pub async fn start_https(&self, addr: SocketAddr, ca: &TestCa) -> std::io::Result<Running> {
-        Ok(crate::http::serve(tokio::net::TcpListener::bind(addr).await?, self.service(), Some(ca.acceptor())))
     }
 
     /// The router with this emulator's faults, shaping and formats.
@@ -699,6 +686,8 @@ async fn clear_faults(State(bq): State<BigQuery>) -> Response<Body> {
     bq.faults.clear();
     json_response(StatusCode::OK, &json!({}))
 }
+
+crate::http::serving!(BigQuery);
 
 #[cfg(test)]
 mod tests {

@@ -102,6 +102,32 @@ impl Drop for Running {
     }
 }
 
+/// `start` (plain HTTP) and `start_https` for an emulator whose `service()` gives its
+/// router with its faults, shaping and formats: every emulator is served the same way.
+macro_rules! serving {
+    ($emulator:ty) => {
+        impl $emulator {
+            /// Serves plain HTTP on `addr` (port 0 for any free port).
+            pub async fn start(&self, addr: std::net::SocketAddr) -> std::io::Result<crate::http::Running> {
+                Ok(crate::http::serve(tokio::net::TcpListener::bind(addr).await?, self.service(), None))
+            }
+
+            /// Serves HTTPS on `addr` with a server certificate from `ca` (ALPN `h2` and
+            /// `http/1.1`): clients trusting [`crate::tls::TestCa::ca_pem`] reach it at
+            /// [`crate::http::Running::url`].
+            pub async fn start_https(
+                &self,
+                addr: std::net::SocketAddr,
+                ca: &crate::tls::TestCa,
+            ) -> std::io::Result<crate::http::Running> {
+                let listener = tokio::net::TcpListener::bind(addr).await?;
+                Ok(crate::http::serve(listener, self.service(), Some(ca.acceptor())))
+            }
+        }
+    };
+}
+pub(crate) use serving;
+
 pub(crate) fn serve(listener: TcpListener, service: Service, tls: Option<tokio_rustls::TlsAcceptor>) -> Running {
     let addr = listener.local_addr().expect("a bound listener has an address");
     let running_tls = tls.is_some();

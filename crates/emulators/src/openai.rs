@@ -10,7 +10,6 @@
 #![allow(clippy::result_large_err)]
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -23,9 +22,8 @@ use serde::Deserialize;
 use serde_json::{Value as Json, json};
 
 use crate::faults::Faults;
-use crate::http::{Running, json_response};
+use crate::http::json_response;
 use crate::shaping::Shaping;
-use crate::tls::TestCa;
 
 /// Keys, models and timing.
 #[derive(Debug, Clone)]
@@ -122,17 +120,6 @@ impl OpenAi {
             shaping: Shaping::default(),
             settings: Arc::new(settings),
         }
-    }
-
-    /// Serves plain HTTP on `addr` (agents reach it through `OPENAI_BASE_URL`).
-    pub async fn start(&self, addr: SocketAddr) -> std::io::Result<Running> {
-        Ok(crate::http::serve(tokio::net::TcpListener::bind(addr).await?, self.service(), None))
-    }
-
-    /// Serves HTTPS on `addr` with a server certificate from `ca` (ALPN `h2` and
-    /// `http/1.1`): clients trusting [`TestCa::ca_pem`] reach it at [`Running::url`].
-    pub async fn start_https(&self, addr: SocketAddr, ca: &TestCa) -> std::io::Result<Running> {
-        Ok(crate::http::serve(tokio::net::TcpListener::bind(addr).await?, self.service(), Some(ca.acceptor())))
     }
 
     /// The router with this emulator's faults, shaping and formats.
@@ -409,3 +396,5 @@ async fn clear_faults(State(ai): State<OpenAi>) -> Response<Body> {
     ai.faults.clear();
     json_response(StatusCode::OK, &json!({}))
 }
+
+crate::http::serving!(OpenAi);

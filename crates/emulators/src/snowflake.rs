@@ -13,7 +13,6 @@
 #![allow(clippy::result_large_err)]
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -29,9 +28,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value as Json, json};
 
 use crate::faults::Faults;
-use crate::http::{Running, json_response};
+use crate::http::json_response;
 use crate::shaping::Shaping;
-use crate::tls::TestCa;
 
 /// A user's registered public key.
 #[derive(Debug, Clone)]
@@ -171,17 +169,6 @@ impl Snowflake {
             users: Arc::new(users),
             running: settings.running,
         })
-    }
-
-    /// Serves plain HTTP on `addr` (agents reach it through `SNOWFLAKE_BASE_URL`).
-    pub async fn start(&self, addr: SocketAddr) -> std::io::Result<Running> {
-        Ok(crate::http::serve(tokio::net::TcpListener::bind(addr).await?, self.service(), None))
-    }
-
-    /// Serves HTTPS on `addr` with a server certificate from `ca` (ALPN `h2` and
-    /// `http/1.1`): clients trusting [`TestCa::ca_pem`] reach it at [`Running::url`].
-    pub async fn start_https(&self, addr: SocketAddr, ca: &TestCa) -> std::io::Result<Running> {
-        Ok(crate::http::serve(tokio::net::TcpListener::bind(addr).await?, self.service(), Some(ca.acceptor())))
     }
 
     /// The router with this emulator's faults, shaping and formats.
@@ -480,6 +467,8 @@ async fn clear_faults(State(sf): State<Snowflake>) -> Response<Body> {
     sf.faults.clear();
     json_response(StatusCode::OK, &json!({}))
 }
+
+crate::http::serving!(Snowflake);
 
 #[cfg(test)]
 mod tests {

@@ -5,7 +5,6 @@
 //! Control routes: `GET /_emulator/webhook/requests` lists what was received (method,
 //! path, query, headers, body), oldest first; `DELETE` forgets it.
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::Router;
@@ -17,9 +16,7 @@ use serde::Serialize;
 use serde_json::{Value as Json, json};
 
 use crate::faults::Faults;
-use crate::http::Running;
 use crate::shaping::Shaping;
-use crate::tls::TestCa;
 
 /// Requests remembered at most; older ones are dropped (a benchmark sends millions).
 const KEPT: usize = 1000;
@@ -54,16 +51,6 @@ impl Receiver {
     /// A receiver that has received nothing.
     pub fn new() -> Self {
         Self::default()
-    }
-
-    /// Serves plain HTTP on `addr`.
-    pub async fn start(&self, addr: SocketAddr) -> std::io::Result<Running> {
-        Ok(crate::http::serve(tokio::net::TcpListener::bind(addr).await?, self.service(), None))
-    }
-
-    /// Serves HTTPS on `addr` with a server certificate from `ca`.
-    pub async fn start_https(&self, addr: SocketAddr, ca: &TestCa) -> std::io::Result<Running> {
-        Ok(crate::http::serve(tokio::net::TcpListener::bind(addr).await?, self.service(), Some(ca.acceptor())))
     }
 
     fn service(&self) -> crate::http::Service {
@@ -157,6 +144,8 @@ async fn forget(State(r): State<Receiver>) -> impl IntoResponse {
     r.received.lock().unwrap_or_else(PoisonError::into_inner).clear();
     StatusCode::NO_CONTENT
 }
+
+crate::http::serving!(Receiver);
 
 #[cfg(test)]
 mod tests {
