@@ -817,27 +817,11 @@ async fn bench_sensor(o: Options) {
         let _ = child.wait();
     }
     let _ = std::fs::remove_dir_all(&dir);
-    println!(
-        "agent-sensor FileSensor polls (each GetTask = one existence check; S3 in moto's Python server when it is installed)"
-    );
-    println!(
-        "{} callers over {} connections, median of {} rounds of {} s\n",
-        o.concurrency,
-        o.connections,
-        o.rounds,
-        o.duration.as_secs()
-    );
-    println!("| server / RPC                       |     req/s | p50 ms  | p99 ms  | max ms  | errors |");
-    println!("|------------------------------------|-----------|---------|---------|---------|--------|");
-    for r in rows {
-        println!("{r}");
-    }
-    println!(
-        "\nstart to SERVING: median {:.1} ms over {} starts; RSS idle {:.1} MiB, peak under load {:.1} MiB",
-        ms(starts[starts.len() / 2]),
-        starts.len(),
-        mib(idle),
-        mib(peak)
+    report(
+        "agent-sensor FileSensor polls (each GetTask = one existence check; S3 in moto's Python server when it is installed)",
+        &o,
+        &rows,
+        (&starts, idle, peak),
     );
 }
 
@@ -885,24 +869,7 @@ async fn bench_sync(o: Options, sync: Sync, env: impl FnOnce(&str, &std::path::P
     let _ = emulator.kill();
     let _ = emulator.wait();
     let _ = std::fs::remove_dir_all(&dir);
-    println!("{}", sync.title);
-    println!(
-        "{} callers over {} connections, median of {} rounds of {} s\n",
-        o.concurrency,
-        o.connections,
-        o.rounds,
-        o.duration.as_secs()
-    );
-    println!("| server / RPC                       |     req/s | p50 ms  | p99 ms  | max ms  | errors |");
-    println!("|------------------------------------|-----------|---------|---------|---------|--------|");
-    println!("{}", row(sync.label, &merge(rounds)));
-    println!(
-        "\nstart to SERVING: median {:.1} ms over {} starts; RSS idle {:.1} MiB, peak under load {:.1} MiB",
-        ms(starts[starts.len() / 2]),
-        starts.len(),
-        mib(idle),
-        mib(peak)
-    );
+    report(sync.title, &o, &[row(sync.label, &merge(rounds))], (&starts, idle, peak));
 }
 
 /// CreateTask and GetTask through agent-snowflake against the SQL API emulator (JWT verified
@@ -996,7 +963,17 @@ async fn bench_external(o: Options, setup: fn(&str, &std::path::Path) -> Externa
     let _ = emulator.kill();
     let _ = emulator.wait();
     let _ = std::fs::remove_dir_all(&dir);
-    println!("{}", ext.title);
+    let mut rows = vec![row(&format!("{} GetTask", ext.agent), &merge(gets))];
+    if ext.measure_create {
+        rows.push(row(&format!("{} CreateTask", ext.agent), &merge(creates)));
+    }
+    report(ext.title, &o, &rows, (&starts, idle, peak));
+}
+
+/// Prints one agent's table: the load, a row per RPC measured, then start-up (start times)
+/// and memory (idle and peak RSS, KiB).
+fn report(title: &str, o: &Options, rows: &[String], (starts, idle, peak): (&[Duration], u64, u64)) {
+    println!("{title}");
     println!(
         "{} callers over {} connections, median of {} rounds of {} s\n",
         o.concurrency,
@@ -1006,9 +983,8 @@ async fn bench_external(o: Options, setup: fn(&str, &std::path::Path) -> Externa
     );
     println!("| server / RPC                       |     req/s | p50 ms  | p99 ms  | max ms  | errors |");
     println!("|------------------------------------|-----------|---------|---------|---------|--------|");
-    println!("{}", row(&format!("{} GetTask", ext.agent), &merge(gets)));
-    if ext.measure_create {
-        println!("{}", row(&format!("{} CreateTask", ext.agent), &merge(creates)));
+    for r in rows {
+        println!("{r}");
     }
     println!(
         "\nstart to SERVING: median {:.1} ms over {} starts; RSS idle {:.1} MiB, peak under load {:.1} MiB",
