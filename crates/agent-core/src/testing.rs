@@ -167,6 +167,7 @@ impl TestServer {
 
 pub mod arbitrary;
 pub mod hostile;
+pub mod pki;
 
 /// A log writer that keeps what it is given, for tests that check log lines (put it behind
 /// [`crate::telemetry::Scrubbed`] to see what an agent's logs would hold).

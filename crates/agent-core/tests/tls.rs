@@ -12,47 +12,12 @@ use agent_core::config::TlsConfig;
 use agent_core::pb::admin;
 use agent_core::pb::service::agent_metadata_service_client::AgentMetadataServiceClient;
 use agent_core::server::AgentServer;
+use agent_core::testing::pki::Ca;
 use agent_core::testing::{secrets, test_config};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// Checks for renewals are not what most tests are about: rarely.
 const RELOAD: Duration = Duration::from_secs(60);
-
-struct Ca {
-    pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-fn ca(name: &str) -> Ca {
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let cert = params.self_signed(&key).unwrap();
-    Ca { pem: cert.pem(), issuer: Issuer::new(params, key) }
-}
-
-/// A certificate (chain PEM, key PEM) signed by `ca` for `names`.
-fn leaf(ca: &Ca, names: &[&str]) -> (String, String) {
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()).unwrap();
-    params.distinguished_name.push(DnType::CommonName, names[0]);
-    let cert = params.signed_by(&key, &ca.issuer).unwrap();
-    (cert.pem(), key.serialize_pem())
-}
-
-/// Like [`leaf`], valid only between `from` and `until` (calendar dates).
-fn leaf_valid(ca: &Ca, names: &[&str], from: (i32, u8, u8), until: (i32, u8, u8)) -> (String, String) {
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()).unwrap();
-    params.distinguished_name.push(DnType::CommonName, names[0]);
-    params.not_before = rcgen::date_time_ymd(from.0, from.1, from.2);
-    params.not_after = rcgen::date_time_ymd(until.0, until.1, until.2);
-    let cert = params.signed_by(&key, &ca.issuer).unwrap();
-    (cert.pem(), key.serialize_pem())
-}
 
 fn write(dir: &Path, name: &str, content: &str) -> PathBuf {
     let path = dir.join(name);
@@ -106,8 +71,8 @@ async fn connect(port: u16, tls: Option<ClientTlsConfig>) -> Result<Channel, Str
 #[tokio::test]
 async fn tls_serves_clients_that_trust_the_ca() {
     let dir = temp_dir("server");
-    let authority = ca("test CA");
-    let (cert, key) = leaf(&authority, &["localhost", "127.0.0.1"]);
+    let authority = Ca::new("test CA");
+    let (cert, key) = authority.issue(&["localhost", "127.0.0.1"]);
     let tls = TlsConfig {
         cert_file: write(&dir, "cert.pem", &cert),
         key_file: write(&dir, "key.pem", &key),
@@ -130,7 +95,7 @@ async fn tls_serves_clients_that_trust_the_ca() {
     assert!(refused, "a plaintext call succeeded against a TLS server");
 
     // Nor does a client that trusts another CA.
-    let other = ca("someone else");
+    let other = Ca::new("someone else");
     let wrong = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&other.pem)).domain_name("localhost");
     let refused = match connect(port, Some(wrong)).await {
         Err(_) => true,
@@ -142,9 +107,9 @@ async fn tls_serves_clients_that_trust_the_ca() {
 #[tokio::test]
 async fn mutual_tls_requires_a_client_certificate_from_the_client_ca() {
     let dir = temp_dir("mutual");
-    let authority = ca("test CA");
-    let (cert, key) = leaf(&authority, &["localhost"]);
-    let clients = ca("client CA");
+    let authority = Ca::new("test CA");
+    let (cert, key) = authority.issue(&["localhost"]);
+    let clients = Ca::new("client CA");
     let tls = TlsConfig {
         cert_file: write(&dir, "cert.pem", &cert),
         key_file: write(&dir, "key.pem", &key),
@@ -154,7 +119,7 @@ async fn mutual_tls_requires_a_client_certificate_from_the_client_ca() {
     let port = start(tls).await.unwrap();
     let base = || ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&authority.pem)).domain_name("localhost");
 
-    let (propeller_cert, propeller_key) = leaf(&clients, &["flytepropeller"]);
+    let (propeller_cert, propeller_key) = clients.issue(&["flytepropeller"]);
     let channel =
         connect(port, Some(base().identity(Identity::from_pem(&propeller_cert, &propeller_key)))).await.unwrap();
     assert_eq!(list_agents(channel).await.unwrap(), 2);
@@ -166,8 +131,8 @@ async fn mutual_tls_requires_a_client_certificate_from_the_client_ca() {
         }
     };
     assert!(refused(connect(port, Some(base())).await).await, "a client without a certificate got an answer");
-    let rogue = ca("rogue CA");
-    let (rogue_cert, rogue_key) = leaf(&rogue, &["intruder"]);
+    let rogue = Ca::new("rogue CA");
+    let (rogue_cert, rogue_key) = rogue.issue(&["intruder"]);
     let with_rogue = base().identity(Identity::from_pem(&rogue_cert, &rogue_key));
     assert!(refused(connect(port, Some(with_rogue)).await).await, "a certificate from another CA was accepted");
 }
@@ -175,8 +140,8 @@ async fn mutual_tls_requires_a_client_certificate_from_the_client_ca() {
 #[tokio::test]
 async fn bad_tls_files_stop_the_server_naming_the_setting_not_the_content() {
     let dir = temp_dir("bad");
-    let authority = ca("test CA");
-    let (cert, key) = leaf(&authority, &["localhost"]);
+    let authority = Ca::new("test CA");
+    let (cert, key) = authority.issue(&["localhost"]);
     let cert_file = write(&dir, "cert.pem", &cert);
 
     let missing = dir.join("missing-key.pem");
@@ -204,7 +169,7 @@ async fn bad_tls_files_stop_the_server_naming_the_setting_not_the_content() {
     assert!(!err.contains("bm90LWEta2V5LXRvcC1zZWNyZXQ"), "the key file's content leaked: {err}");
 
     // A real key, but not the certificate's.
-    let (_, other_key) = leaf(&authority, &["localhost"]);
+    let (_, other_key) = authority.issue(&["localhost"]);
     let other = write(&dir, "other-key.pem", &other_key);
     let err = start(TlsConfig {
         cert_file: cert_file.clone(),
@@ -253,8 +218,8 @@ async fn answers(port: u16, tls: Option<ClientTlsConfig>) -> bool {
 #[tokio::test]
 async fn a_renewed_certificate_is_served_without_a_restart_and_a_broken_one_is_not() {
     let dir = temp_dir("renew");
-    let (old_ca, new_ca) = (ca("old CA"), ca("new CA"));
-    let (cert, key) = leaf(&old_ca, &["localhost"]);
+    let (old_ca, new_ca) = (Ca::new("old CA"), Ca::new("new CA"));
+    let (cert, key) = old_ca.issue(&["localhost"]);
     let (cert_file, key_file, port) = renewing(&dir, &cert, &key).await;
     let answers = |tls: Option<ClientTlsConfig>| answers(port, tls);
     let before = connect(port, trusting(&old_ca)).await.unwrap();
@@ -262,7 +227,7 @@ async fn a_renewed_certificate_is_served_without_a_restart_and_a_broken_one_is_n
     assert!(!answers(trusting(&new_ca)).await);
 
     // The rotation writes the new pair; new connections get it within the interval.
-    let (cert, key) = leaf(&new_ca, &["localhost"]);
+    let (cert, key) = new_ca.issue(&["localhost"]);
     std::fs::write(&cert_file, &cert).unwrap();
     std::fs::write(&key_file, &key).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -275,7 +240,7 @@ async fn a_renewed_certificate_is_served_without_a_restart_and_a_broken_one_is_n
     assert_eq!(list_agents(before).await.unwrap(), 2);
 
     // A half-written rotation (a key that does not fit) is refused; the last good pair stays.
-    let (other_cert, _) = leaf(&new_ca, &["localhost"]);
+    let (other_cert, _) = new_ca.issue(&["localhost"]);
     std::fs::write(&cert_file, &other_cert).unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(answers(trusting(&new_ca)).await, "a broken renewal replaced the working certificate");
@@ -284,8 +249,8 @@ async fn a_renewed_certificate_is_served_without_a_restart_and_a_broken_one_is_n
 #[tokio::test]
 async fn an_expired_or_not_yet_valid_certificate_stops_the_server_naming_the_setting_and_dates() {
     let dir = temp_dir("expired");
-    let authority = ca("test CA");
-    let (cert, key) = leaf_valid(&authority, &["localhost"], (2020, 1, 1), (2021, 1, 1));
+    let authority = Ca::new("test CA");
+    let (cert, key) = authority.issue_valid(&["localhost"], (2020, 1, 1), (2021, 1, 1));
     let err = start(TlsConfig {
         cert_file: write(&dir, "expired.pem", &cert),
         key_file: write(&dir, "expired-key.pem", &key),
@@ -297,7 +262,7 @@ async fn an_expired_or_not_yet_valid_certificate_stops_the_server_naming_the_set
     assert!(err.contains("tls.cert_file") && err.contains("expired.pem"), "{err}");
     assert!(err.contains("expired on Fri, 01 Jan 2021"), "{err}");
 
-    let (cert, key) = leaf_valid(&authority, &["localhost"], (2999, 1, 1), (3000, 1, 1));
+    let (cert, key) = authority.issue_valid(&["localhost"], (2999, 1, 1), (3000, 1, 1));
     let err = start(TlsConfig {
         cert_file: write(&dir, "future.pem", &cert),
         key_file: write(&dir, "future-key.pem", &key),
@@ -312,15 +277,15 @@ async fn an_expired_or_not_yet_valid_certificate_stops_the_server_naming_the_set
 #[tokio::test]
 async fn a_renewal_to_an_expired_certificate_keeps_serving_the_current_one() {
     let dir = temp_dir("renew-expired");
-    let (current_ca, expired_ca) = (ca("current CA"), ca("expired CA"));
-    let (cert, key) = leaf(&current_ca, &["localhost"]);
+    let (current_ca, expired_ca) = (Ca::new("current CA"), Ca::new("expired CA"));
+    let (cert, key) = current_ca.issue(&["localhost"]);
     let (cert_file, key_file, port) = renewing(&dir, &cert, &key).await;
     let answers = |tls: Option<ClientTlsConfig>| answers(port, tls);
     assert!(answers(trusting(&current_ca)).await);
 
     // A matching pair, but expired: rustls alone would serve it and every client would
     // fail its handshake.
-    let (cert, key) = leaf_valid(&expired_ca, &["localhost"], (2020, 1, 1), (2021, 1, 1));
+    let (cert, key) = expired_ca.issue_valid(&["localhost"], (2020, 1, 1), (2021, 1, 1));
     std::fs::write(&cert_file, &cert).unwrap();
     std::fs::write(&key_file, &key).unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -333,8 +298,8 @@ async fn a_tls_connection_that_sends_half_a_preface_is_closed_after_the_header_r
     use rustls::pki_types::pem::PemObject as _;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = temp_dir("half-preface");
-    let authority = ca("test CA");
-    let (cert, key) = leaf(&authority, &["localhost"]);
+    let authority = Ca::new("test CA");
+    let (cert, key) = authority.issue(&["localhost"]);
     let tls = TlsConfig {
         cert_file: write(&dir, "cert.pem", &cert),
         key_file: write(&dir, "key.pem", &key),

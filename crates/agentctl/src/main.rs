@@ -6,6 +6,9 @@
 //! as JSON. `run --flyte2` does the same over Flyte 2's `flyteidl2.connector`, with
 //! `--secret` for the request's `connection`, as a Flyte 2 backend would.
 //!
+//! `--tls`, `--ca-cert`, `--cert`/`--key` and `--server-name` (or an `https://` endpoint)
+//! speak TLS or mutual TLS to agents serving it (`connect.rs`).
+//!
 //! Exit codes: 0 the task succeeded (or the agent is healthy); 1 the task ended in
 //! another phase (or the agent is not SERVING); 2 a bad flag or file; 3 the agent could
 //! not be reached or refused the call; 130 interrupted.
@@ -13,6 +16,7 @@
 // A command-line tool: printing is its job.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod connect;
 mod display;
 mod input;
 
@@ -34,12 +38,16 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(name = "agentctl", version, about = "Run Flyte tasks against a Flyte agent over gRPC, like FlytePropeller")]
 struct Cli {
-    /// The agent's gRPC endpoint.
-    #[arg(long, env = "AGENTCTL_ENDPOINT", default_value = "http://127.0.0.1:8000", global = true)]
+    /// The agent's gRPC endpoint: http://HOST:PORT (plaintext), https://HOST:PORT (TLS),
+    /// or HOST:PORT (TLS if any TLS flag is given).
+    // No scheme by default, so that `--tls` or `--ca-cert` alone reach a local agent over TLS.
+    #[arg(long, env = "AGENTCTL_ENDPOINT", default_value = "127.0.0.1:8000", global = true)]
     endpoint: String,
     /// Deadline of each call, like Propeller's per-RPC timeouts.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, global = true)]
     timeout: Duration,
+    #[command(flatten)]
+    tls: connect::TlsArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -123,7 +131,11 @@ async fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
-    let backend = GrpcBackend::connect(&cli.endpoint, cli.timeout).await?;
+    let channel = connect::connect(&cli.endpoint, &cli.tls, cli.timeout).await.map_err(|e| match e {
+        connect::ConnectError::Usage(m) => Failure::Usage(m),
+        connect::ConnectError::Agent(m) => Failure::Agent(AgentError::unavailable(m)),
+    })?;
+    let backend = GrpcBackend::from_channel(channel, cli.timeout);
     match cli.command {
         Command::List => {
             let agents = backend.list_agents().await?;

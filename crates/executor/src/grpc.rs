@@ -48,7 +48,14 @@ impl GrpcBackend {
             .connect()
             .await
             .map_err(|e| AgentError::unavailable(format!("cannot connect to {endpoint}: {e}")))?;
-        Ok(Self { channel, timeout, flyte2: None })
+        Ok(Self::from_channel(channel, timeout))
+    }
+
+    /// An agent reached over `channel`, which the caller connected (over TLS, say: agentctl
+    /// builds its own, so that its errors can name the flags to fix); every call gets
+    /// `timeout`.
+    pub fn from_channel(channel: Channel, timeout: Duration) -> Self {
+        Self { channel, timeout, flyte2: None }
     }
 
     /// The same agent over Flyte 2 (`flyteidl2.connector`), sending `secrets` as each
