@@ -191,14 +191,23 @@ mod tests {
 
     /// The scaffold generates the shape every agent crate has, so copying either gives the
     /// same thing: the same common files, the trait impls in the agent modules, the service
-    /// (or what a task may name: address rules, storage locations) declared once in `client.rs`, `registry` in `lib.rs`, `main.rs` the allocator and
-    /// `agent_core::main!`, and no gRPC in the agent.
+    /// (or what a task may name: address rules, storage locations) declared once in `client.rs`,
+    /// the settings and `HELP` (what `--help` lists, checked against them by a test) in
+    /// `config.rs`, `registry` reading the section through `HELP` in `lib.rs`, `main.rs` the
+    /// allocator and `agent_core::main!` with `HELP`, and no gRPC in the agent.
     #[test]
     fn every_agent_crate_has_the_scaffolds_shape() {
         let root = crate::workspace::root();
         let common: BTreeSet<String> = ["client", "config", "lib", "main"].map(String::from).into();
-        let template = files(&root.join("xtask/templates/agent/src"), ".rs.tmpl");
+        let template_dir = root.join("xtask/templates/agent/src");
+        let template = files(&template_dir, ".rs.tmpl");
         assert_eq!(template, &common | &BTreeSet::from(["agent".to_owned()]));
+        // The scaffold has what the checks below ask of every agent crate.
+        let tmpl = |f: &str| std::fs::read_to_string(template_dir.join(f)).unwrap();
+        assert!(tmpl("config.rs.tmpl").contains("pub const HELP: Description"));
+        assert!(tmpl("config.rs.tmpl").contains("conformance::description(&HELP)"));
+        assert!(tmpl("lib.rs.tmpl").contains(".section_of(&HELP)"));
+        assert!(tmpl("main.rs.tmpl").contains("agent___crate__::HELP"));
         let agents = crate::workspace::agents(&root).unwrap();
         assert!(agents.len() >= 4, "{agents:?}");
         for agent in agents {
@@ -227,10 +236,20 @@ mod tests {
                     .any(|declared| client.contains(declared)),
                 "agent-{agent}: client.rs declares no SERVICE, address rules or storage locations"
             );
-            assert!(read("lib.rs").contains("pub async fn registry("), "agent-{agent}: lib.rs has no registry");
+            // config.rs describes the section for --help, and its test holds the two together.
+            let config = read("config.rs");
+            assert!(
+                config.contains("pub const HELP: Description") && config.contains("conformance::description(&HELP)"),
+                "agent-{agent}: config.rs has no HELP checked by conformance::description"
+            );
+            let lib = read("lib.rs");
+            assert!(lib.contains("pub async fn registry("), "agent-{agent}: lib.rs has no registry");
+            assert!(lib.contains(".section_of(&HELP)"), "agent-{agent}: lib.rs does not read its section through HELP");
             let main = read("main.rs");
             assert!(
-                main.contains("#[global_allocator]") && main.contains("agent_core::main!("),
+                main.contains("#[global_allocator]")
+                    && main.contains("agent_core::main!(")
+                    && main.contains(&format!("agent_{}::HELP", agent.replace('-', "_"))),
                 "agent-{agent}: {main}"
             );
             let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();

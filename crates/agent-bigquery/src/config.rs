@@ -1,14 +1,33 @@
 //! Settings of the BigQuery agent: the `bigquery` section of the agent's configuration
 //! (`AGENT_BIGQUERY__<KEY>` in the environment).
 
+use agent_core::Description;
 use agent_core::http::RestSettings;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The variables Google's tools read, as defaults of the settings they mean.
 pub(crate) const ENV: &[(&str, &str)] = &[("emulator_host", "BIGQUERY_EMULATOR_HOST")];
 
+/// What the agent reads, for `--help` (a test keeps it equal to [`Config`]).
+pub const HELP: Description = Description::of::<Config>("bigquery")
+    .settings(&[
+        ("emulator_host", "host:port of a BigQuery emulator: plain HTTP, anonymous credentials."),
+        ("endpoint", "Another API endpoint (e.g. a private service connect address); ignored with an emulator."),
+        ("ca_bundle", "Refused at start-up: Google's client takes no extra CAs (point SSL_CERT_FILE at a bundle)."),
+    ])
+    .flattened(RestSettings::HELP)
+    .env_defaults(ENV)
+    .request_secrets(&[(
+        crate::credentials::KEY,
+        "A Flyte 2 task's service-account key (JSON), used instead of the agent's credentials.",
+    )])
+    .environment(&[(
+        "GOOGLE_APPLICATION_CREDENTIALS",
+        "Service-account key file of the agent's Application Default Credentials (else workload identity).",
+    )]);
+
 /// `bigquery.*` settings.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// `host:port` of a BigQuery emulator: plain HTTP, anonymous credentials. When the
@@ -38,6 +57,11 @@ mod tests {
             (Duration::from_secs(3), Duration::from_secs(20))
         );
         assert!(serde_json::from_value::<Config>(serde_json::json!({"attempt_timeot": "3s"})).is_err());
+    }
+
+    #[test]
+    fn the_description_matches_the_settings() {
+        agent_core::testing::conformance::description(&HELP);
     }
 
     #[test]

@@ -5,4 +5,8 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-agent_core::main!("Flyte agent for BigQuery query jobs (task type bigquery_query_job_task)", agent_bigquery::registry);
+agent_core::main!(
+    "Flyte agent for BigQuery query jobs (task type bigquery_query_job_task)",
+    agent_bigquery::registry,
+    agent_bigquery::HELP
+);

@@ -2,19 +2,23 @@
 //! TOML file < `AGENT_*` environment variables < command-line flags.
 //!
 //! Server settings are top-level keys (`port`, `metrics_port`, …); each agent reads its
-//! own section (`bigquery`, `databricks`, …) with [`Settings::section`]. Nested keys come
-//! from the environment with a double underscore: `AGENT_BIGQUERY__PROJECT`.
+//! own section (`bigquery`, `databricks`, …) with [`Settings::section_of`], as its
+//! [`Description`] describes it. Nested keys come from the environment with a double
+//! underscore: `AGENT_BIGQUERY__PROJECT`. A list setting given as text (from the
+//! environment or `--set`) is split at commas: `AGENT_DATABRICKS__ALLOWED_INSTANCES=a,b`.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::describe::Description;
 
 /// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Readable lines for a terminal.
@@ -23,8 +27,8 @@ pub enum LogFormat {
     Json,
 }
 
-/// Settings every agent binary shares.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// Settings every agent binary shares. (Serialized only for `--help`'s defaults.)
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     /// Address to listen on. `::` by default: every interface, IPv6 and IPv4 (one
@@ -77,7 +81,7 @@ pub struct ServerConfig {
 /// by default), starts a call as soon as it connects (ListAgents every 10 s), and gets
 /// as many calls at once on its one connection as `max_concurrent_calls` allows (a client
 /// past `max_concurrent_streams` queues its calls, it does not fail them).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Http2Config {
     /// How often the server pings an HTTP/2 connection to check that the peer is alive.
@@ -114,7 +118,7 @@ impl Default for Http2Config {
 }
 
 /// Server TLS, and mutual TLS when a client CA is given (Propeller's `insecure: false`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM certificate chain the server presents.
@@ -135,7 +139,8 @@ fn default_tls_reload_interval() -> Duration {
     Duration::from_secs(60)
 }
 
-/// The built-in defaults, as a YAML document (also shown by `--help`).
+/// The built-in defaults, as a YAML document (`--help` shows them, read back through
+/// [`ServerConfig`]).
 pub const DEFAULTS: &str = "\
 listen_address: \"::\"
 port: 8000
@@ -155,7 +160,7 @@ http2:
 ";
 
 /// Keys of [`ServerConfig`]; anything else at the top level must be an agent section.
-const SERVER_KEYS: &[&str] = &[
+pub(crate) const SERVER_KEYS: &[&str] = &[
     "listen_address",
     "port",
     "metrics_port",
@@ -167,6 +172,70 @@ const SERVER_KEYS: &[&str] = &[
     "log_level",
     "tls",
     "http2",
+];
+
+/// Every server setting, for `--help`: its key, its flag (`""`: only `--set` sets it) and
+/// one line about it. A test keeps it equal to [`ServerConfig`]'s keys, [`SERVER_KEYS`] and
+/// the flags [`CliArgs`] has, so no setting goes unlisted.
+pub(crate) const SERVER_SETTINGS: &[(&str, &str, &str)] = &[
+    (
+        "listen_address",
+        "--listen-address",
+        "Address to listen on; :: is every interface, IPv6 and IPv4 (one socket); 127.0.0.1 keeps the agent local.",
+    ),
+    ("port", "--port", "gRPC port: the agent services, gRPC health (the Kubernetes probe) and reflection."),
+    ("metrics_port", "--metrics-port", "Prometheus /metrics port; 0 turns it off."),
+    (
+        "max_message_size",
+        "--max-message-size",
+        "Largest gRPC message received or sent, in bytes (Propeller sends inputs inline).",
+    ),
+    (
+        "max_concurrent_calls",
+        "--max-concurrent-calls",
+        "Hard ceiling on calls in flight per agent; more wait for a slot within their deadline.",
+    ),
+    ("grace_period", "--grace-period", "How long in-flight calls may run after SIGTERM."),
+    (
+        "shutdown_delay",
+        "",
+        "How long to keep accepting calls after SIGTERM (health NOT_SERVING), so load balancers stop routing here.",
+    ),
+    ("log_format", "--log-format", "human (for a terminal) or json (one object per line)."),
+    ("log_level", "--log-level", "Log filter, e.g. info or info,agent_core=debug; RUST_LOG overrides it."),
+    (
+        "tls.cert_file",
+        "--tls-cert",
+        "PEM certificate chain the server presents; with tls.key_file, gRPC is served over TLS (else plaintext).",
+    ),
+    ("tls.key_file", "--tls-key", "PEM private key of tls.cert_file."),
+    (
+        "tls.client_ca_file",
+        "--tls-client-ca",
+        "PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS).",
+    ),
+    (
+        "tls.reload_interval",
+        "",
+        "How often the certificate and key files are checked for a renewal (no restart needed); 0s turns it off.",
+    ),
+    ("http2.keepalive_interval", "", "How often the server pings each connection to check that the peer is alive."),
+    ("http2.keepalive_timeout", "", "How long a ping may go unanswered before the connection is closed."),
+    (
+        "http2.max_concurrent_streams",
+        "",
+        "Calls open at once on one connection; a client past it queues its next call until one ends.",
+    ),
+    (
+        "http2.header_read_timeout",
+        "",
+        "Time a new connection has for its TLS handshake, the HTTP/2 preface and its first call's headers.",
+    ),
+    (
+        "http2.max_call_duration",
+        "",
+        "The deadline of a call that carries none (grpc-timeout); calls with a deadline keep theirs.",
+    ),
 ];
 
 /// Command-line flags common to every agent binary.
@@ -208,7 +277,7 @@ pub struct CliArgs {
     /// Require client certificates signed by this PEM CA bundle (mutual TLS).
     #[arg(long, value_name = "FILE")]
     pub tls_client_ca: Option<PathBuf>,
-    /// Any setting as KEY=VALUE (repeatable), e.g. --set bigquery.project=my-project.
+    /// Any setting as KEY=VALUE (repeatable), e.g. --set http2.max_call_duration=90s; a list as a,b.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
 }
@@ -315,12 +384,30 @@ impl Settings {
         )))
     }
 
-    /// An agent's section, e.g. `bigquery`; a missing section deserializes from nothing,
-    /// so types with defaults work without any configuration. `env_defaults` pairs a key of
-    /// the section with the environment variable the service's own tools read for it (e.g.
+    /// An agent's section as its [`Description`] describes it: the section's key, the
+    /// service's variables that default its keys, and its list settings, which are split at
+    /// commas when given as text (the environment's and `--set`'s values always are).
+    pub fn section_of<T: DeserializeOwned>(&self, described: &Description) -> Result<T, ConfigError> {
+        self.read(described.section, described.env_defaults, &described.list_keys())
+    }
+
+    /// Section `key`, e.g. `bigquery`; a missing section deserializes from nothing, so types
+    /// with defaults work without any configuration. `env_defaults` pairs a key of the
+    /// section with the environment variable the service's own tools read for it (e.g.
     /// `("base_url", "SNOWFLAKE_BASE_URL")`): a non-blank variable is the key's default,
     /// below the file, `AGENT_*` and flags, so every agent layers such variables one way.
+    /// Agents read theirs with [`Settings::section_of`], which also splits lists.
     pub fn section<T: DeserializeOwned>(&self, key: &str, env_defaults: &[(&str, &str)]) -> Result<T, ConfigError> {
+        self.read(key, env_defaults, &[])
+    }
+
+    /// Section `key` with `lists` (keys within it) split from text.
+    fn read<T: DeserializeOwned>(
+        &self,
+        key: &str,
+        env_defaults: &[(&str, &str)],
+        lists: &[String],
+    ) -> Result<T, ConfigError> {
         if let Some(top) = key.split('.').next() {
             self.sections.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(top.to_owned());
         }
@@ -335,7 +422,26 @@ impl Settings {
                 layered = layered.set_default(format!("{key}.{field}"), value).map_err(err)?;
             }
         }
-        match layered.build().map_err(err)?.get::<T>(key) {
+        let mut built = layered.build().map_err(err)?;
+        // The environment and `--set` give text (values stay text, so a secret such as
+        // `0012345678` arrives verbatim); a list setting's text is its comma-separated
+        // items. The `config` crate's own `list_separator` applies only with
+        // `try_parsing(true)`, which would turn every other variable into a number or a
+        // bool first, so the split happens here, for the keys the type declares as lists.
+        let mut split = config::Config::builder().add_source(built.clone());
+        let mut any = false;
+        for list in lists {
+            let path = format!("{key}.{list}");
+            let Ok(value) = built.get::<config::Value>(&path) else { continue };
+            if let config::ValueKind::String(text) = &value.kind {
+                split = split.set_override(&path, split_list(text)).map_err(err)?;
+                any = true;
+            }
+        }
+        if any {
+            built = split.build().map_err(err)?;
+        }
+        match built.get::<T>(key) {
             Ok(v) => Ok(v),
             Err(config::ConfigError::NotFound(_)) => {
                 serde_json::from_value(serde_json::json!({})).map_err(|e| ConfigError(format!("{key}: {e}")))
@@ -343,6 +449,31 @@ impl Settings {
             Err(e) => Err(err(e)),
         }
     }
+}
+
+/// A list setting's text as its items: split at commas, each trimmed, empty ones dropped
+/// (so an empty text is the empty list, which clears a default list).
+fn split_list(text: &str) -> Vec<String> {
+    text.split(',').map(str::trim).filter(|item| !item.is_empty()).map(str::to_owned).collect()
+}
+
+/// The server settings' defaults, serialized as `--help` shows them. TLS is off by default,
+/// so its files have no default; its other keys show theirs.
+pub(crate) fn server_defaults() -> Result<serde_json::Value, String> {
+    let raw = config::Config::builder()
+        .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Yaml))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let server = server_config(&raw).map_err(|e| e.to_string())?;
+    let mut value = serde_json::to_value(server).map_err(|e| e.to_string())?;
+    let tls: TlsConfig = serde_json::from_value(serde_json::json!({"cert_file": "", "key_file": ""}))
+        .map_err(|e| format!("tls: {e}"))?;
+    let mut tls = serde_json::to_value(tls).map_err(|e| e.to_string())?;
+    for file in ["cert_file", "key_file"] {
+        tls[file] = serde_json::Value::Null;
+    }
+    value["tls"] = tls;
+    Ok(value)
 }
 
 fn server_config(raw: &config::Config) -> Result<ServerConfig, ConfigError> {

@@ -14,6 +14,7 @@
 
 pub mod agent;
 pub mod config;
+pub mod describe;
 mod erased;
 pub mod error;
 mod grpc;
@@ -34,6 +35,7 @@ pub mod testing;
 pub use agent::{
     AsyncAgent, Context, LogLine, Logs, LogsQuery, MetricsQuery, ResourceMeta, SyncAgent, TaskCategory, TaskRequest,
 };
+pub use describe::Description;
 pub use error::AgentError;
 /// Protobuf well-known types (`Timestamp`, `Duration`, `Struct`) used in the protocol messages.
 pub use prost_types;

@@ -104,6 +104,17 @@ impl<'de> serde::Deserialize<'de> for Secret {
     }
 }
 
+/// Writes a secret setting as `[REDACTED]` (`null` when unset), never its value: put
+/// `#[serde(serialize_with = "agent_core::secrets::serialize_redacted")]` on an
+/// `Option<Secret>` field of a settings section, which is serialized only so that `--help`
+/// and its checks see every key (see [`crate::describe`]).
+pub fn serialize_redacted<S: serde::Serializer>(secret: &Option<Secret>, s: S) -> Result<S::Ok, S::Error> {
+    match secret {
+        Some(_) => s.serialize_str(REDACTED),
+        None => s.serialize_none(),
+    }
+}
+
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Secret([REDACTED])")
@@ -414,7 +425,7 @@ fn form_encoded(value: &str) -> String {
 /// Whether `key` can name a secret: letters, digits, `_`, `-` and `.`, not starting with
 /// a dot. Keys become file names under the secrets directory, so nothing else (no `/`,
 /// no `..`) may reach the file system.
-fn check_key(key: &str) -> Result<(), AgentError> {
+pub(crate) fn check_key(key: &str) -> Result<(), AgentError> {
     let valid = !key.is_empty()
         && key.len() <= MAX_KEY_BYTES
         && !key.starts_with('.')

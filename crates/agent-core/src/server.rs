@@ -9,6 +9,7 @@ use clap::{CommandFactory, FromArgMatches};
 use tokio::net::TcpListener;
 
 use crate::config::{CliArgs, ServerConfig, Settings};
+use crate::describe::Description;
 use crate::grpc::{self, ServeOptions};
 use crate::registry::Registry;
 use crate::secrets::SecretStore;
@@ -67,6 +68,9 @@ pub struct BinaryInfo {
     pub about: &'static str,
     /// Version shown by `--version`.
     pub version: &'static str,
+    /// What the agent reads (its settings section, secrets, environment variables), which
+    /// `--help` lists beside the server settings; `None` for a binary without a section.
+    pub description: Option<&'static Description>,
 }
 
 #[derive(clap::Parser, Debug)]
@@ -75,18 +79,20 @@ struct Cli {
     args: CliArgs,
 }
 
-/// The `main` of an agent binary: `agent_core::main!("one line for --help", registry)`,
-/// where `registry` is the agent crate's `async fn registry(&Settings) -> Result<Registry,
-/// String>`. The binary's name and version come from its package. The allocator is the
+/// The `main` of an agent binary: `agent_core::main!("one line for --help", registry,
+/// HELP)`, where `registry` is the agent crate's `async fn registry(&Settings) ->
+/// Result<Registry, String>` and `HELP` the [`Description`] of what it reads, which `--help`
+/// lists. The binary's name and version come from its package. The allocator is the
 /// binary's own choice (`#[global_allocator]` beside this).
 #[macro_export]
 macro_rules! main {
-    ($about:expr, $registry:path) => {
+    ($about:expr, $registry:path, $description:path) => {
         fn main() -> ::std::process::ExitCode {
             let info = $crate::server::BinaryInfo {
                 name: env!("CARGO_PKG_NAME"),
                 about: $about,
                 version: env!("CARGO_PKG_VERSION"),
+                description: Some(&$description),
             };
             $crate::server::run(info, $registry)
         }
@@ -98,12 +104,9 @@ macro_rules! main {
 /// and exits 0. Bad flags or settings exit 2 with a message naming the setting.
 pub fn run(info: BinaryInfo, build: impl AsyncFnOnce(&Settings) -> Result<Registry, String>) -> ExitCode {
     no_huge_pages();
-    let help = format!(
-        "{}\n\nSettings (defaults shown) can come from --config FILE, AGENT_<KEY> \
-        environment variables or the flags below:\n\n{}",
-        info.about,
-        crate::config::DEFAULTS
-    );
+    // Every setting with its default and variable, the secrets under the names this
+    // process's FLYTE_SECRETS_* give them, and the variables read.
+    let help = crate::describe::help(info.description, &SecretStore::from_process_env());
     let command = Cli::command().name(info.name).about(info.about).version(info.version).after_help(help);
     let cli = match Cli::from_arg_matches(&command.get_matches()) {
         Ok(c) => c,

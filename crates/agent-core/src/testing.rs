@@ -46,6 +46,18 @@ pub fn secrets(vars: &[(&str, &str)]) -> SecretStore {
     SecretStore::new(EnvSource::Map(Arc::new(map)))
 }
 
+/// An agent's settings section as the agent reads it ([`crate::config::Settings::section_of`]:
+/// its service's variables and list splitting included) when the environment holds only
+/// `vars`, or the configuration error's text.
+pub fn section_of<T: serde::de::DeserializeOwned>(
+    described: &crate::describe::Description,
+    vars: &[(&str, &str)],
+) -> Result<T, String> {
+    let env = vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    let settings = crate::config::Settings::load(&crate::config::CliArgs::default(), Some(env));
+    settings.and_then(|s| s.section_of(described)).map_err(|e| e.to_string())
+}
+
 /// An agent's settings section `key` as the agent loads it (its `env_defaults` included)
 /// when the environment holds only `vars`, or the configuration error's text.
 pub fn section<T: serde::de::DeserializeOwned>(
@@ -268,6 +280,22 @@ pub mod conformance {
     use crate::agent::{TaskCategory, TaskRequest};
     use crate::pb::admin::{self, execute_task_sync_request as sync_req, execute_task_sync_response as sync_resp};
     use crate::resource::{Phase, Resource};
+
+    /// Checks an agent's [`crate::describe::Description`] against its settings type, and
+    /// panics naming every disagreement: a key `--help` does not list, a listed key that is
+    /// not a setting, a list setting that does not split from the environment or `--set`, a
+    /// text setting that does. One line in each agent's tests:
+    /// `conformance::description(&config::HELP)`.
+    #[track_caller]
+    pub fn description(described: &crate::describe::Description) {
+        let problems = described.problems();
+        assert!(
+            problems.is_empty(),
+            "the description of the `{}` settings disagrees with its type:\n  {}",
+            described.section,
+            problems.join("\n  ")
+        );
+    }
 
     /// The `ListAgents` entry that lists `category`; panics when none does.
     pub async fn listed_agent(server: &TestServer, category: &TaskCategory) -> admin::Agent {

@@ -18,7 +18,7 @@ pub const TASK_TYPE: &str = "databricks";
 pub const SPARK_TASK_TYPE: &str = "spark";
 
 /// The connection secret a flyte-sdk task names its token by.
-const TOKEN_KEY: &str = "databricks_token";
+pub(crate) const TOKEN_KEY: &str = "databricks_token";
 
 /// The job handle. Reads every form flytekit's agent wrote (2, 3 or 10 keys); writes the
 /// 1.16.31 keys except `auth_token`, which is read (for runs the Python agent started) but

@@ -1,9 +1,12 @@
 //! Settings of the Databricks agent: the `databricks` section of its configuration, with
 //! flytekit's environment variables as defaults.
 
-use agent_core::Secret;
 use agent_core::http::RestSettings;
-use serde::Deserialize;
+use agent_core::{Description, Secret};
+use serde::{Deserialize, Serialize};
+
+use crate::agent::TOKEN_KEY;
+use crate::client::PAT_SECRET;
 
 /// flytekit's variables, as defaults of the settings they mean.
 pub(crate) const ENV: &[(&str, &str)] = &[
@@ -17,8 +20,30 @@ pub(crate) const ENV: &[(&str, &str)] = &[
     ("service_credential_provider", "FLYTE_DATABRICKS_SERVICE_CREDENTIAL_PROVIDER"),
 ];
 
+/// What the agent reads, for `--help` (a test keeps it equal to [`Config`]).
+pub const HELP: Description = Description::of::<Config>("databricks")
+    .settings(&[
+        ("default_instance", "Instance used when a task names none."),
+        ("allowed_instances", "Instances credentials may go to; empty: only default_instance. Others are refused."),
+        ("auth_type", "Default auth type: pat, oauth_m2m or oidc_federation (a task may name its own)."),
+        ("client_id", "Default OAuth client id, for oauth_m2m and oidc_federation."),
+        ("client_secret", "OAuth client secret, for oauth_m2m."),
+        ("oauth_secret_name", "flytekit's per-namespace OAuth secret name, kept in metas (no Kubernetes secret is read)."),
+        (
+            "oidc_token_file",
+            "The only token file oidc_federation reads; unset: AWS_WEB_IDENTITY_TOKEN_FILE, else /var/run/secrets/databricks/token.",
+        ),
+        ("oidc_audience", "Audience of the oidc_federation token exchange; unset: databricks."),
+        ("service_credential_provider", "Serverless credential provider."),
+    ])
+    .flattened(RestSettings::HELP)
+    .env_defaults(ENV)
+    .secrets(&[(PAT_SECRET, "Personal access token, for auth_type pat.")])
+    .request_secrets(&[(TOKEN_KEY, "A Flyte 2 task's own token, used instead of the agent's credentials.")])
+    .environment(&[("AWS_WEB_IDENTITY_TOKEN_FILE", "The first oidc_federation token file looked for without oidc_token_file.")]);
+
 /// `databricks.*` settings (`AGENT_DATABRICKS__<KEY>` in the environment).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Instance used when a task names none (`FLYTE_DATABRICKS_INSTANCE`).
@@ -31,6 +56,7 @@ pub struct Config {
     /// Default OAuth client id (`DATABRICKS_CLIENT_ID`).
     pub client_id: Option<String>,
     /// OAuth client secret for `oauth_m2m` (`DATABRICKS_CLIENT_SECRET`).
+    #[serde(serialize_with = "agent_core::secrets::serialize_redacted")]
     pub client_secret: Option<Secret>,
     /// Name of the per-namespace OAuth secret (`FLYTE_DATABRICKS_OAUTH_SECRET_NAME`).
     pub oauth_secret_name: Option<String>,
@@ -67,7 +93,15 @@ mod tests {
     fn load(vars: &[(&str, &str)]) -> Result<Config, String> {
         let env = vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect::<HashMap<_, _>>();
         let settings = Settings::load(&CliArgs::default(), Some(env)).map_err(|e| e.to_string())?;
-        settings.section("databricks", ENV).map_err(|e| e.to_string())
+        settings.section_of(&HELP).map_err(|e| e.to_string())
+    }
+
+    /// `--help` lists every setting, and lists split from the environment and `--set`.
+    #[test]
+    fn the_description_matches_the_settings() {
+        agent_core::testing::conformance::description(&HELP);
+        let config = load(&[("AGENT_DATABRICKS__ALLOWED_INSTANCES", "a.cloud.databricks.com, b.cloud.databricks.com")]);
+        assert_eq!(config.unwrap().allowed_instances, ["a.cloud.databricks.com", "b.cloud.databricks.com"]);
     }
 
     /// The kit's settings sit in the `databricks` section under the keys they always had.

@@ -9,12 +9,12 @@ mod config;
 mod spec;
 
 pub use agent::{DatabricksAgent, DatabricksMeta, SPARK_TASK_TYPE, TASK_TYPE};
-pub use config::Config;
+pub use config::{Config, HELP};
 
 /// The agent's registry from loaded settings: what the binary serves. Fails on a setting
 /// that would fail every task, so a misconfigured agent never starts.
 pub async fn registry(settings: &agent_core::config::Settings) -> Result<agent_core::Registry, String> {
-    let config: Config = settings.section("databricks", config::ENV).map_err(|e| e.to_string())?;
+    let config: Config = settings.section_of(&HELP).map_err(|e| e.to_string())?;
     let agent = DatabricksAgent::new(config)?;
     agent_core::Registry::builder().async_agent(agent).map_err(|e| e.to_string())
 }

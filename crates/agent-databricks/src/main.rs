@@ -5,4 +5,8 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-agent_core::main!("Flyte agent for Databricks runs (task types spark and databricks)", agent_databricks::registry);
+agent_core::main!(
+    "Flyte agent for Databricks runs (task types spark and databricks)",
+    agent_databricks::registry,
+    agent_databricks::HELP
+);

@@ -2,14 +2,29 @@
 
 use std::time::Duration;
 
+use agent_core::Description;
 use agent_core::http::RestSettings;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+
+use crate::client::KEY_SECRET;
 
 /// The variables OpenAI's SDKs read, as defaults of the settings they mean.
 pub(crate) const ENV: &[(&str, &str)] = &[("base_url", "OPENAI_BASE_URL")];
 
+/// What the agents read, for `--help` (a test keeps it equal to [`Config`]).
+pub const HELP: Description = Description::of::<Config>("openai")
+    .settings(&[
+        ("base_url", "API base URL, e.g. an emulator or a proxy (else https://api.openai.com/v1)."),
+        ("chat_timeout", "Longest a ChatGPT call may take (flytekit: 10s); the RPC deadline also bounds it."),
+        ("request_timeout", "The older name of attempt_timeout (each Batch API attempt); when set, it wins."),
+        ("batch_lookback", "How far back a repeated CreateTask looks for its batch (the completion window)."),
+    ])
+    .flattened(RestSettings::HELP)
+    .env_defaults(ENV)
+    .secrets(&[(KEY_SECRET, "The OpenAI API key.")]);
+
 /// `openai.*` settings (`AGENT_OPENAI__<KEY>` in the environment).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// API base URL, e.g. an emulator or a proxy; defaults to `OPENAI_BASE_URL`, else
@@ -47,6 +62,11 @@ impl Default for Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_description_matches_the_settings() {
+        agent_core::testing::conformance::description(&HELP);
+    }
 
     #[test]
     fn the_old_key_request_timeout_is_still_read_beside_the_kits_keys() {

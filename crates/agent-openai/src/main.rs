@@ -5,4 +5,8 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-agent_core::main!("Flyte agents for OpenAI: ChatGPT (chatgpt, sync) and Batch (openai-batch)", agent_openai::registry);
+agent_core::main!(
+    "Flyte agents for OpenAI: ChatGPT (chatgpt, sync) and Batch (openai-batch)",
+    agent_openai::registry,
+    agent_openai::HELP
+);

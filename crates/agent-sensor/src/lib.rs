@@ -13,10 +13,10 @@ mod client;
 mod config;
 
 pub use agent::{SensorAgent, SensorMeta, TASK_TYPE};
-pub use config::Config;
+pub use config::{Config, HELP};
 
 /// The agents this binary serves, from the `sensor` settings.
 pub async fn registry(settings: &agent_core::config::Settings) -> Result<agent_core::Registry, String> {
-    let config: Config = settings.section("sensor", config::ENV).map_err(|e| e.to_string())?;
+    let config: Config = settings.section_of(&HELP).map_err(|e| e.to_string())?;
     agent_core::Registry::builder().async_agent(SensorAgent::new(config)?).map_err(|e| e.to_string())
 }

@@ -5,4 +5,8 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-agent_core::main!("Flyte agent for flytekit's FileSensor (task type sensor, async)", agent_sensor::registry);
+agent_core::main!(
+    "Flyte agent for flytekit's FileSensor (task type sensor, async)",
+    agent_sensor::registry,
+    agent_sensor::HELP
+);

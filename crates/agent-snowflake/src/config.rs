@@ -1,14 +1,35 @@
 //! Settings of the Snowflake agent: the `snowflake` section of its configuration
 //! (`AGENT_SNOWFLAKE__<KEY>` in the environment).
 
+use agent_core::Description;
 use agent_core::http::RestSettings;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+
+use crate::jwt::{KEY_SECRET, PASSPHRASE_SECRET};
 
 /// The variables the emulator and Snowflake's tools read, as defaults of the settings they mean.
 pub(crate) const ENV: &[(&str, &str)] = &[("base_url", "SNOWFLAKE_BASE_URL")];
 
+/// What the agent reads, for `--help` (a test keeps it equal to [`Config`]).
+pub const HELP: Description = Description::of::<Config>("snowflake")
+    .settings(&[
+        (
+            "base_url",
+            "SQL API base URL in place of https://{account}.snowflakecomputing.com; when set, the only host tokens go to.",
+        ),
+        ("statement_timeout_secs", "Statement timeout sent with each statement, in seconds; 0 keeps Snowflake's."),
+        ("role", "Role statements run as, when not the user's default."),
+        ("allowed_accounts", "Accounts the agent logs in to (e.g. myorg-prod); empty: any well-formed account."),
+    ])
+    .flattened(RestSettings::HELP)
+    .env_defaults(ENV)
+    .secrets(&[
+        (KEY_SECRET, "PKCS#8 PEM private key of the key pair (ACCOUNT.USER's registered public key)."),
+        (PASSPHRASE_SECRET, "Passphrase of an encrypted private key."),
+    ]);
+
 /// `snowflake.*` settings.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Base URL of the SQL API instead of `https://{account}.snowflakecomputing.com`, e.g.
@@ -38,7 +59,15 @@ mod tests {
 
     fn from_env(vars: &[(&str, &str)]) -> Result<Config, String> {
         let env: HashMap<String, String> = vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-        Settings::load(&CliArgs::default(), Some(env)).unwrap().section("snowflake", ENV).map_err(|e| e.to_string())
+        Settings::load(&CliArgs::default(), Some(env)).unwrap().section_of(&HELP).map_err(|e| e.to_string())
+    }
+
+    /// `--help` lists every setting, and lists split from the environment and `--set`.
+    #[test]
+    fn the_description_matches_the_settings() {
+        agent_core::testing::conformance::description(&HELP);
+        let config = from_env(&[("AGENT_SNOWFLAKE__ALLOWED_ACCOUNTS", "myorg-prod,myorg-dev")]).unwrap();
+        assert_eq!(config.allowed_accounts, ["myorg-prod", "myorg-dev"]);
     }
 
     #[test]

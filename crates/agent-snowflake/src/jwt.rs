@@ -12,8 +12,8 @@ use serde_json::json;
 use crate::account::AccountId;
 
 /// The agent secrets, named as flytekit names the key.
-const KEY_SECRET: &str = "snowflake_private_key";
-const PASSPHRASE_SECRET: &str = "snowflake_private_key_passphrase";
+pub(crate) const KEY_SECRET: &str = "snowflake_private_key";
+pub(crate) const PASSPHRASE_SECRET: &str = "snowflake_private_key_passphrase";
 
 /// Snowflake accepts tokens valid for at most an hour.
 pub(crate) const LIFETIME_SECS: u64 = 3540;

@@ -10,10 +10,10 @@ mod config;
 mod jwt;
 
 pub use agent::{SnowflakeAgent, SnowflakeMeta, TASK_TYPE};
-pub use config::Config;
+pub use config::{Config, HELP};
 
 /// The agents this binary serves, from the `snowflake` settings.
 pub async fn registry(settings: &agent_core::config::Settings) -> Result<agent_core::Registry, String> {
-    let config: Config = settings.section("snowflake", config::ENV).map_err(|e| e.to_string())?;
+    let config: Config = settings.section_of(&HELP).map_err(|e| e.to_string())?;
     agent_core::Registry::builder().async_agent(SnowflakeAgent::new(config)?).map_err(|e| e.to_string())
 }

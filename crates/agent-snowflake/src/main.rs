@@ -7,5 +7,6 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 agent_core::main!(
     "Flyte agent for Snowflake queries (task type snowflake) over the SQL API",
-    agent_snowflake::registry
+    agent_snowflake::registry,
+    agent_snowflake::HELP
 );

@@ -2,13 +2,31 @@
 
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use agent_core::Description;
+use serde::{Deserialize, Serialize};
 
 /// No environment variable of flytekit's means a webhook setting.
 pub(crate) const ENV: &[(&str, &str)] = &[];
 
+/// What the agent reads, for `--help` (a test keeps it equal to [`Config`]).
+pub const HELP: Description = Description::of::<Config>("webhook")
+    .settings(&[
+        ("allow_cidrs", "Ranges (CIDR, or one address) webhooks may reach although forbidden by default."),
+        ("deny_cidrs", "More ranges webhooks never reach; wins over allow_cidrs."),
+        ("allow_hosts", "When set, the only hosts webhooks call (.example.com: every host below it)."),
+        ("deny_hosts", "Hosts webhooks never call, in the same form."),
+        ("max_redirects", "Redirects followed, each checked as the first URL was (flytekit follows none)."),
+        ("max_response_bytes", "Largest answer read, in bytes; a larger one fails the task."),
+        ("ca_bundle", "Extra PEM bundle of CAs to trust beside the system's (an internal webhook's)."),
+    ])
+    .env_defaults(ENV)
+    .request_secrets(&[(
+        "any {secrets.NAME}",
+        "A header's {secrets.NAME} is the request's secret NAME, never the pod's.",
+    )]);
+
 /// `webhook.*` settings (`AGENT_WEBHOOK__<KEY>` in the environment).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Address ranges (CIDR, or one address) webhooks may reach although they are
@@ -45,5 +63,20 @@ impl Default for Config {
             max_response_bytes: 1024 * 1024,
             ca_bundle: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--help` lists every setting, and lists split from the environment and `--set`.
+    #[test]
+    fn the_description_matches_the_settings() {
+        agent_core::testing::conformance::description(&HELP);
+        let vars = [("AGENT_WEBHOOK__ALLOW_CIDRS", "10.1.0.0/16,10.2.0.0/16"), ("AGENT_WEBHOOK__DENY_HOSTS", "")];
+        let config: Config = agent_core::testing::section_of(&HELP, &vars).unwrap();
+        assert_eq!(config.allow_cidrs, ["10.1.0.0/16", "10.2.0.0/16"]);
+        assert!(config.deny_hosts.is_empty(), "an empty value clears the default list");
     }
 }

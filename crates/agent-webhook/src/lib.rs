@@ -14,10 +14,10 @@ mod guard;
 mod template;
 
 pub use agent::{TASK_TYPE, WebhookAgent};
-pub use config::Config;
+pub use config::{Config, HELP};
 
 /// The agents this binary serves, from the `webhook` settings.
 pub async fn registry(settings: &agent_core::config::Settings) -> Result<agent_core::Registry, String> {
-    let config: Config = settings.section("webhook", config::ENV).map_err(|e| e.to_string())?;
+    let config: Config = settings.section_of(&HELP).map_err(|e| e.to_string())?;
     agent_core::Registry::builder().sync_agent(WebhookAgent::new(config)?).map_err(|e| e.to_string())
 }

@@ -5,4 +5,8 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-agent_core::main!("Flyte agent for flytekit's WebhookTask (task type webhook, sync)", agent_webhook::registry);
+agent_core::main!(
+    "Flyte agent for flytekit's WebhookTask (task type webhook, sync)",
+    agent_webhook::registry,
+    agent_webhook::HELP
+);

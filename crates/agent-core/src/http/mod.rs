@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, RequestBuilder};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
 use crate::agent::Context;
@@ -45,7 +45,7 @@ pub use trust::{LANES, Lanes, STREAMS_PER_LANE, TrustedHosts, client, header_val
 /// How an agent talks to its service over HTTP; every agent's settings section embeds
 /// it with `#[serde(flatten)]`, so the keys sit beside the agent's own
 /// (`databricks.attempt_timeout`, `AGENT_DATABRICKS__ATTEMPT_TIMEOUT`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RestSettings {
     /// Longest single HTTP attempt.
@@ -74,6 +74,18 @@ impl Default for RestSettings {
 }
 
 impl RestSettings {
+    /// Its keys, for the [`crate::describe::Description`] of each section it is flattened
+    /// into (`.flattened(RestSettings::HELP)`).
+    pub const HELP: &'static [crate::describe::Entry] = &[
+        ("attempt_timeout", "Longest single HTTP attempt."),
+        ("retry_budget", "Time spent retrying when a call carries no deadline."),
+        ("ca_bundle", "Extra CA certificates (PEM) to trust, e.g. a private CA or a proxy's; SSL_CERT_FILE works too."),
+        (
+            "initial_concurrency",
+            "Calls in flight to one endpoint until its answers say more or fewer are welcome (the limit then adapts).",
+        ),
+    ];
+
     /// The retry policy these settings give.
     pub fn retry(&self) -> RetryConfig {
         RetryConfig { default_budget: self.retry_budget, ..RetryConfig::default() }

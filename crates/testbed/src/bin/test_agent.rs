@@ -12,6 +12,8 @@ fn main() -> ExitCode {
         name: "test-agent",
         about: "Flyte agent server hosting the test agents (test_async, test_sync)",
         version: env!("CARGO_PKG_VERSION"),
+        // The test agents have no settings section of their own.
+        description: None,
     };
     agent_core::server::run(info, async |_settings| Ok(testbed::test_agent::registry()))
 }
