@@ -262,3 +262,37 @@ def test_other_sensors_are_refused_with_where_to_route_them(sensor_agent):
         stub.CreateTask(agent_pb2.CreateTaskRequest(template=t, inputs=path_input("x")), timeout=15)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "my_company.sensors.KafkaSensor" in err.value.details() and "Python connector" in err.value.details()
+
+
+def test_storage_calls_are_client_spans_of_the_callers_trace(s3):
+    """object_store's requests go through agent-core's tracing: a poll that carries a
+    traceparent yields CLIENT spans (to moto) under the agent's SERVER span."""
+    import secrets
+
+    from conftest import Emulator
+    from test_telemetry import spans
+
+    collector = Emulator("otlp")
+    a = Agent(workspace_binary("agent-sensor"), env={
+        "FLYTE_AWS_ENDPOINT": f"http://127.0.0.1:{s3.port}", "FLYTE_AWS_ACCESS_KEY_ID": "testing",
+        "FLYTE_AWS_SECRET_ACCESS_KEY": "testing", "OTEL_EXPORTER_OTLP_ENDPOINT": collector.url,
+        "OTEL_BSP_SCHEDULE_DELAY": "100"})
+    try:
+        meta = create(a, "s3://flyte-data/traced/flag")
+        trace_id = secrets.token_hex(16)
+        stub = agent_pb2_grpc.AsyncAgentServiceStub(a.channel)
+        r = stub.GetTask(agent_pb2.GetTaskRequest(task_category=agent_pb2.TaskCategory(name="sensor", version=0),
+                                                  resource_meta=meta), timeout=30,
+                         metadata=[("traceparent", f"00-{trace_id}-{secrets.token_hex(8)}-01")]).resource
+        assert r.phase == RUNNING, r.message
+        trace = spans(collector, trace_id)
+        server = [s for s in trace if s["kind"] == "SERVER"]
+        clients = [s for s in trace if s["kind"] == "CLIENT"]
+        assert len(server) == 1 and server[0]["attributes"]["rpc.method"] == "GetTask", trace
+        assert clients and all(c["parent_span_id"] == server[0]["span_id"] for c in clients), trace
+        assert all(c["attributes"]["server.port"] == s3.port for c in clients), clients
+        assert any("/flyte-data" in c["attributes"]["url.full"] for c in clients), clients
+        assert not any("?" in c["attributes"]["url.full"] for c in clients), clients
+    finally:
+        assert a.stop() == 0, a.logs()
+        collector.stop()

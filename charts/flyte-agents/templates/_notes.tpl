@@ -28,8 +28,9 @@ of every one of them, a named deployment per agent (agent-common's "propellerNot
 
 The configuration below routes all of them, each Service its own named deployment: the
 drop-in for the Python flyteconnector deployment's. Turn that one off (flyteconnector.enabled:
-false in flyte-core or flyte-binary), or keep it as the defaultConnector for task types these
-agents do not serve: the static routes and named deployments below take precedence.
+false in flyte-core or flyte-binary), or keep it only for task types these agents do not
+serve: where both report one task type, which deployment Propeller picks depends on its
+version and on map order, and can change at each 10 s discovery.
 
 {{ include "agent-common.propellerNotes" (dict "agents" $agents) }}
 {{- end }}

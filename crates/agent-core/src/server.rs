@@ -48,7 +48,7 @@ fn listen(address: IpAddr, port: u16) -> Result<(TcpListener, IpAddr), String> {
     let unspecified_v6 = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
     match bind(address) {
         Ok(l) => Ok((l, address)),
-        Err(e) if address == unspecified_v6 => {
+        Err(e) if address == unspecified_v6 && no_ipv6(&e) => {
             let v4 = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
             let l =
                 bind(v4).map_err(|e4| format!("port: cannot listen on [::]:{port} ({e}) nor on {v4}:{port} ({e4})"))?;
@@ -57,6 +57,16 @@ fn listen(address: IpAddr, port: u16) -> Result<(TcpListener, IpAddr), String> {
         }
         Err(e) => Err(format!("port: cannot listen on {}: {e}", SocketAddr::new(address, port))),
     }
+}
+
+/// Whether a bind failed because the host has no IPv6 (the family is not supported, or
+/// `::` is not an address here), not because the port is taken or not allowed.
+fn no_ipv6(e: &std::io::Error) -> bool {
+    #[cfg(target_os = "linux")]
+    if e.raw_os_error() == Some(rustix::io::Errno::AFNOSUPPORT.raw_os_error()) {
+        return true;
+    }
+    e.kind() == std::io::ErrorKind::AddrNotAvailable
 }
 
 /// Names the binary in `--help`, logs and traces.

@@ -42,11 +42,15 @@ impl Telemetry {
     }
 }
 
-/// Whether traces are exported (an OTLP endpoint is configured).
+/// Whether traces are exported (an OTLP endpoint is configured); read once, as the
+/// exporter is set up once.
 pub fn exporting() -> bool {
-    ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
-        .iter()
-        .any(|v| std::env::var(v).is_ok_and(|s| !s.is_empty()))
+    static EXPORTING: OnceLock<bool> = OnceLock::new();
+    *EXPORTING.get_or_init(|| {
+        ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
+            .iter()
+            .any(|v| std::env::var(v).is_ok_and(|s| !s.is_empty()))
+    })
 }
 
 /// Installs the global subscriber: log format and level from `config` (`RUST_LOG`, when
@@ -168,9 +172,10 @@ impl Extractor for HeaderExtractor<'_> {
 struct HeaderInjector<'a>(&'a mut http::HeaderMap);
 
 impl Injector for HeaderInjector<'_> {
+    /// Adds the header unless the request already has it (a caller's own trace context).
     fn set(&mut self, key: &str, value: String) {
         if let (Ok(name), Ok(value)) = (http::HeaderName::try_from(key), http::HeaderValue::try_from(value)) {
-            self.0.insert(name, value);
+            self.0.entry(name).or_insert(value);
         }
     }
 }
@@ -179,6 +184,10 @@ impl Injector for HeaderInjector<'_> {
 /// carries W3C trace context (`traceparent`).
 pub(crate) fn server_span<B>(req: &http::Request<B>) -> tracing::Span {
     let path = req.uri().path();
+    // Only the services this server has name spans: a scanner's random paths would
+    // otherwise make as many span names as it likes.
+    let known = ["/flyteidl.", "/flyteidl2.", "/grpc."].iter().any(|p| path.starts_with(p));
+    let path = if known { path } else { "/_OTHER/_OTHER" };
     let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or((path, ""));
     let span = tracing::info_span!(
         "grpc",
@@ -209,22 +218,71 @@ pub(crate) fn record_grpc_status(span: &tracing::Span, code: i32) {
     }
 }
 
-/// The CLIENT span of one HTTP request to an external service. The URL is recorded
-/// without its query, which can carry identifiers a service treats as secret.
+/// The CLIENT span of one HTTP request to a service's API. The URL is recorded without
+/// its query, which can carry identifiers a service treats as secret (an Azure SAS token,
+/// say). A disabled span when traces are not exported: nothing is formatted per request.
 pub fn client_span(method: &str, url: &reqwest::Url) -> tracing::Span {
-    let host = url.host_str().unwrap_or_default();
     let port = url.port_or_known_default().unwrap_or_default();
+    client_span_of(method, url.scheme(), url.host_str().unwrap_or_default(), port, Some(url.path()))
+}
+
+/// [`client_span`] for a URL a task chose (a webhook's), recorded without its path too:
+/// such paths often are the credential (`hooks.slack.com/services/…`).
+pub fn client_span_to_host(method: &str, url: &reqwest::Url) -> tracing::Span {
+    let port = url.port_or_known_default().unwrap_or_default();
+    client_span_of(method, url.scheme(), url.host_str().unwrap_or_default(), port, None)
+}
+
+/// [`client_span`] for a request addressed by an [`http::Uri`] (HTTP stacks other than
+/// reqwest's, such as object_store's).
+pub fn client_span_uri(method: &str, uri: &http::Uri) -> tracing::Span {
+    let scheme = uri.scheme_str().unwrap_or("http");
+    let port = uri.port_u16().unwrap_or(if scheme == "https" { 443 } else { 80 });
+    client_span_of(method, scheme, uri.host().unwrap_or_default(), port, Some(uri.path()))
+}
+
+fn client_span_of(method: &str, scheme: &str, host: &str, port: u16, path: Option<&str>) -> tracing::Span {
+    if !exporting() {
+        return tracing::Span::none();
+    }
+    span_for(method, scheme, host, port, path)
+}
+
+fn span_for(method: &str, scheme: &str, host: &str, port: u16, path: Option<&str>) -> tracing::Span {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let shown = if host.contains(':') { format!("[{host}]") } else { host.to_owned() };
     tracing::info_span!(
         "http",
         otel.name = %method,
         otel.kind = "client",
         otel.status_code = tracing::field::Empty,
+        error.r#type = tracing::field::Empty,
         http.request.method = %method,
         server.address = %host,
         server.port = i64::from(port),
-        url.full = %format_args!("{}://{}:{}{}", url.scheme(), host, port, url.path()),
+        url.full = %format_args!("{scheme}://{shown}:{port}{}", path.unwrap_or_default()),
         http.response.status_code = tracing::field::Empty,
     )
+}
+
+/// Marks a [`client_span`] whose request got no answer (connection refused, a timeout, a
+/// broken answer): `kind` is a short class such as `timeout` or `connect`.
+pub fn record_http_failure(span: &tracing::Span, kind: &'static str) {
+    span.record("error.type", kind);
+    span.record("otel.status_code", "error");
+}
+
+/// The class of a reqwest error, for [`record_http_failure`].
+pub fn reqwest_failure(e: &reqwest::Error) -> &'static str {
+    if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "connect"
+    } else if e.is_body() || e.is_decode() {
+        "body"
+    } else {
+        "request"
+    }
 }
 
 /// Records the answer's status on a [`client_span`]; 4xx and 5xx mark it as an error.
@@ -565,7 +623,9 @@ mod tests {
             tracing_subscriber::registry().with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
         let _guard = tracing::subscriber::set_default(subscriber);
         let url = reqwest::Url::parse("https://svc.example.com/api/2.1/jobs/runs/get?run_id=7&token=x").unwrap();
-        let span = super::client_span("GET", &url);
+        // Not exported in this test process: no span is even made.
+        assert!(super::client_span("GET", &url).is_disabled());
+        let span = super::span_for("GET", "https", "svc.example.com", 443, Some(url.path()));
         let mut headers = http::HeaderMap::new();
         super::inject(&span, &mut headers);
         let traceparent = headers.get("traceparent").expect("traceparent").to_str().unwrap().to_owned();
@@ -574,10 +634,18 @@ mod tests {
         let cx = span.context();
         let sc = cx.span().span_context().clone();
         assert_eq!(traceparent, format!("00-{}-{}-01", sc.trace_id(), sc.span_id()));
+        // A request's own trace context is kept.
+        let mut own = http::HeaderMap::new();
+        own.insert(
+            "traceparent",
+            http::HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        );
+        super::inject(&span, &mut own);
+        assert_eq!(own["traceparent"], "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
         // Without a tracer nothing is added.
         drop(_guard);
         let mut none = http::HeaderMap::new();
-        super::inject(&super::client_span("GET", &url), &mut none);
+        super::inject(&super::span_for("GET", "https", "svc.example.com", 443, None), &mut none);
         assert!(none.is_empty());
     }
 

@@ -99,9 +99,10 @@ impl tower::Service<HttpRequestFactory> for Traced {
             let mut request = request.build().await?;
             let span = telemetry::client_span(request.method().as_str(), request.url());
             telemetry::inject(&span, request.headers_mut());
-            let answer = tracing::Instrument::instrument(client.execute(request), span.clone())
-                .await
-                .map_err(OpenAIError::Reqwest)?;
+            let answer = tracing::Instrument::instrument(client.execute(request), span.clone()).await.map_err(|e| {
+                telemetry::record_http_failure(&span, telemetry::reqwest_failure(&e));
+                OpenAIError::Reqwest(e)
+            })?;
             telemetry::record_http_status(&span, answer.status().as_u16());
             Ok(answer)
         })

@@ -282,7 +282,8 @@ impl Client {
                     .with_bucket_name(bucket)
                     .with_region(self.config.s3_region.as_deref().unwrap_or("us-east-1"))
                     .with_retry(retry)
-                    .with_client_options(self.options(endpoint)?);
+                    .with_client_options(self.options(endpoint)?)
+                    .with_http_connector(crate::traced::TracedConnector);
                 if let Some(e) = endpoint {
                     b = b.with_endpoint(e).with_allow_http(e.starts_with("http://"));
                 }
@@ -295,7 +296,8 @@ impl Client {
                 let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
                     .with_bucket_name(bucket)
                     .with_retry(retry)
-                    .with_client_options(self.options(self.config.gcs_endpoint.as_deref())?);
+                    .with_client_options(self.options(self.config.gcs_endpoint.as_deref())?)
+                    .with_http_connector(crate::traced::TracedConnector);
                 if let Some(e) = &self.config.gcs_endpoint {
                     // An emulator: no credentials to send.
                     b = b.with_base_url(e).with_skip_signature(true);
@@ -308,7 +310,8 @@ impl Client {
                     .with_account(account)
                     .with_container_name(container)
                     .with_retry(retry)
-                    .with_client_options(self.options(endpoint)?);
+                    .with_client_options(self.options(endpoint)?)
+                    .with_http_connector(crate::traced::TracedConnector);
                 if let Some(e) = endpoint {
                     b = b.with_endpoint(e.to_owned()).with_allow_http(e.starts_with("http://"));
                 }

@@ -11,6 +11,7 @@
 mod agent;
 mod client;
 mod config;
+mod traced;
 
 pub use agent::{SensorAgent, SensorMeta, TASK_TYPE};
 pub use config::{Config, HELP};

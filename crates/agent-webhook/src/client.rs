@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agent_core::prelude::*;
+use agent_core::telemetry;
 use reqwest::header::HeaderMap;
 use serde_json::Value as Json;
 
@@ -40,6 +41,8 @@ pub(crate) struct Client {
     /// Follows none: for requests whose headers carry a secret.
     no_redirects: reqwest::Client,
     max_response_bytes: usize,
+    /// `webhook.send_trace_context`.
+    send_trace_context: bool,
 }
 
 impl Client {
@@ -91,6 +94,7 @@ impl Client {
             no_redirects: build(0)?,
             rules,
             max_response_bytes: config.max_response_bytes,
+            send_trace_context: config.send_trace_context,
         })
     }
 
@@ -102,7 +106,13 @@ impl Client {
             None => call.timeout,
         };
         let client = if call.carries_secret { &self.no_redirects } else { &self.client };
-        let mut request = client.request(call.method.clone(), call.url.clone()).headers(call.headers).timeout(timeout);
+        // The path is left out of the span: a webhook URL's path is often its credential.
+        let span = telemetry::client_span_to_host(call.method.as_str(), &call.url);
+        let mut headers = call.headers;
+        if self.send_trace_context {
+            telemetry::inject(&span, &mut headers);
+        }
+        let mut request = client.request(call.method.clone(), call.url.clone()).headers(headers).timeout(timeout);
         // No `data` at all (WebhookTask always writes one; a hand-made template may not):
         // no body, as httpx sends none for `json=None`.
         request = if call.method == reqwest::Method::GET {
@@ -112,15 +122,15 @@ impl Client {
         } else {
             request.json(&call.data)
         };
-        let span = agent_core::telemetry::client_span(call.method.as_str(), &call.url);
-        let mut traced = reqwest::header::HeaderMap::new();
-        agent_core::telemetry::inject(&span, &mut traced);
-        let response = match tracing::Instrument::instrument(request.headers(traced).send(), span.clone()).await {
+        let response = match tracing::Instrument::instrument(request.send(), span.clone()).await {
             Ok(r) => r,
-            Err(e) => return failed_call(&call.url, &e, timeout),
+            Err(e) => {
+                telemetry::record_http_failure(&span, telemetry::reqwest_failure(&e));
+                return failed_call(&call.url, &e, timeout);
+            }
         };
         let status = response.status().as_u16();
-        agent_core::telemetry::record_http_status(&span, status);
+        telemetry::record_http_status(&span, status);
         let text = match read_bounded(response, self.max_response_bytes).await {
             Ok(text) => text,
             Err(Unread::TooLarge) => {

@@ -18,6 +18,7 @@ pub const HELP: Description = Description::of::<Config>("webhook")
         ("max_redirects", "Redirects followed, each checked as the first URL was (flytekit follows none)."),
         ("max_response_bytes", "Largest answer read, in bytes; a larger one fails the task."),
         ("ca_bundle", "Extra PEM bundle of CAs to trust beside the system's (an internal webhook's)."),
+        ("send_trace_context", "Send the call's W3C traceparent to webhooks (third parties: off by default)."),
     ])
     .env_defaults(ENV)
     .request_secrets(&[(
@@ -48,6 +49,11 @@ pub struct Config {
     pub max_response_bytes: usize,
     /// Extra PEM bundle of CAs to trust beside the system's (an internal webhook's).
     pub ca_bundle: Option<PathBuf>,
+    /// Sends the call's W3C `traceparent` with each webhook request when traces are
+    /// exported. Off by default: a webhook is a third party, which learns nothing of the
+    /// platform's traces unless the operator wants it to (an internal service that traces).
+    /// A template's own `traceparent` header is never replaced.
+    pub send_trace_context: bool,
 }
 
 impl Default for Config {
@@ -62,6 +68,7 @@ impl Default for Config {
             max_redirects: 0,
             max_response_bytes: 1024 * 1024,
             ca_bundle: None,
+            send_trace_context: false,
         }
     }
 }

@@ -452,6 +452,7 @@ impl RestClient {
         crate::telemetry::inject(&span, &mut traced);
         let sending = tracing::Instrument::instrument(shape(req).headers(traced).send(), span.clone());
         let resp = sending.await.map_err(|e| {
+            crate::telemetry::record_http_failure(&span, crate::telemetry::reqwest_failure(&e));
             // A request that cannot even be built (a header value with a line break, say)
             // came from a bad value, not from a service in trouble: retrying cannot help.
             if e.is_builder() {
@@ -470,6 +471,7 @@ impl RestClient {
         permit.over_http2(resp.version() == reqwest::Version::HTTP_2);
         let wait = resp.headers().get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(retry_after);
         let bytes = resp.bytes().await.map_err(|e| {
+            crate::telemetry::record_http_failure(&span, "body");
             self.service.unreachable(what, format_args!("reading the answer failed: {}", e.without_url()))
         })?;
         let body = if bytes.iter().all(u8::is_ascii_whitespace) {
